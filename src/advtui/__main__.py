@@ -1,0 +1,3 @@
+from advtui.cli import main
+
+main()

@@ -1,0 +1,222 @@
+"""``advtui run``, ``ls`` and ``show``: train in the foreground and inspect runs."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from advtui.cli import app
+from advtui.cli.common import (
+    RunsDirOption, console, err_console, fmt_duration, fmt_pct, fmt_time, open_registry, styled_status,
+)
+from advtui.config import DEFENSES, build_config
+from advtui.events import EVENTS_FILE, read_events
+from advtui.runner import RunPlan, checkpoint_path, execute_run, plan_queued, plan_resume, run_folder
+
+
+class ProgressDisplay:
+    """A progress bar on a terminal (epoch and batch, loss, images/s, ETA); plain lines otherwise
+    (a launched run's output goes to its log file)."""
+
+    def __init__(self, interactive: bool):
+        self.interactive = interactive
+        self.progress: Progress | None = None
+        self.task = None
+        self.last_line = 0.0
+
+    def __enter__(self) -> "ProgressDisplay":
+        if self.interactive:
+            self.progress = Progress(
+                TextColumn("[bold]{task.fields[label]}"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("loss {task.fields[loss]}  {task.fields[speed]} img/s  {task.fields[acc]}"),
+                TimeElapsedColumn(), TimeRemainingColumn(), console=err_console, transient=False,
+            )
+            self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.progress:
+            self.progress.__exit__(*exc)
+
+    def record(self, record: dict) -> None:
+        err_console.print(f"run [bold]{record['id']}[/] ({record['name']}) on {record['device']}")
+
+    def __call__(self, p) -> None:
+        total = p.epochs * p.batches
+        done = p.epoch * p.batches + p.batch
+        m = p.metrics
+        acc = ""
+        if "test_clean_acc" in m:
+            acc = f"test clean {m['test_clean_acc']:.1f}% pgd {m['test_pgd_acc']:.1f}%"
+        if self.progress is not None:
+            if self.task is None:
+                self.task = self.progress.add_task("train", total=total, label="", loss="-", speed="-", acc="")
+            fields = {"label": f"epoch {min(p.epoch + 1, p.epochs)}/{p.epochs} batch {p.batch}/{p.batches}"}
+            if p.loss is not None:
+                fields.update(loss=f"{p.loss:.4f}", speed=f"{p.images_per_s:,.0f}")
+            if acc:
+                fields["acc"] = acc
+            self.progress.update(self.task, completed=done, **fields)
+        elif acc or time.monotonic() - self.last_line > 30:
+            self.last_line = time.monotonic()
+            loss = f" loss {p.loss:.4f} {p.images_per_s:,.0f} img/s" if p.loss is not None else ""
+            print(f"epoch {p.epoch}/{p.epochs} batch {p.batch}/{p.batches}{loss} {acc}".rstrip(), flush=True)
+
+
+@app.command()
+def run(
+    defense: Optional[str] = typer.Option(None, "--defense", "-d", help=f"One of: {', '.join(DEFENSES)}."),
+    dataset: Optional[str] = typer.Option(None, help="mnist or cifar10."),
+    model: Optional[str] = typer.Option(None, help="smallcnn, vgg16, resnet18, wrn-34-10 (wrn-DEPTH-WIDTH)."),
+    epochs: Optional[int] = typer.Option(None, help="Training epochs."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Batch size."),
+    eps: Optional[float] = typer.Option(None, help="L-inf radius, in (0, 1] (MNIST 0.3, CIFAR-10 8/255)."),
+    inner_steps: Optional[int] = typer.Option(None, "--inner-steps", "-T", help="Inner maximization steps T (10)."),
+    step_size: Optional[float] = typer.Option(None, "--step-size", help="PGD step size (default eps/4)."),
+    lr: Optional[float] = typer.Option(None, help="Classifier learning rate."),
+    momentum: Optional[float] = typer.Option(None, help="SGD momentum."),
+    weight_decay: Optional[float] = typer.Option(None, "--weight-decay", help="SGD weight decay."),
+    milestones: Optional[str] = typer.Option(None, help="Epochs at which lr decays 10x, e.g. 55,75,90."),
+    beta: Optional[float] = typer.Option(None, help="TRADES beta (default 1 on MNIST, 6 on CIFAR-10)."),
+    seed: Optional[int] = typer.Option(None, help="Random seed."),
+    device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or cuda:N."),
+    name: Optional[str] = typer.Option(None, help="A name for the run (default DEFENSE-DATASET-sSEED)."),
+    group: Optional[str] = typer.Option(None, help="Group name (seeds of one experiment)."),
+    preset: Optional[str] = typer.Option(None, help="paper-mnist, paper-cifar, paper-cifar-vgg16, paper-cifar-wrn."),
+    runs_dir: Optional[Path] = RunsDirOption,
+    data_root: Optional[str] = typer.Option(None, "--data-root", help="Dataset root (default $ADVTUI_DATA or a cache folder)."),
+    train_limit: Optional[int] = typer.Option(None, "--train-limit", help="Class-balanced training subset size."),
+    test_limit: Optional[int] = typer.Option(None, "--test-limit", help="Class-balanced test subset size."),
+    eval_limit: Optional[int] = typer.Option(None, "--eval-limit", help="Test examples for per-epoch accuracy (1000)."),
+    init: Optional[str] = typer.Option(None, help="Inner start: normal (x + 0.001 N(0,I)) or uniform."),
+    inner_train_mode: bool = typer.Option(False, "--inner-train-mode", help="Keep the model in train mode during the inner maximization."),
+    rnn_grad_input: Optional[str] = typer.Option(None, "--rnn-grad-input", help="RNN gradient input scaling: rms, sign or raw."),
+    rnn_delta_scale: Optional[float] = typer.Option(None, "--rnn-delta-scale", help="RNN step: delta = scale * eps * tanh(V h)."),
+    rnn_second_order: bool = typer.Option(False, "--rnn-second-order", help="Backpropagate through g_t (Hessian terms)."),
+    rnn_optimizer: Optional[str] = typer.Option(None, "--rnn-optimizer", help="Optimizer of phi: adam or sgd."),
+    rnn_lr: Optional[float] = typer.Option(None, "--rnn-lr", help="Learning rate of phi."),
+    compare_every: Optional[int] = typer.Option(None, "--compare-every", help="Batches between inner trajectory records (K)."),
+    log_every: Optional[int] = typer.Option(None, "--log-every", help="Batches between step events."),
+    deterministic: bool = typer.Option(False, "--deterministic", help="Deterministic kernels (slower)."),
+    amp: bool = typer.Option(False, "--amp", help="bfloat16 autocast on CUDA."),
+    resume: Optional[str] = typer.Option(None, "--resume", help="Continue RUN from its last checkpoint."),
+    run_id: Optional[str] = typer.Option(None, "--run-id", hidden=True, help="Attach to a queued record (used by the scheduler)."),
+) -> None:
+    """Train one run in the foreground, recorded in the registry like any other."""
+    registry = open_registry(runs_dir)
+    overrides = dict(
+        dataset=dataset, model=model, epochs=epochs, batch_size=batch_size, eps=eps, inner_steps=inner_steps,
+        step_size=step_size, lr=lr, momentum=momentum, weight_decay=weight_decay, beta=beta, seed=seed,
+        device=device, name=name, group=group, data_root=data_root, train_limit=train_limit,
+        test_limit=test_limit, eval_limit=eval_limit, init=init, rnn_grad_input=rnn_grad_input,
+        rnn_delta_scale=rnn_delta_scale, rnn_optimizer=rnn_optimizer, rnn_lr=rnn_lr,
+        compare_every=compare_every, log_every=log_every,
+        milestones=_parse_ints(milestones, "milestones") if milestones else None,
+        inner_train_mode=inner_train_mode or None, rnn_second_order=rnn_second_order or None,
+        deterministic=deterministic or None, amp=amp or None,
+    )
+    if resume:
+        plan = plan_resume(registry, resume, {"epochs": epochs, "device": device, "data_root": data_root})
+    elif run_id:
+        plan = plan_queued(registry, run_id)
+    else:
+        if defense is None:
+            raise typer.BadParameter(f"--defense is required (one of: {', '.join(DEFENSES)})")
+        plan = RunPlan(build_config(defense, preset, **overrides))
+    interactive = sys.stderr.isatty()
+    with ProgressDisplay(interactive) as display:
+        record = execute_run(plan, registry.root, on_progress=display, on_record=display.record)
+    m = record.get("metrics") or {}
+    console.print(
+        f"[green]finished[/] {record['id']} ({record['name']}): {record['defense']} {record['dataset']}/"
+        f"{record['model']}, {record['epochs']} epochs in {fmt_duration(record.get('train_time'))}; "
+        f"test clean {fmt_pct(m.get('test_clean_acc'))}%, PGD-{record['config']['inner_steps']} "
+        f"{fmt_pct(m.get('test_pgd_acc'))}% (n={m.get('test_n', '-')})"
+    )
+
+
+def _parse_ints(text: str, what: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"{what} must be comma-separated integers, got {text!r}") from None
+
+
+@app.command("ls")
+def list_runs(
+    runs_dir: Optional[Path] = RunsDirOption,
+    status: Optional[str] = typer.Option(None, help="Only runs with this status."),
+    defense: Optional[str] = typer.Option(None, help="Only runs of this defense."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """List runs."""
+    runs = open_registry(runs_dir).runs()
+    runs = [r for r in runs if (status is None or r.get("status") == status)
+            and (defense is None or r.get("defense") == defense)]
+    if as_json:
+        console.print_json(json.dumps(runs))
+        return
+    if not runs:
+        console.print("no runs yet: start one with `advtui run --defense rnn-adv`")
+        return
+    table = Table(box=None, header_style="bold")
+    for col in ("id", "name", "defense", "data/model", "status", "epoch", "clean %", "pgd %", "device", "started"):
+        table.add_column(col, justify="right" if col in ("epoch", "clean %", "pgd %") else "left")
+    for r in runs:
+        m = r.get("metrics") or {}
+        table.add_row(
+            r["id"], r.get("name", "-"), r.get("defense", "-"), f"{r.get('dataset')}/{r.get('model')}",
+            styled_status(r.get("status")), f"{r.get('epoch', 0)}/{r.get('epochs', '?')}",
+            fmt_pct(m.get("test_clean_acc")), fmt_pct(m.get("test_pgd_acc")),
+            (r.get("device") or "-").split(" (")[0], fmt_time(r.get("started")),
+        )
+    console.print(table)
+
+
+@app.command()
+def show(
+    run_ref: str = typer.Argument(..., metavar="RUN", help="Run id, id prefix or name."),
+    runs_dir: Optional[Path] = RunsDirOption,
+    as_json: bool = typer.Option(False, "--json", help="Print the record as JSON."),
+) -> None:
+    """Show a run's config, status, last metrics and checkpoints."""
+    registry = open_registry(runs_dir)
+    r = registry.resolve_run(run_ref)
+    if as_json:
+        console.print_json(json.dumps(r))
+        return
+    console.print(f"[bold]{r['id']}[/]  {r.get('name')}  {styled_status(r.get('status'))}")
+    console.print(f"  defense {r.get('defense')}  dataset {r.get('dataset')}  model {r.get('model')}  "
+                  f"device {r.get('device') or '-'}  pid {r.get('pid') or '-'}  host {r.get('host') or '-'}")
+    console.print(f"  epoch {r.get('epoch', 0)}/{r.get('epochs')}  started {fmt_time(r.get('started'))}  "
+                  f"ended {fmt_time(r.get('ended'))}  train time {fmt_duration(r.get('train_time'))}")
+    console.print(f"  parameters: model {r.get('model_params', '-'):,}  inner maximizer {r.get('maximizer_params', '-')}"
+                  if isinstance(r.get("model_params"), int) else "  parameters: -")
+    if r.get("error"):
+        console.print(f"  [red]error[/]: {r['error'].splitlines()[-1] if r['error'] else ''}")
+    cfg = r.get("config") or {}
+    keys = ("eps", "inner_steps", "step_size", "batch_size", "lr", "momentum", "weight_decay", "milestones",
+            "beta", "seed", "train_limit", "test_limit", "preset")
+    console.print("  config: " + "  ".join(f"{k}={cfg.get(k)}" for k in keys if k in cfg))
+    m = r.get("metrics") or {}
+    if m:
+        console.print("  last metrics: " + "  ".join(
+            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in m.items() if v is not None))
+    for label in r.get("checkpoints") or {}:
+        path = checkpoint_path(registry, r, label)
+        console.print(f"  checkpoint {label}: {path}" + ("" if path.exists() else " [red](missing)[/]"))
+    inner = list(read_events(run_folder(registry, r) / EVENTS_FILE, {"inner"}))
+    if inner:
+        last = inner[-1]
+        line = "  last inner trajectory (" + str(last.get("maximizer")) + "): " + " ".join(
+            f"{v:.3f}" for v in last["losses"])
+        console.print(line)
+        if "pgd" in last:
+            console.print("  PGD on the same batch:          " + " ".join(f"{v:.3f}" for v in last["pgd"]))

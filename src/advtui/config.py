@@ -1,0 +1,173 @@
+"""Typed, validated run configuration and the paper's presets.
+
+A run's whole configuration is one ``RunConfig``; it is stored in the registry and in every
+checkpoint, so a run can be resumed or reproduced from it alone. Presets fill in the paper's
+recipes; explicit options override them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from advtui.errors import ConfigError
+
+DEFENSES = ("plain", "advtrain", "advtrain-bls", "trades", "rnn-adv", "rnn-trades", "l2lda")
+DATASETS = ("mnist", "cifar10")
+MODELS = ("smallcnn", "vgg16", "resnet18", "wrn-34-10")
+_WRN = re.compile(r"^wrn-(\d+)-(\d+)$")
+
+# The paper's recipes (section 5.1 and the public code of its baselines).
+PRESETS: dict[str, dict[str, Any]] = {
+    # TRADES' MNIST recipe: SmallCNN, batch 128, SGD lr 0.01 momentum 0.9, 100 epochs,
+    # lr decays at 55/75/90, eps 0.3.
+    "paper-mnist": dict(
+        dataset="mnist", model="smallcnn", batch_size=128, lr=0.01, momentum=0.9,
+        weight_decay=0.0, epochs=100, milestones=[55, 75, 90], eps=0.3,
+    ),
+    # TRADES' CIFAR-10 recipe: batch 128, SGD lr 0.1 momentum 0.9, weight decay 2e-4,
+    # eps 8/255; lr decays at 75 and 90 of 100 epochs.
+    "paper-cifar": dict(
+        dataset="cifar10", model="vgg16", batch_size=128, lr=0.1, momentum=0.9,
+        weight_decay=2e-4, epochs=100, milestones=[75, 90], eps=8 / 255,
+    ),
+}
+PRESETS["paper-cifar-vgg16"] = dict(PRESETS["paper-cifar"], model="vgg16")
+PRESETS["paper-cifar-wrn"] = dict(PRESETS["paper-cifar"], model="wrn-34-10")
+DEFAULT_PRESET = {"mnist": "paper-mnist", "cifar10": "paper-cifar"}
+DEFAULT_BETA = {"mnist": 1.0, "cifar10": 6.0}
+
+
+@dataclass
+class RunConfig:
+    """Everything that determines a training run."""
+
+    defense: str
+    dataset: str = "mnist"
+    model: str = "smallcnn"
+    preset: str | None = None
+    name: str | None = None
+    group: str | None = None
+    seed: int = 0
+    # Outer optimization (SGD with momentum and a step schedule).
+    epochs: int = 100
+    batch_size: int = 128
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    milestones: list[int] = field(default_factory=lambda: [55, 75, 90])
+    lr_gamma: float = 0.1
+    # Threat model and inner maximization.
+    eps: float = 0.3
+    inner_steps: int = 10
+    step_size: float | None = None  # PGD step; None means eps/4
+    init: str = "normal"  # x'_0 = x + 0.001 N(0, I) (Algorithm 1), or "uniform" in the ball
+    beta: float | None = None  # TRADES beta; None means 1 on MNIST, 6 on CIFAR-10
+    inner_train_mode: bool = False  # run the inner maximizer with the model in train mode
+    # Backtracking line search (paper eq. 4).
+    bls_alpha0: float | None = None  # first candidate step; None means eps
+    bls_rho: float = 0.5
+    bls_c: float = 1e-4
+    bls_max_backtracks: int = 10
+    # The learned RNN optimizer (paper eqs. 5-7, 10). Defaults chosen by measurement (README).
+    rnn_hidden: int = 10
+    rnn_grad_input: str = "rms"  # how g_t is scaled before the RNN: rms | sign | raw
+    rnn_delta_scale: float = 0.5  # delta_t = rnn_delta_scale * eps * tanh(V h)
+    rnn_second_order: bool = False  # let gradients flow through g_t (Hessian terms)
+    rnn_optimizer: str = "adam"  # adam | sgd
+    rnn_lr: float = 1e-3
+    # L2LDA generator baseline.
+    l2lda_lr: float = 1e-4
+    l2lda_latent: int = 8
+    l2lda_diversity: float = 0.1
+    # Data and hardware.
+    data_root: str | None = None
+    train_limit: int | None = None
+    test_limit: int | None = None
+    eval_limit: int = 1000  # test examples used for the per-epoch clean/PGD accuracy
+    device: str = "auto"
+    deterministic: bool = False
+    amp: bool = False
+    # Recording.
+    log_every: int = 10  # batches between step events
+    compare_every: int = 20  # K: batches between inner-trajectory records (rnn runs: vs PGD)
+
+    # -- derived values ---------------------------------------------------------------------
+    @property
+    def pgd_step(self) -> float:
+        return self.step_size if self.step_size is not None else self.eps / 4
+
+    @property
+    def trades_beta(self) -> float:
+        return self.beta if self.beta is not None else DEFAULT_BETA[self.dataset]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "RunConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def validate(self) -> "RunConfig":
+        if self.defense not in DEFENSES:
+            raise ConfigError(f"unknown defense {self.defense!r}; choose one of: {', '.join(DEFENSES)}")
+        if self.dataset not in DATASETS:
+            raise ConfigError(f"unknown dataset {self.dataset!r}; choose one of: {', '.join(DATASETS)}")
+        check_model_name(self.model)
+        if not (0.0 < self.eps <= 1.0):
+            raise ConfigError(f"eps must be in (0, 1] for inputs in [0, 1], got {self.eps}")
+        for name in ("epochs", "batch_size", "inner_steps", "log_every", "compare_every", "rnn_hidden"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        for name in ("lr", "rnn_lr", "rnn_delta_scale", "l2lda_lr"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if self.step_size is not None and not (0 < self.step_size <= 1):
+            raise ConfigError(f"step-size must be in (0, 1], got {self.step_size}")
+        if self.beta is not None and self.beta < 0:
+            raise ConfigError(f"beta must be non-negative, got {self.beta}")
+        if self.init not in ("normal", "uniform"):
+            raise ConfigError(f"init must be 'normal' or 'uniform', got {self.init!r}")
+        if self.rnn_grad_input not in ("rms", "sign", "raw"):
+            raise ConfigError(f"rnn-grad-input must be rms, sign or raw, got {self.rnn_grad_input!r}")
+        if self.rnn_optimizer not in ("adam", "sgd"):
+            raise ConfigError(f"rnn-optimizer must be adam or sgd, got {self.rnn_optimizer!r}")
+        if not (0 < self.bls_rho < 1 and 0 < self.bls_c < 1):
+            raise ConfigError("bls-rho and bls-c must be in (0, 1)")
+        for name in ("train_limit", "test_limit"):
+            value = getattr(self, name)
+            if value is not None and value < 10:
+                raise ConfigError(f"{name.replace('_', '-')} must be at least 10 (one per class), got {value}")
+        if self.eval_limit < 1:
+            raise ConfigError(f"eval-limit must be at least 1, got {self.eval_limit}")
+        if not re.match(r"^(auto|cpu|cuda(:\d+)?)$", self.device):
+            raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        if self.name is not None:
+            from advtui.paths import check_safe_name
+
+            check_safe_name(self.name)
+        return self
+
+
+def check_model_name(model: str) -> None:
+    if model in MODELS or _WRN.match(model):
+        return
+    raise ConfigError(f"unknown model {model!r}; choose one of: {', '.join(MODELS)} (or wrn-DEPTH-WIDTH)")
+
+
+def build_config(defense: str, preset: str | None = None, **overrides: Any) -> RunConfig:
+    """Preset values, then explicit options (those not None), then validation."""
+    if preset is not None and preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
+    dataset = overrides.get("dataset")
+    if preset is None:
+        if dataset is not None and dataset not in DATASETS:
+            raise ConfigError(f"unknown dataset {dataset!r}; choose one of: {', '.join(DATASETS)}")
+        preset = DEFAULT_PRESET[dataset or "mnist"]
+    values: dict[str, Any] = dict(PRESETS[preset])
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    config = RunConfig(defense=defense, preset=preset, **values)
+    return config.validate()

@@ -1,0 +1,1 @@
+"""Everything that touches torch: data, models, maximizers, objectives, defenses, training."""

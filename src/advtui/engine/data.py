@@ -1,0 +1,162 @@
+"""Datasets held whole on the training device.
+
+A per-sample DataLoader is where small-model adversarial training loses most of its time on
+MNIST-sized images, so each split is loaded once through torchvision, kept as a single uint8
+tensor on the device, and batched by indexing with a shuffled permutation. CIFAR-10's random
+crop (4-pixel padding) and horizontal flip run on the same device, on whole batches.
+"""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+import torchvision
+
+from advtui.errors import DataMissingError
+
+NUM_CLASSES = 10
+DATASET_SHAPES = {"mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
+CIFAR_FOLDER = "cifar-10-batches-py"
+CIFAR_TRAIN_FILES = [f"data_batch_{i}" for i in range(1, 6)]
+CIFAR_TEST_FILES = ["test_batch"]
+
+
+@dataclass
+class Split:
+    """One split of a dataset: uint8 images [N, C, H, W] and int64 labels [N], on one device."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    augment: bool = False  # CIFAR-10 crop + flip when batching for training
+
+    def __len__(self) -> int:
+        return self.labels.shape[0]
+
+    def to(self, device: torch.device) -> "Split":
+        return Split(self.images.to(device), self.labels.to(device), self.augment)
+
+    def batches(
+        self, batch_size: int, shuffle: bool, seed: int = 0, epoch: int = 0, start: int = 0
+    ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+        """Yield (batch index, x in [0, 1], y). The order of epoch ``epoch`` depends only on
+        (seed, epoch), and each batch's augmentation only on (seed, epoch, batch index), so a
+        resumed run can start at batch ``start`` and see exactly what it would have seen."""
+        n = len(self)
+        device = self.images.device
+        if shuffle:
+            gen = torch.Generator().manual_seed(_mix(seed, epoch))
+            order = torch.randperm(n, generator=gen).to(device)
+        else:
+            order = torch.arange(n, device=device)
+        n_batches = (n + batch_size - 1) // batch_size
+        for b in range(start, n_batches):
+            idx = order[b * batch_size : (b + 1) * batch_size]
+            x = self.images[idx].float().div_(255.0)
+            if self.augment:
+                x = crop_and_flip(x, torch.Generator().manual_seed(_mix(seed, epoch, b + 1)))
+            yield b, x, self.labels[idx]
+
+    def num_batches(self, batch_size: int) -> int:
+        return (len(self) + batch_size - 1) // batch_size
+
+
+def _mix(*values: int) -> int:
+    """A stable seed from several integers."""
+    h = 1469598103934665603
+    for v in values:
+        h = ((h ^ (v + 0x9E3779B9)) * 1099511628211) % (1 << 63)
+    return h
+
+
+def crop_and_flip(x: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.Tensor:
+    """Random crop with zero padding and random horizontal flip, per image, in one gather."""
+    b, c, h, w = x.shape
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    offsets = torch.randint(0, 2 * pad + 1, (2, b), generator=gen).to(x.device)
+    flip = (torch.rand(b, generator=gen) < 0.5).to(x.device)
+    rows = offsets[0][:, None] + torch.arange(h, device=x.device)  # [B, H]
+    cols = offsets[1][:, None] + torch.arange(w, device=x.device)  # [B, W]
+    cols = torch.where(flip[:, None], cols.flip(1), cols)
+    bi = torch.arange(b, device=x.device)[:, None, None, None]
+    ci = torch.arange(c, device=x.device)[None, :, None, None]
+    return padded[bi, ci, rows[:, None, :, None], cols[:, None, None, :]]
+
+
+def balanced_subset(labels: torch.Tensor, limit: int | None, seed: int = 0) -> torch.Tensor | None:
+    """Indices of a class-balanced subset of ``limit`` examples (None: keep everything).
+    The subset depends only on ``seed``, so every run with the same limit sees the same data."""
+    if limit is None or limit >= labels.shape[0]:
+        return None
+    gen = torch.Generator().manual_seed(_mix(seed, limit))
+    per_class = [limit // NUM_CLASSES + (1 if c < limit % NUM_CLASSES else 0) for c in range(NUM_CLASSES)]
+    chosen = []
+    for c, k in enumerate(per_class):
+        members = torch.nonzero(labels == c).flatten()
+        chosen.append(members[torch.randperm(members.numel(), generator=gen)[:k]])
+    return torch.cat(chosen).sort().values
+
+
+def _missing(dataset: str, root: Path, cause: Exception | None) -> DataMissingError:
+    where = root / ("MNIST/raw" if dataset == "mnist" else CIFAR_FOLDER)
+    why = f" ({type(cause).__name__}: {cause})" if cause else ""
+    return DataMissingError(
+        f"{dataset} is not under {where} and could not be downloaded{why}: "
+        f"put the files there, or pass --data-root / set ADVTUI_DATA to where they are"
+    )
+
+
+def _load_mnist(root: Path, train: bool, download: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    try:
+        ds = torchvision.datasets.MNIST(str(root), train=train, download=False)
+    except RuntimeError as first:
+        if not download:
+            raise _missing("mnist", root, None) from first
+        try:
+            ds = torchvision.datasets.MNIST(str(root), train=train, download=True)
+        except Exception as exc:  # offline: URLError, socket errors, ...
+            raise _missing("mnist", root, exc) from exc
+    return ds.data.unsqueeze(1).contiguous(), ds.targets.long()
+
+
+def _read_cifar_batches(folder: Path, files: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Read batches in the CIFAR-10 python (pickle) format."""
+    images, labels = [], []
+    for name in files:
+        with open(folder / name, "rb") as f:
+            entry = pickle.load(f, encoding="latin1")
+        images.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+        labels.extend(entry["labels"] if "labels" in entry else entry["fine_labels"])
+    return torch.from_numpy(np.concatenate(images)), torch.tensor(labels, dtype=torch.long)
+
+
+def _load_cifar10(root: Path, train: bool, download: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    folder = root / CIFAR_FOLDER
+    files = CIFAR_TRAIN_FILES if train else CIFAR_TEST_FILES
+    if not all((folder / f).exists() for f in files):
+        if not download:
+            raise _missing("cifar10", root, None)
+        try:  # torchvision downloads, verifies checksums and extracts the archive
+            torchvision.datasets.CIFAR10(str(root), train=train, download=True)
+        except Exception as exc:
+            raise _missing("cifar10", root, exc) from exc
+    try:
+        return _read_cifar_batches(folder, files)
+    except (OSError, pickle.UnpicklingError, KeyError, ValueError, EOFError) as exc:
+        raise DataMissingError(f"cifar10 files under {folder} are unreadable ({exc}): delete them to re-download") from exc
+
+
+def load_split(
+    dataset: str, root: Path, train: bool, limit: int | None = None, download: bool = True, seed: int = 0
+) -> Split:
+    """Load a split (optionally a class-balanced subset) on the CPU."""
+    loader = _load_mnist if dataset == "mnist" else _load_cifar10
+    images, labels = loader(Path(root), train, download)
+    subset = balanced_subset(labels, limit, seed)
+    if subset is not None:
+        images, labels = images[subset], labels[subset]
+    return Split(images, labels, augment=train and dataset == "cifar10")

@@ -1,0 +1,343 @@
+"""The training engine: one loop for every defense (Algorithm 1 generalised).
+
+Per batch: the inner maximizer finds x'_T with the model in eval mode (or train mode when
+asked), a learned maximizer takes its ascent step on the weighted inner loss, then the
+classifier takes its descent step on the outer objective. Metrics stream to events.jsonl;
+the registry is touched only at start, at each epoch end and at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import platform
+import random
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torchvision
+from torch import nn
+
+import advtui
+from advtui.config import RunConfig
+from advtui.engine.checkpoint import load_checkpoint, save_checkpoint
+from advtui.engine.data import Split, load_split
+from advtui.engine.defenses import DEFENSE_SPECS, build_objective, defense_maximizer
+from advtui.engine.maximizers import PGD, Maximizer
+from advtui.engine.models import build_model, count_parameters
+from advtui.engine.objectives import ce_per_example
+from advtui.errors import ConfigError
+from advtui.events import EventWriter
+from advtui.paths import data_root
+
+
+def resolve_device(spec: str) -> torch.device:
+    """'auto' is CUDA when present, else the CPU; asking for CUDA without one is an error."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(spec)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("no CUDA device is available here: use --device cpu (or auto)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"{spec} does not exist: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return f"cpu ({torch.get_num_threads()} threads)"
+
+
+def load_data(config: RunConfig) -> tuple[Split, Split]:
+    root = data_root(config.data_root)
+    train = load_split(config.dataset, root, True, config.train_limit, seed=0)
+    test = load_split(config.dataset, root, False, config.test_limit, seed=0)
+    return train, test
+
+
+@torch.no_grad()
+def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
+    return int((model(x).argmax(1) == y).sum())
+
+
+def evaluate_clean_and_pgd(
+    model: nn.Module, split: Split, eps: float, steps: int, step_size: float, limit: int, batch_size: int
+) -> dict[str, float]:
+    """Clean and PGD-``steps`` accuracy (%) on the first ``limit`` test examples, in eval mode."""
+    was_training = model.training
+    model.eval()
+    pgd = PGD(step_size, init="uniform")
+    n = clean = robust = 0
+    for _, x, y in split.batches(batch_size, shuffle=False):
+        if n >= limit:
+            break
+        x, y = x[: limit - n], y[: limit - n]
+        clean += _accuracy(model, x, y)
+        x_adv = pgd(model, ce_per_example, x, y, eps, steps, record=False).x_adv
+        robust += _accuracy(model, x_adv, y)
+        n += len(y)
+    model.train(was_training)
+    return {"test_clean_acc": 100.0 * clean / max(n, 1), "test_pgd_acc": 100.0 * robust / max(n, 1), "test_n": n}
+
+
+@dataclass
+class Progress:
+    """What a progress display needs after each batch."""
+
+    epoch: int
+    epochs: int
+    batch: int
+    batches: int
+    loss: float | None = None
+    images_per_s: float | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+class StopRequested(Exception):
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class Trainer:
+    """Trains one run; owns its model, maximizer, optimizers, data and events."""
+
+    def __init__(self, config: RunConfig, run_dir: Path, device: torch.device, train: Split, test: Split,
+                 events: EventWriter, on_progress: Callable[[Progress], None] | None = None,
+                 on_epoch: Callable[[dict[str, Any], Path], None] | None = None):
+        self.config, self.run_dir, self.device = config, Path(run_dir), device
+        self.events, self.on_progress, self.on_epoch = events, on_progress, on_epoch
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        if config.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            torch.backends.cudnn.benchmark = False
+        elif device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        torch.manual_seed(config.seed)
+        random.seed(config.seed)
+        self.train_split, self.test_split = train.to(device), test.to(device)
+        self.model = build_model(config.model, config.dataset).to(device)
+        self.objective = build_objective(config)
+        self.maximizer: Maximizer | None = defense_maximizer(config, device)
+        self.optimizer = torch.optim.SGD(
+            self.model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+        )
+        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, config.milestones, config.lr_gamma)
+        # Learned maximizers are compared live against PGD with the same T on the same batch.
+        self.reference_pgd = PGD(config.pgd_step, config.init) if self.maximizer is not None and self.maximizer.learned else None
+        self.epoch, self.batch, self.global_step, self.elapsed = 0, 0, 0, 0.0
+        self.accum = self._fresh_accum()
+        self.last_metrics: dict[str, Any] = {}
+        self.stop_signal: int | None = None
+
+    # -- state --------------------------------------------------------------------------------
+    @staticmethod
+    def _fresh_accum() -> dict[str, float]:
+        return {"loss_sum": 0.0, "batches": 0.0, "correct": 0.0, "count": 0.0,
+                "inner_final_sum": 0.0, "inner_count": 0.0}
+
+    def state(self) -> dict[str, Any]:
+        rng = {"torch": torch.get_rng_state(), "python": random.getstate()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        return {
+            "config": self.config.to_dict(), "epoch": self.epoch, "batch": self.batch,
+            "global_step": self.global_step, "elapsed": self.elapsed, "accum": dict(self.accum),
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "maximizer": self.maximizer.state_dict() if self.maximizer is not None and self.maximizer.learned else None,
+            "maximizer_kind": DEFENSE_SPECS[self.config.defense].maximizer,
+            "rng": rng, "last_metrics": self.last_metrics,
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if state.get("maximizer") is not None and self.maximizer is not None:
+            self.maximizer.load_state_dict(state["maximizer"])
+        self.epoch, self.batch = int(state["epoch"]), int(state["batch"])
+        self.global_step, self.elapsed = int(state["global_step"]), float(state["elapsed"])
+        self.accum = dict(state["accum"])
+        self.last_metrics = dict(state.get("last_metrics") or {})
+        torch.set_rng_state(state["rng"]["torch"])
+        random.setstate(_as_tuple(state["rng"]["python"]))
+        if "cuda" in state["rng"] and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
+
+    def resume_from(self, path: Path) -> None:
+        self.load_state(load_checkpoint(path, map_location=self.device))
+
+    def save(self, name: str = "last.pt") -> Path:
+        path = save_checkpoint(self.ckpt_dir / name, self.state())
+        self.events.emit("checkpoint", path=str(path), epoch=self.epoch, batch=self.batch, name=name)
+        return path
+
+    # -- one batch ----------------------------------------------------------------------------
+    def _autocast(self):
+        if self.config.amp and self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def train_batch(self, x: torch.Tensor, y: torch.Tensor, record_inner: bool) -> dict[str, Any]:
+        cfg, model = self.config, self.model
+        out: dict[str, Any] = {}
+        x_adv = x
+        with self._autocast():
+            if self.maximizer is not None:
+                model.train(cfg.inner_train_mode)
+                target = self.objective.inner_target(model, x, y)
+                loss_fn = self.objective.inner_loss
+                learned = self.maximizer.learned
+                if learned:
+                    result = self.maximizer.maximize(model, loss_fn, x, target, cfg.eps, cfg.inner_steps,
+                                                     record=True, learn_graph=True)
+                    self.maximizer.learn(result)
+                else:
+                    result = self.maximizer.maximize(model, loss_fn, x, target, cfg.eps, cfg.inner_steps,
+                                                     record=record_inner)
+                x_adv = result.x_adv
+                out["trajectory"] = result.trajectory
+                if record_inner and self.reference_pgd is not None:
+                    out["pgd_trajectory"] = self.reference_pgd.maximize(
+                        model, loss_fn, x, target, cfg.eps, cfg.inner_steps, record=True).trajectory
+            model.train()
+            loss, logits_adv, logits_clean = self.objective.outer_loss(model, x, x_adv, y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        logits = logits_adv if logits_adv is not None else logits_clean
+        out["loss"] = loss.detach()
+        out["correct"] = (logits.detach().argmax(1) == y).sum()
+        return out
+
+    # -- the loop -----------------------------------------------------------------------------
+    def _request_stop(self, signum: int, _frame: Any) -> None:
+        self.stop_signal = signum
+
+    def fit(self) -> dict[str, Any]:
+        """Train from the current state to the last epoch. Raises StopRequested on a signal
+        after checkpointing at the next batch boundary."""
+        cfg = self.config
+        old = {s: signal.signal(s, self._request_stop) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            while self.epoch < cfg.epochs:
+                self._run_epoch()
+            return self.last_metrics
+        finally:
+            for s, handler in old.items():
+                signal.signal(s, handler)
+
+    def _run_epoch(self) -> None:
+        cfg, split = self.config, self.train_split
+        n_batches = split.num_batches(cfg.batch_size)
+        epoch_start = time.perf_counter()
+        window_start, window_images = time.perf_counter(), 0
+        window_loss, window_correct, window_batches = 0.0, 0.0, 0
+        for b, x, y in split.batches(cfg.batch_size, True, cfg.seed, self.epoch, start=self.batch):
+            record_inner = self.global_step % cfg.compare_every == 0 and self.maximizer is not None
+            out = self.train_batch(x, y, record_inner)
+            self.batch, self.global_step = b + 1, self.global_step + 1
+            window_images += len(y)
+            window_batches += 1
+            # Tensors stay on the device; .item() (a sync) happens only at log points.
+            window_loss = out["loss"] + window_loss
+            window_correct = out["correct"] + window_correct
+            self.accum["count"] += len(y)
+            if record_inner and out.get("trajectory") is not None:
+                self._emit_inner(out, b)
+            if window_batches == cfg.log_every or b + 1 == n_batches:
+                self._emit_step(window_loss, window_correct, window_images, window_batches, window_start, x, y, n_batches)
+                window_start, window_images = time.perf_counter(), 0
+                window_loss, window_correct, window_batches = 0.0, 0.0, 0
+            if self.stop_signal is not None:
+                if window_batches:  # fold the unlogged part of the window into the totals
+                    self._fold_window(window_loss, window_correct, window_batches)
+                self.elapsed += time.perf_counter() - epoch_start
+                self.save()
+                raise StopRequested(self.stop_signal)
+        self.elapsed += time.perf_counter() - epoch_start
+        self._end_epoch(time.perf_counter() - epoch_start)
+
+    def _emit_inner(self, out: dict[str, Any], batch: int) -> None:
+        traj = out["trajectory"].float().tolist()
+        self.accum["inner_final_sum"] += traj[-1]
+        self.accum["inner_count"] += 1
+        fields = {"epoch": self.epoch, "batch": batch, "step": self.global_step,
+                  "maximizer": DEFENSE_SPECS[self.config.defense].maximizer, "losses": traj}
+        if out.get("pgd_trajectory") is not None:
+            fields["pgd"] = out["pgd_trajectory"].float().tolist()
+        self.events.emit("inner", **fields)
+
+    def _fold_window(self, loss_sum, correct_sum, batches: int) -> float:
+        loss_total = float(loss_sum)
+        self.accum["loss_sum"] += loss_total
+        self.accum["correct"] += float(correct_sum)
+        self.accum["batches"] += batches
+        return loss_total
+
+    def _emit_step(self, loss_sum, correct_sum, images, batches, start, x, y, n_batches) -> None:
+        loss_total = self._fold_window(loss_sum, correct_sum, batches)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        seconds = max(time.perf_counter() - start, 1e-9)
+        self.model.eval()
+        clean_acc = 100.0 * _accuracy(self.model, x, y) / len(y)
+        self.model.train()
+        fields = {
+            "epoch": self.epoch, "batch": self.batch, "batches": n_batches, "step": self.global_step,
+            "loss": loss_total / batches, "train_acc": 100.0 * float(correct_sum) / images,
+            "clean_acc": clean_acc, "lr": self.optimizer.param_groups[0]["lr"],
+            "images_per_s": images / seconds,
+        }
+        self.events.emit("step", **fields)
+        if self.on_progress:
+            self.on_progress(Progress(self.epoch, self.config.epochs, self.batch, n_batches,
+                                      fields["loss"], fields["images_per_s"], fields))
+
+    def _end_epoch(self, epoch_time: float) -> None:
+        cfg = self.config
+        a = self.accum
+        metrics = {
+            "epoch": self.epoch + 1,
+            "train_loss": a["loss_sum"] / max(a["batches"], 1),
+            "train_acc": 100.0 * a["correct"] / max(a["count"], 1),
+            "inner_final_loss": a["inner_final_sum"] / a["inner_count"] if a["inner_count"] else None,
+            "epoch_time": epoch_time,
+            "lr": self.optimizer.param_groups[0]["lr"],
+        }
+        metrics.update(evaluate_clean_and_pgd(self.model, self.test_split, cfg.eps, cfg.inner_steps,
+                                              cfg.pgd_step, cfg.eval_limit, max(cfg.batch_size, 256)))
+        self.scheduler.step()
+        self.epoch, self.batch = self.epoch + 1, 0
+        self.accum = self._fresh_accum()
+        self.last_metrics = metrics
+        self.events.emit("epoch", **metrics)
+        path = self.save("last.pt")
+        if self.on_epoch:
+            self.on_epoch(metrics, path)
+        if self.on_progress:
+            self.on_progress(Progress(self.epoch, cfg.epochs, 0, self.train_split.num_batches(cfg.batch_size),
+                                      metrics=metrics))
+
+    def start_event(self, resumed: bool) -> None:
+        maximizer_params = self.maximizer.num_parameters() if self.maximizer is not None else 0
+        self.events.emit(
+            "start", config=self.config.to_dict(), resumed=resumed, epoch=self.epoch, batch=self.batch,
+            model_params=count_parameters(self.model), maximizer_params=maximizer_params,
+            device=device_name(self.device), train_size=len(self.train_split), test_size=len(self.test_split),
+            versions={"advtui": advtui.__version__, "torch": torch.__version__,
+                      "torchvision": torchvision.__version__, "python": platform.python_version()},
+        )
+
+
+def _as_tuple(value: Any) -> Any:
+    """random.setstate needs tuples where a checkpoint round-trip may give lists."""
+    if isinstance(value, list):
+        return tuple(_as_tuple(v) for v in value)
+    return value

@@ -1,0 +1,32 @@
+"""User-facing errors.
+
+Anything raised as an ``AdvtuiError`` is printed by the CLI as a single line (``error: ...``)
+followed by a non-zero exit, never as a traceback: the message must say what went wrong and
+what to do next.
+"""
+
+
+class AdvtuiError(Exception):
+    """An error caused by the user's input or environment, reported as one line."""
+
+    exit_code = 2
+
+
+class ConfigError(AdvtuiError):
+    """An invalid option or combination of options."""
+
+
+class DataMissingError(AdvtuiError):
+    """A dataset that is neither on disk nor downloadable."""
+
+
+class RegistryError(AdvtuiError):
+    """The run registry cannot be read or written."""
+
+
+class RunNotFoundError(AdvtuiError):
+    """A run id or name that matches no run (or more than one)."""
+
+
+class CheckpointError(AdvtuiError):
+    """A checkpoint that is missing, unreadable or does not fit the run."""

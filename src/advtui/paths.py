@@ -1,0 +1,56 @@
+"""Where things live on disk: the runs directory, per-run folders, the data root."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from platformdirs import user_cache_dir
+
+from advtui.errors import ConfigError
+
+RUNS_ENV = "ADVTUI_RUNS"
+DATA_ENV = "ADVTUI_DATA"
+
+# Run ids and names become folder names: keep them to a safe alphabet so no id can escape runs/.
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
+
+
+def runs_dir(explicit: str | os.PathLike | None = None) -> Path:
+    """The runs directory: --runs-dir, else $ADVTUI_RUNS, else ./runs."""
+    if explicit:
+        return Path(explicit).expanduser().resolve()
+    env = os.environ.get(RUNS_ENV)
+    if env:
+        return Path(env).expanduser().resolve()
+    return Path("runs").resolve()
+
+
+def data_root(explicit: str | os.PathLike | None = None) -> Path:
+    """The dataset root: --data-root, else $ADVTUI_DATA, else a per-user cache folder."""
+    if explicit:
+        return Path(explicit).expanduser().resolve()
+    env = os.environ.get(DATA_ENV)
+    if env:
+        return Path(env).expanduser().resolve()
+    return Path(user_cache_dir("advtui")) / "data"
+
+
+def check_safe_name(name: str, what: str = "run name") -> str:
+    """Reject names that could escape runs/ (path separators, '..', odd characters)."""
+    if not _SAFE_NAME.match(name) or ".." in name:
+        raise ConfigError(
+            f"invalid {what} {name!r}: use letters, digits, '.', '_' and '-' only "
+            "(at most 96 characters, no '..')"
+        )
+    return name
+
+
+def run_dir(root: Path, run_id: str) -> Path:
+    """The folder of one run, guaranteed to sit directly inside ``root``."""
+    check_safe_name(run_id, "run id")
+    path = (root / run_id).resolve()
+    if path.parent != root.resolve():
+        raise ConfigError(f"run id {run_id!r} would escape the runs directory")
+    return path

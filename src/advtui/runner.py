@@ -1,0 +1,183 @@
+"""The life of a training run: registry record, events stream, trainer, and its ending.
+
+``advtui run`` (foreground), the scheduler's launched processes and ``--resume`` all go
+through ``execute_run``, so a run is recorded the same way whoever started it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import psutil
+
+from advtui.config import RunConfig
+from advtui.errors import AdvtuiError, CheckpointError, ConfigError
+from advtui.events import EVENTS_FILE, EventWriter
+from advtui.paths import run_dir as run_dir_of
+from advtui.registry import Registry
+
+
+class RunInterrupted(AdvtuiError):
+    """The run was stopped by a signal; its checkpoint is written and its status is 'killed'."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
+class RunFailed(AdvtuiError):
+    exit_code = 1
+
+
+@dataclass
+class RunPlan:
+    """What to run: a new run, a queued record to attach to, or a run to resume."""
+
+    config: RunConfig
+    record: dict[str, Any] | None = None  # an existing record (queued or resumed)
+    checkpoint: Path | None = None  # resume from here
+
+
+# Checkpoint paths in the registry are relative to the run's folder, so a runs directory can be
+# moved or copied (to another machine, into a test's temporary folder) and stay valid.
+LAST_CHECKPOINT, FINAL_CHECKPOINT = "checkpoints/last.pt", "checkpoints/final.pt"
+
+
+def run_folder(registry: Registry, record: dict[str, Any]) -> Path:
+    """The folder of a run: runs/<run-id>/."""
+    return run_dir_of(registry.root, record["id"])
+
+
+def checkpoint_path(registry: Registry, record: dict[str, Any], which: str = "final") -> Path:
+    """Absolute path of a run's checkpoint ('final', else 'last'); CheckpointError if none."""
+    checkpoints = record.get("checkpoints") or {}
+    rel = checkpoints.get(which) or (checkpoints.get("last") if which == "final" else None)
+    if not rel:
+        raise CheckpointError(
+            f"run {record['id']} ({record.get('status')}) has no {which} checkpoint yet")
+    return run_folder(registry, record) / rel
+
+
+def default_run_name(config: RunConfig) -> str:
+    return config.name or f"{config.defense}-{config.dataset}-s{config.seed}"
+
+
+def plan_resume(registry: Registry, ref: str, overrides: dict[str, Any]) -> RunPlan:
+    """Resume RUN from its last checkpoint; ``overrides`` may extend epochs or change device."""
+    record = registry.resolve_run(ref)
+    if record.get("status") == "running" and _process_alive(record):
+        raise ConfigError(f"run {record['id']} is still running (pid {record.get('pid')}): kill it first")
+    if record.get("status") == "finished" and not overrides.get("epochs"):
+        raise ConfigError(f"run {record['id']} already finished: pass --epochs N (more than "
+                          f"{record['config']['epochs']}) to train it further")
+    if not (record.get("checkpoints") or {}).get("last"):
+        raise CheckpointError(f"run {record['id']} has no checkpoint to resume from: start it again instead")
+    checkpoint = checkpoint_path(registry, record, "last")
+    config = RunConfig.from_dict({**record["config"], **{k: v for k, v in overrides.items() if v is not None}})
+    return RunPlan(config.validate(), record, checkpoint)
+
+
+def plan_queued(registry: Registry, run_id: str) -> RunPlan:
+    """Attach to a record created by the queue (status 'queued')."""
+    record = registry.resolve_run(run_id)
+    has_checkpoint = bool((record.get("checkpoints") or {}).get("last"))
+    return RunPlan(RunConfig.from_dict(record["config"]).validate(), record,
+                   checkpoint_path(registry, record, "last") if has_checkpoint else None)
+
+
+def _process_alive(record: dict[str, Any]) -> bool:
+    pid, started = record.get("pid"), record.get("pid_start_time")
+    try:
+        proc = psutil.Process(int(pid))
+        return started is None or abs(proc.create_time() - float(started)) < 1.0
+    except (psutil.Error, TypeError, ValueError):
+        return False
+
+
+def execute_run(
+    plan: RunPlan,
+    runs_root: Path,
+    on_progress: Callable | None = None,
+    on_record: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Validate, load data, create/attach the record, train, and record how it ended.
+
+    Everything that can fail on bad input (device, data, checkpoint) is checked before the
+    registry is touched, so a failed start leaves it unchanged.
+    """
+    # torch is imported here, not at module level, so CLI commands that never train start fast.
+    from advtui.engine.checkpoint import load_checkpoint
+    from advtui.engine.train import StopRequested, Trainer, device_name, load_data, resolve_device
+
+    config = plan.config
+    device = resolve_device(config.device)
+    train, test = load_data(config)
+    state = load_checkpoint(plan.checkpoint, map_location=device) if plan.checkpoint else None
+
+    registry = Registry(runs_root)
+    me = psutil.Process()
+    live = {
+        "status": "running", "pid": os.getpid(), "pid_start_time": me.create_time(),
+        "host": socket.gethostname(), "device": device_name(device), "started": time.time(),
+        "ended": None, "error": None,
+    }
+    if plan.record is None:
+        record = registry.create_run({
+            "name": default_run_name(config), "group": config.group, "defense": config.defense,
+            "dataset": config.dataset, "model": config.model, "config": config.to_dict(),
+            "epochs": config.epochs, "epoch": 0, "checkpoints": {}, "metrics": {}, **live,
+        })
+    else:
+        record = plan.record
+        registry.update_run(record["id"], config=config.to_dict(), epochs=config.epochs, **live)
+    run_id = record["id"]
+    folder = run_dir_of(registry.root, run_id)
+    if on_record:
+        on_record({**record, **live})
+
+    def epoch_done(metrics: dict[str, Any], path: Path) -> None:
+        registry.update_run(run_id, epoch=metrics["epoch"], metrics=metrics,
+                            checkpoints={"last": LAST_CHECKPOINT})
+
+    with EventWriter(folder / EVENTS_FILE) as events:
+        trainer = Trainer(config, folder, device, train, test, events, on_progress, epoch_done)
+        if state is not None:
+            trainer.load_state(state)
+        registry.update_run(run_id, model_params=_count(trainer.model), maximizer_params=(
+            trainer.maximizer.num_parameters() if trainer.maximizer is not None else 0))
+        trainer.start_event(resumed=state is not None)
+        try:
+            metrics = trainer.fit()
+        except StopRequested as stop:
+            events.emit("end", status="killed", signal=str(stop), epoch=trainer.epoch, batch=trainer.batch)
+            registry.update_run(run_id, status="killed", ended=time.time(), checkpoints={"last": LAST_CHECKPOINT},
+                                error=f"stopped by {stop} at epoch {trainer.epoch + 1}, batch {trainer.batch}")
+            raise RunInterrupted(
+                f"run {run_id} stopped by {stop}; checkpoint saved: `advtui run --resume {run_id}` continues it",
+                stop.signum,
+            ) from None
+        except BaseException as exc:
+            message = f"{type(exc).__name__}: {exc}".strip()
+            events.emit("end", status="failed", error=message)
+            registry.update_run(run_id, status="failed", ended=time.time(), error=message[:2000])
+            raise
+        final = trainer.ckpt_dir / "final.pt"
+        shutil.copyfile(trainer.ckpt_dir / "last.pt", final)
+        events.emit("checkpoint", path=str(final), epoch=trainer.epoch, batch=0, name="final.pt")
+        events.emit("end", status="finished", metrics=metrics, elapsed=trainer.elapsed)
+        registry.update_run(run_id, status="finished", ended=time.time(), metrics=metrics,
+                            train_time=trainer.elapsed,
+                            checkpoints={"last": LAST_CHECKPOINT, "final": FINAL_CHECKPOINT})
+    return registry.get_run(run_id) or record
+
+
+def _count(model) -> int:
+    from advtui.engine.models import count_parameters
+
+    return count_parameters(model)

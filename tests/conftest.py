@@ -1,0 +1,84 @@
+"""Shared fixtures: real MNIST from $ADVTUI_DATA (or ../shared/data) and small trained runs.
+
+``trained_runs`` trains a few real models once per test session (shared between xdist workers
+through a file lock) and hands each test its own copy of the runs directory, so tests may
+change the registry freely.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from filelock import FileLock
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _mnist_root() -> Path:
+    root = Path(os.environ.get("ADVTUI_DATA") or REPO.parent / "shared" / "data")
+    if not (root / "MNIST" / "raw" / "train-images-idx3-ubyte").exists():
+        pytest.fail(f"real MNIST is not under {root}/MNIST/raw: set ADVTUI_DATA to the data folder")
+    return root
+
+
+@pytest.fixture(scope="session")
+def mnist_root() -> Path:
+    return _mnist_root()
+
+
+@pytest.fixture
+def runs_root(tmp_path, monkeypatch, mnist_root) -> Path:
+    """An empty runs directory, also exported as $ADVTUI_RUNS for CLI and subprocess tests."""
+    root = tmp_path / "runs"
+    root.mkdir()
+    monkeypatch.setenv("ADVTUI_RUNS", str(root))
+    monkeypatch.setenv("ADVTUI_DATA", str(mnist_root))
+    return root
+
+
+# name -> (defense, options). Small but real: enough steps that plain reaches high clean
+# accuracy (so PGD at eps 0.3 breaks it) and the adversarial defenses have begun to learn.
+TRAINED_RUNS = {
+    "plain": ("plain", dict(epochs=2, lr=0.05)),
+    "advtrain": ("advtrain", dict(epochs=2, lr=0.05)),
+    "rnn-adv": ("rnn-adv", dict(epochs=2, lr=0.05)),
+}
+TRAINED_COMMON = dict(train_limit=2000, test_limit=500, batch_size=64, eval_limit=200, seed=0)
+
+
+def _train_all(root: Path, data: Path) -> None:
+    from advtui.config import build_config
+    from advtui.runner import RunPlan, execute_run
+
+    for name, (defense, opts) in TRAINED_RUNS.items():
+        config = build_config(defense, name=name, data_root=str(data), device="cpu",
+                              **TRAINED_COMMON, **opts)
+        execute_run(RunPlan(config), root)
+
+
+@pytest.fixture(scope="session")
+def _trained_runs_cache(tmp_path_factory, mnist_root) -> Path:
+    shared = tmp_path_factory.getbasetemp().parent / "advtui-trained-runs"
+    with FileLock(str(shared) + ".lock"):
+        marker = shared / "done.json"
+        if not marker.exists():
+            if shared.exists():
+                shutil.rmtree(shared)
+            shared.mkdir(parents=True)
+            _train_all(shared / "runs", mnist_root)
+            marker.write_text(json.dumps(sorted(TRAINED_RUNS)))
+    return shared / "runs"
+
+
+@pytest.fixture
+def trained_runs(_trained_runs_cache, tmp_path, monkeypatch, mnist_root) -> Path:
+    """A private copy of a runs directory holding finished runs named plain, advtrain, rnn-adv."""
+    root = tmp_path / "runs"
+    shutil.copytree(_trained_runs_cache, root)
+    monkeypatch.setenv("ADVTUI_RUNS", str(root))
+    monkeypatch.setenv("ADVTUI_DATA", str(mnist_root))
+    return root
