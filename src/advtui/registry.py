@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import socket
 import tempfile
 import time
@@ -52,7 +53,13 @@ class AtomicJSONStorage(Storage):
         except OSError as exc:
             raise RegistryError(f"cannot read the registry {self.path}: {exc}") from exc
         if not text.strip():
-            return None
+            # The storage never writes an empty file (it replaces by rename), so an empty one was
+            # truncated by something else: treating it as a new registry would lose every run
+            # and, at the next write, the last good copy too.
+            raise RegistryError(
+                f"the registry {self.path} is empty (truncated?); it was left untouched. "
+                f"The last good copy is {self.path}.bak: inspect it and copy it over the registry"
+            )
         try:
             data = json.loads(text)
             if not isinstance(data, dict):
@@ -73,15 +80,20 @@ class AtomicJSONStorage(Storage):
                 f.flush()
                 os.fsync(f.fileno())
             if self.backup and self.path.exists():
-                # A hard link costs nothing and keeps the previous good version.
-                bak_tmp = f"{tmp}.bak"
-                os.link(self.path, bak_tmp)
-                os.replace(bak_tmp, f"{self.path}.bak")
+                self._keep_last_good_copy(f"{tmp}.bak")
             os.replace(tmp, self.path)
         except BaseException:
             if os.path.exists(tmp):
                 os.unlink(tmp)
             raise
+
+    def _keep_last_good_copy(self, bak_tmp: str) -> None:
+        """Keep the current file (it parsed: every write follows a read) as advtui.json.bak."""
+        try:
+            os.link(self.path, bak_tmp)  # a hard link costs nothing
+        except OSError:  # a filesystem without hard links
+            shutil.copyfile(self.path, bak_tmp)
+        os.replace(bak_tmp, f"{self.path}.bak")
 
     def close(self) -> None:
         pass

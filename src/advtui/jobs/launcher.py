@@ -1,0 +1,263 @@
+"""Starting, watching and stopping job processes, behind a small executor interface.
+
+An ``Executor`` knows four things: how to ``start`` a command (an argument list, never a shell
+string) with its output going to a log file, how to ``poll`` it for its exit, how to ``stop`` it
+(SIGTERM, then SIGKILL after a grace period), and how to ``attach`` to a process that another
+scheduler started earlier (the dashboard that launched it may have exited meanwhile).
+``LocalExecutor`` runs processes on this machine; a cluster executor (Ray) can take its place
+without the scheduler changing.
+
+A process is identified by its pid *and* its start time (psutil ``create_time``): after a
+reboot or a long time, the same pid may belong to an unrelated process, which must never be
+mistaken for a run, let alone signalled.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+# Two reads of one process's start time can differ slightly when the clock is adjusted
+# (psutil derives it from the boot time); a reused pid starts much later than that.
+START_TIME_TOLERANCE_S = 1.0
+DEFAULT_GRACE_S = 30.0
+LOG_TAIL_LINES = 20
+
+
+@dataclass
+class LaunchSpec:
+    """What to run: an argument list, extra environment, and the file its output goes to."""
+
+    argv: list[str]
+    log_path: Path
+    env: dict[str, str] = field(default_factory=dict)  # set on top of this process's environment
+    cwd: Path | None = None
+
+
+@dataclass
+class ProcessHandle:
+    """A started (or re-attached) process; ``pid`` and ``create_time`` are stored on the job."""
+
+    pid: int
+    create_time: float
+    host: str
+    log_path: Path | None = None
+    executor: str = "local"
+
+
+@dataclass
+class ExitStatus:
+    """How a process ended. ``code`` is None when it was not ours to reap (an adopted process
+    whose parent was another scheduler), so its exit code cannot be known."""
+
+    code: int | None
+
+    @property
+    def ok(self) -> bool:
+        return self.code == 0
+
+
+def describe_exit(code: int | None) -> str:
+    """'exit 0', 'exit 2', 'signal SIGKILL', 'exit 143 (SIGTERM)', or 'unknown exit'."""
+    if code is None:
+        return "unknown exit"
+    if code < 0:
+        return f"signal {_signal_name(-code)}"
+    if code > 128:
+        return f"exit {code} ({_signal_name(code - 128)})"
+    return f"exit {code}"
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+def live_process(pid: int | None, create_time: float | None) -> psutil.Process | None:
+    """The process ``pid`` if it is alive and is the one started at ``create_time``; else None.
+
+    A zombie (exited, not yet reaped) counts as gone. Without a recorded start time the pid
+    alone is trusted.
+    """
+    if not pid:
+        return None
+    try:
+        proc = psutil.Process(int(pid))
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return None
+        if create_time is not None and abs(proc.create_time() - float(create_time)) > START_TIME_TOLERANCE_S:
+            return None
+        return proc
+    except (psutil.Error, TypeError, ValueError):
+        return None
+
+
+def why_not_alive(pid: int | None, create_time: float | None) -> str:
+    """A short explanation for a process that ``live_process`` found gone."""
+    if not pid:
+        return "no pid was recorded"
+    try:
+        proc = psutil.Process(int(pid))
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return f"pid {pid} has exited"
+        return f"pid {pid} now belongs to another process ({proc.name()}, started {proc.create_time():.0f})"
+    except psutil.Error:
+        return f"pid {pid} is gone"
+
+
+def signal_process(pid: int, signum: int) -> None:
+    """Signal the process group a launched process leads (it and its children), or the process
+    alone when it leads no group of its own (a run started in the foreground with `advtui run`)."""
+    try:
+        group = os.getpgid(pid)
+    except ProcessLookupError:
+        return
+    try:
+        if group == pid and group != os.getpgrp():
+            os.killpg(group, signum)
+        else:
+            os.kill(pid, signum)
+    except ProcessLookupError:
+        pass
+
+
+def stop_process(pid: int, create_time: float | None, grace_s: float = DEFAULT_GRACE_S,
+                 reap=None) -> str:
+    """SIGTERM, wait up to ``grace_s`` for the process to exit, then SIGKILL.
+
+    Returns "gone" (it was not running), "terminated" (it exited after SIGTERM) or "killed"
+    (SIGKILL was needed). ``reap`` is called while waiting so a parent can collect its child
+    (a zombie child would otherwise look alive to signal but never exit).
+    """
+    proc = live_process(pid, create_time)
+    if proc is None:
+        return "gone"
+    signal_process(proc.pid, signal.SIGTERM)
+    if _wait_gone(proc, create_time, grace_s, reap):
+        return "terminated"
+    signal_process(proc.pid, signal.SIGKILL)
+    _wait_gone(proc, create_time, 10.0, reap)
+    return "killed"
+
+
+def _wait_gone(proc: psutil.Process, create_time: float | None, timeout_s: float, reap) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if reap is not None:
+            reap()
+        if live_process(proc.pid, create_time) is None:
+            return True
+        time.sleep(0.05)
+    return live_process(proc.pid, create_time) is None
+
+
+def log_tail(path: Path | None, lines: int = LOG_TAIL_LINES, max_bytes: int = 16_384) -> str:
+    """The last ``lines`` lines of a log file ('' when there is none)."""
+    if path is None:
+        return ""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - max_bytes))
+            text = f.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+    # A progress bar redraws its line with carriage returns: keep only the last drawing.
+    kept = [line.rstrip("\r").rsplit("\r", 1)[-1].rstrip() for line in text.split("\n")]
+    return "\n".join([line for line in kept if line][-lines:])
+
+
+class Executor(ABC):
+    """Where and how job processes run. Implementations must be usable from one thread at a time."""
+
+    name = "abstract"
+
+    @abstractmethod
+    def start(self, spec: LaunchSpec) -> ProcessHandle:
+        """Start ``spec.argv`` with its output appended to ``spec.log_path``; return at once."""
+
+    @abstractmethod
+    def poll(self, handle: ProcessHandle) -> ExitStatus | None:
+        """None while the process runs; its ExitStatus once it has ended."""
+
+    @abstractmethod
+    def stop(self, handle: ProcessHandle, grace_s: float = DEFAULT_GRACE_S) -> str:
+        """Stop the process (SIGTERM, then SIGKILL after ``grace_s``): 'gone'|'terminated'|'killed'."""
+
+    @abstractmethod
+    def attach(self, pid: int, create_time: float | None, log_path: Path | None = None) -> ProcessHandle | None:
+        """A handle on a process started earlier (perhaps by another scheduler), or None if it is gone."""
+
+    def output(self, handle: ProcessHandle) -> Path | None:
+        """Where the process's output goes."""
+        return handle.log_path
+
+
+class LocalExecutor(Executor):
+    """Subprocesses on this machine, each in its own session so it outlives the scheduler (and
+    a Ctrl-C in the scheduler's terminal does not reach it)."""
+
+    name = "local"
+
+    def __init__(self) -> None:
+        self._children: dict[int, subprocess.Popen] = {}
+
+    def start(self, spec: LaunchSpec) -> ProcessHandle:
+        spec.log_path.parent.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **spec.env}
+        with open(spec.log_path, "ab") as log:
+            # One header line per launch: a resumed run appends to the same log.
+            header = f"==== {time.strftime('%Y-%m-%d %H:%M:%S')} launched: {' '.join(spec.argv)}\n"
+            log.write(header.encode())
+            log.flush()
+            child = subprocess.Popen(
+                spec.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                env=env, cwd=spec.cwd, start_new_session=True, close_fds=True,
+            )
+        self._children[child.pid] = child
+        try:
+            create_time = psutil.Process(child.pid).create_time()
+        except psutil.Error:  # already exited and reaped: it cannot be confused with anything
+            create_time = time.time()
+        return ProcessHandle(child.pid, create_time, socket.gethostname(), spec.log_path, self.name)
+
+    def poll(self, handle: ProcessHandle) -> ExitStatus | None:
+        child = self._children.get(handle.pid)
+        if child is not None:
+            code = child.poll()
+            if code is None:
+                return None
+            del self._children[handle.pid]
+            return ExitStatus(code)
+        if live_process(handle.pid, handle.create_time) is not None:
+            return None
+        return ExitStatus(None)
+
+    def stop(self, handle: ProcessHandle, grace_s: float = DEFAULT_GRACE_S) -> str:
+        child = self._children.get(handle.pid)
+        return stop_process(handle.pid, handle.create_time, grace_s,
+                            reap=(lambda: child.poll()) if child is not None else None)
+
+    def attach(self, pid: int, create_time: float | None, log_path: Path | None = None) -> ProcessHandle | None:
+        if pid in self._children:
+            return ProcessHandle(pid, create_time or 0.0, socket.gethostname(), log_path, self.name)
+        proc = live_process(pid, create_time)
+        if proc is None:
+            return None
+        return ProcessHandle(pid, proc.create_time(), socket.gethostname(), log_path, self.name)
+
+    def reap(self) -> None:
+        """Collect exited children without reporting them (poll reports them later)."""
+        for child in list(self._children.values()):
+            child.poll()

@@ -1,0 +1,364 @@
+"""The job queue: training and evaluation jobs stored in the registry's ``jobs`` table.
+
+A job is one process to run for one run. Its document:
+
+=================  ==========================================================================
+``id``             ``j`` + 6 hex digits (never a run id, which is hex only, so ``kill REF``
+                   can tell the two apart)
+``kind``           ``train`` (``advtui run --run-id``) or ``eval`` (``advtui eval RUN``)
+``run_id``         the run it trains or evaluates
+``status``         queued, running, done, failed, cancelled
+``priority``       higher starts first; equal priorities start oldest first
+``needs``          ``gpu``, ``cpu`` or ``auto`` (a GPU where the machine has one, else a CPU slot)
+``gpu_index``      the one GPU it must use (from ``--device cuda:N``), else None
+``depends_on``     job ids that must be ``done`` first (an auto-eval waits for its training)
+``attacks``        eval: the attack list passed to ``advtui eval --attacks``
+``eval_options``   eval: {"limit", "batch_size", "eps", "seed"} given to ``advtui eval``
+``pid``            the launched process, with ``pid_start_time`` (psutil create_time) and
+                   ``host``; ``slot`` ({"gpu": i} or {"cpu": n}), ``log`` (relative to runs/)
+``exit_code``      the process's exit code when known; ``error`` why it failed or was cancelled
+``blocked_by``     the dependency whose failure cancelled it (``resume`` re-queues such jobs)
+=================  ==========================================================================
+
+The functions here only change the registry (and, for ``kill``, signal a process); starting
+queued jobs is the scheduler's work (``advtui.jobs.scheduler``).
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from advtui.config import RunConfig
+from advtui.errors import AdvtuiError, ConfigError, RunNotFoundError
+from advtui.jobs.launcher import DEFAULT_GRACE_S, live_process, stop_process
+from advtui.registry import JOBS, RUNS, Registry
+from advtui.runner import default_run_name
+
+JOB_STATUSES = ("queued", "running", "done", "failed", "cancelled")
+ACTIVE = ("queued", "running")
+FINAL = ("done", "failed", "cancelled")
+EVAL_OPTION_FLAGS = {"limit": "--limit", "batch_size": "--batch-size", "eps": "--eps", "step_size": "--step-size",
+                     "seed": "--seed"}
+
+
+class JobNotFoundError(AdvtuiError):
+    """A job id that matches no job (or several)."""
+
+
+@dataclass
+class QueuedTraining:
+    """What ``queue_train`` created: the run record, its train job, and its auto-eval jobs."""
+
+    run: dict[str, Any]
+    job: dict[str, Any]
+    evals: list[dict[str, Any]] = field(default_factory=list)
+
+
+# -- creating jobs ---------------------------------------------------------------------------------
+def _insert_job(registry: Registry, doc: dict[str, Any]) -> dict[str, Any]:
+    with registry.transaction() as db:
+        jobs = db.table(JOBS, cache_size=0)
+        taken = {j.get("id") for j in jobs.all()}
+        job_id = "j" + secrets.token_hex(3)
+        while job_id in taken:
+            job_id = "j" + secrets.token_hex(3)
+        job = {
+            "id": job_id, "status": "queued", "priority": 0, "needs": "auto", "gpu_index": None,
+            "depends_on": [], "created": time.time(), "started": None, "ended": None,
+            "pid": None, "pid_start_time": None, "host": None, "slot": None, "log": None,
+            "exit_code": None, "error": None, "blocked_by": None, "kill_requested": None,
+            **doc,
+        }
+        job["id"] = job_id
+        jobs.insert(job)
+    return job
+
+
+def device_needs(device: str) -> tuple[str, int | None]:
+    """What a job with this --device needs: ('cpu'|'gpu'|'auto', the GPU index it asks for)."""
+    if device == "cpu":
+        return "cpu", None
+    if device.startswith("cuda"):
+        _, _, index = device.partition(":")
+        return "gpu", int(index) if index else None
+    return "auto", None
+
+
+def parse_attacks(attacks: str) -> list[str]:
+    """The comma-separated attack list, each spec checked by the attack parser when present."""
+    specs = [a.strip() for a in attacks.split(",") if a.strip()]
+    if not specs:
+        raise ConfigError("--attacks needs at least one attack, e.g. natural,pgd-10")
+    try:
+        from advtui.engine.attacks import parse_attack
+    except ImportError:  # the evaluation module validates them when the job runs
+        return specs
+    for spec in specs:
+        parse_attack(spec)
+    return specs
+
+
+def queue_train(
+    registry: Registry,
+    config: RunConfig,
+    *,
+    priority: int = 0,
+    auto_eval: str | None = None,
+    eval_options: dict[str, Any] | None = None,
+) -> QueuedTraining:
+    """Create a queued run record and its train job (and, with ``auto_eval``, eval jobs that
+    wait for the training to finish). Nothing starts until a scheduler picks the job up."""
+    attacks = parse_attacks(auto_eval) if auto_eval else None
+    needs, gpu_index = device_needs(config.device)
+    if gpu_index is not None:
+        # The scheduler pins the job to that GPU with CUDA_VISIBLE_DEVICES, where it is cuda:0.
+        config = RunConfig.from_dict({**config.to_dict(), "device": "cuda"})
+    with registry.transaction():  # one atomic step for other processes: no run without its job
+        run = registry.create_run({
+            "name": default_run_name(config), "group": config.group, "defense": config.defense,
+            "dataset": config.dataset, "model": config.model, "config": config.to_dict(),
+            "epochs": config.epochs, "epoch": 0, "checkpoints": {}, "metrics": {}, "status": "queued",
+        })
+        job = _insert_job(registry, {"kind": "train", "run_id": run["id"], "priority": priority,
+                                     "needs": needs, "gpu_index": gpu_index})
+        evals = []
+        if attacks:
+            evals.append(_insert_job(registry, {
+                "kind": "eval", "run_id": run["id"], "priority": priority, "needs": needs,
+                "gpu_index": gpu_index, "depends_on": [job["id"]], "attacks": attacks,
+                "eval_options": _clean_eval_options(eval_options), "auto": True,
+            }))
+    return QueuedTraining(run, job, evals)
+
+
+def seed_configs(base: RunConfig, seeds: list[int]) -> list[RunConfig]:
+    """One config per seed, grouped: group defaults to the run name (or DEFENSE-DATASET) and each
+    run is named GROUP-sSEED, so `compare --group` finds the seeds of one experiment."""
+    group = base.group or base.name or f"{base.defense}-{base.dataset}"
+    return [RunConfig.from_dict({**base.to_dict(), "seed": seed, "group": group, "name": f"{group}-s{seed}"})
+            .validate() for seed in seeds]
+
+
+def parse_seeds(text: str) -> list[int]:
+    """'0,1,2' or '0-4' (or a mix) -> [0, 1, 2, ...] without repeats."""
+    seeds: list[int] = []
+    try:
+        for part in (p.strip() for p in text.split(",") if p.strip()):
+            low, dash, high = part.partition("-")
+            values = range(int(low), int(high) + 1) if dash else [int(part)]
+            seeds.extend(s for s in values if s not in seeds)
+    except ValueError:
+        raise ConfigError(f"--seeds must be integers like 0,1,2 or 0-4, got {text!r}") from None
+    if not seeds:
+        raise ConfigError(f"--seeds must name at least one seed, got {text!r}")
+    return seeds
+
+
+def _clean_eval_options(options: dict[str, Any] | None) -> dict[str, Any]:
+    return {k: v for k, v in (options or {}).items() if v is not None and k in EVAL_OPTION_FLAGS}
+
+
+def queue_eval(
+    registry: Registry,
+    run_ref: str,
+    attacks: str | list[str] | None,
+    *,
+    options: dict[str, Any] | None = None,
+    priority: int = 0,
+) -> dict[str, Any]:
+    """Queue ``advtui eval RUN --attacks ...`` (None: the eval command's default attacks). A run
+    still training (or queued) gets an eval that waits for its train job; a run with no final
+    checkpoint and no training ahead is an error."""
+    specs = parse_attacks(attacks) if isinstance(attacks, str) else (list(attacks) if attacks else None)
+    run = registry.resolve_run(run_ref)
+    pending = [j for j in jobs_of_run(registry, run["id"], kind="train") if j["status"] in ACTIVE]
+    if not pending and not (run.get("checkpoints") or {}).get("final"):
+        raise ConfigError(f"run {run['id']} ({run.get('status')}) has no final checkpoint to evaluate: "
+                          f"`advtui resume {run['id']}` finishes it first")
+    needs, gpu_index = device_needs((run.get("config") or {}).get("device", "auto"))
+    return _insert_job(registry, {
+        "kind": "eval", "run_id": run["id"], "priority": priority, "needs": needs, "gpu_index": gpu_index,
+        "depends_on": [j["id"] for j in pending], "attacks": specs, "eval_options": _clean_eval_options(options),
+    })
+
+
+# -- reading ------------------------------------------------------------------------------------------
+def list_jobs(registry: Registry, status: str | None = None) -> list[dict[str, Any]]:
+    jobs = registry.all(JOBS)
+    if status is not None:
+        jobs = [j for j in jobs if j.get("status") == status]
+    return sorted(jobs, key=lambda j: j.get("created", 0))
+
+
+def jobs_of_run(registry: Registry, run_id: str, kind: str | None = None) -> list[dict[str, Any]]:
+    return [j for j in list_jobs(registry) if j.get("run_id") == run_id and (kind is None or j.get("kind") == kind)]
+
+
+def resolve_job(registry: Registry, ref: str) -> dict[str, Any]:
+    """A job by exact id or unique id prefix."""
+    jobs = registry.all(JOBS)
+    exact = [j for j in jobs if j.get("id") == ref]
+    if exact:
+        return exact[0]
+    found = [j for j in jobs if ref and j.get("id", "").startswith(ref)]
+    if len(found) == 1:
+        return found[0]
+    if len(found) > 1:
+        raise JobNotFoundError(f"{ref!r} matches several jobs ({', '.join(j['id'] for j in found[:5])}): give the full id")
+    raise JobNotFoundError(f"no job {ref!r} in {registry.root}: `advtui queue ls` lists the jobs")
+
+
+def is_job_ref(registry: Registry, ref: str) -> bool:
+    return ref.startswith("j") and any(j.get("id", "").startswith(ref) for j in registry.all(JOBS))
+
+
+# -- changing ----------------------------------------------------------------------------------------
+def finish_job(registry: Registry, job: dict[str, Any], status: str, **fields: Any) -> bool:
+    """Move a job from its current status to a final one, only if nobody did so meanwhile."""
+    changed = registry.update(JOBS, {"id": job["id"], "status": job["status"]},
+                              {"status": status, "ended": time.time(), **fields})
+    return changed > 0
+
+
+def cancel_dependents(registry: Registry, job: dict[str, Any], reason: str) -> list[str]:
+    """Cancel the queued jobs that wait on ``job`` (which will never be done); returns their ids."""
+    cancelled = []
+    for other in list_jobs(registry, "queued"):
+        if job["id"] in (other.get("depends_on") or []):
+            if finish_job(registry, other, "cancelled", blocked_by=job["id"],
+                          error=f"cancelled: {job['kind']} job {job['id']} of run {job['run_id']} {reason}"):
+                cancelled.append(other["id"])
+                cancelled += cancel_dependents(registry, other, "was cancelled")
+    return cancelled
+
+
+def cancel_job(registry: Registry, ref: str, reason: str = "cancelled by user") -> dict[str, Any]:
+    """Cancel a queued job (a running one is stopped with ``kill``). A cancelled train job's run
+    becomes 'killed' (never started; ``resume`` queues it again) and its evals are cancelled."""
+    job = resolve_job(registry, ref)
+    if job["status"] == "running":
+        raise ConfigError(f"job {job['id']} is running: `advtui kill {job['id']}` stops it")
+    if job["status"] != "queued":
+        raise ConfigError(f"job {job['id']} is already {job['status']}")
+    if not finish_job(registry, job, "cancelled", error=reason):
+        raise ConfigError(f"job {job['id']} changed status meanwhile: see `advtui queue ls`")
+    if job["kind"] == "train":
+        registry.update(RUNS, {"id": job["run_id"], "status": "queued"},
+                        {"status": "killed", "ended": time.time(), "error": f"{reason} before it started"})
+    cancel_dependents(registry, job, "was cancelled")
+    return {**job, "status": "cancelled", "error": reason}
+
+
+@dataclass
+class KillReport:
+    run_id: str | None
+    job_id: str | None
+    outcome: str  # cancelled (was queued) | terminated | killed (SIGKILL needed) | gone
+    message: str
+
+
+def kill(registry: Registry, ref: str, grace_s: float = DEFAULT_GRACE_S, executor=None) -> KillReport:
+    """Stop a run or job: a queued job is cancelled; a running process gets SIGTERM (the run
+    checkpoints and ends 'killed'), then SIGKILL after ``grace_s`` seconds.
+
+    Blocks up to ``grace_s`` (+ a few seconds): call it from a worker thread in a UI. Works from
+    any process (the scheduler that launched the job need not be this one).
+    """
+    job, run = _kill_target(registry, ref)
+    if job is not None and job["status"] == "queued":
+        cancel_job(registry, job["id"], "cancelled by `advtui kill`")
+        return KillReport(job["run_id"], job["id"], "cancelled", f"job {job['id']} was queued: cancelled")
+    pid, started = (job.get("pid"), job.get("pid_start_time")) if job else (None, None)
+    if pid is None and run is not None:
+        pid, started = run.get("pid"), run.get("pid_start_time")
+    if job is not None:
+        registry.update(JOBS, {"id": job["id"], "status": "running"}, {"kill_requested": time.time()})
+    if executor is not None and job is not None and pid:
+        handle = executor.attach(pid, started)
+        outcome = executor.stop(handle, grace_s) if handle is not None else "gone"
+    else:
+        outcome = stop_process(pid, started, grace_s) if pid else "gone"
+    run_id = run["id"] if run else (job or {}).get("run_id")
+    now = time.time()
+    note = {"terminated": "stopped by SIGTERM", "killed": f"did not stop within {grace_s:g}s of SIGTERM: SIGKILL",
+            "gone": "its process had already ended"}[outcome]
+    if run is not None and (job is None or job["kind"] == "train"):
+        # The run records 'killed' itself on SIGTERM; after a SIGKILL (or if it never got that
+        # far) record it here. Its last checkpoint (if any) stays, so `resume` continues it.
+        registry.update(RUNS, {"id": run["id"], "status": "running"},
+                        {"status": "killed", "ended": now, "error": f"killed: {note}"})
+        registry.update(RUNS, {"id": run["id"], "status": "queued"},
+                        {"status": "killed", "ended": now, "error": f"killed before it started: {note}"})
+    if job is not None:
+        current = resolve_job(registry, job["id"])
+        if current["status"] == "running":
+            finish_job(registry, current, "cancelled", error=f"killed by user: {note}")
+        cancel_dependents(registry, current, "was killed")
+    what = f"run {run_id}" + (f" (job {job['id']})" if job else "")
+    return KillReport(run_id, job["id"] if job else None, outcome, f"{what}: {note}")
+
+
+def _kill_target(registry: Registry, ref: str) -> tuple[dict | None, dict | None]:
+    """(job, run) to stop for REF: a job id, or a run whose training (or eval) is active."""
+    if is_job_ref(registry, ref):
+        job = resolve_job(registry, ref)
+        if job["status"] not in ACTIVE:
+            raise ConfigError(f"job {job['id']} is not running (status {job['status']})")
+        run = registry.get_run(job["run_id"]) if job["kind"] == "train" else None
+        return job, run
+    try:
+        run = registry.resolve_run(ref)
+    except RunNotFoundError:
+        raise RunNotFoundError(f"no run or job {ref!r}: `advtui ls` lists runs, `advtui queue ls` jobs") from None
+    active = [j for j in jobs_of_run(registry, run["id"]) if j["status"] in ACTIVE]
+    train = [j for j in active if j["kind"] == "train"]
+    if train:
+        return train[-1], run
+    if run.get("status") == "running" and live_process(run.get("pid"), run.get("pid_start_time")):
+        return None, run  # a foreground `advtui run`, not launched by a scheduler
+    evals = [j for j in active if j["kind"] == "eval" and j["status"] == "running"]
+    if evals:
+        return evals[-1], None
+    raise ConfigError(f"run {run['id']} is not running (status {run.get('status')})")
+
+
+def resume(registry: Registry, ref: str, *, epochs: int | None = None, priority: int = 0) -> QueuedTraining:
+    """Queue a killed or failed run again: the launched ``advtui run --run-id`` continues from
+    its last checkpoint (or starts over when it has none). ``epochs`` extends a run, which
+    also lets a finished run train further. Auto-evals cancelled because the training stopped
+    are queued again behind the new train job."""
+    run = registry.resolve_run(ref)
+    status = run.get("status")
+    active = [j for j in jobs_of_run(registry, run["id"], kind="train") if j["status"] in ACTIVE]
+    if active:
+        raise ConfigError(f"run {run['id']} already has {active[-1]['status']} job {active[-1]['id']}")
+    if status == "running" and live_process(run.get("pid"), run.get("pid_start_time")):
+        raise ConfigError(f"run {run['id']} is running (pid {run.get('pid')}): `advtui kill {run['id']}` first")
+    config = dict(run.get("config") or {})
+    if epochs is not None:
+        if epochs <= run.get("epoch", 0):
+            raise ConfigError(f"--epochs must exceed the {run.get('epoch', 0)} epochs run {run['id']} has done")
+        config["epochs"] = epochs
+    elif status == "finished":
+        raise ConfigError(f"run {run['id']} already finished: pass --epochs N (more than "
+                          f"{config.get('epochs')}) to train it further")
+    elif status == "queued":
+        raise ConfigError(f"run {run['id']} is already queued")
+    needs, gpu_index = device_needs(config.get("device", "auto"))
+    with registry.transaction():
+        registry.update_run(run["id"], status="queued", error=None, ended=None, config=config,
+                            epochs=config.get("epochs", run.get("epochs")))
+        job = _insert_job(registry, {"kind": "train", "run_id": run["id"], "priority": priority,
+                                     "needs": needs, "gpu_index": gpu_index, "resumed": True})
+        previous = {j["id"] for j in jobs_of_run(registry, run["id"], kind="train")} - {job["id"]}
+        evals = []
+        for other in jobs_of_run(registry, run["id"], kind="eval"):
+            if other["status"] == "cancelled" and other.get("blocked_by") in previous:
+                registry.update(JOBS, {"id": other["id"], "status": "cancelled"},
+                                {"status": "queued", "depends_on": [job["id"]], "blocked_by": None,
+                                 "error": None, "ended": None})
+                evals.append({**other, "status": "queued", "depends_on": [job["id"]]})
+    return QueuedTraining(registry.get_run(run["id"]) or run, job, evals)

@@ -1,0 +1,493 @@
+"""The scheduler: starts queued jobs on free GPU or CPU slots and records how they end.
+
+Driving it (``advtui worker`` does exactly this; the dashboard does it from a worker thread)::
+
+    scheduler = Scheduler(Registry(root), LocalExecutor(), SchedulerPolicy(cpu_slots=2),
+                          on_event=lambda kind, job, message: ...)
+    if scheduler.acquire():          # the scheduler lock: False while another one acts
+        scheduler.reconcile()        # running records whose process vanished -> failed
+        while ...:
+            started = scheduler.tick()   # -> list of job docs started by this call
+            time.sleep(1)
+        scheduler.release()          # launched processes keep running
+
+``tick()`` (1) collects jobs whose process ended and marks them done/failed/cancelled from the
+exit code and the run record, (2) cancels jobs whose dependency failed, (3) starts the ready
+queued jobs, highest priority first, while slots are free. It takes the lock itself if it can
+(and returns [] when another scheduler holds it), reconciles once on first use, and is safe to
+call from one thread while other threads read the registry. ``on_event(kind, job, message)``
+is called for "started", "finished", "adopted" and "reconciled".
+
+Only one scheduler acts at a time: ``runs/scheduler.lock`` (a file lock, released by the OS if
+the holder dies) is held from ``acquire`` to ``release``; ``holder()`` says who has it. Job
+claims are also compare-and-set in the registry, so a job can never start twice.
+
+Slots follow nvitop's device selection: a GPU qualifies when it has at least
+``min_free_memory_mib`` free and, unless one of our jobs already runs there, utilization at most
+``max_gpu_utilization`` %; the qualifying GPU with the most free memory wins; each GPU takes
+``slots_per_gpu`` jobs, pinned with ``CUDA_VISIBLE_DEVICES`` (and ``CUDA_DEVICE_ORDER=PCI_BUS_ID``
+so NVML's index is CUDA's). A job whose device is ``auto`` waits for a GPU on a machine that has
+one; on a machine without, it takes one of ``cpu_slots`` CPU slots. Every job gets
+``OMP_NUM_THREADS`` = CPU cores / slots, so parallel jobs do not oversubscribe the cores.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from filelock import FileLock, Timeout
+
+from advtui.errors import ConfigError
+from advtui.jobs.launcher import (
+    ExitStatus, Executor, LaunchSpec, LocalExecutor, ProcessHandle, describe_exit, live_process, log_tail,
+    why_not_alive,
+)
+from advtui.jobs.monitor import NA, GpuSampler, GpuSnapshot, GpuState
+from advtui.jobs.queue import EVAL_OPTION_FLAGS, cancel_dependents, finish_job
+from advtui.paths import run_dir
+from advtui.registry import JOBS, RUNS, Registry
+
+SCHEDULER_LOCK = "scheduler.lock"
+SCHEDULER_HOLDER = "scheduler.json"
+TRAIN_LOG = "log.txt"
+
+EventCallback = Callable[[str, dict, str], None]
+
+
+@dataclass
+class SchedulerPolicy:
+    """How many jobs may run where."""
+
+    cpu_slots: int = 1  # jobs at once on CPU (machines without a usable GPU, or --device cpu)
+    slots_per_gpu: int = 1
+    min_free_memory_mib: float = 1024.0  # a GPU with less free memory is not used
+    max_gpu_utilization: float = 90.0  # %: a GPU busier than this (with none of our jobs) is not used
+    gpus: tuple[int, ...] | None = None  # only these GPU indices (None: all)
+    threads_per_job: int | None = None  # torch threads per job (None: CPU cores / slots)
+
+    def validate(self) -> "SchedulerPolicy":
+        if self.cpu_slots < 0 or self.slots_per_gpu < 1:
+            raise ConfigError("--cpu-slots must be >= 0 and --slots-per-gpu >= 1")
+        if self.threads_per_job is not None and self.threads_per_job < 1:
+            raise ConfigError("--threads must be at least 1")
+        return self
+
+
+def cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+class Scheduler:
+    def __init__(
+        self,
+        registry: Registry,
+        executor: Executor | None = None,
+        policy: SchedulerPolicy | None = None,
+        gpu_sampler: GpuSampler | None = None,
+        on_event: EventCallback | None = None,
+        role: str = "worker",
+    ):
+        self.registry = registry
+        self.executor = executor or LocalExecutor()
+        self.policy = (policy or SchedulerPolicy()).validate()
+        self.gpu_sampler = gpu_sampler or GpuSampler()
+        self.on_event = on_event
+        self.role = role  # shown to others by holder(): "worker", "dashboard"
+        self.host = socket.gethostname()
+        self.last_gpus: GpuSnapshot | None = None
+        self._lock = FileLock(str(registry.root / SCHEDULER_LOCK), thread_local=False)
+        self._handles: dict[str, ProcessHandle] = {}  # job id -> process this scheduler watches
+        self._reconciled = False
+        self._mutex = threading.RLock()
+
+    # -- the scheduler lock -------------------------------------------------------------------------
+    @property
+    def active(self) -> bool:
+        """True while this scheduler holds the lock."""
+        return self._lock.is_locked
+
+    def acquire(self, timeout: float = 0.0) -> bool:
+        """Take the scheduler lock (waiting up to ``timeout`` s); False if another scheduler has it."""
+        with self._mutex:
+            if self._lock.is_locked:
+                return True
+            self.registry.root.mkdir(parents=True, exist_ok=True)
+            try:
+                self._lock.acquire(timeout=timeout)
+            except Timeout:
+                return False
+            self._write_holder()
+            return True
+
+    def release(self) -> None:
+        """Give the lock back; processes it launched keep running (the next scheduler adopts them)."""
+        with self._mutex:
+            if not self._lock.is_locked:
+                return
+            try:
+                (self.registry.root / SCHEDULER_HOLDER).unlink()
+            except OSError:
+                pass
+            self._lock.release(force=True)
+            self._reconciled = False
+            self._handles.clear()
+
+    close = release
+
+    def _write_holder(self) -> None:
+        info = {"pid": os.getpid(), "host": self.host, "role": self.role, "since": time.time()}
+        path = self.registry.root / SCHEDULER_HOLDER
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(info))
+        os.replace(tmp, path)
+
+    def holder(self) -> dict[str, Any] | None:
+        """Who holds the lock, as it wrote when taking it ({pid, host, role, since}); None if
+        nobody does (a holder that died releases the lock with its process)."""
+        if self.active:
+            return {"pid": os.getpid(), "host": self.host, "role": self.role}
+        return read_holder(self.registry.root)
+
+    # -- reconciliation -----------------------------------------------------------------------------
+    def reconcile(self) -> list[str]:
+        """Match 'running' records with live processes on this host: adopt the living (they were
+        launched by a scheduler that has exited), finish the jobs whose process ended, and mark
+        runs whose process is gone, or whose pid now belongs to another process, failed with
+        "process vanished". Returns what it changed, one line each."""
+        with self._mutex:
+            if not self.acquire():
+                return []
+            messages: list[str] = []
+            for job in self.registry.search(JOBS, status="running"):
+                if job["id"] in self._handles or job.get("host") not in (None, self.host):
+                    continue
+                messages.append(self._reconcile_job(job))
+            for run in self.registry.search(RUNS, status="running"):
+                if run.get("host") not in (None, self.host):
+                    continue
+                if live_process(run.get("pid"), run.get("pid_start_time")) is None:
+                    reason = f"process vanished ({why_not_alive(run.get('pid'), run.get('pid_start_time'))})"
+                    tail = log_tail(run_dir(self.registry.root, run["id"]) / TRAIN_LOG)
+                    if self.registry.update(RUNS, {"id": run["id"], "status": "running"}, {
+                            "status": "failed", "ended": time.time(),
+                            "error": reason + (f"; last output:\n{tail}" if tail else "")}):
+                        messages.append(f"run {run['id']}: {reason}: marked failed")
+            self._reconciled = True
+            for message in messages:
+                self._emit("reconciled", {}, message)
+            return messages
+
+    def _reconcile_job(self, job: dict) -> str:
+        pid, started = job.get("pid"), job.get("pid_start_time")
+        if pid is None and job["kind"] == "train":
+            # Claimed, but the scheduler stopped before recording the pid: the run knows it
+            # once the process has attached to its record.
+            run = self.registry.get_run(job["run_id"]) or {}
+            if run.get("status") == "running":
+                pid, started = run.get("pid"), run.get("pid_start_time")
+                self.registry.update(JOBS, {"id": job["id"]}, {"pid": pid, "pid_start_time": started})
+                job = {**job, "pid": pid, "pid_start_time": started}
+        handle = self.executor.attach(pid, started, self._log_path(job)) if pid else None
+        if handle is not None:
+            self._handles[job["id"]] = handle
+            self._emit("adopted", job, f"job {job['id']}: process {pid} still running, watching it again")
+            return f"job {job['id']}: adopted running process {pid}"
+        status = self._finish(job, ExitStatus(None))
+        return f"job {job['id']}: its process ended while no scheduler watched it: {status}"
+
+    # -- the periodic step --------------------------------------------------------------------------
+    def tick(self) -> list[dict]:
+        """Collect ended jobs, then start ready ones; returns the jobs started (with pid)."""
+        with self._mutex:
+            if not self.acquire():
+                return []
+            if not self._reconciled:
+                self.reconcile()
+            self._collect()
+            jobs = self.registry.all(JOBS)
+            queued = [j for j in jobs if j.get("status") == "queued"]
+            if not queued:
+                return []
+            queued = self._settle_dependencies(queued, {j["id"]: j for j in jobs})
+            if not queued:
+                return []
+            snapshot = self.last_gpus = self.gpu_sampler.sample()
+            slots = _FreeSlots(self.policy, snapshot, [j for j in jobs if j.get("status") == "running"
+                                                       and j.get("host") in (None, self.host)])
+            started = []
+            for job in sorted(queued, key=lambda j: (-int(j.get("priority") or 0), j.get("created", 0))):
+                slot, impossible = slots.pick(job)
+                if impossible:
+                    self._fail_unstartable(job, impossible)
+                elif slot is not None:
+                    launched = self._launch(job, slot, slots.threads())
+                    if launched is not None:
+                        started.append(launched)
+                        slots.take(slot)
+            return started
+
+    def running(self) -> dict[str, ProcessHandle]:
+        """Jobs this scheduler is watching (launched or adopted), by job id."""
+        return dict(self._handles)
+
+    def idle(self) -> bool:
+        """Nothing running under this scheduler and nothing queued: a --once worker may exit."""
+        if self._handles:
+            return False
+        return not any(j.get("status") == "queued" for j in self.registry.all(JOBS))
+
+    def serve(self, once: bool = False, poll_s: float = 1.0, stop: threading.Event | None = None,
+              wait_for_lock: bool = True, say: Callable[[str], None] | None = None) -> None:
+        """Run the scheduler until ``stop`` is set (or, with ``once``, until the queue is drained
+        and every job it watches has ended). Waits for the lock while another scheduler acts."""
+        stop = stop or threading.Event()
+        said_waiting = False
+        while not stop.is_set():
+            if not self.acquire():
+                if not wait_for_lock:
+                    return
+                if not said_waiting and say is not None:
+                    holder = self.holder() or {}
+                    say(f"another scheduler ({holder.get('role', '?')} pid {holder.get('pid', '?')} on "
+                        f"{holder.get('host', '?')}) is active; waiting for it to finish")
+                    said_waiting = True
+                stop.wait(poll_s)
+                continue
+            self.tick()
+            if once and self.idle():
+                return
+            stop.wait(poll_s)
+
+    # -- ending jobs ---------------------------------------------------------------------------------
+    def _collect(self) -> None:
+        for job_id, handle in list(self._handles.items()):
+            status = self.executor.poll(handle)
+            if status is None:
+                continue
+            del self._handles[job_id]
+            found = self.registry.search(JOBS, id=job_id)
+            if found and found[0]["status"] == "running" and found[0].get("pid") == handle.pid:
+                self._finish(found[0], status)
+
+    def _finish(self, job: dict, exit_status: ExitStatus) -> str:
+        """Record how a job's process ended: the job's final status, and for a training whose
+        process died before recording its own end, the run as failed with its log's last lines."""
+        code = exit_status.code
+        tail = log_tail(self._log_path(job))
+        gone = why_not_alive(job.get("pid"), job.get("pid_start_time"))
+        if job["kind"] == "train":
+            run = self.registry.get_run(job["run_id"]) or {}
+            run_status = run.get("status", "failed")
+            if run_status in ("queued", "running"):
+                reason = (f"process vanished ({gone})" if code is None
+                          else f"the process ended ({describe_exit(code)}) before recording its end")
+                self.registry.update(RUNS, {"id": job["run_id"], "status": run_status}, {
+                    "status": "failed", "ended": time.time(),
+                    "error": reason + (f"; last output:\n{tail}" if tail else "")})
+                run = self.registry.get_run(job["run_id"]) or {}
+                run_status = "failed"
+            if code is None:
+                status = {"finished": "done", "killed": "cancelled"}.get(run_status, "failed")
+            elif code == 0:
+                status = "done" if run_status == "finished" else "failed"
+            else:
+                status = "cancelled" if run_status == "killed" or job.get("kill_requested") else "failed"
+            error = None if status == "done" else (run.get("error") or tail or describe_exit(code))
+        else:
+            if code == 0:
+                status, error = "done", None
+            elif code is None:
+                status, error = "failed", f"process vanished ({gone}); its exit status is unknown"
+            else:
+                status = "cancelled" if job.get("kill_requested") else "failed"
+                error = describe_exit(code)
+            if error and tail:
+                error += f"; last output:\n{tail}"
+        finish_job(self.registry, job, status, exit_code=code, error=error)
+        if status != "done":
+            cancel_dependents(self.registry, job, status)
+        detail = f"{describe_exit(code)}" + (f": {error.splitlines()[0]}" if error else "")
+        self._emit("finished", {**job, "status": status, "exit_code": code, "error": error},
+                   f"job {job['id']} ({job['kind']} of run {job['run_id']}) {status}: {detail}")
+        return status
+
+    def _fail_unstartable(self, job: dict, reason: str) -> None:
+        if finish_job(self.registry, job, "failed", error=reason):
+            if job["kind"] == "train":
+                self.registry.update(RUNS, {"id": job["run_id"], "status": "queued"},
+                                     {"status": "failed", "ended": time.time(), "error": reason})
+            cancel_dependents(self.registry, job, "failed")
+            self._emit("finished", {**job, "status": "failed", "error": reason}, f"job {job['id']} failed: {reason}")
+
+    def _settle_dependencies(self, queued: list[dict], by_id: dict[str, dict]) -> list[dict]:
+        """The queued jobs that may start now; cancel or fail those that never can."""
+        ready = []
+        for job in queued:
+            deps = [by_id.get(d) for d in job.get("depends_on") or []]
+            missing = [d for d, dep in zip(job.get("depends_on") or [], deps) if dep is None]
+            if missing:
+                self._fail_unstartable(job, f"depends on job {missing[0]}, which does not exist")
+                continue
+            broken = [d for d in deps if d["status"] in ("failed", "cancelled")]
+            if broken:
+                cancel_dependents(self.registry, broken[0], broken[0]["status"])
+                continue
+            if any(d["status"] != "done" for d in deps):
+                continue  # still waiting
+            run = self.registry.get_run(job["run_id"])
+            if run is None:
+                self._fail_unstartable(job, f"run {job['run_id']} is not in the registry")
+            elif job["kind"] == "train" and run.get("status") != "queued":
+                self._fail_unstartable(job, f"run {run['id']} is {run.get('status')}, not queued")
+            elif job["kind"] == "eval" and not self._final_checkpoint_exists(run):
+                if run.get("status") in ("queued", "running"):
+                    continue  # trained outside the queue: wait for it
+                self._fail_unstartable(job, f"run {run['id']} ({run.get('status')}) has no final checkpoint")
+            else:
+                ready.append(job)
+        return ready
+
+    def _final_checkpoint_exists(self, run: dict) -> bool:
+        rel = (run.get("checkpoints") or {}).get("final")
+        return bool(rel) and (run_dir(self.registry.root, run["id"]) / rel).exists()
+
+    # -- starting jobs -------------------------------------------------------------------------------
+    def _log_path(self, job: dict) -> Path:
+        folder = run_dir(self.registry.root, job["run_id"])
+        return folder / (TRAIN_LOG if job["kind"] == "train" else f"eval-{job['id']}.log")
+
+    def command(self, job: dict) -> list[str]:
+        """The argument list a job runs (never a shell string)."""
+        root = str(self.registry.root)
+        if job["kind"] == "train":
+            return [sys.executable, "-m", "advtui", "run", "--run-id", job["run_id"], "--runs-dir", root]
+        argv = [sys.executable, "-m", "advtui", "eval", job["run_id"]]
+        if job.get("attacks"):
+            argv += ["--attacks", ",".join(job["attacks"])]
+        argv += ["--runs-dir", root]
+        for key, value in (job.get("eval_options") or {}).items():
+            argv += [EVAL_OPTION_FLAGS[key], str(value)]
+        return argv
+
+    def _launch(self, job: dict, slot: dict, threads: int) -> dict | None:
+        log_path = self._log_path(job)
+        claimed = {"status": "running", "started": time.time(), "host": self.host, "slot": slot,
+                   "log": str(log_path.relative_to(self.registry.root)), "scheduler_pid": os.getpid()}
+        if not self.registry.update(JOBS, {"id": job["id"], "status": "queued"}, claimed):
+            return None  # cancelled meanwhile
+        job = {**job, **claimed}
+        env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+        if "gpu" in slot:
+            env.update(CUDA_VISIBLE_DEVICES=str(slot["gpu"]), CUDA_DEVICE_ORDER="PCI_BUS_ID")
+        else:
+            env["CUDA_VISIBLE_DEVICES"] = ""  # a CPU slot: keep it off every GPU
+        argv = self.command(job)
+        try:
+            handle = self.executor.start(LaunchSpec(argv, log_path, env))
+        except OSError as exc:
+            reason = f"could not start {argv[0]}: {exc}"
+            finish_job(self.registry, job, "failed", error=reason)
+            if job["kind"] == "train":
+                self.registry.update(RUNS, {"id": job["run_id"], "status": "queued"},
+                                     {"status": "failed", "ended": time.time(), "error": reason})
+            cancel_dependents(self.registry, job, "failed")
+            self._emit("finished", {**job, "status": "failed", "error": reason}, f"job {job['id']} failed: {reason}")
+            return None
+        self._handles[job["id"]] = handle
+        process = {"pid": handle.pid, "pid_start_time": handle.create_time, "argv": argv}
+        self.registry.update(JOBS, {"id": job["id"]}, process)
+        if job["kind"] == "train":
+            # The process records itself when it attaches; until then the run shows this pid.
+            self.registry.update(RUNS, {"id": job["run_id"], "status": "queued"},
+                                 {"pid": handle.pid, "pid_start_time": handle.create_time, "host": self.host})
+        job.update(process)
+        where = f"GPU {slot['gpu']}" if "gpu" in slot else f"CPU slot ({threads} threads)"
+        self._emit("started", job, f"job {job['id']} ({job['kind']} of run {job['run_id']}) started on "
+                                   f"{where}, pid {handle.pid}")
+        return job
+
+    def _emit(self, kind: str, job: dict, message: str) -> None:
+        if self.on_event is not None:
+            self.on_event(kind, job, message)
+
+
+def read_holder(root: Path) -> dict[str, Any] | None:
+    """The scheduler lock holder's note, if the process that wrote it is still alive."""
+    try:
+        info = json.loads((Path(root) / SCHEDULER_HOLDER).read_text())
+    except (OSError, ValueError):
+        return None
+    if info.get("host") == socket.gethostname() and live_process(info.get("pid"), None) is None:
+        return None
+    return info
+
+
+class _FreeSlots:
+    """The slots free for this tick, from the policy, the GPUs and the jobs running on this host."""
+
+    def __init__(self, policy: SchedulerPolicy, snapshot: GpuSnapshot, running: list[dict]):
+        self.policy = policy
+        self.gpus: dict[int, GpuState] = {
+            g.index: g for g in snapshot.gpus if policy.gpus is None or g.index in policy.gpus}
+        self.why_no_gpu = snapshot.message if not snapshot.gpus else "none of its GPUs is allowed (--gpus)"
+        self.gpu_used = {index: 0 for index in self.gpus}
+        self.cpu_used = 0
+        for job in running:
+            self.take(job.get("slot") or {"cpu": 0})
+
+    def take(self, slot: dict) -> None:
+        if "gpu" in slot:
+            self.gpu_used[slot["gpu"]] = self.gpu_used.get(slot["gpu"], 0) + 1
+        else:
+            self.cpu_used += 1
+
+    def threads(self) -> int:
+        if self.policy.threads_per_job:
+            return self.policy.threads_per_job
+        slots = self.policy.cpu_slots + len(self.gpus) * self.policy.slots_per_gpu
+        return max(1, cpu_count() // max(1, slots))
+
+    def pick(self, job: dict) -> tuple[dict | None, str | None]:
+        """(slot, None) to start now; (None, None) to wait; (None, reason) if it never can here."""
+        needs = job.get("needs", "auto")
+        if needs == "cpu" or (needs == "auto" and not self.gpus):
+            if self.policy.cpu_slots == 0:
+                return None, "it needs a CPU slot and this scheduler has --cpu-slots 0"
+            return ({"cpu": self.cpu_used + 1}, None) if self.cpu_used < self.policy.cpu_slots else (None, None)
+        if not self.gpus:
+            return None, f"it needs a GPU, but this machine has none usable ({self.why_no_gpu})"
+        wanted = job.get("gpu_index")
+        if wanted is not None and wanted not in self.gpus:
+            return None, f"it asks for GPU {wanted}, which this scheduler does not have ({sorted(self.gpus)})"
+        candidates = [g for g in self.gpus.values() if (wanted is None or g.index == wanted) and self._fits(g)]
+        if not candidates:
+            return None, None
+        best = max(candidates, key=lambda g: (_num(g.memory_free), -self.gpu_used[g.index], -g.index))
+        return {"gpu": best.index}, None
+
+    def _fits(self, gpu: GpuState) -> bool:
+        used = self.gpu_used[gpu.index]
+        if used >= self.policy.slots_per_gpu:
+            return False
+        free = gpu.memory_free
+        if free != NA and free < self.policy.min_free_memory_mib * 2**20:
+            return False
+        # Our own job makes its GPU busy; the threshold guards against other people's work.
+        if used == 0 and gpu.utilization != NA and gpu.utilization > self.policy.max_gpu_utilization:
+            return False
+        return True
+
+
+def _num(value: Any) -> float:
+    return float(value) if isinstance(value, (int, float)) else 0.0
