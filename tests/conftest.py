@@ -63,8 +63,10 @@ def _train_all(root: Path, data: Path) -> None:
 
 
 @pytest.fixture(scope="session")
-def _trained_runs_cache(tmp_path_factory, mnist_root) -> Path:
-    shared = tmp_path_factory.getbasetemp().parent / "advtui-trained-runs"
+def _trained_runs_cache(tmp_path_factory, worker_id, mnist_root) -> Path:
+    # Under xdist every worker's basetemp sits in one per-session folder: share the runs there.
+    base = tmp_path_factory.getbasetemp()
+    shared = (base.parent if worker_id != "master" else base) / "advtui-trained-runs"
     with FileLock(str(shared) + ".lock"):
         marker = shared / "done.json"
         if not marker.exists():

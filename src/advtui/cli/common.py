@@ -13,6 +13,8 @@ from advtui.paths import runs_dir
 from advtui.registry import Registry
 
 console = Console(highlight=False)
+if not console.is_terminal:  # piped or logged: don't squeeze tables into 80 columns
+    console = Console(highlight=False, width=200)
 err_console = Console(stderr=True, highlight=False)
 
 RunsDirOption = typer.Option(None, "--runs-dir", help="Runs directory (default $ADVTUI_RUNS or ./runs).")

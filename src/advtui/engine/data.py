@@ -103,7 +103,12 @@ def balanced_subset(labels: torch.Tensor, limit: int | None, seed: int = 0) -> t
 
 def _missing(dataset: str, root: Path, cause: Exception | None) -> DataMissingError:
     where = root / ("MNIST/raw" if dataset == "mnist" else CIFAR_FOLDER)
-    why = f" ({type(cause).__name__}: {cause})" if cause else ""
+    why = ""
+    if cause is not None:
+        text = str(cause)
+        offline = any(s in text for s in ("urlopen", "Name or service", "Temporary failure", "Network is unreachable"))
+        first_line = text.strip().splitlines()[0] if text.strip() else type(cause).__name__
+        why = " (offline: no network)" if offline else f" ({type(cause).__name__}: {first_line[:120]})"
     return DataMissingError(
         f"{dataset} is not under {where} and could not be downloaded{why}: "
         f"put the files there, or pass --data-root / set ADVTUI_DATA to where they are"

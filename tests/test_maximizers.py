@@ -1,0 +1,179 @@
+"""Every inner maximizer keeps x' in the eps-ball and in [0, 1]; the RNN is the paper's; BLS steps
+satisfy the Armijo condition; phi moves to increase the weighted inner loss."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from advtui.engine.maximizers import PGD, PGDBLS, CoordinateRNN, RNNOptimizer, project
+from advtui.engine.models import SmallCNN
+from advtui.engine.objectives import ce_per_example
+
+
+@pytest.fixture(scope="module")
+def model_and_batch():
+    torch.manual_seed(0)
+    model = SmallCNN().eval()
+    x = torch.rand(16, 1, 28, 28)
+    x[:4] = 0.0  # images on the box boundary exercise the [0, 1] clamp
+    x[4:8] = 1.0
+    y = torch.randint(0, 10, (16,))
+    return model, x, y
+
+
+def _maximizers():
+    return [
+        PGD(0.3 / 4, "normal"),
+        PGD(0.3 / 4, "uniform"),
+        PGDBLS(alpha0=0.3),
+        RNNOptimizer(device="cpu"),
+        RNNOptimizer(grad_input="sign", delta_scale=1.0, device="cpu"),
+    ]
+
+
+@pytest.mark.parametrize("maximizer", _maximizers(), ids=lambda m: f"{m.name}")
+@pytest.mark.parametrize("eps", [0.05, 0.3])
+def test_stays_in_ball_and_box(model_and_batch, maximizer, eps):
+    model, x, y = model_and_batch
+    result = maximizer.maximize(model, ce_per_example, x, y, eps, 5)
+    assert (result.x_adv - x).abs().max() <= eps + 1e-6
+    assert result.x_adv.min() >= 0.0 and result.x_adv.max() <= 1.0
+    assert result.trajectory.shape == (6,)
+    assert torch.isfinite(result.trajectory).all()
+
+
+def test_pgd_increases_loss_with_sign_steps(model_and_batch):
+    model, x, y = model_and_batch
+    result = PGD(0.3 / 4).maximize(model, ce_per_example, x, y, 0.3, 10)
+    assert result.trajectory[-1] > result.trajectory[0]
+    # sign steps of eps/4 from x + 0.001 N(0, I): away from the box, every coordinate sits on a
+    # multiple of eps/4 (up to the start noise) or on the ball's surface
+    interior = (x > 0.35) & (x < 0.65)
+    moved = (result.x_adv - x)[interior] / (0.3 / 4)
+    assert (moved - moved.round()).abs().max() < 0.1
+
+
+def test_rnn_has_120_parameters_and_no_bias():
+    rnn = CoordinateRNN(hidden=10)
+    names = dict(rnn.named_parameters())
+    assert sum(p.numel() for p in names.values()) == 120
+    assert not any("bias" in n for n in names)
+    assert RNNOptimizer(device="cpu").num_parameters() == 120
+
+
+def test_rnn_is_coordinate_wise():
+    """Each coordinate is its own sequence: changing one gradient coordinate changes only that
+    coordinate's step."""
+    rnn = CoordinateRNN()
+    g = torch.randn(2, 1, 4, 4)
+    h = rnn.initial_state(g.numel())
+    d1, _ = rnn(g, h)
+    g2 = g.clone()
+    g2[0, 0, 1, 2] += 5.0
+    d2, _ = rnn(g2, h)
+    changed = (d1 != d2)
+    assert changed.sum() == 1 and changed[0, 0, 1, 2]
+
+
+def test_rnn_starts_as_an_ascent_method():
+    rnn = CoordinateRNN()
+    delta, _ = rnn(torch.tensor([1.0, -1.0]), rnn.initial_state(2))
+    assert delta[0] > 0 > delta[1]
+
+
+def _weighted_inner_loss(opt: RNNOptimizer, model, x, y, eps, steps, seed):
+    torch.manual_seed(seed)
+    traj = opt.maximize(model, ce_per_example, x, y, eps, steps).trajectory
+    return sum(t * traj[t].item() for t in range(1, steps + 1))
+
+
+def test_phi_moves_to_increase_the_weighted_inner_loss(model_and_batch):
+    model, x, y = model_and_batch
+    torch.manual_seed(1)
+    opt = RNNOptimizer(lr=0.02, device="cpu")
+    before = _weighted_inner_loss(opt, model, x, y, 0.3, 5, seed=3)
+    for _ in range(15):
+        result = opt.maximize(model, ce_per_example, x, y, 0.3, 5, learn_graph=True)
+        opt.learn(result)
+    after = _weighted_inner_loss(opt, model, x, y, 0.3, 5, seed=3)
+    assert after > before
+
+
+def test_first_order_surrogate_equals_autograd_through_the_unrolled_graph(model_and_batch):
+    """The cheap phi-gradient (sum_t w_t <g_t, x'_t>) equals differentiating sum_t w_t L(x'_t)
+    through the whole unrolled computation with g_t held constant."""
+    model, x, y = model_and_batch
+    x, y = x[8:], y[8:]
+    opt = RNNOptimizer(device="cpu")
+    params = list(opt.net.parameters())
+    torch.manual_seed(7)
+    surrogate = opt.maximize(model, ce_per_example, x, y, 0.3, 4, learn_graph=True).info["phi_objective"]
+    fast = torch.autograd.grad(surrogate, params)
+
+    torch.manual_seed(7)
+    from advtui.engine.maximizers import random_start
+
+    x_adv = random_start(x, 0.3)
+    h = opt.net.initial_state(x.numel())
+    objective = 0.0
+    for t in range(5):
+        x_req = x_adv if x_adv.requires_grad else x_adv.requires_grad_(True)
+        loss = ce_per_example(model(x_req), y)
+        if t > 0:
+            objective = objective + t * loss.mean()
+        if t == 4:
+            break
+        (g,) = torch.autograd.grad(loss.sum(), x_req, retain_graph=True)
+        delta, h = opt.net(opt._scale(g.detach()), h)
+        x_adv = project(x_adv + opt.delta_scale * 0.3 * delta, x, 0.3)
+    exact = torch.autograd.grad(objective, params)
+    for a, b in zip(fast, exact):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_second_order_option_runs_and_learns(model_and_batch):
+    model, x, y = model_and_batch
+    opt = RNNOptimizer(second_order=True, device="cpu")
+    before = [p.detach().clone() for p in opt.net.parameters()]
+    result = opt.maximize(model, ce_per_example, x, y, 0.3, 3, learn_graph=True)
+    opt.learn(result)
+    assert any(not torch.equal(a, b) for a, b in zip(before, opt.net.parameters()))
+    assert (result.x_adv - x).abs().max() <= 0.3 + 1e-6
+
+
+def test_bls_steps_satisfy_the_armijo_condition(model_and_batch):
+    model, x, y = model_and_batch
+    bls = PGDBLS(alpha0=0.3, rho=0.5, c=1e-4)
+    result = bls.maximize(model, ce_per_example, x, y, 0.3, 5)
+    searches = result.info["line_searches"]
+    assert len(searches) == 5
+    assert any(s["accepted"].any() for s in searches)
+    for s in searches:
+        acc = s["accepted"]
+        lhs = s["loss_after"][acc]
+        rhs = s["loss_before"][acc] + 1e-4 * s["alpha"][acc] * s["slope"][acc]
+        assert (lhs >= rhs - 1e-6).all()
+        # step sizes come from alpha_0 * rho^k
+        k = torch.log2(0.3 / s["alpha"][acc])
+        assert torch.allclose(k, k.round(), atol=1e-4)
+        # examples whose search failed keep their point (no loss decrease)
+        assert torch.equal(s["loss_after"][~acc], s["loss_before"][~acc])
+    # the loss never decreases along a BLS trajectory
+    assert (result.trajectory[1:] - result.trajectory[:-1] >= -1e-6).all()
+
+
+def test_maximizers_give_no_parameter_gradients(model_and_batch):
+    model, x, y = model_and_batch
+    for p in model.parameters():
+        p.grad = None
+    for m in _maximizers():
+        m.maximize(model, ce_per_example, x, y, 0.3, 2)
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_project_is_box_and_ball():
+    x = torch.tensor([0.0, 0.5, 1.0])
+    out = project(torch.tensor([-1.0, 2.0, 0.2]), x, 0.1)
+    assert torch.allclose(out, torch.tensor([0.0, 0.6, 0.9]))
