@@ -1,0 +1,1 @@
+"""Screens of the dashboard: main, detail, log, compare, and the modal forms."""

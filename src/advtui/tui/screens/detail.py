@@ -1,0 +1,203 @@
+"""``d``: everything about one run: record, config, checkpoints, per-epoch metrics, evaluation
+results with their sanity flags, and its jobs. Refreshes while the run or its evals progress."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from typing import Any
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import VerticalScroll
+from textual.screen import Screen
+from textual.widgets import Footer, Header, Static
+
+from advtui.cli.common import STATUS_STYLE, fmt_duration
+from advtui.jobs.monitor import format_bytes
+from advtui.jobs.queue import jobs_of_run
+from advtui.tui.live import RunStream
+
+CONFIG_KEYS = ("eps", "inner_steps", "step_size", "batch_size", "lr", "momentum", "weight_decay", "milestones",
+               "beta", "seed", "init", "train_limit", "test_limit", "eval_limit", "preset", "device",
+               "rnn_hidden", "rnn_grad_input", "rnn_delta_scale", "rnn_lr", "compare_every", "log_every")
+
+
+def fmt_when(ts: float | None) -> str:
+    return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M") if ts else "-"
+
+
+def _n(value: Any, fmt: str = ".2f") -> str:
+    return format(value, fmt) if isinstance(value, (int, float)) else "-"
+
+
+def _section(title: str) -> Text:
+    return Text(f"\n{title}", style="bold underline")
+
+
+class DetailScreen(Screen):
+    BINDINGS = [
+        Binding("escape,q,d", "app.pop_screen", "Back"),
+        Binding("l", "log", "Log"),
+    ]
+
+    def __init__(self, run_id: str, interval: float = 2.0) -> None:
+        super().__init__()
+        self.run_id = run_id
+        self.interval = interval
+        self.results: dict[str, dict] | None = None
+        self.results_error: str | None = None
+        self.jobs: list[dict] = []
+        self.results_loaded = False
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with VerticalScroll(id="detail"):
+            yield Static(id="detail-run")
+            yield Static(id="detail-epochs")
+            yield Static(id="detail-results")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.title = f"run {self.run_id}"
+        self.refresh_data()
+        self.set_interval(self.interval, self.refresh_data)
+
+    def action_log(self) -> None:
+        from advtui.tui.screens.log import LogScreen
+
+        self.app.push_screen(LogScreen(self.run_id))
+
+    def refresh_data(self) -> None:
+        self.run_worker(self._load, thread=True, group="detail", exclusive=True, exit_on_error=False)
+
+    def _load(self) -> None:
+        app = self.app
+        record = app.registry.get_run(self.run_id)  # type: ignore[attr-defined]
+        stream = app.streams.get(self.run_id)  # type: ignore[attr-defined]
+        stream.poll()
+        try:
+            results, error = app.services.results(self.run_id), None  # type: ignore[attr-defined]
+        except Exception as exc:  # a results table another version wrote: show why, keep the rest
+            results, error = {}, f"{type(exc).__name__}: {exc}"
+        jobs = jobs_of_run(app.registry, self.run_id)  # type: ignore[attr-defined]
+        app.call_from_thread(self._show, record, stream, results, error, jobs)
+
+    def _show(self, record: dict | None, stream: RunStream, results: dict, error: str | None, jobs: list[dict]) -> None:
+        self.results, self.results_error, self.jobs = results, error, jobs
+        if record is None:
+            self.query_one("#detail-run", Static).update(Text(f"run {self.run_id} is no longer in the registry", style="red"))
+            return
+        self.sub_title = f"{record.get('name', '')} · {record.get('status')}"
+        self.query_one("#detail-run", Static).update(self._run_part(record))
+        self.query_one("#detail-epochs", Static).update(self._epochs_part(stream))
+        self.query_one("#detail-results", Static).update(self._results_part(results, error, jobs))
+        self.results_loaded = True
+
+    # -- parts --------------------------------------------------------------------------------
+    def _run_part(self, r: dict) -> Group:
+        status = r.get("status", "-")
+        head = Text()
+        head.append(f"{r['id']}  ", style="bold")
+        head.append(f"{r.get('name', '-')}  ")
+        head.append(status, style=STATUS_STYLE.get(status, "white"))
+        if r.get("group"):
+            head.append(f"  group {r['group']}", style="dim")
+        info = Table.grid(padding=(0, 2))
+        info.add_column(style="bold")
+        info.add_column()
+        info.add_column(style="bold")
+        info.add_column()
+        m = r.get("metrics") or {}
+        info.add_row("defense", str(r.get("defense")), "data/model", f"{r.get('dataset')}/{r.get('model')}")
+        info.add_row("epoch", f"{r.get('epoch', 0)}/{r.get('epochs', '?')}", "train time", fmt_duration(r.get("train_time")))
+        info.add_row("device", str(r.get("device") or "-"), "host / pid", f"{r.get('host') or '-'} / {r.get('pid') or '-'}")
+        info.add_row("created", fmt_when(r.get("created")), "started / ended",
+                     f"{fmt_when(r.get('started'))} / {fmt_when(r.get('ended'))}")
+        info.add_row("parameters", f"{r.get('model_params') or '-'}", "inner maximizer params", f"{r.get('maximizer_params', '-')}")
+        info.add_row("test clean %", _n(m.get("test_clean_acc")), f"test pgd-{(r.get('config') or {}).get('inner_steps', '?')} %",
+                     f"{_n(m.get('test_pgd_acc'))} (n={m.get('test_n', '-')})")
+        parts: list[Any] = [head, info]
+        if r.get("error"):
+            parts += [_section("error"), Text(str(r["error"]).strip()[-1500:], style="red")]
+        cfg = r.get("config") or {}
+        config = Table.grid(padding=(0, 2))
+        for _ in range(4):
+            config.add_column(style="bold")
+            config.add_column()
+        cells = [(k, str(cfg.get(k))) for k in CONFIG_KEYS if k in cfg]
+        for i in range(0, len(cells), 4):
+            row: list[str] = []
+            for k, v in cells[i:i + 4]:
+                row += [k, v]
+            config.add_row(*row)
+        parts += [_section("config"), config, _section("checkpoints")]
+        checkpoints = r.get("checkpoints") or {}
+        if not checkpoints:
+            parts.append(Text("none yet (the first is written at the end of epoch 1)", style="dim"))
+        folder = self.app.runs_root / r["id"]  # type: ignore[attr-defined]
+        for label, rel in checkpoints.items():
+            path = folder / rel
+            try:
+                st = os.stat(path)
+                state = Text(f"{format_bytes(st.st_size)}, saved {fmt_when(st.st_mtime)}")
+            except OSError:
+                state = Text("missing", style="red")
+            parts.append(Text(f"{label:<6} {rel}  ").append_text(state))
+        return Group(*parts)
+
+    def _epochs_part(self, stream: RunStream) -> Group:
+        epochs = sorted(stream.epochs.items())
+        if not epochs:
+            return Group(_section("epochs"), Text("no epoch finished yet", style="dim"))
+        table = Table(box=None, header_style="bold", pad_edge=False)
+        for col in ("epoch", "train loss", "train acc %", "inner loss at T", "clean %", "robust %", "n", "time", "lr"):
+            table.add_column(col, justify="right")
+        for e, m in epochs[-12:]:
+            table.add_row(str(e), _n(m.get("train_loss"), ".4f"), _n(m.get("train_acc")), _n(m.get("inner_final_loss"), ".4f"),
+                          _n(m.get("test_clean_acc")), _n(m.get("test_pgd_acc")), str(m.get("test_n", "-")),
+                          fmt_duration(m.get("epoch_time")), _n(m.get("lr"), ".3g"))
+        note = Text(f"(last 12 of {len(epochs)})", style="dim") if len(epochs) > 12 else Text("")
+        return Group(_section("epochs"), table, note)
+
+    def _results_part(self, results: dict, error: str | None, jobs: list[dict]) -> Group:
+        parts: list[Any] = [_section("evaluation results")]
+        if error:
+            parts.append(Text(f"cannot read results: {error}", style="red"))
+        if not results:
+            parts.append(Text("no results yet: press e on the main screen to queue an evaluation", style="dim"))
+        else:
+            table = Table(box=None, header_style="bold", pad_edge=False)
+            for col, justify in (("attack", "left"), ("accuracy %", "right"), ("n", "right"), ("kind", "left"),
+                                 ("time", "right"), ("sanity flags", "left")):
+                table.add_column(col, justify=justify)
+            first = next(iter(results.values()))
+            for spec, doc in results.items():
+                summary = doc.get("kind") == "summary"
+                flags = "; ".join(f.get("message", f.get("code", "")) for f in doc.get("flags") or [])
+                kind = "summary" if summary else doc.get("accuracy_kind", "attack")
+                if summary and spec == "min" and doc.get("argmin_label"):
+                    kind = f"min: {doc['argmin_label']}"
+                table.add_row(Text(doc.get("label") or spec, style="bold" if summary else ""),
+                              _n(doc.get("accuracy")), str(doc.get("n", "-")), kind,
+                              "" if summary else fmt_duration(doc.get("wall_time")),
+                              Text(flags or ("" if summary else "ok"), style="red" if flags else "green"))
+            settings = first.get("settings") or {}
+            parts.append(Text(f"checkpoint {first.get('checkpoint', '-')} ({first.get('checkpoint_hash', '-')}), "
+                              f"eps {settings.get('eps', '-')}, examples {settings.get('examples', '-')}", style="dim"))
+            parts.append(table)
+        if jobs:
+            parts.append(_section("jobs"))
+            table = Table(box=None, header_style="bold", pad_edge=False)
+            for col in ("job", "kind", "status", "attacks / note"):
+                table.add_column(col)
+            for job in jobs[-8:]:
+                status = job.get("status", "-")
+                note = (job.get("error") or "").splitlines()[0][:80] if job.get("error") else \
+                    ",".join(job.get("attacks") or []) if job.get("kind") == "eval" else ""
+                table.add_row(job["id"], job.get("kind", "-"), Text(status, style=STATUS_STYLE.get(status, "white")), note)
+            parts.append(table)
+        return Group(*parts)

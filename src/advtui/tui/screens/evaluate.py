@@ -1,0 +1,174 @@
+"""``e``: queue an evaluation of the selected (or marked) runs.
+
+A checklist of attacks: the paper's white-box columns, the learned optimizer of every rnn run
+(and l2lda generator) as an attacker, and black-box transfer from a surrogate run chosen in a
+list. The run's default attacks (``advtui eval``'s) start checked. Specs are parsed by
+``advtui.engine.attacks`` and the jobs queued by ``advtui.jobs.queue.queue_eval``; the
+dashboard's scheduler runs them and the results appear in the detail and compare screens.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.screen import ModalScreen
+from textual.widgets import Button, Input, Label, Select, SelectionList, Static
+from textual.widgets.selection_list import Selection
+
+from advtui.errors import AdvtuiError
+
+WHITE_BOX = (
+    ("natural", "natural (clean accuracy)"),
+    ("fgsm", "fgsm"),
+    ("pgd-10", "pgd-10"),
+    ("pgd-20", "pgd-20"),
+    ("pgd-100", "pgd-100"),
+    ("cw-100", "cw-100 (CW margin loss, kappa 50)"),
+    ("pgd-bls-10", "pgd-bls-10 (backtracking line search)"),
+)
+NO_SURROGATE = "none"
+
+
+class EvaluateScreen(ModalScreen[str | None]):
+    BINDINGS = [
+        Binding("escape", "cancel", "Cancel"),
+        Binding("ctrl+s", "submit", "Queue"),
+    ]
+
+    def __init__(self, targets: list[dict], all_runs: list[dict]) -> None:
+        super().__init__()
+        self.targets = targets
+        target_ids = {t["id"] for t in targets}
+        self.surrogates = [r for r in all_runs if r["id"] not in target_ids and (r.get("checkpoints") or {}).get("final")]
+        self.all_runs = all_runs
+
+    def compose(self) -> ComposeResult:
+        names = ", ".join(f"{t['id']} ({t.get('name')})" for t in self.targets)
+        with Vertical(id="dialog", classes="form"):
+            yield Static(f"Evaluate {names}", classes="dialog-title")
+            yield Label("attacks (space toggles; the run's default attacks are checked)", classes="muted")
+            yield SelectionList[str](id="attacks")
+            with Horizontal(classes="field-row"):
+                yield Label("transfer from", classes="field-label")
+                yield Select([("none", NO_SURROGATE)] + [(f"{r['id']} {r.get('name', '')} ({r.get('defense')})", r["id"])
+                                                         for r in self.surrogates],
+                             value=NO_SURROGATE, allow_blank=False, id="surrogate", compact=True)
+            with Horizontal(classes="field-row"):
+                yield Label("more attacks", classes="field-label")
+                yield Input(placeholder="specs, e.g. pgd-40x5, rnn-40:RUN, transfer-pgd-50:RUN", id="extra", compact=True)
+            with Horizontal(classes="field-row"):
+                yield Label("test examples", classes="field-label")
+                yield Input(placeholder="all of the run's test set", id="limit", compact=True)
+            with Horizontal(classes="field-row"):
+                yield Label("eps", classes="field-label")
+                yield Input(placeholder="the run's eps", id="eps", compact=True)
+            yield Label("", id="eval-error", classes="error")
+            with Horizontal(classes="buttons"):
+                yield Button("Cancel (esc)", id="cancel")
+                yield Button("Queue (ctrl+s)", variant="primary", id="submit", disabled=True)
+
+    def on_mount(self) -> None:
+        attacks = self.query_one("#attacks", SelectionList)
+        attacks.border_title = "loading attacks…"
+        attacks.focus()
+        self.run_worker(self._load_choices, thread=True, group="choices", exit_on_error=False)
+
+    def _load_choices(self) -> None:
+        services = self.app.services  # type: ignore[attr-defined]
+        try:
+            defaults: list[str] = []
+            for target in self.targets:
+                defaults += [d for d in services.default_attacks(target) if d not in defaults]
+            learned = services.learned_attackers(self.all_runs)
+        except AdvtuiError as exc:
+            self.app.call_from_thread(self._error, str(exc))
+            return
+        self.app.call_from_thread(self._show_choices, defaults, learned)
+
+    def _show_choices(self, defaults: list[str], learned: list[tuple[str, dict]]) -> None:
+        attacks = self.query_one("#attacks", SelectionList)
+        options: list[Selection] = []
+        seen = set()
+        own = {t["id"] for t in self.targets}
+        for spec, label in WHITE_BOX:
+            options.append(Selection(label, spec, spec in defaults))
+            seen.add(spec)
+        for family, run in learned:
+            for steps in (10, 40):
+                spec = f"{family}-{steps}:{run['id']}"
+                whose = "own" if run["id"] in own else f"{run['id']} {run.get('name', '')}"
+                options.append(Selection(f"{family}-{steps} · learned optimizer of {whose}", spec, spec in defaults))
+                seen.add(spec)
+        for spec in defaults:
+            if spec not in seen:
+                options.append(Selection(spec, spec, True))
+        attacks.clear_options()
+        attacks.add_options(options)
+        attacks.border_title = f"{len(options)} attacks"
+        self.query_one("#submit", Button).disabled = False
+
+    def _error(self, message: str) -> None:
+        self.query_one("#eval-error", Label).update(message)
+
+    def chosen(self) -> tuple[list[str], dict[str, Any]]:
+        """The attack list and eval options from the form; ValueError with a message if bad."""
+        specs = list(self.query_one("#attacks", SelectionList).selected)
+        surrogate = self.query_one("#surrogate", Select).value
+        if surrogate not in (NO_SURROGATE, Select.BLANK, None):
+            specs.append(f"transfer:{surrogate}")
+        extra = self.query_one("#extra", Input).value
+        specs += [s.strip() for s in extra.replace(" ", ",").split(",") if s.strip()]
+        if not specs:
+            raise ValueError("check at least one attack")
+        options: dict[str, Any] = {}
+        limit = self.query_one("#limit", Input).value.strip()
+        if limit:
+            if not limit.isdigit() or int(limit) < 1:
+                raise ValueError(f"test examples must be a positive whole number, got {limit!r}")
+            options["limit"] = int(limit)
+        eps = self.query_one("#eps", Input).value.strip()
+        if eps:
+            try:
+                options["eps"] = float(eps)
+            except ValueError:
+                raise ValueError(f"eps must be a number, got {eps!r}") from None
+        return specs, options
+
+    @on(Button.Pressed, "#cancel")
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+    @on(Button.Pressed, "#submit")
+    def action_submit(self) -> None:
+        if self.query_one("#submit", Button).disabled:
+            return
+        try:
+            specs, options = self.chosen()
+        except ValueError as exc:
+            self._error(str(exc))
+            self.app.bell()
+            return
+        self._error("queueing…")
+        self.query_one("#submit", Button).disabled = True
+        self.run_worker(lambda: self._queue(specs, options), thread=True, group="queue", exit_on_error=False)
+
+    def _queue(self, specs: list[str], options: dict[str, Any]) -> None:
+        services = self.app.services  # type: ignore[attr-defined]
+        try:
+            canonical = services.check_attacks(specs)
+            jobs = services.queue_evaluation([t["id"] for t in self.targets], canonical, options)
+        except AdvtuiError as exc:
+            self.app.call_from_thread(self._failed, str(exc))
+            return
+        waits = [j for j in jobs if j.get("depends_on")]
+        after = f" ({len(waits)} after training)" if waits else ""
+        self.app.call_from_thread(
+            self.dismiss, f"queued {len(jobs)} eval job{'s' if len(jobs) > 1 else ''}{after}: {', '.join(canonical)}")
+
+    def _failed(self, message: str) -> None:
+        self._error(message)
+        self.query_one("#submit", Button).disabled = False

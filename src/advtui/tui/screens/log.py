@@ -1,0 +1,160 @@
+"""A run's log, following as it grows.
+
+A run launched by the scheduler writes its output to ``runs/<id>/log.txt``; a run started with
+``advtui run`` in a terminal has no log file, so its events stream is shown as log lines
+instead. Either way only new bytes are read on each tick.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from pathlib import Path
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.screen import Screen
+from textual.widgets import Footer, Header, Log
+
+from advtui.events import EVENTS_FILE, EventTail
+
+LOG_FILE = "log.txt"
+# A long log is opened at its end: the first read takes at most this many bytes.
+INITIAL_BYTES = 256 * 1024
+
+
+class TextTail:
+    """New complete lines of a text file since the last call (a partial last line waits)."""
+
+    def __init__(self, path: Path, initial_bytes: int = INITIAL_BYTES):
+        self.path = path
+        self.offset: int | None = None
+        self.initial_bytes = initial_bytes
+        self._partial = ""
+
+    def read_new(self) -> list[str]:
+        try:
+            size = os.path.getsize(self.path)
+        except OSError:
+            return []
+        if self.offset is None:
+            self.offset = max(0, size - self.initial_bytes)
+        if size < self.offset:
+            self.offset, self._partial = 0, ""
+        if size == self.offset:
+            return []
+        with open(self.path, "rb") as f:
+            f.seek(self.offset)
+            chunk = f.read(size - self.offset)
+        self.offset += len(chunk)
+        # A progress bar redraws its line with carriage returns: keep the last state of it.
+        text = self._partial + chunk.decode("utf-8", errors="replace")
+        lines = text.split("\n")
+        self._partial = lines.pop()
+        return [line.rsplit("\r", 1)[-1] if "\r" in line.rstrip("\r") else line.rstrip("\r") for line in lines]
+
+
+def format_event(event: dict) -> str:
+    """One line per event, for runs without a log file."""
+    when = dt.datetime.fromtimestamp(event.get("time", 0)).strftime("%H:%M:%S")
+    kind = event.get("kind", "?")
+    if kind == "step":
+        body = (f"epoch {event.get('epoch', 0) + 1} batch {event.get('batch')}/{event.get('batches')}  "
+                f"loss {_f(event.get('loss'), '.4f')}  train acc {_f(event.get('train_acc'), '.1f')}%  "
+                f"{_f(event.get('images_per_s'), ',.0f')} img/s  lr {_f(event.get('lr'), '.3g')}")
+    elif kind == "inner":
+        losses = event.get("losses") or []
+        body = f"{event.get('maximizer')} inner loss {' '.join(_f(v, '.3f') for v in losses)}"
+        if event.get("pgd"):
+            body += f"  | pgd {' '.join(_f(v, '.3f') for v in event['pgd'])}"
+    elif kind == "epoch":
+        body = (f"epoch {event.get('epoch')} done in {_f(event.get('epoch_time'), '.1f')}s  "
+                f"train loss {_f(event.get('train_loss'), '.4f')}  clean {_f(event.get('test_clean_acc'), '.2f')}%  "
+                f"robust {_f(event.get('test_pgd_acc'), '.2f')}%  (n={event.get('test_n', '-')})")
+    elif kind == "start":
+        body = (f"{'resumed' if event.get('resumed') else 'started'} on {event.get('device')}  "
+                f"train {event.get('train_size')} test {event.get('test_size')}  "
+                f"params {event.get('model_params')} + maximizer {event.get('maximizer_params')}")
+    elif kind == "checkpoint":
+        body = f"checkpoint {event.get('name')} (epoch {event.get('epoch')}, batch {event.get('batch')})"
+    elif kind == "end":
+        body = f"ended {event.get('status')}" + (f": {event['error']}" if event.get("error") else "")
+    else:
+        body = " ".join(f"{k}={v}" for k, v in event.items() if k not in ("kind", "time"))[:300]
+    return f"{when} {kind:<10} {body}"
+
+
+def _f(value, fmt: str) -> str:
+    return format(value, fmt) if isinstance(value, (int, float)) else "-"
+
+
+class LogScreen(Screen):
+    BINDINGS = [
+        Binding("escape,q,l", "app.pop_screen", "Back"),
+        Binding("f", "toggle_follow", "Follow on/off"),
+        Binding("g", "top", "Top", show=False),
+        Binding("G", "bottom", "Bottom", show=False),
+    ]
+
+    def __init__(self, run_id: str, interval: float = 0.5) -> None:
+        super().__init__()
+        self.run_id = run_id
+        self.interval = interval
+        self.follow = True
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield Log(id="log", highlight=False, auto_scroll=True)
+        yield Footer()
+
+    def on_mount(self) -> None:
+        folder = self.app.runs_root / self.run_id  # type: ignore[attr-defined]
+        record = self.app.registry.get_run(self.run_id) or {}  # type: ignore[attr-defined]
+        log_path = folder / LOG_FILE
+        if log_path.exists():
+            self.source = f"{log_path}"
+            self._text = TextTail(log_path)
+            self._events = None
+        else:
+            self.source = f"{folder / EVENTS_FILE} (no log file: the run was started from a terminal)"
+            self._text = None
+            self._events = EventTail(folder / EVENTS_FILE)
+        self.title = f"log · {self.run_id} {record.get('name', '')}"
+        self.sub_title = self.source
+        self.log_widget = self.query_one(Log)
+        self.log_widget.border_title = self._border_title()
+        self.log_widget.focus()
+        self.read_more()
+        self.set_interval(self.interval, self.read_more)
+
+    def _border_title(self) -> str:
+        return f"{self.run_id} · {'following' if self.follow else 'paused (f follows)'}"
+
+    def read_more(self) -> None:
+        self.run_worker(self._read_work, thread=True, group="log", exclusive=True, exit_on_error=False)
+
+    def _read_work(self) -> None:
+        if self._text is not None:
+            lines = self._text.read_new()
+        else:
+            lines = [format_event(e) for e in self._events.read_new()]
+        if lines:
+            self.app.call_from_thread(self._append, lines)
+
+    def _append(self, lines: list[str]) -> None:
+        self.log_widget.auto_scroll = self.follow
+        self.log_widget.write_lines(lines)
+
+    def action_toggle_follow(self) -> None:
+        self.follow = not self.follow
+        self.log_widget.border_title = self._border_title()
+        if self.follow:
+            self.log_widget.scroll_end(animate=False)
+
+    def action_top(self) -> None:
+        self.follow = False
+        self.log_widget.border_title = self._border_title()
+        self.log_widget.scroll_home(animate=False)
+
+    def action_bottom(self) -> None:
+        self.log_widget.scroll_end(animate=False)

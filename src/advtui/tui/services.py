@@ -1,0 +1,199 @@
+"""The dashboard's single doorway to the job runtime (``advtui.jobs``) and the evaluation suite
+(``advtui.engine.attacks``, ``advtui.engine.evaluate``, ``advtui.compare``).
+
+The dashboard holds no queue, scheduler, sampler or comparison logic of its own: every method
+here calls those modules. The evaluation modules import torch, so they are imported lazily (in
+worker threads), which keeps the first paint fast. Methods are called from worker threads and
+do not raise for the user's mistakes: actions return a message and a severity for a toast.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import psutil
+
+from advtui.config import RunConfig
+from advtui.errors import AdvtuiError
+from advtui.jobs.monitor import GpuSampler, GpuSnapshot, ProcessSampler, ProcessStats, process_owners
+from advtui.jobs.queue import kill as kill_target
+from advtui.jobs.queue import list_jobs, parse_seeds, queue_eval, queue_train, resume, seed_configs
+from advtui.jobs.scheduler import Scheduler, SchedulerPolicy, read_holder
+from advtui.registry import RUNS, Registry
+
+# Finished jobs listed in the queue panel below the active ones.
+RECENT_JOBS = 4
+HISTORY = 60  # CPU samples kept for the no-GPU sparkline
+
+
+@dataclass
+class SystemSample:
+    """What the GPU panel draws: NVML's snapshot with its history, or the CPU and memory of
+    this machine when there is no NVIDIA GPU; plus CPU/memory of each running run."""
+
+    gpus: GpuSnapshot
+    gpu_history: dict[int, list[float | None]]
+    cpu_percent: float
+    cpu_history: list[float]
+    cpu_count: int
+    memory_used: int
+    memory_total: int
+    runs: dict[str, ProcessStats] = field(default_factory=dict)
+
+
+@dataclass
+class QueueState:
+    jobs: list[dict]  # active jobs first (running, then queued), then the latest finished
+    running: int
+    queued: int
+    cpu_slots: int
+    slots_per_gpu: int
+    gpus: int
+    scheduler: str  # who schedules: "this dashboard", "worker pid N on HOST", or "none"
+
+
+class Services:
+    def __init__(self, registry: Registry, policy: SchedulerPolicy | None = None,
+                 gpu_sampler: GpuSampler | None = None):
+        self.registry = registry
+        self.policy = policy or SchedulerPolicy()
+        self.gpu_sampler = gpu_sampler or GpuSampler()
+        self.process_sampler = ProcessSampler()
+        self.messages: deque[str] = deque()
+        # The scheduler samples GPUs for its own decisions with its own sampler, so the panel's
+        # history stays evenly spaced.
+        self.scheduler = Scheduler(registry, policy=self.policy, on_event=self._on_event, role="dashboard")
+        self._cpu_history: deque[float] = deque(maxlen=HISTORY)
+        self._lock = threading.Lock()
+        psutil.cpu_percent(None)  # starts psutil's measuring interval
+
+    def _on_event(self, kind: str, job: dict, message: str) -> None:
+        self.messages.append(message)
+
+    def _drain(self) -> list[str]:
+        out = []
+        while self.messages:
+            out.append(self.messages.popleft())
+        return out
+
+    # -- runtime -----------------------------------------------------------------------------
+    def reconcile(self) -> list[str]:
+        """Repair records whose process vanished (only when no other scheduler acts)."""
+        with self._lock:
+            self.scheduler.reconcile()
+            return self._drain()
+
+    def scheduler_tick(self) -> list[str]:
+        """One scheduling step: start ready jobs, record ended ones. A no-op while another
+        scheduler (``advtui worker`` or another dashboard) holds the lock."""
+        with self._lock:
+            self.scheduler.tick()
+            return self._drain()
+
+    def close(self) -> None:
+        """Give the scheduler lock back; launched runs keep going."""
+        with self._lock:
+            self.scheduler.release()
+            self.gpu_sampler.close()
+
+    def sample_system(self) -> SystemSample:
+        running = self.registry.search(RUNS, status="running") if self.registry.path.exists() else []
+        owners = process_owners(self.registry) if running else {}
+        snapshot = self.gpu_sampler.sample(owners)
+        history = {g.index: self.gpu_sampler.history(g.index)["utilization"] for g in snapshot.gpus}
+        cpu = psutil.cpu_percent(None)
+        self._cpu_history.append(cpu)
+        memory = psutil.virtual_memory()
+        return SystemSample(snapshot, history, cpu, list(self._cpu_history), psutil.cpu_count() or 1,
+                            memory.total - memory.available, memory.total,
+                            self.process_sampler.sample_runs(running))
+
+    def queue_state(self) -> QueueState:
+        jobs = list_jobs(self.registry) if self.registry.path.exists() else []
+        running = [j for j in jobs if j.get("status") == "running"]
+        queued = sorted((j for j in jobs if j.get("status") == "queued"),
+                        key=lambda j: (-int(j.get("priority") or 0), j.get("created", 0)))
+        ended = sorted((j for j in jobs if j.get("status") not in ("running", "queued")),
+                       key=lambda j: j.get("ended") or 0, reverse=True)[:RECENT_JOBS]
+        if self.scheduler.active:
+            who = "this dashboard"
+        else:
+            holder = read_holder(self.registry.root)
+            who = (f"{holder.get('role', '?')} pid {holder.get('pid', '?')} on {holder.get('host', '?')}"
+                   if holder else "none")
+        gpus = len(self.scheduler.last_gpus.gpus) if self.scheduler.last_gpus else 0
+        return QueueState(running + queued + ended, len(running), len(queued), self.policy.cpu_slots,
+                          self.policy.slots_per_gpu, gpus, who)
+
+    # -- actions -----------------------------------------------------------------------------
+    def kill(self, run_id: str) -> tuple[str, str]:
+        try:
+            report = kill_target(self.registry, run_id)
+        except AdvtuiError as exc:
+            return str(exc), "error"
+        return report.message, "information"
+
+    def resume(self, run_id: str) -> tuple[str, str]:
+        try:
+            queued = resume(self.registry, run_id)
+        except AdvtuiError as exc:
+            return str(exc), "error"
+        start = (f"epoch {queued.run.get('epoch', 0)}" if (queued.run.get("checkpoints") or {}).get("last")
+                 else "the start")
+        return f"run {run_id} queued again as job {queued.job['id']}: continues from {start}", "information"
+
+    def queue_training(self, config: RunConfig, seeds: str | None, auto_eval: str | None,
+                       eval_limit: int | None) -> list[dict]:
+        """Queue one run (or one per seed, grouped); raises AdvtuiError for bad input."""
+        configs = seed_configs(config, parse_seeds(seeds)) if seeds else [config]
+        queued = []
+        for cfg in configs:
+            queued.append(queue_train(self.registry, cfg, auto_eval=auto_eval or None,
+                                      eval_options={"limit": eval_limit}))
+        return [q.run for q in queued]
+
+    def queue_evaluation(self, run_ids: list[str], attacks: list[str], options: dict[str, Any]) -> list[dict]:
+        return [queue_eval(self.registry, run_id, attacks, options=options) for run_id in run_ids]
+
+    # -- evaluation results (these import torch: call them from workers) ----------------------
+    def results(self, run_id: str) -> dict[str, dict]:
+        from advtui.engine.evaluate import results_for_run
+
+        return results_for_run(self.registry, run_id)
+
+    def comparison(self, run_ids: list[str], by: str = "run"):
+        from advtui.compare import build_comparison
+
+        runs = [r for r in (self.registry.get_run(rid) for rid in run_ids) if r is not None]
+        return build_comparison(self.registry, runs, by=by)
+
+    @staticmethod
+    def check_attacks(specs: list[str]) -> list[str]:
+        """Canonical spec texts; AdvtuiError (one line) for a malformed one."""
+        from advtui.engine.attacks import parse_attack
+
+        return [parse_attack(s).text for s in specs]
+
+    @staticmethod
+    def default_attacks(record: dict) -> list[str]:
+        from advtui.engine.attacks import default_attacks
+
+        return [s.text for s in default_attacks(record)]
+
+    @staticmethod
+    def learned_attackers(runs: list[dict]) -> list[tuple[str, dict]]:
+        """(attack family, run) for every run whose checkpoint holds a learned maximizer
+        (rnn-adv, rnn-trades: "rnn"; l2lda: "l2lda") usable as an attacker."""
+        from advtui.engine.attacks import LEARNED_FAMILIES
+        from advtui.engine.defenses import DEFENSE_SPECS
+
+        found = []
+        for run in runs:
+            spec = DEFENSE_SPECS.get(run.get("defense", ""))
+            if spec is not None and spec.maximizer in LEARNED_FAMILIES and (run.get("checkpoints") or {}):
+                found.append((spec.maximizer, run))
+        return found
+

@@ -1,0 +1,134 @@
+"""The GPU panel (or CPU and memory where there is no NVIDIA GPU) and the queue panel.
+
+Both render rich Text from the samples ``Services`` takes in a worker (NVML through
+``advtui.jobs.monitor.GpuSampler``, jobs through ``advtui.jobs.queue``); they never sample
+anything themselves."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.widgets import Static
+
+from advtui.cli.common import STATUS_STYLE
+from advtui.jobs.monitor import NA, format_bytes
+from advtui.tui.widgets.bars import hbar, level_style, sparkline
+
+LABEL = 5  # width of the row labels ("util", "mem", ...)
+
+
+def _fraction(value, total=100.0) -> float | None:
+    if isinstance(value, (int, float)) and isinstance(total, (int, float)) and total:
+        return float(value) / float(total)
+    return None
+
+
+def _pct(value) -> str:
+    return f"{value:3.0f}%" if isinstance(value, (int, float)) else " n/a"
+
+
+def _bar_row(label: str, fraction: float | None, right: str, width: int) -> Text:
+    text = Text(f"{label:<{LABEL}}", style="bold")
+    text.append_text(hbar(fraction, width, level_style(fraction)))
+    text.append(f" {right}")
+    return text
+
+
+class SystemPanel(Static):
+    """Per GPU: utilization with its history, memory, temperature, power and the runs on it."""
+
+    def on_mount(self) -> None:
+        self.border_title = "GPUs"
+        self.update(Text("sampling…", style="dim"))
+
+    def show(self, sample, records: dict[str, dict]) -> None:
+        if sample is None:
+            return
+        width = max(10, self.content_size.width - LABEL - 12) if self.content_size.width else 24
+        snapshot = sample.gpus
+        lines: list[Text] = []
+        if snapshot.gpus:
+            self.border_title = f"GPUs · {snapshot.message}"
+            for gpu in snapshot.gpus:
+                lines.append(Text(f"{gpu.index} {gpu.name}"[: width + LABEL + 12], style="bold cyan"))
+                lines.append(_bar_row("util", _fraction(gpu.utilization), _pct(gpu.utilization), width))
+                lines.append(Text(" " * LABEL).append_text(
+                    sparkline(sample.gpu_history.get(gpu.index, []), width, top=100.0)))
+                mem = _fraction(gpu.memory_used, gpu.memory_total)
+                lines.append(_bar_row("mem", mem, f"{format_bytes(gpu.memory_used).replace(' GiB', '')}/"
+                                                  f"{format_bytes(gpu.memory_total)}", width))
+                temp = f"{gpu.temperature:.0f}°C" if isinstance(gpu.temperature, (int, float)) else "n/a °C"
+                power = (f"{gpu.power:.0f}/{gpu.power_limit:.0f} W"
+                         if isinstance(gpu.power, (int, float)) and isinstance(gpu.power_limit, (int, float))
+                         else f"{gpu.power if gpu.power != NA else 'n/a'} W")
+                lines.append(_bar_row("pwr", _fraction(gpu.power, gpu.power_limit), f"{power} {temp}", width))
+                runs = [p for p in gpu.processes if p.run_id]
+                others = len(gpu.processes) - len(runs)
+                on = Text(f"{'runs':<{LABEL}}", style="bold")
+                if runs:
+                    for i, p in enumerate(runs):
+                        name = (records.get(p.run_id) or {}).get("name", "")
+                        on.append(("" if i == 0 else ", ") + f"{p.run_id}", style="magenta")
+                        on.append(f" {name}" + (" (eval)" if p.kind == "eval" else ""), style="dim")
+                else:
+                    on.append("none", style="dim")
+                if others:
+                    on.append(f" +{others} other process{'es' if others > 1 else ''}", style="dim")
+                lines.append(on)
+        else:
+            self.border_title = "system · no NVIDIA GPU"
+            lines.append(Text(snapshot.message.split(":")[0] if snapshot.message.startswith("no NVIDIA GPU")
+                              else snapshot.message, style="yellow"))
+            lines.append(Text("runs train on the CPU slots", style="dim"))
+            lines.append(_bar_row("cpu", sample.cpu_percent / 100.0, f"{sample.cpu_percent:3.0f}% of {sample.cpu_count}", width))
+            lines.append(Text(" " * LABEL).append_text(sparkline(sample.cpu_history, width, top=100.0)))
+            lines.append(_bar_row("mem", _fraction(sample.memory_used, sample.memory_total),
+                                  f"{format_bytes(sample.memory_used).replace(' GiB', '')}/{format_bytes(sample.memory_total)}",
+                                  width))
+        if sample.runs:
+            lines.append(Text("running runs: cpu, memory", style="bold"))
+            for run_id, stats in sorted(sample.runs.items()):
+                name = (records.get(run_id) or {}).get("name", "")
+                row = Text(f"{run_id} ", style="magenta")
+                row.append(f"{stats.cpu_percent:4.0f}% {format_bytes(stats.memory_rss):>9} ")
+                row.append(name, style="dim")
+                lines.append(row)
+        self.update(Text("\n").join(lines))
+
+
+class QueuePanel(Static):
+    """Running and queued jobs, slots in use, and who is scheduling."""
+
+    def on_mount(self) -> None:
+        self.border_title = "queue"
+        self.update(Text("reading the queue…", style="dim"))
+
+    def show(self, state, records: dict[str, dict]) -> None:
+        if state is None:
+            return
+        slots = state.cpu_slots + state.gpus * state.slots_per_gpu
+        where = (f"{state.gpus} GPU × {state.slots_per_gpu}" if state.gpus else f"{state.cpu_slots} CPU")
+        self.border_title = f"queue · {state.running}/{slots} slots ({where}) · {state.queued} waiting"
+        lines: list[Text] = []
+        if state.scheduler == "none":
+            lines.append(Text("no scheduler holds the lock", style="yellow"))
+        elif state.scheduler != "this dashboard":
+            lines.append(Text(f"scheduled by {state.scheduler}", style="dim"))
+        if not state.jobs:
+            lines.append(Text("no jobs: n queues a run, e an evaluation", style="dim"))
+        for job in state.jobs:
+            status = job.get("status", "?")
+            row = Text(f"{job['id']} ", style="bold" if status in ("running", "queued") else "dim")
+            row.append(f"{status:<9}", style=STATUS_STYLE.get(status, "white"))
+            row.append(f"{job.get('kind', '?'):<5} {job.get('run_id', '?')} ")
+            name = (records.get(job.get("run_id")) or {}).get("name", "")
+            detail = name
+            if job.get("kind") == "eval":
+                detail = ",".join(job.get("attacks") or ["default attacks"])
+            if status == "queued" and job.get("depends_on"):
+                detail = f"after {','.join(job['depends_on'])} " + detail
+            if status in ("failed", "cancelled") and job.get("error"):
+                detail = job["error"].splitlines()[0]
+            row.append(detail, style="dim")
+            row.truncate(max(20, self.content_size.width or 44), overflow="ellipsis")
+            lines.append(row)
+        self.update(Text("\n").join(lines))
