@@ -79,3 +79,23 @@ def test_missing_data_offline_is_one_clear_line(tmp_path):
     assert "\n" not in message and "MNIST/raw" in message and "--data-root" in message
     with pytest.raises(DataMissingError):
         load_split("cifar10", tmp_path / "nowhere", train=True, download=False)
+
+
+def test_cifar10_trains_end_to_end_through_the_cli(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    _write_cifar(tmp_path / "data")
+    env = {**os.environ, "ADVTUI_RUNS": str(tmp_path / "runs")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "advtui", "run", "--defense", "advtrain", "--dataset", "cifar10", "--model", "resnet18",
+         "--data-root", str(tmp_path / "data"), "--epochs", "1", "--batch-size", "25", "--inner-steps", "2",
+         "--eval-limit", "20", "--device", "cpu"],
+        capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-1500:]
+    from advtui.registry import Registry
+
+    (record,) = Registry(tmp_path / "runs").runs()
+    assert record["status"] == "finished" and record["config"]["eps"] == pytest.approx(8 / 255)
+    assert record["config"]["beta"] is None and record["config"]["weight_decay"] == 2e-4
