@@ -1,7 +1,10 @@
 """Does the learned optimizer beat PGD at equal steps on the same model? (paper Fig. 2)
 
-Trains rnn-adv runs on an MNIST slice for each setting of the options the paper leaves open
-(gradient input scaling, step scaling to eps, phi's learning rate, second-order terms), then
+Trains a plain SmallCNN on an MNIST slice once, then, from those weights (Algorithm 1, line 3:
+"initialize with pre-trained configurations"; adversarial training from scratch at eps 0.3
+sits at chance for its first epochs, where every maximizer finds the same loss), trains rnn-adv
+runs for each setting of the options the paper leaves open (gradient input scaling, step
+scaling to eps, phi's learning rate and optimizer, second-order terms), then
 reports, from the run's own `inner` events (PGD run on the same batch with the same T every K
 batches) and from a held-out test batch attacked by both on the final model:
 
@@ -69,12 +72,17 @@ def main() -> None:
     parser.add_argument("--train-limit", type=int, default=3000)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--eps", type=float, default=0.3)
-    parser.add_argument("--lr", type=float, default=0.05)
+    parser.add_argument("--lr", type=float, default=0.01)
+    parser.add_argument("--plain-epochs", type=int, default=3)
     parser.add_argument("--variants", default=",".join(VARIANTS))
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="advtui-rnn-vs-pgd-"))
     print(f"rnn-adv on {args.train_limit} MNIST images, {args.epochs} epochs, eps {args.eps}, T=10; "
           f"device cpu, {torch.get_num_threads()} threads; runs in {root}")
+    plain = execute_run(RunPlan(build_config(
+        "plain", name="bench-plain", train_limit=args.train_limit, test_limit=1000, eval_limit=500,
+        epochs=args.plain_epochs, lr=0.05, batch_size=64, device="cpu")), root)
+    print(f"warm start: plain, clean {plain['metrics']['test_clean_acc']:.1f}%")
     header = f"{'variant':<14}{'train RNN@T':>12}{'train PGD@T':>12}{'ratio':>8}{'RNN ahead':>10}" \
              f"{'test RNN@T':>11}{'test PGD@T':>11}{'ratio':>8}{'clean%':>8}{'pgd%':>7}{'time':>7}"
     print(header)
@@ -82,7 +90,7 @@ def main() -> None:
         opts = VARIANTS[name]
         config = build_config("rnn-adv", name=f"bench-{name}", train_limit=args.train_limit, test_limit=1000,
                               eval_limit=500, epochs=args.epochs, eps=args.eps, lr=args.lr, batch_size=128,
-                              compare_every=5, device="cpu", **opts)
+                              compare_every=5, device="cpu", init_from=plain["id"], **opts)
         start = time.perf_counter()
         record = execute_run(RunPlan(config), root)
         seconds = time.perf_counter() - start

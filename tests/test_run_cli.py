@@ -144,3 +144,18 @@ def test_ls_and_show(trained_runs):
     assert "PGD on the same batch" in proc.stdout
     proc = advtui("show", "nothing-like-this", env_root=trained_runs)
     assert proc.returncode == 2 and proc.stderr.startswith("error: no run")
+
+
+def test_init_from_starts_from_another_runs_weights(trained_runs):
+    registry = Registry(trained_runs)
+    plain = registry.resolve_run("plain")
+    bad = advtui("run", "--defense", "advtrain", "--model", "resnet18", "--init-from", "plain", *TINY,
+                 env_root=trained_runs)
+    assert bad.returncode == 2 and "trained smallcnn on mnist, not resnet18" in bad.stderr
+    ok = advtui("run", "--defense", "rnn-adv", "--init-from", "plain", "--lr", "1e-9", "--name", "warm", *TINY,
+                env_root=trained_runs)
+    assert ok.returncode == 0, ok.stderr
+    warm = registry.resolve_run("warm")
+    # with a negligible learning rate the warm-started model keeps the plain model's accuracy
+    assert warm["metrics"]["test_clean_acc"] > 80 and warm["config"]["init_from"] == "plain"
+    assert plain["metrics"]["test_clean_acc"] > 80

@@ -88,6 +88,7 @@ class RunConfig:
     test_limit: int | None = None
     eval_limit: int = 1000  # test examples used for the per-epoch clean/PGD accuracy
     device: str = "auto"
+    init_from: str | None = None  # a run whose final weights start this one (Algorithm 1, line 3)
     deterministic: bool = False
     amp: bool = False
     # Recording.

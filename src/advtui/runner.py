@@ -121,6 +121,7 @@ def execute_run(
     state = load_checkpoint(plan.checkpoint, map_location=device) if plan.checkpoint else None
 
     registry = Registry(runs_root)
+    warm_start = _load_warm_start(registry, config, device) if state is None and config.init_from else None
     me = psutil.Process()
     live = {
         "status": "running", "pid": os.getpid(), "pid_start_time": me.create_time(),
@@ -149,6 +150,8 @@ def execute_run(
         trainer = Trainer(config, folder, device, train, test, events, on_progress, epoch_done)
         if state is not None:
             trainer.load_state(state)
+        elif warm_start is not None:
+            _apply_warm_start(trainer, warm_start)
         registry.update_run(run_id, model_params=_count(trainer.model), maximizer_params=(
             trainer.maximizer.num_parameters() if trainer.maximizer is not None else 0))
         trainer.start_event(resumed=state is not None)
@@ -175,6 +178,31 @@ def execute_run(
                             train_time=trainer.elapsed,
                             checkpoints={"last": LAST_CHECKPOINT, "final": FINAL_CHECKPOINT})
     return registry.get_run(run_id) or record
+
+
+def _load_warm_start(registry: Registry, config: RunConfig, device) -> dict[str, Any]:
+    """The final checkpoint of ``config.init_from``, checked to fit this run's model."""
+    from advtui.engine.checkpoint import load_checkpoint
+
+    source = registry.resolve_run(config.init_from)
+    state = load_checkpoint(checkpoint_path(registry, source, "final"), map_location=device)
+    src = state.get("config") or {}
+    if (src.get("model"), src.get("dataset")) != (config.model, config.dataset):
+        raise ConfigError(
+            f"--init-from {source['id']} trained {src.get('model')} on {src.get('dataset')}, "
+            f"not {config.model} on {config.dataset}")
+    return state
+
+
+def _apply_warm_start(trainer, state: dict[str, Any]) -> None:
+    """Start from pre-trained weights (Algorithm 1, line 3): the classifier, and the learned
+    optimizer too when the source trained one of the same kind. Optimizer states start fresh."""
+    from advtui.engine.defenses import DEFENSE_SPECS
+
+    trainer.model.load_state_dict(state["model"])
+    same_kind = state.get("maximizer_kind") == DEFENSE_SPECS[trainer.config.defense].maximizer
+    if same_kind and state.get("maximizer") is not None and trainer.maximizer is not None:
+        trainer.maximizer.load_state_dict({"net": state["maximizer"]["net"]})
 
 
 def _count(model) -> int:

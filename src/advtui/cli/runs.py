@@ -108,6 +108,7 @@ TRAIN_OPTIONS: list[tuple[str, Any, Any]] = [
     ("log_every", Optional[int], typer.Option(None, "--log-every", help="Batches between step events.")),
     ("deterministic", bool, typer.Option(False, "--deterministic", help="Deterministic kernels (slower).")),
     ("amp", bool, typer.Option(False, "--amp", help="bfloat16 autocast on CUDA.")),
+    ("init_from", Optional[str], typer.Option(None, "--init-from", help="Start from RUN's final weights (classifier, and its learned optimizer when the kinds match).")),
 ]
 _TRAIN_OPTION_NAMES = tuple(name for name, _, _ in TRAIN_OPTIONS)
 
