@@ -39,7 +39,7 @@ def data_root(explicit: str | os.PathLike | None = None) -> Path:
 
 def check_safe_name(name: str, what: str = "run name") -> str:
     """Reject names that could escape runs/ (path separators, '..', odd characters)."""
-    if not _SAFE_NAME.match(name) or ".." in name:
+    if not _SAFE_NAME.fullmatch(name) or ".." in name:  # fullmatch: "$" would accept a final newline
         raise ConfigError(
             f"invalid {what} {name!r}: use letters, digits, '.', '_' and '-' only "
             "(at most 96 characters, no '..')"

@@ -52,7 +52,7 @@ from advtui.jobs.launcher import (
 )
 from advtui.jobs.monitor import NA, GpuSampler, GpuSnapshot, GpuState
 from advtui.jobs.queue import EVAL_OPTION_FLAGS, cancel_dependents, finish_job
-from advtui.paths import run_dir
+from advtui.paths import check_safe_name, run_dir
 from advtui.registry import JOBS, RUNS, Registry
 
 SCHEDULER_LOCK = "scheduler.lock"
@@ -178,7 +178,8 @@ class Scheduler:
                     continue
                 if live_process(run.get("pid"), run.get("pid_start_time")) is None:
                     reason = f"process vanished ({why_not_alive(run.get('pid'), run.get('pid_start_time'))})"
-                    tail = log_tail(run_dir(self.registry.root, run["id"]) / TRAIN_LOG)
+                    folder = self._run_folder(run["id"])
+                    tail = log_tail(folder / TRAIN_LOG) if folder else ""
                     if self.registry.update(RUNS, {"id": run["id"], "status": "running"}, {
                             "status": "failed", "ended": time.time(),
                             "error": reason + (f"; last output:\n{tail}" if tail else "")}):
@@ -334,6 +335,11 @@ class Scheduler:
         """The queued jobs that may start now; cancel or fail those that never can."""
         ready = []
         for job in queued:
+            try:
+                check_safe_name(str(job.get("run_id")), "run id")
+            except ConfigError as exc:
+                self._fail_unstartable(job, str(exc))
+                continue
             deps = [by_id.get(d) for d in job.get("depends_on") or []]
             missing = [d for d, dep in zip(job.get("depends_on") or [], deps) if dep is None]
             if missing:
@@ -360,12 +366,22 @@ class Scheduler:
 
     def _final_checkpoint_exists(self, run: dict) -> bool:
         rel = (run.get("checkpoints") or {}).get("final")
-        return bool(rel) and (run_dir(self.registry.root, run["id"]) / rel).exists()
+        folder = self._run_folder(run["id"])
+        return bool(rel) and folder is not None and (folder / rel).exists()
 
     # -- starting jobs -------------------------------------------------------------------------------
-    def _log_path(self, job: dict) -> Path:
-        folder = run_dir(self.registry.root, job["run_id"])
+    def _log_path(self, job: dict) -> Path | None:
+        """runs/<run-id>/log.txt for training (a resumed run appends), eval-<job-id>.log for an eval."""
+        folder = self._run_folder(job["run_id"])
+        if folder is None:
+            return None
         return folder / (TRAIN_LOG if job["kind"] == "train" else f"eval-{job['id']}.log")
+
+    def _run_folder(self, run_id: Any) -> Path | None:
+        try:
+            return run_dir(self.registry.root, str(run_id))
+        except ConfigError:  # an id that would leave runs/ (a hand-edited registry): no folder
+            return None
 
     def command(self, job: dict) -> list[str]:
         """The argument list a job runs (never a shell string)."""
@@ -382,19 +398,15 @@ class Scheduler:
 
     def _launch(self, job: dict, slot: dict, threads: int) -> dict | None:
         log_path = self._log_path(job)
+        assert log_path is not None  # run ids were checked by _settle_dependencies
         claimed = {"status": "running", "started": time.time(), "host": self.host, "slot": slot,
                    "log": str(log_path.relative_to(self.registry.root)), "scheduler_pid": os.getpid()}
         if not self.registry.update(JOBS, {"id": job["id"], "status": "queued"}, claimed):
             return None  # cancelled meanwhile
         job = {**job, **claimed}
-        env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-        if "gpu" in slot:
-            env.update(CUDA_VISIBLE_DEVICES=str(slot["gpu"]), CUDA_DEVICE_ORDER="PCI_BUS_ID")
-        else:
-            env["CUDA_VISIBLE_DEVICES"] = ""  # a CPU slot: keep it off every GPU
         argv = self.command(job)
         try:
-            handle = self.executor.start(LaunchSpec(argv, log_path, env))
+            handle = self.executor.start(LaunchSpec(argv, log_path, launch_env(slot, threads)))
         except OSError as exc:
             reason = f"could not start {argv[0]}: {exc}"
             finish_job(self.registry, job, "failed", error=reason)
@@ -420,6 +432,17 @@ class Scheduler:
     def _emit(self, kind: str, job: dict, message: str) -> None:
         if self.on_event is not None:
             self.on_event(kind, job, message)
+
+
+def launch_env(slot: dict, threads: int) -> dict[str, str]:
+    """The environment a job gets on top of the scheduler's: its GPU, or none, and its threads."""
+    env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    if "gpu" in slot:
+        # NVML numbers GPUs in PCI bus order; make CUDA use the same order so the index matches.
+        env.update(CUDA_VISIBLE_DEVICES=str(slot["gpu"]), CUDA_DEVICE_ORDER="PCI_BUS_ID")
+    else:
+        env["CUDA_VISIBLE_DEVICES"] = ""  # a CPU slot: keep it off every GPU
+    return env
 
 
 def read_holder(root: Path) -> dict[str, Any] | None:
