@@ -6,6 +6,8 @@ Each group of commands lives in its own module and registers itself on ``app``.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
+from typing import Optional
 
 import typer
 
@@ -22,7 +24,11 @@ app = typer.Typer(
 
 
 @app.callback(invoke_without_command=True)
-def _root(ctx: typer.Context) -> None:
+def _root(
+    ctx: typer.Context,
+    runs_dir: Optional[Path] = typer.Option(
+        None, "--runs-dir", help="Runs directory for the dashboard (default $ADVTUI_RUNS or ./runs)."),
+) -> None:
     """With no command, open the dashboard."""
     if ctx.invoked_subcommand is None:
         try:
@@ -30,7 +36,7 @@ def _root(ctx: typer.Context) -> None:
         except ImportError:
             typer.echo(ctx.get_help())
             return
-        run_dashboard()
+        run_dashboard(runs_dir)
 
 
 # Command modules register themselves on ``app`` when imported.
