@@ -141,6 +141,13 @@ def run_row(record: dict, stream: RunStream | None, marked: bool, now: float | N
     return RunRow(record["id"], record.get("group"), cells, sort, search)
 
 
+def error_summary(error: str | None) -> str:
+    """The most telling line of a stored error: its last non-empty line (a traceback's or a
+    log tail's end says what went wrong)."""
+    lines = [line.strip() for line in (error or "").splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
 def matches(row: RunRow, query: str) -> bool:
     """Filter language: space-separated terms, all must match. ``field:value`` matches one field
     by substring (``status:running``, ``defense:rnn``); a bare word matches any field."""

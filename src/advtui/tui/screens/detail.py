@@ -20,6 +20,7 @@ from advtui.cli.common import STATUS_STYLE, fmt_duration
 from advtui.jobs.monitor import format_bytes
 from advtui.jobs.queue import jobs_of_run
 from advtui.tui.live import RunStream
+from advtui.tui.rows import error_summary
 
 CONFIG_KEYS = ("eps", "inner_steps", "step_size", "batch_size", "lr", "momentum", "weight_decay", "milestones",
                "beta", "seed", "init", "train_limit", "test_limit", "eval_limit", "preset", "device",
@@ -196,7 +197,7 @@ class DetailScreen(Screen):
                 table.add_column(col)
             for job in jobs[-8:]:
                 status = job.get("status", "-")
-                note = (job.get("error") or "").splitlines()[0][:80] if job.get("error") else \
+                note = error_summary(job.get("error"))[:120] if job.get("error") else \
                     ",".join(job.get("attacks") or []) if job.get("kind") == "eval" else ""
                 table.add_row(job["id"], job.get("kind", "-"), Text(status, style=STATUS_STYLE.get(status, "white")), note)
             parts.append(table)

@@ -43,7 +43,11 @@ class EvaluateScreen(ModalScreen[str | None]):
         super().__init__()
         self.targets = targets
         target_ids = {t["id"] for t in targets}
-        self.surrogates = [r for r in all_runs if r["id"] not in target_ids and (r.get("checkpoints") or {}).get("final")]
+        # A transfer attack crafts its examples at the target's eps, so only surrogates trained
+        # at that eps are offered (the evaluation refuses others).
+        eps = {(t.get("config") or {}).get("eps") for t in targets}
+        self.surrogates = [r for r in all_runs if r["id"] not in target_ids and (r.get("checkpoints") or {}).get("final")
+                           and (r.get("config") or {}).get("eps") in eps]
         self.all_runs = all_runs
 
     def compose(self) -> ComposeResult:
@@ -54,7 +58,7 @@ class EvaluateScreen(ModalScreen[str | None]):
             yield SelectionList[str](id="attacks")
             with Horizontal(classes="field-row"):
                 yield Label("transfer from", classes="field-label")
-                yield Select([("none", NO_SURROGATE)] + [(f"{r['id']} {r.get('name', '')} ({r.get('defense')})", r["id"])
+                yield Select([("none", NO_SURROGATE)] + [(f"{r['id']} {r.get('name', '')} ({r.get('defense')}, eps {(r.get('config') or {}).get('eps')})", r["id"])
                                                          for r in self.surrogates],
                              value=NO_SURROGATE, allow_blank=False, id="surrogate", compact=True)
             with Horizontal(classes="field-row"):

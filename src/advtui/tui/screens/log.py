@@ -122,12 +122,12 @@ class LogScreen(Screen):
         self.title = f"log · {self.run_id} {record.get('name', '')}"
         self.sub_title = self.source
         self.log_widget = self.query_one(Log)
-        self.log_widget.border_title = self._border_title()
+        self.log_widget.border_title = self._follow_title()
         self.log_widget.focus()
         self.read_more()
         self.set_interval(self.interval, self.read_more)
 
-    def _border_title(self) -> str:
+    def _follow_title(self) -> str:
         return f"{self.run_id} · {'following' if self.follow else 'paused (f follows)'}"
 
     def read_more(self) -> None:
@@ -147,13 +147,13 @@ class LogScreen(Screen):
 
     def action_toggle_follow(self) -> None:
         self.follow = not self.follow
-        self.log_widget.border_title = self._border_title()
+        self.log_widget.border_title = self._follow_title()
         if self.follow:
             self.log_widget.scroll_end(animate=False)
 
     def action_top(self) -> None:
         self.follow = False
-        self.log_widget.border_title = self._border_title()
+        self.log_widget.border_title = self._follow_title()
         self.log_widget.scroll_home(animate=False)
 
     def action_bottom(self) -> None:

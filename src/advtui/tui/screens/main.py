@@ -44,7 +44,6 @@ class MainScreen(Screen):
         Binding("r", "resume", "Resume"),
         Binding("slash", "filter", "Filter"),
         Binding("escape", "clear_filter", "Clear filter", show=False),
-        Binding("enter", "open", "Open/collapse", show=False),
         Binding("q", "app.quit", "Quit"),
     ]
 
@@ -307,7 +306,12 @@ class MainScreen(Screen):
         if self.table.cursor_row < self.table.row_count - 1:
             self.table.move_cursor(row=self.table.cursor_row + 1)
 
+    @on(DataTable.RowSelected, "#runs")
+    def _row_selected(self, event: DataTable.RowSelected) -> None:
+        self.action_open()
+
     def action_open(self) -> None:
+        """Enter: a group header collapses or expands; a run opens its detail."""
         key = self.table.current_key
         if key and is_group_key(key):
             group = key[len(GROUP_PREFIX):]

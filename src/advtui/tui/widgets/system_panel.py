@@ -11,6 +11,7 @@ from textual.widgets import Static
 
 from advtui.cli.common import STATUS_STYLE
 from advtui.jobs.monitor import NA, format_bytes
+from advtui.tui.rows import error_summary
 from advtui.tui.widgets.bars import hbar, level_style, sparkline
 
 LABEL = 5  # width of the row labels ("util", "mem", ...)
@@ -127,7 +128,7 @@ class QueuePanel(Static):
             if status == "queued" and job.get("depends_on"):
                 detail = f"after {','.join(job['depends_on'])} " + detail
             if status in ("failed", "cancelled") and job.get("error"):
-                detail = job["error"].splitlines()[0]
+                detail = error_summary(job["error"])
             row.append(detail, style="dim")
             row.truncate(max(20, self.content_size.width or 44), overflow="ellipsis")
             lines.append(row)
