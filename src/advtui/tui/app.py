@@ -58,8 +58,10 @@ class AdvtuiApp(App):
         return MainScreen()
 
     def on_mount(self) -> None:
-        # A record that says running whose process is gone becomes failed before it is shown.
-        self.run_worker(self._reconcile, thread=True, group="reconcile", exit_on_error=False)
+        # A record that says running whose process is gone becomes failed (reconciliation is the
+        # scheduler's: only when this dashboard schedules, and no other scheduler acts).
+        if self.run_scheduler:
+            self.run_worker(self._reconcile, thread=True, group="reconcile", exit_on_error=False)
 
     def on_unmount(self) -> None:
         # Hand the scheduler lock over (to a worker or the next dashboard); runs keep going.

@@ -75,6 +75,10 @@ class RunRow:
     sort: dict[str, Any]
     search_text: dict[str, str]
 
+    @property
+    def key(self) -> str:
+        return self.run_id
+
 
 def run_row(record: dict, stream: RunStream | None, marked: bool, now: float | None = None) -> RunRow:
     now = now if now is not None else time.time()

@@ -59,6 +59,8 @@ class MainScreen(Screen):
         self._poll_busy = threading.Lock()
         self._side_busy = threading.Lock()
         self.loaded = False  # True once the registry was read and the table filled
+        self.side_loaded = False  # True once the GPU and queue panels show a sample with run names
+        self._last_side: tuple[Any, Any] | None = None
 
     @property
     def dash(self) -> "AdvtuiApp":
@@ -142,8 +144,11 @@ class MainScreen(Screen):
                 if rid in self.records:
                     self.rows[rid] = run_row(self.records[rid], self.dash.streams.peek(rid), rid in self.marked, now)
         self.refresh_table()
+        if records is not None:
+            self._show_side()
         if not self.loaded:
             self.loaded = True
+            self._show_side()
             self._selection_changed()
         elif self.selected in changed or records is not None:
             self.draw_selected()
@@ -190,10 +195,19 @@ class MainScreen(Screen):
             self._side_busy.release()
 
     def _apply_side(self, system: Any, queue: Any, notes: list[str]) -> None:
-        self.query_one(SystemPanel).show(system, self.records)
-        self.query_one(QueuePanel).show(queue, self.records)
+        self._last_side = (system, queue)
+        self._show_side()
         for note in notes:
             self.notify(note, timeout=4)
+
+    def _show_side(self) -> None:
+        """Draw the panels from the latest sample (again when run names arrive later)."""
+        if self._last_side is None:
+            return
+        system, queue = self._last_side
+        self.query_one(SystemPanel).show(system, self.records)
+        self.query_one(QueuePanel).show(queue, self.records)
+        self.side_loaded = self.loaded
 
     # -- selection and plots -----------------------------------------------------------------
     @on(DataTable.RowHighlighted, "#runs")

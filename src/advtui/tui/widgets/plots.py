@@ -80,8 +80,7 @@ class InnerLossPlot(RunPlot):
                          marker="braille", label="pgd (same batch)" if is_latest else None)
             plt.plot(steps, _clean(losses), color=fade(CYAN, 0.8 * age), marker="braille",
                      label=f"{maximizer} (latest)" if is_latest else None)
-        plt.title(f"inner loss vs step t · last {n} logged batches · epoch {latest.get('epoch', 0) + 1} "
-                  f"batch {latest.get('batch', 0)}")
+        plt.title(f"inner loss vs t · last {n} batches · e{latest.get('epoch', 0) + 1} b{latest.get('batch', 0)}")
         plt.xlabel("inner step t")
         plt.xticks(list(range(len(latest.get("losses") or []))))
 
@@ -98,7 +97,9 @@ class TrainingLossPlot(RunPlot):
         for series, color, label in ((stream.outer_loss, GREEN, "outer loss"),
                                      (stream.inner_final, CYAN, "inner loss at T"),
                                      (stream.pgd_final, ORANGE, "pgd at T")):
-            if len(series):
+            if len(series) == 1:  # a line needs two points: show the first one as a dot
+                plt.scatter(series.xs[:1], series.ys[:1], color=color, marker="dot", label=label)
+            elif len(series):
                 xs, ys = series.downsampled(points)
                 plt.plot(xs, ys, color=color, marker="braille", label=label)
         plt.title("loss over training")

@@ -50,7 +50,7 @@ class RunsTable(DataTable):
     def show_rows(self, arranged: list[RunRow | GroupRow]) -> None:
         """Show ``arranged``: update cells in place when the row order is unchanged, otherwise
         rebuild the rows and keep the cursor on the same run."""
-        keys = [r.key if isinstance(r, GroupRow) else r.run_id for r in arranged]
+        keys = [r.key for r in arranged]
         cells = {k: (r.cells() if isinstance(r, GroupRow) else r.cells) for k, r in zip(keys, arranged)}
         if keys == self._row_keys:
             for key in keys:

@@ -27,6 +27,13 @@ def _pct(value) -> str:
     return f"{value:3.0f}%" if isinstance(value, (int, float)) else " n/a"
 
 
+def _memory(used, total) -> str:
+    """'3.8/23.5G': used and total in GiB, short enough for the panel."""
+    if isinstance(used, (int, float)) and isinstance(total, (int, float)):
+        return f"{used / 2**30:.1f}/{total / 2**30:.1f}G"
+    return "n/a"
+
+
 def _bar_row(label: str, fraction: float | None, right: str, width: int) -> Text:
     text = Text(f"{label:<{LABEL}}", style="bold")
     text.append_text(hbar(fraction, width, level_style(fraction)))
@@ -44,7 +51,7 @@ class SystemPanel(Static):
     def show(self, sample, records: dict[str, dict]) -> None:
         if sample is None:
             return
-        width = max(10, self.content_size.width - LABEL - 12) if self.content_size.width else 24
+        width = max(8, self.content_size.width - LABEL - 15) if self.content_size.width else 24
         snapshot = sample.gpus
         lines: list[Text] = []
         if snapshot.gpus:
@@ -55,8 +62,7 @@ class SystemPanel(Static):
                 lines.append(Text(" " * LABEL).append_text(
                     sparkline(sample.gpu_history.get(gpu.index, []), width, top=100.0)))
                 mem = _fraction(gpu.memory_used, gpu.memory_total)
-                lines.append(_bar_row("mem", mem, f"{format_bytes(gpu.memory_used).replace(' GiB', '')}/"
-                                                  f"{format_bytes(gpu.memory_total)}", width))
+                lines.append(_bar_row("mem", mem, _memory(gpu.memory_used, gpu.memory_total), width))
                 temp = f"{gpu.temperature:.0f}°C" if isinstance(gpu.temperature, (int, float)) else "n/a °C"
                 power = (f"{gpu.power:.0f}/{gpu.power_limit:.0f} W"
                          if isinstance(gpu.power, (int, float)) and isinstance(gpu.power_limit, (int, float))
@@ -83,7 +89,7 @@ class SystemPanel(Static):
             lines.append(_bar_row("cpu", sample.cpu_percent / 100.0, f"{sample.cpu_percent:3.0f}% of {sample.cpu_count}", width))
             lines.append(Text(" " * LABEL).append_text(sparkline(sample.cpu_history, width, top=100.0)))
             lines.append(_bar_row("mem", _fraction(sample.memory_used, sample.memory_total),
-                                  f"{format_bytes(sample.memory_used).replace(' GiB', '')}/{format_bytes(sample.memory_total)}",
+                                  _memory(sample.memory_used, sample.memory_total),
                                   width))
         if sample.runs:
             lines.append(Text("running runs: cpu, memory", style="bold"))
