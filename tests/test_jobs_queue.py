@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -155,3 +156,52 @@ def test_kill_a_foreground_run_without_a_job(tmp_path):
         child.kill()
         child.wait()
     assert list_jobs(reg) == [] and reg.all(JOBS) == []
+
+
+def test_a_run_started_from_another_waits_for_its_training(tmp_path):
+    reg = Registry(tmp_path)
+    source = queue_train(reg, tiny(name="pretrain"))
+    follow = queue_train(reg, tiny(name="finetune", init_from="pretrain"))
+    assert follow.job["depends_on"] == [source.job["id"]]
+    cancel_job(reg, source.job["id"])
+    stopped = resolve_job(reg, follow.job["id"])
+    assert stopped["status"] == "cancelled" and stopped["blocked_by"] == source.job["id"]
+    run = reg.get_run(follow.run["id"])  # not left queued forever
+    assert run["status"] == "failed" and "of run " + source.run["id"] in run["error"]
+    with pytest.raises(ConfigError, match="has no final checkpoint and no training queued"):
+        queue_train(reg, tiny(init_from="pretrain"))
+    again = resume(reg, "pretrain")
+    assert resume(reg, "finetune").job["depends_on"] == [again.job["id"]]
+
+
+def advtui_cli(root, *args):
+    return subprocess.run([sys.executable, "-m", "advtui", *args, "--runs-dir", str(root)],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_queue_commands(tmp_path):
+    queued = advtui_cli(tmp_path, "queue", "train", "--defense", "plain", "--device", "cpu", "--name", "cli",
+                        "--priority", "5")
+    assert queued.returncode == 0 and queued.stdout.startswith("queued run "), queued.stderr
+    evaluation = advtui_cli(tmp_path, "queue", "eval", "cli", "--attacks", "natural", "--limit", "5")
+    assert evaluation.returncode == 0 and "after job j" in evaluation.stdout, evaluation.stderr
+    listing = advtui_cli(tmp_path, "queue", "ls", "--json")
+    train, ev = json.loads(listing.stdout)
+    assert (train["kind"], train["priority"], ev["kind"], ev["eval_options"]) == ("train", 5, "eval", {"limit": 5})
+    table = advtui_cli(tmp_path, "queue", "ls").stdout
+    assert train["id"] in table and ev["id"] in table and "natural" in table
+    assert advtui_cli(tmp_path, "queue", "ls", "--status", "done").stdout.startswith("no jobs")
+    cancelled = advtui_cli(tmp_path, "queue", "cancel", train["id"])
+    assert cancelled.returncode == 0 and f"cancelled job {train['id']}" in cancelled.stdout
+    after = {j["id"]: j for j in json.loads(advtui_cli(tmp_path, "queue", "ls", "--json").stdout)}
+    assert after[ev["id"]]["status"] == "cancelled"  # it waited on the cancelled training
+    resumed = advtui_cli(tmp_path, "resume", "cli")
+    assert resumed.returncode == 0 and "continues from the start" in resumed.stdout and "queued again" in resumed.stdout
+    for args, message in ((["resume", "nothing"], "error: no run 'nothing'"),
+                          (["queue", "cancel", "jffffff"], "error: no job 'jffffff'"),
+                          (["kill", "cli", "--grace", "1"], "was queued: cancelled"),
+                          (["queue", "train", "--defense", "plain", "--seeds", "x"], "error: --seeds must be")):
+        proc = advtui_cli(tmp_path, *args)
+        assert message in (proc.stdout + proc.stderr), (args, proc.stdout, proc.stderr)
+        if message.startswith("error"):
+            assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1

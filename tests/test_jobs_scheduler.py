@@ -156,3 +156,29 @@ def test_a_corrupt_registry_stops_the_scheduler_and_is_left_untouched(tmp_path):
     finally:
         scheduler.release()
     assert (tmp_path / "advtui.json").read_bytes() == broken
+
+
+def test_an_idle_scheduler_reads_the_registry_only_when_it_changed(tmp_path):
+    reg = Registry(tmp_path)
+    reg.create_run({"name": "existing", "status": "finished"})
+    reads = []
+    read_all = reg.all
+    reg.all = lambda table: reads.append(table) or read_all(table)
+    scheduler = Scheduler(reg)
+    try:
+        scheduler.tick()
+        assert reads == [JOBS]
+        scheduler.tick()
+        assert scheduler.idle() and reads == [JOBS]  # nothing queued, nothing written: no parse
+        # a job of another worker holds the only CPU slot
+        reg.insert(JOBS, {"id": "jbusy01", "kind": "train", "run_id": "abcdef", "status": "running",
+                          "host": scheduler.host, "slot": {"cpu": 1}})
+        scheduler.tick()
+        assert len(reads) == 2
+        queued = queue_train(reg, build_config("plain", device="cpu"))
+        scheduler.tick()
+        scheduler.tick()  # a queued job waits for a slot: look again every tick
+        assert len(reads) == 4 and not scheduler.idle()
+        assert resolve_job(reg, queued.job["id"])["status"] == "queued"
+    finally:
+        scheduler.release()

@@ -121,13 +121,18 @@ class Registry:
     def _db(self) -> TinyDB:
         return TinyDB(str(self.path), storage=AtomicJSONStorage)
 
-    def _check_schema(self, db: TinyDB) -> None:
-        meta = db.table(META, cache_size=0).all()
+    def _check_schema(self, data: dict) -> bool:
+        """Refuse a registry written by a newer advtui; True if it records its schema already.
+
+        Takes the raw file contents (one parse serves the check and what follows: the whole
+        file is parsed on every read, so each parse saved counts as the registry grows)."""
+        meta = list((data.get(META) or {}).values())
         if meta and meta[0].get("schema", 0) > SCHEMA_VERSION:
             raise RegistryError(
                 f"the registry {self.path} has schema {meta[0]['schema']}, newer than this "
                 f"advtui understands ({SCHEMA_VERSION}): upgrade advtui"
             )
+        return bool(meta)
 
     @contextmanager
     def transaction(self) -> Iterator[TinyDB]:
@@ -142,10 +147,8 @@ class Registry:
             ) from exc
         try:
             db = self._db()
-            self._check_schema(db)
-            meta = db.table(META, cache_size=0)
-            if not meta.all():
-                meta.insert({"schema": SCHEMA_VERSION, "created": time.time()})
+            if not self._check_schema(db.storage.read() or {}):
+                db.table(META, cache_size=0).insert({"schema": SCHEMA_VERSION, "created": time.time()})
             yield db
         finally:
             self._lock.release()
@@ -154,9 +157,9 @@ class Registry:
         """Lock-free read of one table (atomic renames make it consistent)."""
         if not self.path.exists():
             return []
-        db = self._db()
-        self._check_schema(db)
-        return [dict(doc) for doc in db.table(table, cache_size=0).all()]
+        data = AtomicJSONStorage(str(self.path)).read() or {}
+        self._check_schema(data)
+        return [dict(doc) for doc in (data.get(table) or {}).values()]
 
     # -- generic tables (runs, jobs, results) ------------------------------------------------
     def all(self, table: str) -> list[dict]:
@@ -190,7 +193,7 @@ class Registry:
         """Insert a run with a fresh unique id (6 hex digits) and return it."""
         with self.transaction() as db:
             runs = db.table(RUNS, cache_size=0)
-            taken = {r["id"] for r in runs.all()}
+            taken = {r.get("id") for r in ((db.storage.read() or {}).get(RUNS) or {}).values()}
             run_id = secrets.token_hex(3)
             while run_id in taken:
                 run_id = secrets.token_hex(3)

@@ -11,7 +11,8 @@ A job is one process to run for one run. Its document:
 ``priority``       higher starts first; equal priorities start oldest first
 ``needs``          ``gpu``, ``cpu`` or ``auto`` (a GPU where the machine has one, else a CPU slot)
 ``gpu_index``      the one GPU it must use (from ``--device cuda:N``), else None
-``depends_on``     job ids that must be ``done`` first (an auto-eval waits for its training)
+``depends_on``     job ids that must be ``done`` first (an auto-eval waits for its training,
+                   a run started ``--init-from`` another waits for that one)
 ``attacks``        eval: the attack list passed to ``advtui eval --attacks``
 ``eval_options``   eval: {"limit", "batch_size", "eps", "seed"} given to ``advtui eval``
 ``pid``            the launched process, with ``pid_start_time`` (psutil create_time) and
@@ -112,6 +113,7 @@ def queue_train(
     """Create a queued run record and its train job (and, with ``auto_eval``, eval jobs that
     wait for the training to finish). Nothing starts until a scheduler picks the job up."""
     attacks = parse_attacks(auto_eval) if auto_eval else None
+    after = warm_start_dependencies(registry, config.to_dict())
     needs, gpu_index = device_needs(config.device)
     if gpu_index is not None:
         # The scheduler pins the job to that GPU with CUDA_VISIBLE_DEVICES, where it is cuda:0.
@@ -123,7 +125,7 @@ def queue_train(
             "epochs": config.epochs, "epoch": 0, "checkpoints": {}, "metrics": {}, "status": "queued",
         })
         job = _insert_job(registry, {"kind": "train", "run_id": run["id"], "priority": priority,
-                                     "needs": needs, "gpu_index": gpu_index})
+                                     "needs": needs, "gpu_index": gpu_index, "depends_on": after})
         evals = []
         if attacks:
             evals.append(_insert_job(registry, {
@@ -132,6 +134,21 @@ def queue_train(
                 "eval_options": _clean_eval_options(eval_options), "auto": True,
             }))
     return QueuedTraining(run, job, evals)
+
+
+def warm_start_dependencies(registry: Registry, config: dict[str, Any]) -> list[str]:
+    """A run started from another run's final weights (--init-from) waits for that run's
+    training when it is still queued or running; without a final checkpoint or any training
+    ahead, it is an error now rather than a failed job later."""
+    source_ref = config.get("init_from")
+    if not source_ref:
+        return []
+    source = registry.resolve_run(source_ref)
+    pending = [j["id"] for j in jobs_of_run(registry, source["id"], kind="train") if j["status"] in ACTIVE]
+    if not pending and not (source.get("checkpoints") or {}).get("final"):
+        raise ConfigError(f"--init-from {source['id']} ({source.get('status')}) has no final checkpoint "
+                          f"and no training queued: `advtui resume {source['id']}` finishes it first")
+    return pending
 
 
 def seed_configs(base: RunConfig, seeds: list[int]) -> list[RunConfig]:
@@ -168,20 +185,24 @@ def queue_eval(
     *,
     options: dict[str, Any] | None = None,
     priority: int = 0,
+    depends_on: list[str] | None = None,
 ) -> dict[str, Any]:
     """Queue ``advtui eval RUN --attacks ...`` (None: the eval command's default attacks). A run
     still training (or queued) gets an eval that waits for its train job; a run with no final
-    checkpoint and no training ahead is an error."""
+    checkpoint and no training ahead is an error. ``depends_on`` adds jobs to wait for (the
+    trainings of the runs whose learned attackers or surrogates the attacks use)."""
     specs = parse_attacks(attacks) if isinstance(attacks, str) else (list(attacks) if attacks else None)
     run = registry.resolve_run(run_ref)
     pending = [j for j in jobs_of_run(registry, run["id"], kind="train") if j["status"] in ACTIVE]
-    if not pending and not (run.get("checkpoints") or {}).get("final"):
+    training_here = run.get("status") == "running" and live_process(run.get("pid"), run.get("pid_start_time"))
+    if not pending and not training_here and not (run.get("checkpoints") or {}).get("final"):
         raise ConfigError(f"run {run['id']} ({run.get('status')}) has no final checkpoint to evaluate: "
                           f"`advtui resume {run['id']}` finishes it first")
     needs, gpu_index = device_needs((run.get("config") or {}).get("device", "auto"))
     return _insert_job(registry, {
         "kind": "eval", "run_id": run["id"], "priority": priority, "needs": needs, "gpu_index": gpu_index,
-        "depends_on": [j["id"] for j in pending], "attacks": specs, "eval_options": _clean_eval_options(options),
+        "depends_on": [j["id"] for j in pending] + [d for d in depends_on or [] if d not in {j["id"] for j in pending}],
+        "attacks": specs, "eval_options": _clean_eval_options(options),
     })
 
 
@@ -228,9 +249,12 @@ def cancel_dependents(registry: Registry, job: dict[str, Any], reason: str) -> l
     cancelled = []
     for other in list_jobs(registry, "queued"):
         if job["id"] in (other.get("depends_on") or []):
-            if finish_job(registry, other, "cancelled", blocked_by=job["id"],
-                          error=f"cancelled: {job['kind']} job {job['id']} of run {job['run_id']} {reason}"):
+            why = f"cancelled: {job['kind']} job {job['id']} of run {job['run_id']} {reason}"
+            if finish_job(registry, other, "cancelled", blocked_by=job["id"], error=why):
                 cancelled.append(other["id"])
+                if other["kind"] == "train":  # its run would otherwise stay queued forever
+                    registry.update(RUNS, {"id": other["run_id"], "status": "queued"},
+                                    {"status": "failed", "ended": time.time(), "error": why})
                 cancelled += cancel_dependents(registry, other, "was cancelled")
     return cancelled
 
@@ -271,6 +295,8 @@ def kill(registry: Registry, ref: str, grace_s: float = DEFAULT_GRACE_S, executo
     if job is not None and job["status"] == "queued":
         cancel_job(registry, job["id"], "cancelled by `advtui kill`")
         return KillReport(job["run_id"], job["id"], "cancelled", f"job {job['id']} was queued: cancelled")
+    if job is not None and job.get("pid") is None:
+        job = _wait_for_pid(registry, job)  # claimed a moment ago: its process is starting
     pid, started = (job.get("pid"), job.get("pid_start_time")) if job else (None, None)
     if pid is None and run is not None:
         pid, started = run.get("pid"), run.get("pid_start_time")
@@ -299,6 +325,16 @@ def kill(registry: Registry, ref: str, grace_s: float = DEFAULT_GRACE_S, executo
         cancel_dependents(registry, current, "was killed")
     what = f"run {run_id}" + (f" (job {job['id']})" if job else "")
     return KillReport(run_id, job["id"] if job else None, outcome, f"{what}: {note}")
+
+
+def _wait_for_pid(registry: Registry, job: dict[str, Any], timeout_s: float = 5.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        job = resolve_job(registry, job["id"])
+        if job.get("pid") is not None or job["status"] != "running":
+            break
+        time.sleep(0.05)
+    return job
 
 
 def _kill_target(registry: Registry, ref: str) -> tuple[dict | None, dict | None]:
@@ -348,11 +384,14 @@ def resume(registry: Registry, ref: str, *, epochs: int | None = None, priority:
     elif status == "queued":
         raise ConfigError(f"run {run['id']} is already queued")
     needs, gpu_index = device_needs(config.get("device", "auto"))
+    # Only a run that never started from its source still needs it (later it has its own checkpoint).
+    after = [] if (run.get("checkpoints") or {}).get("last") else warm_start_dependencies(registry, config)
     with registry.transaction():
         registry.update_run(run["id"], status="queued", error=None, ended=None, config=config,
                             epochs=config.get("epochs", run.get("epochs")))
         job = _insert_job(registry, {"kind": "train", "run_id": run["id"], "priority": priority,
-                                     "needs": needs, "gpu_index": gpu_index, "resumed": True})
+                                     "needs": needs, "gpu_index": gpu_index, "resumed": True,
+                                     "depends_on": after})
         previous = {j["id"] for j in jobs_of_run(registry, run["id"], kind="train")} - {job["id"]}
         evals = []
         for other in jobs_of_run(registry, run["id"], kind="eval"):

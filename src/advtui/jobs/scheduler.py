@@ -109,6 +109,7 @@ class Scheduler:
         self._lock = FileLock(str(registry.root / SCHEDULER_LOCK), thread_local=False)
         self._handles: dict[str, ProcessHandle] = {}  # job id -> process this scheduler watches
         self._reconciled = False
+        self._quiet_stamp: tuple | None = None  # the registry as last seen with nothing queued
         self._mutex = threading.RLock()
 
     # -- the scheduler lock -------------------------------------------------------------------------
@@ -141,6 +142,7 @@ class Scheduler:
                 pass
             self._lock.release(force=True)
             self._reconciled = False
+            self._quiet_stamp = None
             self._handles.clear()
 
     close = release
@@ -215,9 +217,12 @@ class Scheduler:
                 return []
             if not self._reconciled:
                 self.reconcile()
-            self._collect()
+            stamp = self._registry_stamp()
+            if not self._collect() and stamp is not None and stamp == self._quiet_stamp:
+                return []  # nothing queued last time and nothing written since: skip the parse
             jobs = self.registry.all(JOBS)
             queued = [j for j in jobs if j.get("status") == "queued"]
+            self._quiet_stamp = None if queued else stamp
             if not queued:
                 return []
             queued = self._settle_dependencies(queued, {j["id"]: j for j in jobs})
@@ -246,6 +251,9 @@ class Scheduler:
         """Nothing running under this scheduler and nothing queued: a --once worker may exit."""
         if self._handles:
             return False
+        stamp = self._registry_stamp()
+        if stamp is not None and stamp == self._quiet_stamp:
+            return True
         return not any(j.get("status") == "queued" for j in self.registry.all(JOBS))
 
     def serve(self, once: bool = False, poll_s: float = 1.0, stop: threading.Event | None = None,
@@ -271,15 +279,30 @@ class Scheduler:
             stop.wait(poll_s)
 
     # -- ending jobs ---------------------------------------------------------------------------------
-    def _collect(self) -> None:
+    def _collect(self) -> int:
+        """Record the jobs whose process ended; returns how many ended."""
+        ended = 0
         for job_id, handle in list(self._handles.items()):
             status = self.executor.poll(handle)
             if status is None:
                 continue
+            ended += 1
             del self._handles[job_id]
             found = self.registry.search(JOBS, id=job_id)
             if found and found[0]["status"] == "running" and found[0].get("pid") == handle.pid:
                 self._finish(found[0], status)
+        return ended
+
+    def _registry_stamp(self) -> tuple | None:
+        """Changes with every write: the registry is replaced by rename, so a new inode each time.
+
+        The whole file is parsed on each read, which costs more as it grows, so an idle
+        scheduler only reads it again when it changed."""
+        try:
+            st = os.stat(self.registry.path)
+        except OSError:
+            return None
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
 
     def _finish(self, job: dict, exit_status: ExitStatus) -> str:
         """Record how a job's process ended: the job's final status, and for a training whose
