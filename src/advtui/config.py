@@ -82,6 +82,7 @@ class RunConfig:
     l2lda_lr: float = 1e-4
     l2lda_latent: int = 8
     l2lda_diversity: float = 0.1
+    l2lda_width: int = 64  # generator channels: 64 gives ~0.5M parameters (paper Table 2)
     # Data and hardware.
     data_root: str | None = None
     train_limit: int | None = None
@@ -120,12 +121,14 @@ class RunConfig:
         check_model_name(self.model)
         if not (0.0 < self.eps <= 1.0):
             raise ConfigError(f"eps must be in (0, 1] for inputs in [0, 1], got {self.eps}")
-        for name in ("epochs", "batch_size", "inner_steps", "log_every", "compare_every", "rnn_hidden"):
+        for name in ("epochs", "batch_size", "inner_steps", "log_every", "compare_every", "rnn_hidden", "l2lda_width"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         for name in ("lr", "rnn_lr", "rnn_delta_scale", "l2lda_lr"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if self.l2lda_latent < 0 or self.l2lda_diversity < 0:
+            raise ConfigError("l2lda-latent and l2lda-diversity must be 0 or more")
         if self.step_size is not None and not (0 < self.step_size <= 1):
             raise ConfigError(f"step-size must be in (0, 1], got {self.step_size}")
         if self.beta is not None and self.beta < 0:
