@@ -12,8 +12,9 @@ import threading
 import time
 from pathlib import Path
 
+from advtui.config import build_config
 from advtui.jobs.launcher import live_process
-from advtui.jobs.queue import list_jobs, resolve_job
+from advtui.jobs.queue import list_jobs, queue_train, resolve_job
 from advtui.jobs.scheduler import Scheduler, cpu_count
 from advtui.registry import Registry
 
@@ -73,12 +74,11 @@ def test_three_jobs_on_one_slot_run_one_after_another_and_a_second_worker_never_
 
 
 def test_kill_then_resume_finishes_the_run_and_its_auto_eval_starts_after_the_training(runs_root):
-    args = ["--defense", "advtrain", "--inner-steps", "2", "--device", "cpu", "--train-limit", "200",
-            "--test-limit", "20", "--eval-limit", "10", "--batch-size", "20", "--epochs", "2", "--log-every", "1",
-            "--name", "victim", "--auto-eval", "natural", "--auto-eval-limit", "10"]
-    queued = advtui("queue", "train", *args)
-    assert queued.returncode == 0, queued.stderr
+    # queued in-process (the CLI's `queue train` is exercised above): one process start less
+    config = build_config("advtrain", inner_steps=2, device="cpu", train_limit=100, test_limit=20, eval_limit=10,
+                          batch_size=10, epochs=2, log_every=1, name="victim")
     reg = Registry(runs_root)
+    queue_train(reg, config, auto_eval="natural", eval_options={"limit": 10})
     run_id = reg.resolve_run("victim")["id"]
     first_train, evaluation = list_jobs(reg)
 

@@ -297,6 +297,6 @@ def gpus(
                 time.sleep(interval)
                 live.update(frame())
     except KeyboardInterrupt:
-        pass
+        console.print()
     finally:
         sampler.close()

@@ -171,6 +171,7 @@ class Scheduler:
             if not self.acquire():
                 return []
             messages: list[str] = []
+            self.last_gpus = self.gpu_sampler.sample()  # what the machine has, known from the start
             for job in self.registry.search(JOBS, status="running"):
                 if job["id"] in self._handles or job.get("host") not in (None, self.host):
                     continue
@@ -186,9 +187,8 @@ class Scheduler:
                             "status": "failed", "ended": time.time(),
                             "error": reason + (f"; last output:\n{tail}" if tail else "")}):
                         messages.append(f"run {run['id']}: {reason}: marked failed")
+                        self._emit("reconciled", {}, messages[-1])
             self._reconciled = True
-            for message in messages:
-                self._emit("reconciled", {}, message)
             return messages
 
     def _reconcile_job(self, job: dict) -> str:
