@@ -71,7 +71,7 @@ def test_eps_zero_gives_natural_accuracy_exactly(trained_runs):
 
 def test_more_steps_do_not_raise_robust_accuracy(trained_runs):
     # eps 0.1 leaves the plain model partly robust, so the comparison is not 0 vs 0.
-    report = _eval(trained_runs, "plain", "pgd-2,pgd-20", eps=0.1)
+    report = _eval(trained_runs, "plain", "pgd-2,pgd-16", eps=0.1, limit=80)
     few, many = report.results
     assert 5 < few["accuracy"] < 100
     assert many["accuracy"] <= few["accuracy"] + 2.0
@@ -99,6 +99,20 @@ def test_learned_optimizer_and_transfer_attacks_run(trained_runs):
     assert worst["robust"] == int(np.logical_and.reduce(masks).sum())
     assert worst["accuracy"] <= report.summaries["min"]["accuracy"]
     assert set(worst["over"]) == {d["attack"] for d in report.results}
+
+
+def test_l2lda_generator_of_a_run_is_an_attacker(trained_runs, mnist_root):
+    from advtui.config import build_config
+    from advtui.runner import RunPlan, execute_run
+
+    # A tiny but real l2lda run: two generator updates are enough to have a checkpoint to load.
+    config = build_config("l2lda", name="l2lda-tiny", data_root=str(mnist_root), device="cpu", train_limit=100,
+                          test_limit=20, eval_limit=10, batch_size=50, epochs=1, inner_steps=2, eps=0.3)
+    l2lda_run = execute_run(RunPlan(config), trained_runs)
+    report = _eval(trained_runs, "plain", "natural,l2lda-3:l2lda-tiny", limit=40)
+    natural, l2lda = report.results
+    assert l2lda["attack"] == f"l2lda-3:{l2lda_run['id']}" and l2lda["label"] == "l2lda-3:l2lda-tiny"
+    assert len(l2lda["trajectory"]) == 4 and l2lda["accuracy"] <= natural["accuracy"]
 
 
 def test_rerunning_replaces_only_the_same_key(trained_runs):
