@@ -25,6 +25,7 @@ from typing import Any, Iterator
 from filelock import FileLock, Timeout
 from tinydb import Query, TinyDB
 from tinydb.storages import Storage
+from tinydb.table import Document
 
 from advtui.errors import RegistryError, RunNotFoundError
 
@@ -193,7 +194,11 @@ class Registry:
         """Insert a run with a fresh unique id (6 hex digits) and return it."""
         with self.transaction() as db:
             runs = db.table(RUNS, cache_size=0)
-            taken = {r.get("id") for r in ((db.storage.read() or {}).get(RUNS) or {}).values()}
+            # One parse of the file gives both the ids in use and the next document number
+            # (TinyDB would otherwise read the whole file once more to find it).
+            stored = (db.storage.read() or {}).get(RUNS) or {}
+            taken = {r.get("id") for r in stored.values()}
+            next_doc_id = max((int(k) for k in stored), default=0) + 1
             run_id = secrets.token_hex(3)
             while run_id in taken:
                 run_id = secrets.token_hex(3)
@@ -205,7 +210,7 @@ class Registry:
                 **doc,
             }
             record["id"] = run_id
-            runs.insert(record)
+            runs.insert(Document(record, doc_id=next_doc_id))
         return record
 
     def update_run(self, run_id: str, **fields: Any) -> None:

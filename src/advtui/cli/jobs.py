@@ -154,8 +154,9 @@ def worker(
 ) -> None:
     """Run queued jobs headless (the dashboard does the same while it is open).
 
-    Only one scheduler acts at a time; a second worker waits. Jobs keep running when the worker
-    stops: the next worker or dashboard watches them again.
+    Only one scheduler acts at a time: a second worker waits for the first.
+
+    Jobs keep running when the worker stops; the next worker or dashboard watches them again.
     """
     registry = open_registry(runs_dir)
     policy = SchedulerPolicy(cpu_slots=cpu_slots, slots_per_gpu=slots_per_gpu, gpus=_parse_gpu_list(gpus),
