@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,6 +19,38 @@ from advtui.engine.maximizers import PGD, RNNOptimizer
 from advtui.engine.models import build_model
 from advtui.engine.objectives import ce_per_example
 from advtui.registry import Registry
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread(monkeypatch):
+    """One intra-op thread here and in the commands started: on a small shared machine OpenMP's
+    spinning makes two threads per process several times slower than one."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def small_runs(tmp_path_factory, mnist_root) -> Path:
+    """Two real runs, small enough to train here in seconds: "plain" (the attacked model) and
+    "rnn-adv" (whose learned optimizer is an attacker)."""
+    from advtui.config import build_config
+    from advtui.runner import RunPlan, execute_run
+
+    root = tmp_path_factory.mktemp("analysis") / "runs"
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for name, defense, opts in (("plain", "plain", dict(epochs=2, train_limit=1000)),
+                                    ("rnn-adv", "rnn-adv", dict(epochs=1, train_limit=200, inner_steps=3))):
+            config = build_config(defense, name=name, data_root=str(mnist_root), device="cpu", lr=0.05, batch_size=50,
+                                  test_limit=50, eval_limit=20, seed=0, **opts)
+            execute_run(RunPlan(config), root)
+    finally:
+        torch.set_num_threads(previous)
+    return root
 
 
 def advtui(*args: str, root) -> subprocess.CompletedProcess:
@@ -38,22 +71,22 @@ def _examples(mnist_root, n):
     return split.images.float() / 255.0, split.labels
 
 
-def test_trajectories_png_and_data_match_a_direct_computation(trained_runs, mnist_root):
-    registry = Registry(trained_runs)
-    target, rnn_run = registry.resolve_run("advtrain"), registry.resolve_run("rnn-adv")
-    out = trained_runs / "fig2"
-    proc = advtui("analyze", "trajectories", "advtrain", "--attackers", "pgd-10,rnn-10:rnn-adv", "--limit", "40",
-                  "--seed", "3", "--device", "cpu", "--out", str(out), root=trained_runs)
+def test_trajectories_png_and_data_match_a_direct_computation(small_runs, mnist_root, tmp_path):
+    registry = Registry(small_runs)
+    target, rnn_run = registry.resolve_run("plain"), registry.resolve_run("rnn-adv")
+    out = tmp_path / "fig2"
+    proc = advtui("analyze", "trajectories", "plain", "--attackers", "pgd-10,rnn-10:rnn-adv", "--limit", "40",
+                  "--seed", "3", "--device", "cpu", "--out", str(out), root=small_runs)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (out / "trajectories.png").stat().st_size > 5000
     assert "wrote" in proc.stdout and "pgd-10" in proc.stdout
     data = json.loads((out / "trajectories.json").read_text())
-    assert data["run_id"] == target["id"] and data["n"] == 40 and data["eps"] == pytest.approx(0.1)
+    assert data["run_id"] == target["id"] and data["n"] == 40 and data["eps"] == pytest.approx(0.3)
     curves = {c["attack"]: c for c in data["curves"]}
     assert set(curves) == {"pgd-10", f"rnn-10:{rnn_run['id']}"}
 
     # Direct computation: the same model, examples and seed, PGD and the RNN built by hand.
-    model, config, _ = _model_and_config(trained_runs, target)
+    model, config, _ = _model_and_config(small_runs, target)
     x, y = _examples(mnist_root, 40)
     torch.manual_seed(3)
     pgd = PGD(config.eps / 4, init="uniform").maximize(model, ce_per_example, x, y, config.eps, 10)
@@ -62,7 +95,7 @@ def test_trajectories_png_and_data_match_a_direct_computation(trained_runs, mnis
         pgd_acc = 100.0 * float((model(pgd.x_adv).argmax(1) == y).float().mean())
     assert curves["pgd-10"]["accuracy"] == pytest.approx(pgd_acc)
 
-    _, rnn_config, rnn_state = _model_and_config(trained_runs, rnn_run)
+    _, rnn_config, rnn_state = _model_and_config(small_runs, rnn_run)
     rnn = RNNOptimizer(hidden=rnn_config.rnn_hidden, grad_input=rnn_config.rnn_grad_input,
                        delta_scale=rnn_config.rnn_delta_scale, init=rnn_config.init)
     rnn.load_state_dict(rnn_state["maximizer"])
@@ -73,12 +106,12 @@ def test_trajectories_png_and_data_match_a_direct_computation(trained_runs, mnis
     assert curves["pgd-10"]["values"][-1] > curves["pgd-10"]["values"][0]
 
 
-def test_landscape_png_and_data_match_a_direct_computation(trained_runs, mnist_root):
-    registry = Registry(trained_runs)
+def test_landscape_png_and_data_match_a_direct_computation(small_runs, mnist_root, tmp_path):
+    registry = Registry(small_runs)
     record = registry.resolve_run("plain")
-    out = trained_runs / "fig3"
+    out = tmp_path / "fig3"
     proc = advtui("analyze", "landscape", "plain", "--limit", "2", "--grid", "7", "--seed", "11", "--device", "cpu",
-                  "--out", str(out), root=trained_runs)
+                  "--out", str(out), root=small_runs)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (out / "landscape.png").stat().st_size > 5000
     data = json.loads((out / "landscape.json").read_text())
@@ -87,7 +120,7 @@ def test_landscape_png_and_data_match_a_direct_computation(trained_runs, mnist_r
     assert grid.shape == (7, 7) and data["n"] == 2 and data["span"] == pytest.approx(0.3)
     assert data["max_loss"] == pytest.approx(float(grid.max()))
 
-    model, config, _ = _model_and_config(trained_runs, record)
+    model, config, _ = _model_and_config(small_runs, record)
     x, y = _examples(mnist_root, 2)
     xg = x.clone().requires_grad_(True)
     (grad,) = torch.autograd.grad(ce_per_example(model(xg), y).sum(), xg)
@@ -118,8 +151,8 @@ def test_analysis_on_a_run_without_checkpoint_is_one_clear_line(runs_root):
     assert proc.returncode != 0 and proc.stderr.strip().startswith("error: no run 'nope'")
 
 
-def test_trajectories_reject_a_stepless_attacker(trained_runs):
-    proc = advtui("analyze", "trajectories", "plain", "--attackers", "natural", "--device", "cpu", root=trained_runs)
+def test_trajectories_reject_a_stepless_attacker(small_runs):
+    proc = advtui("analyze", "trajectories", "plain", "--attackers", "natural", "--device", "cpu", root=small_runs)
     assert proc.returncode != 0 and "natural has no attack steps" in proc.stderr
-    proc = advtui("analyze", "trajectories", "plain", "--attackers", "bogus-3", "--device", "cpu", root=trained_runs)
+    proc = advtui("analyze", "trajectories", "plain", "--attackers", "bogus-3", "--device", "cpu", root=small_runs)
     assert proc.returncode != 0 and "unknown attack" in proc.stderr

@@ -135,7 +135,7 @@ def _settings_line(registry: Registry, plan: dict[str, Any], runs: list[dict[str
     devices = sorted({(r.get("device") or "-").split(" (")[0] for r in runs if r.get("device")})
     limit = plan["eval_options"].get("limit")
     return (f"Models: {first.get('dataset')}/{first.get('model')}, eps {first.get('eps'):.4g}, "
-            f"{'/'.join(str(e) for e in epochs)} epochs on {'all' if train is None else train} training examples, "
+            f"{'/'.join(str(e) for e in epochs)} epoch{'' if epochs == [1] else 's'} on {'all' if train is None else train} training examples, "
             f"T = {first.get('inner_steps')} inner steps; seeds {', '.join(str(s) for s in plan['seeds'])} "
             f"(each cell is the lowest over seeds, as the paper reports); evaluated on "
             f"{'the whole test set' if limit is None else f'{limit} test examples'}"
@@ -173,7 +173,7 @@ def _bar_chart(plan: dict[str, Any], measured, path: Path) -> Path:
     scale = SCALES[plan["scale"]]
     ax.set_title(f"{spec.name}: measured ({plan['scale']} scale) vs paper (black ticks)"
                  + ("" if scale.name == "full" else " - not comparable"), fontsize=9)
-    ax.legend(fontsize=7, ncol=4, loc="upper right")
+    ax.legend(fontsize=7, ncol=len(spec.rows) + 1, loc="upper center", bbox_to_anchor=(0.5, -0.08), frameon=False)
     fig.tight_layout()
     fig.savefig(path)
     return path
@@ -352,7 +352,7 @@ def build_report(registry: Registry, tables: list[str] | None = None, out_dir: P
         result = TableResult(spec.name, scale.name, values, paper, plan["rows"], filled, cells, [chart.name])
         results.append(result)
 
-        lines = [f"## {spec.name.capitalize()}: {spec.title}", ""]
+        lines = [f"## Table {spec.name.removeprefix('table')}: {spec.title}", ""]
         if scale.name != "full":
             lines += [f"> **{scale.label}.** Cells read *measured (paper)*; the measured numbers rehearse the "
                       "pipeline and say nothing about the paper's claims.", ""]
@@ -361,7 +361,12 @@ def build_report(registry: Registry, tables: list[str] | None = None, out_dir: P
             lines += [setting, ""]
         lines += _table_markdown(plan, measured)
         lines += [""]
-        notes = list(comparison.notes) + ([spec.note] if spec.note else [])
+        # The comparison's own notes, less those about columns and parentheses this table lays out
+        # differently (no worst-case column; parentheses hold the paper's number here).
+        notes = [n for n in comparison.notes if not n.startswith(("min = ", "Per defense"))]
+        if spec.has_min:
+            notes.append("Min = the lowest attack column (the paper's Min).")
+        notes += [spec.note] if spec.note else []
         if filled < cells:
             waiting = _pending_jobs(registry, plan)
             notes.append(f"{cells - filled} of {cells} cells have no result yet ({waiting} job(s) queued or running).")

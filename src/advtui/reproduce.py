@@ -131,7 +131,10 @@ class Scale:
     hidden: bool = False
 
 
-_QUICK_COMMON = dict(epochs=2, milestones=[], eval_limit=200, l2lda_width=16)
+# Quick: two epochs without decay, a larger learning rate so few steps still move the
+# classifier, a 16-channel L2LDA generator (37k parameters instead of 0.5M: the full one alone
+# would take most of a CPU rehearsal's time).
+_QUICK_COMMON = dict(epochs=2, milestones=[], lr=0.05, eval_limit=200, l2lda_width=16)
 _TINY_COMMON = dict(epochs=1, milestones=[], inner_steps=2, batch_size=25, eval_limit=10, test_limit=20,
                     l2lda_width=8, log_every=1)
 SCALES: dict[str, Scale] = {
@@ -141,7 +144,7 @@ SCALES: dict[str, Scale] = {
     "quick": Scale("quick",
                    {"mnist": dict(_QUICK_COMMON, train_limit=2000, test_limit=500, batch_size=64),
                     "cifar10": dict(_QUICK_COMMON, train_limit=1000, test_limit=200, batch_size=64)},
-                   {"mnist": 500, "cifar10": 200}, 1,
+                   {"mnist": 200, "cifar10": 100}, 1,
                    {"trajectory_limit": 200, "landscape_limit": 1, "landscape_grid": 21},
                    "QUICK SCALE (a rehearsal on a slice of the data, a few epochs): not comparable to the paper"),
     "tiny": Scale("tiny",
@@ -297,7 +300,10 @@ def _roles(template: str) -> list[str]:
 
 
 def resolve_attacks(reproduction: Reproduction) -> list[str]:
-    """The table's attack specs with attacker roles replaced by run ids (runs must be known)."""
+    """The table's attack specs with attacker roles replaced by run ids (runs must be known), in
+    the canonical form results are stored under (``transfer:ID`` is ``transfer-pgd-20:ID``)."""
+    from advtui.engine.attacks import parse_attack
+
     specs = []
     for _, template in reproduction.table.columns:
         text = template
@@ -306,7 +312,7 @@ def resolve_attacks(reproduction: Reproduction) -> list[str]:
             if run is None:
                 raise ConfigError(f"attacker run for {role} is not planned yet")
             text = text.replace("{" + role + "}", run["id"])
-        specs.append(text)
+        specs.append(parse_attack(text).text)
     return specs
 
 
@@ -331,7 +337,6 @@ def _active_eval_attacks(jobs: list[dict[str, Any]], run_id: str, options: dict[
 def apply_reproduction(registry: Registry, reproduction: Reproduction, *, priority: int = 0) -> Reproduction:
     """Queue what the plan marks to queue (runs first, then evaluations that wait for them) and
     record the plan in the registry."""
-    from advtui.engine.attacks import parse_attack
     from advtui.jobs.queue import queue_eval, queue_train
 
     taken = {r.get("name") for r in registry.runs()}
@@ -348,9 +353,7 @@ def apply_reproduction(registry: Registry, reproduction: Reproduction, *, priori
                                       "group": group}).validate()
         queued = queue_train(registry, config, priority=priority)
         p.run, p.train_job = queued.run, queued.job["id"]
-    specs = resolve_attacks(reproduction)
-    for spec in specs:
-        parse_attack(spec)  # every spec goes through the one parser before anything is queued
+    specs = resolve_attacks(reproduction)  # every spec goes through the one parser
     jobs_now = registry.all(JOBS)
     for e in reproduction.evals:
         run_id = e.run.run["id"]

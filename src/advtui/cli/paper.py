@@ -18,6 +18,15 @@ analyze_app = typer.Typer(help="The analyses behind the paper's figures, on a ru
 app.add_typer(analyze_app, name="analyze")
 
 DeviceOption = typer.Option("auto", help="auto, cpu, cuda or cuda:N.")
+
+
+def _checked_run(registry, run_ref: str) -> dict:
+    """The run, known to have a checkpoint: checked before torch loads, so bad input fails fast."""
+    from advtui.runner import checkpoint_path
+
+    record = registry.resolve_run(run_ref)
+    checkpoint_path(registry, record, "final")  # CheckpointError (one line) when it has none yet
+    return record
 OutOption = typer.Option(None, "--out", "-o", help="Folder for the PNG and its JSON data (default runs/<run-id>/analysis).")
 DataRootOption = typer.Option(None, "--data-root", help="Dataset root (default $ADVTUI_DATA or the run's).")
 
@@ -37,9 +46,10 @@ def analyze_trajectories_command(
     runs_dir: Optional[Path] = RunsDirOption,
 ) -> None:
     """Mean loss at every attack step of each attacker on the same examples (paper Fig. 2)."""
+    registry = open_registry(runs_dir)
+    run_ref = _checked_run(registry, run_ref)["id"]
     from advtui.engine.analysis import analyze_trajectories, default_output_dir, save_trajectories, trajectories_plot_text
 
-    registry = open_registry(runs_dir)
     with err_console.status("attacking..."):
         analysis = analyze_trajectories(registry, run_ref, attackers, limit=limit, batch_size=batch_size, eps=eps,
                                         seed=seed, device=device, data_root=data_root)
@@ -74,9 +84,10 @@ def analyze_landscape_command(
     runs_dir: Optional[Path] = RunsDirOption,
 ) -> None:
     """Loss over the plane of sign(gradient) and a random Rademacher direction (paper Fig. 3)."""
+    registry = open_registry(runs_dir)
+    run_ref = _checked_run(registry, run_ref)["id"]
     from advtui.engine.analysis import analyze_landscape, default_output_dir, landscape_heatmap, save_landscape
 
-    registry = open_registry(runs_dir)
     with err_console.status("computing the loss surface..."):
         analysis = analyze_landscape(registry, run_ref, limit=limit, grid=grid, span=span, seed=seed,
                                      batch_size=batch_size, device=device, data_root=data_root)
