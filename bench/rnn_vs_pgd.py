@@ -38,11 +38,12 @@ from advtui.runner import RunPlan, execute_run
 
 VARIANTS = {
     "default": {},
-    "sign-input": {"rnn_grad_input": "sign"},
-    "raw-input": {"rnn_grad_input": "raw"},
+    "rms-input": {"rnn_grad_input": "rms"},
+    "random-init": {"rnn_init": "random"},
+    "random-init-rms": {"rnn_init": "random", "rnn_grad_input": "rms", "rnn_lr": 1e-3},
     "delta-0.25": {"rnn_delta_scale": 0.25},
     "delta-1.0": {"rnn_delta_scale": 1.0},
-    "phi-lr-1e-2": {"rnn_lr": 1e-2},
+    "phi-lr-1e-3": {"rnn_lr": 1e-3},
     "phi-sgd": {"rnn_optimizer": "sgd", "rnn_lr": 1e-2},
     "second-order": {"rnn_second_order": True},
 }

@@ -73,11 +73,12 @@ class RunConfig:
     bls_max_backtracks: int = 10
     # The learned RNN optimizer (paper eqs. 5-7, 10). Defaults chosen by measurement (README).
     rnn_hidden: int = 10
-    rnn_grad_input: str = "rms"  # how g_t is scaled before the RNN: rms | sign | raw
+    rnn_grad_input: str = "sign"  # how g_t is scaled before the RNN: sign | rms | raw
+    rnn_init: str = "pgd"  # pgd: start close to a sign-gradient step; random: PyTorch's default init
     rnn_delta_scale: float = 0.5  # delta_t = rnn_delta_scale * eps * tanh(V h)
     rnn_second_order: bool = False  # let gradients flow through g_t (Hessian terms)
     rnn_optimizer: str = "adam"  # adam | sgd
-    rnn_lr: float = 1e-3
+    rnn_lr: float = 1e-2
     # L2LDA generator baseline.
     l2lda_lr: float = 1e-4
     l2lda_latent: int = 8
@@ -137,6 +138,8 @@ class RunConfig:
             raise ConfigError(f"init must be 'normal' or 'uniform', got {self.init!r}")
         if self.rnn_grad_input not in ("rms", "sign", "raw"):
             raise ConfigError(f"rnn-grad-input must be rms, sign or raw, got {self.rnn_grad_input!r}")
+        if self.rnn_init not in ("pgd", "random"):
+            raise ConfigError(f"rnn-init must be pgd or random, got {self.rnn_init!r}")
         if self.rnn_optimizer not in ("adam", "sgd"):
             raise ConfigError(f"rnn-optimizer must be adam or sgd, got {self.rnn_optimizer!r}")
         if not (0 < self.bls_rho < 1 and 0 < self.bls_c < 1):

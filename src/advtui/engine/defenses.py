@@ -51,7 +51,7 @@ def build_maximizer(kind: str | None, config: RunConfig, device: torch.device) -
         return RNNOptimizer(
             hidden=config.rnn_hidden, grad_input=config.rnn_grad_input, delta_scale=config.rnn_delta_scale,
             second_order=config.rnn_second_order, optimizer=config.rnn_optimizer, lr=config.rnn_lr,
-            init=config.init, device=device,
+            init=config.init, device=device, rnn_init=config.rnn_init,
         )
     if kind == "l2lda":
         from advtui.engine.l2lda import L2LDAGenerator  # the baseline's own module

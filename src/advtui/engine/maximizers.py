@@ -164,16 +164,28 @@ class CoordinateRNN(nn.Module):
     With hidden size 10: U 10x1, W 10x10, V 1x10 = 120 parameters.
     """
 
-    def __init__(self, hidden: int = 10):
+    def __init__(self, hidden: int = 10, init: str = "pgd"):
         super().__init__()
         self.hidden = hidden
         self.cell = nn.RNNCell(1, hidden, bias=False, nonlinearity="tanh")  # U, W
         self.out = nn.Linear(hidden, 1, bias=False)  # V
         with torch.no_grad():
+            if init == "pgd":
+                self._init_like_pgd()
             # Start as an ascent method: a positive gradient must give a positive step, so the
             # first batches already produce useful adversarial examples.
             if self.forward(torch.ones(1), self.initial_state(1))[0].item() < 0:
                 self.out.weight.neg_()
+
+    def _init_like_pgd(self) -> None:
+        """Start close to a sign-gradient step (Algorithm 1, line 3 allows a pre-trained start):
+        every hidden unit reads the gradient with weight +-1, V sums them with the matching
+        sign so that a unit gradient gives delta ~ 0.8 (tanh is far from saturation, so phi
+        still learns), and W starts small so memory is learned, not imposed."""
+        signs = torch.where(torch.rand(self.hidden, 1) < 0.5, -1.0, 1.0)
+        self.cell.weight_ih.copy_(signs)
+        self.cell.weight_hh.mul_(0.1)
+        self.out.weight.copy_(signs.T * (1.1 / (self.hidden * torch.tanh(torch.tensor(1.0)))))
 
     def initial_state(self, n: int, device=None, dtype=None) -> torch.Tensor:
         return torch.zeros(n, self.hidden, device=device, dtype=dtype)
@@ -200,10 +212,10 @@ class RNNOptimizer(Maximizer):
     name = "rnn"
     learned = True
 
-    def __init__(self, hidden: int = 10, grad_input: str = "rms", delta_scale: float = 0.5,
-                 second_order: bool = False, optimizer: str = "adam", lr: float = 1e-3,
-                 init: str = "normal", device: torch.device | str = "cpu"):
-        self.net = CoordinateRNN(hidden).to(device)
+    def __init__(self, hidden: int = 10, grad_input: str = "sign", delta_scale: float = 0.5,
+                 second_order: bool = False, optimizer: str = "adam", lr: float = 1e-2,
+                 init: str = "normal", device: torch.device | str = "cpu", rnn_init: str = "pgd"):
+        self.net = CoordinateRNN(hidden, rnn_init).to(device)
         self.grad_input, self.delta_scale, self.second_order, self.init = grad_input, delta_scale, second_order, init
         params = list(self.net.parameters())
         self.optimizer = torch.optim.Adam(params, lr=lr) if optimizer == "adam" else torch.optim.SGD(params, lr=lr, momentum=0.9)
