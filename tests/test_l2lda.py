@@ -148,3 +148,12 @@ def test_l2lda_trains_through_advtui_run_and_its_attacker_loads_in_eval(runs_roo
     learned = by_attack[f"l2lda-3:{record['id']}"]
     assert len(learned["trajectory"]) == 4 and learned["n"] == 20
     assert learned["accuracy"] <= by_attack["natural"]["accuracy"]
+
+
+def test_inputs_of_another_dataset_are_refused_in_one_line():
+    from advtui.errors import ConfigError
+
+    gen = L2LDAGenerator(1, width=8)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 10)).eval()
+    with pytest.raises(ConfigError, match="1-channel images"):
+        gen.maximize(model, ce_per_example, torch.rand(2, 3, 32, 32), torch.tensor([0, 1]), 8 / 255, 2)

@@ -172,6 +172,7 @@ class L2LDAGenerator(Maximizer):
         """``learn_graph`` keeps the unrolled graph from every x'_t back to the generator and
         returns the objective to ascend in ``info["phi_objective"]``:
         sum_t mean L(x'_t) + diversity_weight * sum_t mean diversity_t, t = 1..T."""
+        self._check_inputs(x)
         batch = x.shape[0]
         paired = learn_graph and self.diversity_weight > 0 and self.latent > 0
         if paired:  # one image, two latent codes: what the diversity term compares
@@ -214,6 +215,14 @@ class L2LDAGenerator(Maximizer):
         trajectory = torch.stack(losses).detach() if (record or learn_graph) else None
         info = {"phi_objective": objective} if learn_graph else {}
         return MaxResult(x_adv[:batch].detach(), trajectory, info)
+
+    def _check_inputs(self, x: torch.Tensor) -> None:
+        """The generator is convolutional over one image shape: refuse others in one line."""
+        channels = self.net.image_channels
+        if x.dim() != 4 or x.shape[1] != channels or x.shape[2] % 4 or x.shape[3] % 4:
+            raise ConfigError(
+                f"this L2LDA generator attacks {channels}-channel images with sides divisible by 4, got inputs of "
+                f"shape {tuple(x.shape[1:])}: use an l2lda run trained on the same dataset as the attacked model")
 
     def learn(self, result: MaxResult) -> None:
         """One ascent step of phi on the objective of ``result`` (clipped like the authors')."""
