@@ -3,6 +3,8 @@ NVML (this machine has no NVIDIA GPU; NVML is the one thing replaced), and polli
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import math
 import os
 import time
@@ -71,6 +73,14 @@ def fixed_app(root: Path, **kwargs: Any) -> AdvtuiApp:
     services = Services(registry, gpu_sampler=GpuSampler(nvml=StandInNvml(FIXED_GPUS)))
     kwargs.setdefault("side_interval", 3600.0)  # one GPU sample: a fixed sparkline
     return AdvtuiApp(root, services=services, run_scheduler=False, clock=lambda: NOW, **kwargs)
+
+
+def pilot_test(test):
+    """Run an ``async def`` test (it drives the app with ``App.run_test``) in its own event loop."""
+    @functools.wraps(test)
+    def run(*args: Any, **kwargs: Any) -> None:
+        asyncio.run(test(*args, **kwargs))
+    return run
 
 
 async def wait_until(pilot, predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.1,
@@ -150,6 +160,10 @@ FIXED_RUNS = [
     ("0a1b2c", "rnn-trades-mnist-s0", None, "rnn-trades", "failed", 0, 6, 1.0),
 ]
 BATCHES = 32
+# Every option the detail screen shows, pinned, so the snapshots do not follow the defaults.
+PINNED_CONFIG = dict(momentum=0.9, weight_decay=0.0, milestones=[55, 75, 90], inner_steps=10, init="normal",
+                     rnn_hidden=10, rnn_grad_input="sign", rnn_delta_scale=0.5, rnn_lr=0.01, compare_every=20,
+                     log_every=10)
 
 
 def build_fixed_runs(root: Path) -> Registry:
@@ -162,7 +176,7 @@ def build_fixed_runs(root: Path) -> Registry:
         eps = 0.3 if defense == "plain" else 0.1
         config = build_config(defense, name=name, group=group, epochs=3, eps=eps, train_limit=2000, test_limit=500,
                               eval_limit=200, batch_size=64, lr=0.05, seed=1 if name.endswith("s1") else 0,
-                              device="cpu").to_dict()
+                              device="cpu", **PINNED_CONFIG).to_dict()
         start = T0 + 600 * i
         learned = defense.startswith("rnn")
         events = _training_events(config, start, done, BATCHES, partial, learned, scale)
@@ -235,9 +249,18 @@ def build_fixed_runs(root: Path) -> Registry:
     return registry
 
 
+def static_text(widget) -> str:
+    """The text a Static shows (its content may be any rich renderable)."""
+    from rich.console import Console
+
+    console = Console(width=200, record=True, file=open(os.devnull, "w"))
+    console.print(widget.content)
+    return console.export_text()
+
+
 async def select_run(pilot, run_id: str) -> None:
     """Put the runs table's cursor on ``run_id``."""
     table = pilot.app.screen.table
     await wait_until(pilot, lambda: run_id in table.row_keys, what=f"run {run_id} in the table")
-    table.move_cursor(row=table.row_keys.index(run_id))
+    table.select_key(run_id)
     await pilot.pause(0.05)

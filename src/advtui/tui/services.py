@@ -9,6 +9,7 @@ do not raise for the user's mistakes: actions return a message and a severity fo
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import deque
 from dataclasses import dataclass, field
@@ -67,6 +68,9 @@ class Services:
         # history stays evenly spaced.
         self.scheduler = Scheduler(registry, policy=self.policy, on_event=self._on_event, role="dashboard")
         self._cpu_history: deque[float] = deque(maxlen=HISTORY)
+        self._has_gpus: bool | None = None  # unknown until the first sample
+        self._jobs: list[dict] = []
+        self._jobs_stamp: tuple | None = None
         self._lock = threading.Lock()
         psutil.cpu_percent(None)  # starts psutil's measuring interval
 
@@ -99,10 +103,15 @@ class Services:
             self.scheduler.release()
             self.gpu_sampler.close()
 
-    def sample_system(self) -> SystemSample:
-        running = self.registry.search(RUNS, status="running") if self.registry.path.exists() else []
-        owners = process_owners(self.registry) if running else {}
+    def sample_system(self, running: list[dict] | None = None) -> SystemSample:
+        """GPUs (or CPU and memory) now, and CPU/memory of the ``running`` runs' processes (the
+        caller's copy of the records; read from the registry when not given)."""
+        if running is None:
+            running = self.registry.search(RUNS, status="running") if self.registry.path.exists() else []
+        # Mapping GPU processes to runs reads the registry: only worth it where there are GPUs.
+        owners = process_owners(self.registry) if running and self._has_gpus is not False else {}
         snapshot = self.gpu_sampler.sample(owners)
+        self._has_gpus = bool(snapshot.gpus)
         history = {g.index: self.gpu_sampler.history(g.index)["utilization"] for g in snapshot.gpus}
         cpu = psutil.cpu_percent(None)
         self._cpu_history.append(cpu)
@@ -112,7 +121,13 @@ class Services:
                             self.process_sampler.sample_runs(running))
 
     def queue_state(self) -> QueueState:
-        jobs = list_jobs(self.registry) if self.registry.path.exists() else []
+        # The jobs only change when the registry file does: skip re-reading it otherwise.
+        stamp = _stamp(self.registry.path)
+        if stamp is not None and stamp == self._jobs_stamp:
+            jobs = self._jobs
+        else:
+            jobs = list_jobs(self.registry) if stamp is not None else []
+            self._jobs, self._jobs_stamp = jobs, stamp
         running = [j for j in jobs if j.get("status") == "running"]
         queued = sorted((j for j in jobs if j.get("status") == "queued"),
                         key=lambda j: (-int(j.get("priority") or 0), j.get("created", 0)))
@@ -197,3 +212,10 @@ class Services:
                 found.append((spec.maximizer, run))
         return found
 
+
+def _stamp(path) -> tuple | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino)

@@ -21,7 +21,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Input, Static
 
 from advtui.cli.common import STATUS_STYLE
-from advtui.tui.rows import GROUP_PREFIX, RunRow, arrange, run_row, short_device
+from advtui.tui.rows import GROUP_PREFIX, GroupRow, RunRow, arrange, run_row, short_device
 from advtui.tui.widgets.plots import AccuracyPlot, InnerLossPlot, TrainingLossPlot
 from advtui.tui.widgets.runs_table import RunsTable, is_group_key
 from advtui.tui.widgets.system_panel import QueuePanel, SystemPanel
@@ -30,6 +30,8 @@ if TYPE_CHECKING:
     from advtui.tui.app import AdvtuiApp
 
 ACTIVE = ("running", "queued")
+# Sorting by one of these columns reorders the table as runs progress.
+LIVE_COLUMNS = ("progress", "loss", "clean", "robust", "elapsed", "eta")
 
 
 class MainScreen(Screen):
@@ -61,6 +63,8 @@ class MainScreen(Screen):
         self.loaded = False  # True once the registry was read and the table filled
         self.side_loaded = False  # True once the GPU and queue panels show a sample with run names
         self._last_side: tuple[Any, Any] | None = None
+        self._stopping: dict[str, threading.Event] = {}  # runs whose kill is in flight
+        self._arranged: list[RunRow | GroupRow] | None = None  # the table's rows, in order
 
     @property
     def dash(self) -> "AdvtuiApp":
@@ -143,7 +147,7 @@ class MainScreen(Screen):
             for rid in changed:
                 if rid in self.records:
                     self.rows[rid] = run_row(self.records[rid], self.dash.streams.peek(rid), rid in self.marked, now)
-        self.refresh_table()
+        self.refresh_table(None if records is not None else changed)
         if records is not None:
             self._show_side()
         if not self.loaded:
@@ -161,12 +165,36 @@ class MainScreen(Screen):
             return
         for rid in running:
             self.rows[rid] = run_row(self.records[rid], self.dash.streams.peek(rid), rid in self.marked, now)
-        self.refresh_table()
+        self.refresh_table(set(running))
 
-    def refresh_table(self) -> None:
-        arranged = arrange(self.rows.values(), self.filter_text, self.table.sort_column, self.table.sort_reverse,
-                           self.collapsed)
-        self.table.show_rows(arranged)
+    def refresh_table(self, changed: set[str] | None = None) -> None:
+        """Show ``self.rows`` in the table. With ``changed`` (runs whose values moved, not their
+        status or membership), the order is kept and only those rows and their group headers
+        are redrawn, unless the table is filtered or sorted by a column that moves live."""
+        if (changed is None or self._arranged is None or self.filter_text
+                or self.table.sort_column in LIVE_COLUMNS):
+            self._arranged = arrange(self.rows.values(), self.filter_text, self.table.sort_column,
+                                     self.table.sort_reverse, self.collapsed)
+            self.table.show_rows(self._arranged)
+        else:
+            groups = {self.rows[rid].group for rid in changed if rid in self.rows and self.rows[rid].group}
+            patched: list[RunRow | GroupRow] = []
+            updates: dict[str, dict] = {}
+            for item in self._arranged:
+                if isinstance(item, GroupRow):
+                    if item.name in groups:
+                        item = GroupRow(item.name, [self.rows.get(m.run_id, m) for m in item.members], item.collapsed)
+                        updates[item.key] = item.cells()
+                elif item.run_id in changed and item.run_id in self.rows:
+                    item = self.rows[item.run_id]
+                    updates[item.key] = item.cells
+                patched.append(item)
+            self._arranged = patched
+            self.table.update_rows(updates)
+        self._update_titles()
+
+    def _update_titles(self) -> None:
+        arranged = self._arranged or []
         total = len(self.records)
         counts: dict[str, int] = {}
         for r in self.records.values():
@@ -188,7 +216,8 @@ class MainScreen(Screen):
             notes: list[str] = []
             if self.dash.run_scheduler:
                 notes.extend(services.scheduler_tick())
-            system = services.sample_system()
+            running = [r for r in self.records.values() if r.get("status") == "running"]
+            system = services.sample_system(running)
             queue = services.queue_state()
             self.app.call_from_thread(self._apply_side, system, queue, notes)
         finally:
@@ -316,7 +345,7 @@ class MainScreen(Screen):
         now = self.dash.now()
         for rid in changed:
             self.rows[rid] = run_row(self.records[rid], self.dash.streams.peek(rid), rid in self.marked, now)
-        self.refresh_table()
+        self.refresh_table(changed)
         if self.table.cursor_row < self.table.row_count - 1:
             self.table.move_cursor(row=self.table.cursor_row + 1)
 
@@ -412,6 +441,9 @@ class MainScreen(Screen):
 
         def done(confirmed: bool | None) -> None:
             if confirmed:
+                for rid in ids:
+                    self._stopping[rid] = threading.Event()
+                self.notify(f"stopping {', '.join(ids)}: SIGTERM, the run saves a checkpoint…", timeout=4)
                 self.run_worker(lambda: self._kill_work(ids), thread=True, group="action", exit_on_error=False)
 
         self.app.push_screen(ConfirmScreen(f"Kill {names}?",
@@ -419,7 +451,10 @@ class MainScreen(Screen):
 
     def _kill_work(self, ids: list[str]) -> None:
         for rid in ids:
-            message, severity = self.dash.services.kill(rid)
+            try:
+                message, severity = self.dash.services.kill(rid)
+            finally:
+                self._stopping.pop(rid, threading.Event()).set()
             self.app.call_from_thread(self.notify, message, severity=severity, timeout=5)
         self._registry_stamp = None
 
@@ -432,6 +467,11 @@ class MainScreen(Screen):
 
     def _resume_work(self, ids: list[str]) -> None:
         for rid in ids:
+            stopping = self._stopping.get(rid)
+            if stopping is not None:
+                # The run already says killed, but its job is settled only when the kill
+                # returns (the process has exited): resume after that, not before.
+                stopping.wait(timeout=120)
             message, severity = self.dash.services.resume(rid)
             self.app.call_from_thread(self.notify, message, severity=severity, timeout=5)
         self._registry_stamp = None

@@ -12,6 +12,10 @@ from textual.widgets import DataTable
 from advtui.tui.rows import COLUMNS, GROUP_PREFIX, GroupRow, RunRow
 
 
+FIRST_ROWS = 60  # rows added before the first paint (or the terminal's height, if taller)
+MORE_ROWS = 200  # rows added per step after it
+
+
 class RunsTable(DataTable):
     """Rows keyed by run id (or ``group:<name>`` for a seed group's header)."""
 
@@ -27,8 +31,10 @@ class RunsTable(DataTable):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(cursor_type="row", zebra_stripes=True, **kwargs)
-        self._row_keys: list[str] = []
+        self._row_keys: list[str] = []  # every row, in order; the first ``_added`` are in the table
         self._cells: dict[str, dict[str, Any]] = {}
+        self._added = 0
+        self._generation = 0
         self.sort_column: str | None = None
         self.sort_reverse = False
 
@@ -39,7 +45,7 @@ class RunsTable(DataTable):
     # -- content ---------------------------------------------------------------------------
     @property
     def current_key(self) -> str | None:
-        if not self._row_keys or self.cursor_row < 0 or self.cursor_row >= len(self._row_keys):
+        if not self._row_keys or self.cursor_row < 0 or self.cursor_row >= min(self._added, len(self._row_keys)):
             return None
         return self._row_keys[self.cursor_row]
 
@@ -53,7 +59,7 @@ class RunsTable(DataTable):
         keys = [r.key for r in arranged]
         cells = {k: (r.cells() if isinstance(r, GroupRow) else r.cells) for k, r in zip(keys, arranged)}
         if keys == self._row_keys:
-            for key in keys:
+            for key in keys[: self._added]:  # rows still to be added take the new cells then
                 old = self._cells.get(key, {})
                 for column, value in cells[key].items():
                     if not _same(old.get(column), value):
@@ -64,14 +70,63 @@ class RunsTable(DataTable):
         self.clear()
         self._row_keys = keys
         self._cells = cells
-        self.add_rows_keyed(keys, cells)
+        self._added = 0
+        self._generation += 1
+        # DataTable measures every cell of every added row; with a thousand runs that is most
+        # of the time to first paint. Rows past the first screenfuls are added in chunks after
+        # the paint (the model behind the table, its filter and sort, always has every run).
+        target = keys.index(current) if current in keys else 0
+        first = max(FIRST_ROWS, self.app.size.height)  # at least a screenful
+        self._add_rows(max(first, target + first))
         if current in keys:
-            self.move_cursor(row=keys.index(current), animate=False)
+            self.move_cursor(row=target, animate=False)
+        if self._added < len(keys):
+            self._schedule_more(self._generation)
 
-    def add_rows_keyed(self, keys: list[str], cells: dict[str, dict[str, Any]]) -> None:
+    def update_rows(self, updates: dict[str, dict[str, Any]]) -> None:
+        """New cells for some rows, order unchanged: only cells that differ are redrawn."""
+        added = set(self._row_keys[: self._added]) if len(updates) > 8 else None
+        for key, cells in updates.items():
+            if key not in self._cells:
+                continue
+            if (key in added) if added is not None else (self._row_keys.index(key) < self._added):
+                old = self._cells[key]
+                for column, value in cells.items():
+                    if not _same(old.get(column), value):
+                        self.update_cell(key, column, value, update_width=False)
+            self._cells[key] = cells
+
+    def _add_rows(self, upto: int) -> None:
         order = [c.key for c in COLUMNS]
-        for key in keys:
-            self.add_row(*(cells[key][c] for c in order), key=key)
+        upto = min(upto, len(self._row_keys))
+        for key in self._row_keys[self._added:upto]:
+            self.add_row(*(self._cells[key][c] for c in order), key=key)
+        self._added = max(self._added, upto)
+
+    def _schedule_more(self, generation: int) -> None:
+        def more() -> None:
+            if generation != self._generation:
+                return  # the rows were rebuilt meanwhile
+            self._add_rows(self._added + MORE_ROWS)
+            if self._added < len(self._row_keys):
+                self._schedule_more(generation)
+
+        # After the next refresh, so each chunk follows a paint and the screen stays live.
+        self.call_after_refresh(more)
+
+    def select_key(self, key: str) -> bool:
+        """Move the cursor to the row ``key`` (adding rows up to it first); False if absent."""
+        if key not in self._row_keys:
+            return False
+        index = self._row_keys.index(key)
+        if index >= self._added:
+            self._add_rows(index + 1)
+        self.move_cursor(row=index, animate=False)
+        return True
+
+    @property
+    def fully_loaded(self) -> bool:
+        return self._added >= len(self._row_keys)
 
     # -- sorting ---------------------------------------------------------------------------
     def set_sort(self, column: str | None, reverse: bool) -> None:
