@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 
@@ -20,9 +21,17 @@ def utc(monkeypatch):
     time.tzset()
 
 
-@pytest.fixture
-def fixed_runs(tmp_path, utc) -> Path:
-    """The fixed runs directory of the snapshot tests (see tui_support.build_fixed_runs)."""
-    root = tmp_path / "runs"
+@pytest.fixture(scope="session")
+def _fixed_runs_cache(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("fixed") / "runs"
     build_fixed_runs(root)
+    return root
+
+
+@pytest.fixture
+def fixed_runs(_fixed_runs_cache, tmp_path, utc) -> Path:
+    """A private copy of the fixed runs directory (see tui_support.build_fixed_runs): tests may
+    change it. copytree keeps the files' times, which the detail screen shows."""
+    root = tmp_path / "runs"
+    shutil.copytree(_fixed_runs_cache, root)
     return root

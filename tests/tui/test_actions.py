@@ -109,6 +109,9 @@ async def test_log_follows_the_events_stream_and_the_log_file(fixed_runs):
             f.write("epoch 1/3 batch 8/32 loss 1.7\n")
         await wait_until(pilot, lambda: log.line_count == 2, what="the appended line")
         assert log.lines[-1] == "epoch 1/3 batch 8/32 loss 1.7"
+        await pilot.press("s")  # the next source: this run's events stream
+        await wait_until(pilot, lambda: log_screen.source.name == "events.jsonl" and log.line_count > 10,
+                         what="the events stream after s")
 
 
 @pilot_test
@@ -138,7 +141,8 @@ async def test_detail_shows_a_failed_runs_error_and_kill_asks_first(fixed_runs):
 async def test_new_run_form_shows_errors_where_they_are(fixed_runs):
     app = fixed_app(fixed_runs)
     async with app.run_test(size=SIZE) as pilot:
-        await ready(pilot)
+        screen = await ready(pilot)
+        await wait_until(pilot, lambda: screen.side_loaded, what="the GPU panel's first sample")
         await pilot.press("n")
         form = await wait_until(pilot, lambda: isinstance(app.screen, NewRunScreen) and app.screen, what="the form")
         form.query_one("#eps", Input).value = "2"
@@ -160,9 +164,29 @@ async def test_new_run_form_shows_errors_where_they_are(fixed_runs):
         assert not form.query_one("#eps-error", Label).display
         form.query_one("#auto_eval", Input).value = "natural,pgd-10"
         await wait_until(pilot, lambda: not form.query_one("#submit", Button).disabled, what="a valid form")
+        devices = [value for _, value in form.query_one("#device", Select)._options]
+        assert devices[-2:] == ["cuda:0", "cuda:1"]  # one entry per GPU the panel found
         await pilot.press("escape")
         assert isinstance(app.screen, MainScreen)
         assert len(Registry(fixed_runs).runs()) == 7  # cancelled: nothing queued
+
+
+@pilot_test
+async def test_palette_offers_the_actions_and_q_quits(fixed_runs):
+    app = fixed_app(fixed_runs)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await ready(pilot)
+        titles = {command.title for command in app.get_system_commands(screen)}
+        assert {"New run", "Evaluate", "Compare marked runs", "Run detail", "Run log", "Kill run",
+                "Resume run", "Filter runs"} <= titles
+        await pilot.press("ctrl+p", *"run detail")
+        await pilot.pause(0.5)
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: isinstance(app.screen, DetailScreen), what="the detail screen from the palette")
+        await pilot.press("escape")
+        await pilot.press("q")
+        await wait_until(pilot, lambda: app.return_code is not None, what="the app to exit")
+    assert app.return_code == 0
 
 
 # -- real jobs ------------------------------------------------------------------------------------

@@ -9,7 +9,6 @@ reconnects to them through the registry.
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Callable, Iterable
@@ -57,19 +56,9 @@ class AdvtuiApp(App):
     def get_default_screen(self) -> Screen:
         return MainScreen()
 
-    def on_mount(self) -> None:
-        # A record that says running whose process is gone becomes failed (reconciliation is the
-        # scheduler's: only when this dashboard schedules, and no other scheduler acts).
-        if self.run_scheduler:
-            self.run_worker(self._reconcile, thread=True, group="reconcile", exit_on_error=False)
-
     def on_unmount(self) -> None:
         # Hand the scheduler lock over (to a worker or the next dashboard); runs keep going.
         self.services.close()
-
-    def _reconcile(self) -> None:
-        for note in self.services.reconcile():
-            self.call_from_thread(self.notify, note, severity="warning", timeout=6)
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
@@ -89,4 +78,4 @@ class AdvtuiApp(App):
 
 def run_dashboard(runs_dir: Path | str | None = None) -> None:
     """Open the dashboard on ``runs_dir`` (default: $ADVTUI_RUNS or ./runs)."""
-    AdvtuiApp(runs_dir or os.environ.get("ADVTUI_RUNS")).run()
+    AdvtuiApp(runs_dir).run()

@@ -84,15 +84,10 @@ class Services:
         return out
 
     # -- runtime -----------------------------------------------------------------------------
-    def reconcile(self) -> list[str]:
-        """Repair records whose process vanished (only when no other scheduler acts)."""
-        with self._lock:
-            self.scheduler.reconcile()
-            return self._drain()
-
     def scheduler_tick(self) -> list[str]:
-        """One scheduling step: start ready jobs, record ended ones. A no-op while another
-        scheduler (``advtui worker`` or another dashboard) holds the lock."""
+        """One scheduling step: start ready jobs, record ended ones (the first step also
+        reconciles records whose process vanished). A no-op while another scheduler
+        (``advtui worker`` or another dashboard) holds the lock. Returns what happened."""
         with self._lock:
             self.scheduler.tick()
             return self._drain()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import threading
 from pathlib import Path
 
 from textual.app import ComposeResult
@@ -89,9 +90,13 @@ def _f(value, fmt: str) -> str:
 
 
 class LogScreen(Screen):
+    """The run's output: log.txt (training), each eval job's log, or the events stream; ``s``
+    switches between them."""
+
     BINDINGS = [
         Binding("escape,q,l", "app.pop_screen", "Back"),
         Binding("f", "toggle_follow", "Follow on/off"),
+        Binding("s", "next_source", "Next log"),
         Binding("g", "top", "Top", show=False),
         Binding("G", "bottom", "Bottom", show=False),
     ]
@@ -101,6 +106,9 @@ class LogScreen(Screen):
         self.run_id = run_id
         self.interval = interval
         self.follow = True
+        self._busy = threading.Lock()  # one read at a time: tails keep offsets
+        self._tail: TextTail | EventTail | None = None
+        self.source: Path | None = None
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -108,40 +116,64 @@ class LogScreen(Screen):
         yield Footer()
 
     def on_mount(self) -> None:
-        folder = self.app.runs_root / self.run_id  # type: ignore[attr-defined]
+        self.folder = self.app.runs_root / self.run_id  # type: ignore[attr-defined]
         record = self.app.registry.get_run(self.run_id) or {}  # type: ignore[attr-defined]
-        log_path = folder / LOG_FILE
-        if log_path.exists():
-            self.source = f"{log_path}"
-            self._text = TextTail(log_path)
-            self._events = None
-        else:
-            self.source = f"{folder / EVENTS_FILE} (no log file: the run was started from a terminal)"
-            self._text = None
-            self._events = EventTail(folder / EVENTS_FILE)
         self.title = f"log · {self.run_id} {record.get('name', '')}"
-        self.sub_title = self.source
         self.log_widget = self.query_one(Log)
-        self.log_widget.border_title = self._follow_title()
         self.log_widget.focus()
-        self.read_more()
+        sources = self.sources()
+        self.open_source(sources[0])
         self.set_interval(self.interval, self.read_more)
 
+    def sources(self) -> list[Path]:
+        """log.txt first (a run started from a terminal has none), eval logs newest first, then
+        the events stream."""
+        evals = sorted(self.folder.glob("eval-*.log"), key=lambda p: p.stat().st_mtime, reverse=True)
+        log = self.folder / LOG_FILE
+        return ([log] if log.exists() else []) + evals + [self.folder / EVENTS_FILE]
+
+    def open_source(self, path: Path) -> None:
+        with self._busy:
+            self.source = path
+            self._tail = EventTail(path) if path.name == EVENTS_FILE else TextTail(path)
+            self.log_widget.clear()
+        note = " (events as lines: the run has no log file)" if path.name == EVENTS_FILE and \
+            not (self.folder / LOG_FILE).exists() else ""
+        self.sub_title = f"{path.name}{note}"
+        self.log_widget.border_title = self._follow_title()
+        self.read_more()
+
+    def action_next_source(self) -> None:
+        sources = self.sources()
+        index = sources.index(self.source) + 1 if self.source in sources else 0
+        self.open_source(sources[index % len(sources)])
+
     def _follow_title(self) -> str:
-        return f"{self.run_id} · {'following' if self.follow else 'paused (f follows)'}"
+        name = self.source.name if self.source else ""
+        return f"{self.run_id} · {name} · {'following' if self.follow else 'paused (f follows)'}"
 
     def read_more(self) -> None:
-        self.run_worker(self._read_work, thread=True, group="log", exclusive=True, exit_on_error=False)
+        if self._busy.locked():
+            return
+        self.run_worker(self._read_work, thread=True, group="log", exit_on_error=False)
 
     def _read_work(self) -> None:
-        if self._text is not None:
-            lines = self._text.read_new()
-        else:
-            lines = [format_event(e) for e in self._events.read_new()]
+        if not self._busy.acquire(blocking=False):
+            return
+        try:
+            tail, source = self._tail, self.source
+            if tail is None:
+                return
+            new = tail.read_new()
+            lines = [format_event(e) for e in new] if isinstance(tail, EventTail) else new
+        finally:
+            self._busy.release()
         if lines:
-            self.app.call_from_thread(self._append, lines)
+            self.app.call_from_thread(self._append, lines, source)
 
-    def _append(self, lines: list[str]) -> None:
+    def _append(self, lines: list[str], source: Path | None) -> None:
+        if source != self.source:
+            return  # read from a source the user has since switched away from
         self.log_widget.auto_scroll = self.follow
         self.log_widget.write_lines(lines)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import threading
-import time
+from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from rich.text import Text
@@ -21,6 +21,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Input, Static
 
 from advtui.cli.common import STATUS_STYLE
+from advtui.errors import AdvtuiError
 from advtui.tui.rows import GROUP_PREFIX, GroupRow, RunRow, arrange, run_row, short_device
 from advtui.tui.widgets.plots import AccuracyPlot, InnerLossPlot, TrainingLossPlot
 from advtui.tui.widgets.runs_table import RunsTable, is_group_key
@@ -30,6 +31,8 @@ if TYPE_CHECKING:
     from advtui.tui.app import AdvtuiApp
 
 ACTIVE = ("running", "queued")
+# Streams of finished runs kept in memory after they were viewed (re-reading one is cheap).
+RECENT_STREAMS = 16
 # Sorting by one of these columns reorders the table as runs progress.
 LIVE_COLUMNS = ("progress", "loss", "clean", "robust", "elapsed", "eta")
 
@@ -65,6 +68,8 @@ class MainScreen(Screen):
         self._last_side: tuple[Any, Any] | None = None
         self._stopping: dict[str, threading.Event] = {}  # runs whose kill is in flight
         self._arranged: list[RunRow | GroupRow] | None = None  # the table's rows, in order
+        self._recently_selected: deque[str] = deque(maxlen=RECENT_STREAMS)
+        self._last_error = ""
 
     @property
     def dash(self) -> "AdvtuiApp":
@@ -93,12 +98,16 @@ class MainScreen(Screen):
     def on_mount(self) -> None:
         self.table = self.query_one(RunsTable)
         self.table.focus()
-        # The first registry read happens right away (in a worker); later ones on a timer.
+        # The registry is read right away (in a worker) and the table painted; the scheduler,
+        # whose first step reconciles records with live processes, and the samplers start after
+        # that first paint, so they do not compete with it.
         self.poll()
-        self.side_tick()
         self.set_interval(self.dash.poll_interval, self.poll)
-        self.set_interval(self.dash.side_interval, self.side_tick)
         self.set_interval(1.0, self.tick_clock)
+
+    def _start_side(self) -> None:
+        self.side_tick()
+        self.set_interval(self.dash.side_interval, self.side_tick)
 
     # -- polling (workers) -------------------------------------------------------------------
     def poll(self) -> None:
@@ -118,8 +127,14 @@ class MainScreen(Screen):
                 if rid not in active and rid in known:
                     active.append(rid)
             changed = self.dash.streams.poll(active)
+            # Finished runs browsed earlier stay in memory only while recently viewed.
+            self.dash.streams.forget(set(active) | set(self._recently_selected))
             if records is not None or changed:
                 self.app.call_from_thread(self._apply, records, changed)
+        except AdvtuiError as exc:  # e.g. a corrupt registry: say so, keep showing what we have
+            if str(exc) != self._last_error:
+                self._last_error = str(exc)
+                self.app.call_from_thread(self.notify, str(exc), severity="error", timeout=10)
         finally:
             self._poll_busy.release()
 
@@ -154,6 +169,7 @@ class MainScreen(Screen):
             self.loaded = True
             self._show_side()
             self._selection_changed()
+            self.call_after_refresh(self._start_side)
         elif self.selected in changed or records is not None:
             self.draw_selected()
 
@@ -205,7 +221,8 @@ class MainScreen(Screen):
         self.table.border_subtitle = summary or "no runs yet: press n to start one"
 
     def side_tick(self) -> None:
-        """Scheduler tick, GPU/system sample and queue listing, off the UI thread."""
+        """Scheduler step (reconciliation on the first), GPU/system sample and queue listing,
+        off the UI thread."""
         if not self._side_busy.acquire(blocking=False):
             return
         self.run_worker(self._side_work, thread=True, group="side", exit_on_error=False)
@@ -255,6 +272,8 @@ class MainScreen(Screen):
         if run_id == self.selected and self.loaded:
             return
         self.selected = run_id
+        if run_id:
+            self._recently_selected.append(run_id)
         if run_id and self.dash.streams.peek(run_id) is None:
             # Not tailed yet (a finished run): read its stream in a worker, then draw.
             self.run_worker(lambda: self._load_stream(run_id), thread=True, group="load", exit_on_error=False)
@@ -379,7 +398,9 @@ class MainScreen(Screen):
     def action_new_run(self) -> None:
         from advtui.tui.screens.new_run import NewRunScreen
 
-        self.app.push_screen(NewRunScreen(), self._after_queue)
+        system = self._last_side[0] if self._last_side else None
+        gpus = len(system.gpus.gpus) if system is not None else 0
+        self.app.push_screen(NewRunScreen(gpu_count=gpus), self._after_queue)
 
     def action_evaluate(self) -> None:
         from advtui.tui.screens.evaluate import EvaluateScreen
