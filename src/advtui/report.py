@@ -34,6 +34,7 @@ from advtui.reproduce import PAPER_TABLE2, ROW_LABELS, SCALES, TABLES, reproduct
 FIG2_DEFENSES = ("advtrain", "trades", "rnn-adv", "rnn-trades")  # the paper's four panels
 WHITE_BOX_TABLES = ("table3", "table4", "table5")
 DEFAULT_REPORT_DIR = "report"
+CHANCE_ACCURACY = 15.0  # % natural accuracy at or below which a 10-class model has not learned
 
 
 @dataclass
@@ -366,6 +367,11 @@ def build_report(registry: Registry, tables: list[str] | None = None, out_dir: P
         notes = [n for n in comparison.notes if not n.startswith(("min = ", "Per defense"))]
         if spec.has_min:
             notes.append("Min = the lowest attack column (the paper's Min).")
+        chance = [ROW_LABELS[d] for d in spec.rows
+                  if (values[d].get("Natural") is not None and values[d]["Natural"] <= CHANCE_ACCURACY)]
+        if chance:
+            notes.append(f"{', '.join(chance)}: natural accuracy at chance level (not learned at this scale): the "
+                         "other columns of such a row mean nothing.")
         notes += [spec.note] if spec.note else []
         if filled < cells:
             waiting = _pending_jobs(registry, plan)
