@@ -17,6 +17,10 @@ from filelock import FileLock
 
 REPO = Path(__file__).resolve().parents[1]
 
+# Tests run two at a time on two cores (pytest -n 2), and most start training subprocesses:
+# one math thread per process avoids oversubscription, which slows torch down many times over.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 
 def _mnist_root() -> Path:
     root = Path(os.environ.get("ADVTUI_DATA") or REPO.parent / "shared" / "data")
