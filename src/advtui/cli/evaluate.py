@@ -80,7 +80,8 @@ def _eval_table(report) -> Table:
         flags = "; ".join(f["message"] for f in doc["flags"])
         table.add_row(doc["label"], f"{doc['accuracy']:.2f}" + ("*" if cumulative else ""),
                       f"{doc['robust']}/{doc['n']}", str(doc["n_attacked"]), fmt_duration(doc["wall_time"]),
-                      "-" if final is None else f"{final:.4f}", f"[yellow]{flags}[/]" if flags else "[green]ok[/]")
+                      "-" if final is None else f"{final:.4f}" + (" (surrogate)" if doc["trajectory_model"] == "surrogate" else ""),
+                      f"[yellow]{flags}[/]" if flags else "[green]ok[/]")
     low, worst = report.summaries.get("min"), report.summaries.get("worst-case")
     if low:
         table.add_row("[bold]min[/]", f"[bold]{low['accuracy']:.2f}[/]", "", "", "", "", f"lowest column: {low['argmin_label']}")

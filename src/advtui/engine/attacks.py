@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from advtui.config import RunConfig
+from advtui.engine.defenses import DEFENSE_SPECS, build_maximizer
 from advtui.engine.maximizers import PGD, PGDBLS, Maximizer, MaxResult, loss_and_grad, project
 from advtui.engine.objectives import ce_per_example
 from advtui.errors import CheckpointError, ConfigError
@@ -165,9 +166,7 @@ def default_attacks(record: dict[str, Any]) -> list[AttackSpec]:
     """The paper's Table 3 columns: natural, pgd-10, pgd-100, cw-100, plus the run's own learned
     optimizer as a 10-step attacker when it has one."""
     specs = [parse_attack(s) for s in ("natural", "pgd-10", "pgd-100", "cw-100")]
-    from advtui.engine.defenses import DEFENSE_SPECS
-
-    kind = DEFENSE_SPECS.get(record.get("defense", ""), None)
+    kind = DEFENSE_SPECS.get(record.get("defense", ""))
     if kind is not None and kind.maximizer in LEARNED_FAMILIES:
         specs.append(AttackSpec(kind.maximizer, 10, 1, record["id"]))
     return specs
@@ -358,8 +357,6 @@ def build_attack(spec: AttackSpec, registry: Registry, target: dict[str, Any], *
 
 def _load_learned_maximizer(spec: AttackSpec, source: RunCheckpoint, device) -> Maximizer:
     """The learned maximizer of a run's checkpoint, rebuilt from its config, loaded, frozen."""
-    from advtui.engine.defenses import build_maximizer
-
     run = source.record
     kind = source.state.get("maximizer_kind")
     if kind != spec.family or source.state.get("maximizer") is None:
