@@ -215,6 +215,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=1000)
     parser.add_argument("--window", type=float, default=30.0, help="seconds of CPU measurement")
     parser.add_argument("--repeat", type=int, default=3, help="first-paint launches (median reported)")
+    parser.add_argument("--only", choices=("paint", "cpu"), help="run one of the two measurements")
     parser.add_argument("--child-paint", nargs=2, help=argparse.SUPPRESS)
     parser.add_argument("--bare", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--child-stream", nargs=2, help=argparse.SUPPRESS)
@@ -233,26 +234,33 @@ def main() -> None:
     print(f"python {sys.version.split()[0]}, {psutil.cpu_count()} CPUs, load average "
           f"{', '.join(f'{v:.1f}' for v in os.getloadavg())}")
     with tempfile.TemporaryDirectory(prefix="advtui-bench-") as tmp:
-        root = Path(tmp) / "paint"
-        t = time.perf_counter()
-        build_registry(root, args.runs)
-        size = (root / "advtui.json").stat().st_size
-        print(f"registry: {args.runs} runs, {size / 2**20:.1f} MiB, built in {time.perf_counter() - t:.1f}s")
-        bare = [first_paint(root, bare=True) for _ in range(args.repeat)]
-        dash = [first_paint(root, bare=False) for _ in range(args.repeat)]
-        b, d = statistics.median(bare), statistics.median(dash)
-        print(f"first full paint, launch to painted table ({args.runs} runs), median of {args.repeat}: "
-              f"{d:.2f}s (runs {', '.join(f'{v:.2f}' for v in dash)}); bare Textual app: {b:.2f}s; ratio {d / b:.1f}x")
+        if args.only != "cpu":
+            paint_figures(Path(tmp) / "paint", args)
+        if args.only != "paint":
+            cpu_figures(Path(tmp) / "stream", args)
 
-        # 4 running runs whose pid is a live process (so reconciliation leaves them running).
-        root = Path(tmp) / "stream"
-        me = psutil.Process()
-        running = build_registry(root, args.runs, [(me.pid, me.create_time())] * STREAMING)
-        idle = cpu_while_streaming(root, running[0], [], args.window)
-        busy = cpu_while_streaming(root, running[0], running, args.window)
-        print(f"dashboard CPU, {STREAMING} runs streaming ({STEP_HZ:g} step + {INNER_HZ:g} inner events/s each), "
-              f"one selected, {args.runs} runs in the table, {args.window:g}s window: {busy:.1f}% of one core; "
-              f"same with nothing streaming: {idle:.1f}%")
+
+def paint_figures(root: Path, args: argparse.Namespace) -> None:
+    t = time.perf_counter()
+    build_registry(root, args.runs)
+    size = (root / "advtui.json").stat().st_size
+    print(f"registry: {args.runs} runs, {size / 2**20:.1f} MiB, built in {time.perf_counter() - t:.1f}s")
+    bare = [first_paint(root, bare=True) for _ in range(args.repeat)]
+    dash = [first_paint(root, bare=False) for _ in range(args.repeat)]
+    b, d = statistics.median(bare), statistics.median(dash)
+    print(f"first full paint, launch to painted table ({args.runs} runs), median of {args.repeat}: "
+          f"{d:.2f}s (runs {', '.join(f'{v:.2f}' for v in dash)}); bare Textual app: {b:.2f}s; ratio {d / b:.1f}x")
+
+
+def cpu_figures(root: Path, args: argparse.Namespace) -> None:
+    # 4 running runs whose pid is a live process (so reconciliation leaves them running).
+    me = psutil.Process()
+    running = build_registry(root, args.runs, [(me.pid, me.create_time())] * STREAMING)
+    idle = cpu_while_streaming(root, running[0], [], args.window)
+    busy = cpu_while_streaming(root, running[0], running, args.window)
+    print(f"dashboard CPU, {STREAMING} runs streaming ({STEP_HZ:g} step + {INNER_HZ:g} inner events/s each), "
+          f"one selected, {args.runs} runs in the table, {args.window:g}s window: {busy:.1f}% of one core; "
+          f"same with nothing streaming: {idle:.1f}%")
 
 
 if __name__ == "__main__":

@@ -71,6 +71,7 @@ class Services:
         self._has_gpus: bool | None = None  # unknown until the first sample
         self._jobs: list[dict] = []
         self._jobs_stamp: tuple | None = None
+        self._tick_stamp: tuple | None = None
         self._lock = threading.Lock()
         psutil.cpu_percent(None)  # starts psutil's measuring interval
 
@@ -89,7 +90,16 @@ class Services:
         reconciles records whose process vanished). A no-op while another scheduler
         (``advtui worker`` or another dashboard) holds the lock. Returns what happened."""
         with self._lock:
+            # A step reads the whole registry. When it has not changed since the last step, no
+            # job launched here is running (whose exit must be collected) and nothing is queued
+            # (which may wait for a GPU to free up), a step would change nothing: skip it.
+            stamp = _stamp(self.registry.path)
+            known_jobs = self._jobs if stamp == self._jobs_stamp else None
+            idle_queue = known_jobs is not None and not any(j.get("status") == "queued" for j in known_jobs)
+            if stamp is not None and stamp == self._tick_stamp and idle_queue and not self.scheduler.running():
+                return self._drain()
             self.scheduler.tick()
+            self._tick_stamp = _stamp(self.registry.path)
             return self._drain()
 
     def close(self) -> None:

@@ -25,7 +25,7 @@ from advtui.errors import AdvtuiError
 from advtui.tui.rows import GROUP_PREFIX, GroupRow, RunRow, arrange, run_row, short_device
 from advtui.tui.widgets.plots import AccuracyPlot, InnerLossPlot, TrainingLossPlot
 from advtui.tui.widgets.runs_table import RunsTable, is_group_key
-from advtui.tui.widgets.system_panel import QueuePanel, SystemPanel
+from advtui.tui.widgets.system_panel import QueuePanel, SystemPanel, set_titles, text_key
 
 if TYPE_CHECKING:
     from advtui.tui.app import AdvtuiApp
@@ -70,6 +70,7 @@ class MainScreen(Screen):
         self._arranged: list[RunRow | GroupRow] | None = None  # the table's rows, in order
         self._recently_selected: deque[str] = deque(maxlen=RECENT_STREAMS)
         self._last_error = ""
+        self._caption_text: tuple | None = None
 
     @property
     def dash(self) -> "AdvtuiApp":
@@ -103,7 +104,6 @@ class MainScreen(Screen):
         # that first paint, so they do not compete with it.
         self.poll()
         self.set_interval(self.dash.poll_interval, self.poll)
-        self.set_interval(1.0, self.tick_clock)
 
     def _start_side(self) -> None:
         self.side_tick()
@@ -129,7 +129,10 @@ class MainScreen(Screen):
             changed = self.dash.streams.poll(active)
             # Finished runs browsed earlier stay in memory only while recently viewed.
             self.dash.streams.forget(set(active) | set(self._recently_selected))
-            if records is not None or changed:
+            # Running runs' elapsed and ETA move every poll even without events: one table
+            # update per poll covers both (each DataTable update repaints its visible rows).
+            running = any(r.get("status") == "running" for r in known.values())
+            if records is not None or changed or running:
                 self.app.call_from_thread(self._apply, records, changed)
         except AdvtuiError as exc:  # e.g. a corrupt registry: say so, keep showing what we have
             if str(exc) != self._last_error:
@@ -159,9 +162,11 @@ class MainScreen(Screen):
             self.rows = {rid: run_row(r, self.dash.streams.peek(rid), rid in self.marked, now)
                          for rid, r in records.items()}
         else:
-            for rid in changed:
+            running = {rid for rid, r in self.records.items() if r.get("status") == "running"}
+            for rid in changed | running:
                 if rid in self.records:
                     self.rows[rid] = run_row(self.records[rid], self.dash.streams.peek(rid), rid in self.marked, now)
+            changed = changed | running
         self.refresh_table(None if records is not None else changed)
         if records is not None:
             self._show_side()
@@ -172,16 +177,6 @@ class MainScreen(Screen):
             self.call_after_refresh(self._start_side)
         elif self.selected in changed or records is not None:
             self.draw_selected()
-
-    def tick_clock(self) -> None:
-        """Elapsed and ETA of running runs move every second even without new events."""
-        now = self.dash.now()
-        running = [rid for rid, r in self.records.items() if r.get("status") == "running"]
-        if not running:
-            return
-        for rid in running:
-            self.rows[rid] = run_row(self.records[rid], self.dash.streams.peek(rid), rid in self.marked, now)
-        self.refresh_table(set(running))
 
     def refresh_table(self, changed: set[str] | None = None) -> None:
         """Show ``self.rows`` in the table. With ``changed`` (runs whose values moved, not their
@@ -217,8 +212,8 @@ class MainScreen(Screen):
             counts[r.get("status", "-")] = counts.get(r.get("status", "-"), 0) + 1
         summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
         shown = len([r for r in arranged if isinstance(r, RunRow)])
-        self.table.border_title = f"runs {shown}/{total}" + (f"  filter: {self.filter_text}" if self.filter_text else "")
-        self.table.border_subtitle = summary or "no runs yet: press n to start one"
+        set_titles(self.table, f"runs {shown}/{total}" + (f"  filter: {self.filter_text}" if self.filter_text else ""),
+                   summary or "no runs yet: press n to start one")
 
     def side_tick(self) -> None:
         """Scheduler step (reconciliation on the first), GPU/system sample and queue listing,
@@ -287,11 +282,11 @@ class MainScreen(Screen):
         run_id = self.selected
         record = self.records.get(run_id) if run_id else None
         stream = self.dash.streams.peek(run_id) if run_id else None
-        caption = self.query_one("#caption", Static)
-        if record is None:
-            caption.update(" no run selected" if self.records else " no runs yet: press n to start one")
-        else:
-            caption.update(self._caption(record, stream))
+        text = (Text(" no run selected" if self.records else " no runs yet: press n to start one")
+                if record is None else self._caption(record, stream))
+        if text_key(text) != self._caption_text:  # an update re-lays out the screen: only on change
+            self._caption_text = text_key(text)
+            self.query_one("#caption", Static).update(text, layout=False)
         for plot in (self.query_one(InnerLossPlot), self.query_one(TrainingLossPlot), self.query_one(AccuracyPlot)):
             plot.show(run_id, stream, "")
 

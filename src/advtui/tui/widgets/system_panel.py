@@ -27,6 +27,28 @@ def _pct(value) -> str:
     return f"{value:3.0f}%" if isinstance(value, (int, float)) else " n/a"
 
 
+def show_if_changed(panel: Static, text: Text) -> None:
+    """Redraw a fixed-size panel only when what it shows changed (and without a layout pass:
+    its size never depends on its content)."""
+    key = text_key(text)
+    if key != getattr(panel, "_shown", None):
+        panel._shown = key  # type: ignore[attr-defined]
+        panel.update(text, layout=False)
+
+
+def set_titles(widget, title: str, subtitle: str | None = None) -> None:
+    """Border titles, set only when they change (each set repaints the widget)."""
+    if str(widget.border_title or "") != title:
+        widget.border_title = title
+    if subtitle is not None and str(widget.border_subtitle or "") != subtitle:
+        widget.border_subtitle = subtitle
+
+
+def text_key(text: Text) -> tuple:
+    """What a Text shows: its characters and styles (Text's == compares the characters only)."""
+    return text.plain, tuple(text.spans), str(text.style)
+
+
 def _memory(used, total) -> str:
     """'3.8/23.5G': used and total in GiB, short enough for the panel."""
     if isinstance(used, (int, float)) and isinstance(total, (int, float)):
@@ -55,7 +77,7 @@ class SystemPanel(Static):
         snapshot = sample.gpus
         lines: list[Text] = []
         if snapshot.gpus:
-            self.border_title = f"GPUs · {snapshot.message}"
+            set_titles(self, f"GPUs · {snapshot.message}")
             for gpu in snapshot.gpus:
                 lines.append(Text(f"{gpu.index} {gpu.name}"[: width + LABEL + 12], style="bold cyan"))
                 lines.append(_bar_row("util", _fraction(gpu.utilization), _pct(gpu.utilization), width))
@@ -82,7 +104,7 @@ class SystemPanel(Static):
                     on.append(f" +{others} other process{'es' if others > 1 else ''}", style="dim")
                 lines.append(on)
         else:
-            self.border_title = "system · no NVIDIA GPU"
+            set_titles(self, "system · no NVIDIA GPU")
             lines.append(Text(snapshot.message.split(":")[0] if snapshot.message.startswith("no NVIDIA GPU")
                               else snapshot.message, style="yellow"))
             lines.append(Text("runs train on the CPU slots", style="dim"))
@@ -99,7 +121,7 @@ class SystemPanel(Static):
                 row.append(f"{stats.cpu_percent:4.0f}% {format_bytes(stats.memory_rss):>9} ")
                 row.append(name, style="dim")
                 lines.append(row)
-        self.update(Text("\n").join(lines))
+        show_if_changed(self, Text("\n").join(lines))
 
 
 class QueuePanel(Static):
@@ -114,7 +136,7 @@ class QueuePanel(Static):
             return
         slots = state.cpu_slots + state.gpus * state.slots_per_gpu
         where = (f"{state.gpus} GPU × {state.slots_per_gpu}" if state.gpus else f"{state.cpu_slots} CPU")
-        self.border_title = f"queue · {state.running}/{slots} slots ({where}) · {state.queued} waiting"
+        set_titles(self, f"queue · {state.running}/{slots} slots ({where}) · {state.queued} waiting")
         lines: list[Text] = []
         if state.scheduler == "none":
             lines.append(Text("no scheduler holds the lock", style="yellow"))
@@ -138,4 +160,4 @@ class QueuePanel(Static):
             row.append(detail, style="dim")
             row.truncate(max(20, self.content_size.width or 44), overflow="ellipsis")
             lines.append(row)
-        self.update(Text("\n").join(lines))
+        show_if_changed(self, Text("\n").join(lines))
