@@ -123,7 +123,7 @@ class MainScreen(Screen):
             active = [rid for rid, r in known.items() if r.get("status") in ACTIVE]
             if self.selected and self.selected in known and self.selected not in active:
                 active.append(self.selected)
-            for rid in self.marked:
+            for rid in list(self.marked):  # a copy: the UI thread may change the marks meanwhile
                 if rid not in active and rid in known:
                     active.append(rid)
             changed = self.dash.streams.poll(active)
@@ -463,7 +463,7 @@ class MainScreen(Screen):
                 self.run_worker(lambda: self._kill_work(ids), thread=True, group="action", exit_on_error=False)
 
         self.app.push_screen(ConfirmScreen(f"Kill {names}?",
-                                           "Each run saves a checkpoint and ends as killed; r resumes it."), done)
+                                           "It checkpoints and ends as killed; r resumes it."), done)
 
     def _kill_work(self, ids: list[str]) -> None:
         for rid in ids:
