@@ -156,6 +156,9 @@ def test_init_from_starts_from_another_runs_weights(trained_runs):
                 env_root=trained_runs)
     assert ok.returncode == 0, ok.stderr
     warm = registry.resolve_run("warm")
-    # with a negligible learning rate the warm-started model keeps the plain model's accuracy
-    assert warm["metrics"]["test_clean_acc"] > 80 and warm["config"]["init_from"] == "plain"
-    assert plain["metrics"]["test_clean_acc"] > 80
+    assert warm["config"]["init_from"] == "plain"
+    # with a negligible learning rate the warm-started classifier is still the plain model
+    source = _final_weights(trained_runs, plain["id"])
+    started = _final_weights(trained_runs, warm["id"])
+    for key in source:
+        assert torch.allclose(source[key].float(), started[key].float(), atol=1e-5), key
