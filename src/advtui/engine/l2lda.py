@@ -41,7 +41,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from advtui.engine.maximizers import Maximizer, MaxResult, loss_and_grad, project
+from advtui.engine.maximizers import LearnedMaximizer, MaxResult, loss_and_grad, project
 from advtui.errors import ConfigError
 
 STEP_FRACTION = 0.25  # each generator step moves at most a quarter of eps per pixel
@@ -131,11 +131,11 @@ def diversity(x_a: torch.Tensor, x_b: torch.Tensor, z_a: torch.Tensor, z_b: torc
     return spread / (codes + 1e-8)
 
 
-class L2LDAGenerator(Maximizer):
+class L2LDAGenerator(LearnedMaximizer):
     """The L2LDA inner maximizer: a recurrent, stochastic CNN generator of perturbations."""
 
     name = "l2lda"
-    learned = True
+    grad_clip = GRAD_CLIP_NORM
 
     def __init__(self, image_channels: int = 1, latent: int = 8, diversity_weight: float = 0.1,
                  lr: float = 1e-4, width: int = 64, step_fraction: float = STEP_FRACTION,
@@ -158,10 +158,6 @@ class L2LDAGenerator(Maximizer):
         channels = DATASET_SHAPES[config.dataset][0]
         return cls(channels, latent=config.l2lda_latent, diversity_weight=config.l2lda_diversity,
                    lr=config.l2lda_lr, width=getattr(config, "l2lda_width", 64), device=device)
-
-    def num_parameters(self) -> int:
-        """Trainable parameters of the generator (counted even when frozen as an attacker)."""
-        return sum(p.numel() for p in self.net.parameters())
 
     def _latent(self, n: int, like: torch.Tensor) -> torch.Tensor | None:
         if self.latent == 0:
@@ -223,24 +219,6 @@ class L2LDAGenerator(Maximizer):
             raise ConfigError(
                 f"this L2LDA generator attacks {channels}-channel images with sides divisible by 4, got inputs of "
                 f"shape {tuple(x.shape[1:])}: use an l2lda run trained on the same dataset as the attacked model")
-
-    def learn(self, result: MaxResult) -> None:
-        """One ascent step of phi on the objective of ``result`` (clipped like the authors')."""
-        params = list(self.net.parameters())
-        grads = torch.autograd.grad(result.info["phi_objective"], params, allow_unused=True)
-        for p, g in zip(params, grads):
-            p.grad = None if g is None else -g  # the optimizer minimizes: negate for ascent
-        torch.nn.utils.clip_grad_norm_(params, GRAD_CLIP_NORM)
-        self.optimizer.step()
-        result.info.pop("phi_objective", None)  # free the unrolled graph
-
-    def state_dict(self) -> dict:
-        return {"net": self.net.state_dict(), "optimizer": self.optimizer.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.net.load_state_dict(state["net"])
-        if "optimizer" in state:
-            self.optimizer.load_state_dict(state["optimizer"])
 
 
 def parameter_count(dataset: str, latent: int = 8, width: int = 64) -> int:

@@ -152,6 +152,38 @@ class PGDBLS(Maximizer):
         return MaxResult(x_adv.detach(), trajectory, {"line_searches": searches})
 
 
+class LearnedMaximizer(Maximizer):
+    """A maximizer with its own parameters (``net``) and optimizer, trained by gradient ascent
+    on the objective that ``maximize(..., learn_graph=True)`` leaves in ``info["phi_objective"]``."""
+
+    learned = True
+    net: nn.Module
+    optimizer: torch.optim.Optimizer
+    grad_clip: float | None = None  # clip phi's gradient norm before each step
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.net.parameters())
+
+    def learn(self, result: MaxResult) -> None:
+        """One ascent step of phi on the objective of ``result`` (Algorithm 1, line 17)."""
+        params = list(self.net.parameters())
+        grads = torch.autograd.grad(result.info["phi_objective"], params, allow_unused=True)
+        for p, g in zip(params, grads):
+            p.grad = None if g is None else -g  # the optimizers minimize: negate for ascent
+        if self.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
+        self.optimizer.step()
+        result.info.pop("phi_objective", None)  # free the unrolled graph
+
+    def state_dict(self) -> dict:
+        return {"net": self.net.state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.net.load_state_dict(state["net"])
+        if "optimizer" in state:
+            self.optimizer.load_state_dict(state["optimizer"])
+
+
 class CoordinateRNN(nn.Module):
     """The paper's learned optimizer m_phi: a one-layer vanilla RNN without bias terms, applied
     to every input coordinate as its own sequence (its own hidden state, shared weights).
@@ -195,7 +227,7 @@ class CoordinateRNN(nn.Module):
         return torch.tanh(self.out(h)).reshape(g.shape), h
 
 
-class RNNOptimizer(Maximizer):
+class RNNOptimizer(LearnedMaximizer):
     """The learned inner maximizer (paper eqs. 5-7, 10; Algorithm 1).
 
     x'_{t+1} = P(x'_t + delta_t), delta_t from the coordinate-wise RNN fed the scaled gradient.
@@ -210,7 +242,6 @@ class RNNOptimizer(Maximizer):
     """
 
     name = "rnn"
-    learned = True
 
     def __init__(self, hidden: int = 10, grad_input: str = "sign", delta_scale: float = 0.5,
                  second_order: bool = False, optimizer: str = "adam", lr: float = 1e-2,
@@ -219,9 +250,6 @@ class RNNOptimizer(Maximizer):
         self.grad_input, self.delta_scale, self.second_order, self.init = grad_input, delta_scale, second_order, init
         params = list(self.net.parameters())
         self.optimizer = torch.optim.Adam(params, lr=lr) if optimizer == "adam" else torch.optim.SGD(params, lr=lr, momentum=0.9)
-
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.net.parameters())
 
     def _scale(self, g: torch.Tensor) -> torch.Tensor:
         if self.grad_input == "sign":
@@ -272,19 +300,3 @@ class RNNOptimizer(Maximizer):
             x_adv = project(x_adv + self.delta_scale * eps * delta, x, eps)
         return MaxResult(x_adv.detach(), torch.stack(losses), {"phi_objective": objective})
 
-    def learn(self, result: MaxResult) -> None:
-        """One ascent step of phi on the weighted inner loss (Algorithm 1, line 17)."""
-        params = list(self.net.parameters())
-        grads = torch.autograd.grad(result.info["phi_objective"], params, allow_unused=True)
-        for p, g in zip(params, grads):
-            p.grad = None if g is None else -g  # the optimizers minimize: negate for ascent
-        self.optimizer.step()
-        result.info.pop("phi_objective", None)  # free the unrolled graph
-
-    def state_dict(self) -> dict:
-        return {"net": self.net.state_dict(), "optimizer": self.optimizer.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.net.load_state_dict(state["net"])
-        if "optimizer" in state:
-            self.optimizer.load_state_dict(state["optimizer"])
