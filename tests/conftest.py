@@ -29,6 +29,20 @@ def _mnist_root() -> Path:
     return root
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread(monkeypatch):
+    """One intra-op thread here and in the commands tests start, whatever the environment says:
+    on a small shared machine OpenMP's spinning makes two threads per process several times
+    slower than one."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="session")
 def mnist_root() -> Path:
     return _mnist_root()

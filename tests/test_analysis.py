@@ -21,17 +21,6 @@ from advtui.engine.objectives import ce_per_example
 from advtui.registry import Registry
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread(monkeypatch):
-    """One intra-op thread here and in the commands started: on a small shared machine OpenMP's
-    spinning makes two threads per process several times slower than one."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def small_runs(tmp_path_factory, mnist_root) -> Path:
     """Two real runs, small enough to train here in seconds: "plain" (the attacked model) and

@@ -19,17 +19,6 @@ from advtui.engine.objectives import ce_per_example
 from advtui.registry import Registry
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread(monkeypatch):
-    """One intra-op thread here and in the commands started: on a small shared machine OpenMP's
-    spinning makes two threads per process several times slower than one."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    yield
-    torch.set_num_threads(previous)
-
-
 def _linear_mnist_model(seed: int = 0) -> nn.Module:
     """A small classifier whose loss reacts strongly to the input, so an attack has work to do."""
     torch.manual_seed(seed)

@@ -57,20 +57,23 @@ class EventWriter:
         self.close()
 
 
-class EventTail:
-    """Reads a stream incrementally: each ``read_new`` returns only events appended since the
-    last call. A partial last line (a writer mid-append) is kept until it is complete."""
+class LineTail:
+    """Complete lines appended to a file since the last call, as bytes; a partial last line (a
+    writer mid-append) waits for its end. ``initial_bytes`` starts a long file near its end."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, initial_bytes: int | None = None):
         self.path = Path(path)
-        self.offset = 0
+        self.initial_bytes = initial_bytes
+        self.offset: int | None = None if initial_bytes is not None else 0
         self._partial = b""
 
-    def read_new(self) -> list[dict]:
+    def read_lines(self) -> list[bytes]:
         try:
             size = os.path.getsize(self.path)
         except OSError:
             return []
+        if self.offset is None:
+            self.offset = max(0, size - self.initial_bytes)
         if size < self.offset:  # the file was replaced: start over
             self.offset, self._partial = 0, b""
         if size == self.offset:
@@ -79,11 +82,18 @@ class EventTail:
             f.seek(self.offset)
             chunk = f.read(size - self.offset)
         self.offset += len(chunk)
-        data = self._partial + chunk
-        lines = data.split(b"\n")
+        lines = (self._partial + chunk).split(b"\n")
         self._partial = lines.pop()
+        return lines
+
+
+class EventTail(LineTail):
+    """Reads a stream incrementally: each ``read_new`` returns only events appended since the
+    last call."""
+
+    def read_new(self) -> list[dict]:
         events = []
-        for line in lines:
+        for line in self.read_lines():
             if not line.strip():
                 continue
             try:

@@ -8,7 +8,6 @@ instead. Either way only new bytes are read on each tick.
 from __future__ import annotations
 
 import datetime as dt
-import os
 import threading
 from pathlib import Path
 
@@ -17,41 +16,22 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import Footer, Header, Log
 
-from advtui.events import EVENTS_FILE, EventTail
+from advtui.events import EVENTS_FILE, EventTail, LineTail
 
 LOG_FILE = "log.txt"
 # A long log is opened at its end: the first read takes at most this many bytes.
 INITIAL_BYTES = 256 * 1024
 
 
-class TextTail:
-    """New complete lines of a text file since the last call (a partial last line waits)."""
+class TextTail(LineTail):
+    """New complete lines of a text file since the last call, opened near its end."""
 
     def __init__(self, path: Path, initial_bytes: int = INITIAL_BYTES):
-        self.path = path
-        self.offset: int | None = None
-        self.initial_bytes = initial_bytes
-        self._partial = ""
+        super().__init__(path, initial_bytes)
 
     def read_new(self) -> list[str]:
-        try:
-            size = os.path.getsize(self.path)
-        except OSError:
-            return []
-        if self.offset is None:
-            self.offset = max(0, size - self.initial_bytes)
-        if size < self.offset:
-            self.offset, self._partial = 0, ""
-        if size == self.offset:
-            return []
-        with open(self.path, "rb") as f:
-            f.seek(self.offset)
-            chunk = f.read(size - self.offset)
-        self.offset += len(chunk)
+        lines = [raw.decode("utf-8", errors="replace") for raw in self.read_lines()]
         # A progress bar redraws its line with carriage returns: keep the last state of it.
-        text = self._partial + chunk.decode("utf-8", errors="replace")
-        lines = text.split("\n")
-        self._partial = lines.pop()
         return [line.rsplit("\r", 1)[-1] if "\r" in line.rstrip("\r") else line.rstrip("\r") for line in lines]
 
 
