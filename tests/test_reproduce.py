@@ -90,6 +90,16 @@ def test_reproduce_table3_tiny_then_worker_then_report_fills_every_cell(runs_roo
     assert "–" not in text.split("| Defense |", 1)[1].split("\n\n", 1)[0]  # no empty measured cell
     figures = out / "figures"
     assert (figures / "table3-tiny.png").stat().st_size > 5000
+    # Each row run's learning curve, read from its events: one epoch at this scale, flagged if at chance.
+    assert set(table["curves"]) == {r["id"] for r in runs}
+    section = text.split("### Learning curves", 1)[1].split("###", 1)[0]
+    for run_id, curve in table["curves"].items():
+        assert curve["epochs"] == [1] and 0 <= curve["clean"][0] <= 100 and 0 <= curve["pgd"][0] <= 100, curve
+        assert curve["flag"] == ("never left chance" if curve["clean"][0] < 20 else "")
+        (line,) = [ln for ln in section.splitlines() if f"| `{run_id}` |" in ln]
+        assert f"| 1 | {curve['clean'][0]:.0f} | {curve['pgd'][0]:.0f} |" in line
+    assert (figures / "table3-tiny-learning.png").read_bytes()[:4] == b"\x89PNG"
+    assert "table3-tiny-learning.png" in table["figures"]
     for defense in ("advtrain", "trades", "rnn-adv", "rnn-trades"):
         fig2 = json.loads((figures / f"table3-tiny-fig2-{defense}.json").read_text())
         assert [c["attack"] for c in fig2["curves"]] == ["pgd-10", f"l2lda-10:{l2lda}", f"rnn-10:{rnn}"]

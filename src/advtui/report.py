@@ -14,6 +14,12 @@ model, with their maximum losses), plus the paper's Table 2 (parameters of the i
 training time per epoch). Analyses are cached beside the report (PNG + JSON) and recomputed only
 when a checkpoint changed.
 
+Beside every table, the learning curve of each of its row runs (read from the ``epoch`` events of
+``runs/<run-id>/events.jsonl``: clean and PGD-T accuracy on the held-out test examples after each
+epoch), as a markdown table and as small multiples (``figures/<table>-<scale>-learning.png``, one
+panel per row defense), so a reader sees whether a row is a run that never learned: a run whose
+clean accuracy stays under ``CHANCE_ACCURACY`` at every epoch is flagged.
+
 Output: ``OUT/report.md``, ``OUT/report.json`` (the measured numbers, per table and cell) and
 ``OUT/figures/*.png`` (+ the figures' data as JSON).
 """
@@ -21,20 +27,28 @@ Output: ``OUT/report.md``, ``OUT/report.json`` (the measured numbers, per table 
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from advtui.errors import AdvtuiError, ConfigError
+from advtui.events import EVENTS_FILE, LineTail
+from advtui.paths import run_dir
 from advtui.registry import JOBS, Registry
 from advtui.reproduce import PAPER_TABLE2, ROW_LABELS, SCALES, TABLES, reproductions
 
 FIG2_DEFENSES = ("advtrain", "trades", "rnn-adv", "rnn-trades")  # the paper's four panels
 WHITE_BOX_TABLES = ("table3", "table4", "table5")
 DEFAULT_REPORT_DIR = "report"
-CHANCE_ACCURACY = 15.0  # % natural accuracy at or below which a 10-class model has not learned
+# % natural accuracy under which a 10-class model has not learned (chance is 10%): used for the
+# evaluated Natural column and for the learning curves alike.
+CHANCE_ACCURACY = 20.0
+CHANCE_LEVEL = 10.0  # % accuracy of a guess among 10 classes (the dotted line of the learning figure)
+CURVE_POINTS = 6  # epochs shown per run in the markdown (first and last always among them)
 
 
 @dataclass
@@ -47,6 +61,7 @@ class TableResult:
     filled: int
     cells: int
     figures: list[str] = field(default_factory=list)
+    curves: dict[str, dict[str, Any]] = field(default_factory=dict)  # run id -> Curve.to_dict()
 
 
 @dataclass
@@ -315,6 +330,224 @@ def _table2(plan: dict[str, Any], comparison) -> list[str]:
             "| Defense | Parameters | Time per epoch (s) |", "|:---|---:|---:|", *rows, ""]
 
 
+# -- learning curves -------------------------------------------------------------------------------
+_EPOCH_LINE = re.compile(rb'"kind"\s*:\s*"epoch"')
+
+
+@dataclass
+class Curve:
+    """One run's test accuracy after each epoch, from its ``epoch`` events."""
+
+    run_id: str
+    defense: str
+    seed: int | None
+    name: str
+    status: str
+    planned: int | None  # epochs in the run's config
+    epochs: list[int]
+    clean: list[float | None]
+    pgd: list[float | None]
+    test_n: int | None = None
+    pgd_steps: int | None = None
+
+    @property
+    def flag(self) -> str:
+        """"no epochs recorded", "never left chance", "back at chance" (learned, then fell back to
+        chance by the last epoch) or "" (above chance)."""
+        known = [v for v in self.clean if v is not None]
+        if not known:
+            return "no epochs recorded"
+        if max(known) < CHANCE_ACCURACY:
+            return "never left chance"
+        if self.clean[-1] is not None and self.clean[-1] < CHANCE_ACCURACY:
+            return "back at chance"
+        return ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"run_id": self.run_id, "defense": self.defense, "seed": self.seed, "name": self.name,
+                "status": self.status, "planned_epochs": self.planned, "epochs": self.epochs, "clean": self.clean,
+                "pgd": self.pgd, "test_n": self.test_n, "pgd_steps": self.pgd_steps, "flag": self.flag}
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def epoch_events(path: Path) -> list[dict[str, Any]]:
+    """A run's ``epoch`` events, one per epoch (the last written wins: a resumed run may repeat one),
+    in epoch order; damaged lines (torn, not JSON objects, not UTF-8) and a missing file give none."""
+    try:
+        lines = LineTail(path).read_lines()
+    except OSError:
+        return []
+    by_epoch: dict[int, dict[str, Any]] = {}
+    for line in lines:
+        if not _EPOCH_LINE.search(line):  # skip the many step and inner events unparsed
+            continue
+        try:
+            event = json.loads(line)
+        except ValueError:  # JSONDecodeError, or UnicodeDecodeError for bytes that are not UTF-8
+            continue
+        if not isinstance(event, dict) or event.get("kind") != "epoch":
+            continue
+        epoch = event.get("epoch")
+        if isinstance(epoch, int) and not isinstance(epoch, bool) and epoch >= 1:
+            by_epoch[epoch] = event
+    return [by_epoch[e] for e in sorted(by_epoch)]
+
+
+def run_curve(registry: Registry, run_id: str, defense: str, record: dict[str, Any] | None = None) -> Curve:
+    record = record if record is not None else registry.get_run(run_id)
+    config = (record or {}).get("config") or {}
+    try:
+        events = epoch_events(run_dir(registry.root, run_id) / EVENTS_FILE)
+    except ConfigError:  # an id that is not a safe folder name has no folder to read
+        events = []
+    sizes = {e.get("test_n") for e in events if isinstance(e.get("test_n"), int)}
+    return Curve(run_id, defense, config.get("seed"), (record or {}).get("name") or run_id,
+                 (record or {}).get("status") or "not in the registry", config.get("epochs"),
+                 [e["epoch"] for e in events], [_number(e.get("test_clean_acc")) for e in events],
+                 [_number(e.get("test_pgd_acc")) for e in events],
+                 max(sizes) if len(sizes) == 1 else None, config.get("inner_steps"))
+
+
+def _curves(registry: Registry, plan: dict[str, Any]) -> list[Curve]:
+    """The learning curves of a plan's row runs, in the table's row order, seeds in plan order."""
+    known = {r["id"]: r for r in registry.runs()}
+    return [run_curve(registry, run_id, defense, known.get(run_id) or {})
+            for defense in TABLES[plan["table"]].rows for run_id in plan["rows"].get(defense, [])]
+
+
+def _sample(n: int, points: int = CURVE_POINTS) -> list[int]:
+    """Indices of at most ``points`` of ``n`` epochs, evenly spread, first and last included."""
+    if n <= points:
+        return list(range(n))
+    return sorted({round(k * (n - 1) / (points - 1)) for k in range(points)})
+
+
+def _seed_text(seed: Any) -> str:
+    return "–" if seed is None else str(seed)
+
+
+def _sequence(values: list[float | None], shown: list[int]) -> str:
+    return " → ".join("–" if values[i] is None else f"{values[i]:.0f}" for i in shown)
+
+
+def _learning_markdown(curves: list[Curve], figure: Path | None) -> list[str]:
+    if not curves:
+        return []
+    sizes = sorted({c.test_n for c in curves if c.test_n is not None})
+    steps = sorted({c.pgd_steps for c in curves if c.pgd_steps is not None})
+    pgd = f"PGD-{steps[0]}" if len(steps) == 1 else "PGD-T"
+    on = (f"the first {'/'.join(f'{n:,}' for n in sizes)} test examples" if sizes else "the held-out test examples")
+    # Runs longer than CURVE_POINTS epochs show a sample: said once when they all show the same epochs.
+    samples = {tuple(c.epochs[i] for i in _sample(len(c.epochs))) for c in curves if len(c.epochs) > CURVE_POINTS}
+    common = next(iter(samples)) if len(samples) == 1 else None
+    sampled = ("" if not samples else f" (runs of more than {CURVE_POINTS} epochs: epochs "
+               + (", ".join(map(str, common)) if common else f"{CURVE_POINTS} epochs, evenly spaced") + ")")
+    lines = ["### Learning curves", "",
+             f"Clean and {pgd} accuracy (%) of every row run on {on} after each epoch (model in eval mode; "
+             f"PGD with each run's T inner steps), first → last epoch{sampled}. A run whose clean accuracy "
+             f"stays under {CHANCE_ACCURACY:g}% (chance: {CHANCE_LEVEL:g}%) never learned.", ""]
+    if figure is not None:
+        lines += [f"![{figure.stem}](figures/{figure.name})", ""]
+    lines += [f"| Defense | Seed | Run | Epochs | Clean % | {pgd} % | Check |", "|:---|---:|:---|:---|:---|:---|:---|"]
+    for c in curves:
+        label = ROW_LABELS.get(c.defense, c.defense)
+        if not c.epochs:
+            lines.append(f"| {label} | {_seed_text(c.seed)} | `{c.run_id}` | – | no epochs recorded | | "
+                         f"no epochs recorded ({c.status}) |")
+            continue
+        shown = _sample(len(c.epochs))
+        done = str(c.epochs[-1]) if c.planned in (None, c.epochs[-1]) else f"{c.epochs[-1]} of {c.planned}"
+        if len(shown) < len(c.epochs) and common is None:
+            done += " (shown: " + ", ".join(str(c.epochs[i]) for i in shown) + ")"
+        check = {"never left chance": f"**never left chance** (clean < {CHANCE_ACCURACY:g}% at every epoch)",
+                 "back at chance": f"**back at chance** (clean < {CHANCE_ACCURACY:g}% at the last epoch)",
+                 "no epochs recorded": "no accuracy recorded", "": "above chance"}[c.flag]
+        lines.append(f"| {label} | {_seed_text(c.seed)} | `{c.run_id}` | {done} | {_sequence(c.clean, shown)} | "
+                     f"{_sequence(c.pgd, shown)} | {check} |")
+    return lines + [""]
+
+
+def _learning_chart(plan: dict[str, Any], curves: list[Curve], path: Path) -> Path | None:
+    """Small multiples, one panel per row defense: each seed's clean (solid) and PGD (dashed)
+    accuracy per epoch; the numbers beside it as JSON. None when no run recorded an epoch."""
+    if not any(c.epochs for c in curves):
+        return None
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import MaxNLocator
+
+    spec = TABLES[plan["table"]]
+    defenses = [d for d in spec.rows if plan["rows"].get(d)]
+    cols = min(len(defenses), 3)
+    rows = math.ceil(len(defenses) / cols)
+    fig = Figure(figsize=(3.0 * cols + 0.4, 2.4 * rows + 0.9), dpi=110)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(rows, cols, sharex=True, sharey=True, squeeze=False)
+    last = max((c.epochs[-1] for c in curves if c.epochs), default=1)
+    seeds = sorted({c.seed for c in curves if c.seed is not None})
+    colors = {seed: f"C{k % 10}" for k, seed in enumerate(seeds)}
+    for k, ax in enumerate(axes.flat):
+        if k >= len(defenses):
+            ax.set_visible(False)
+            continue
+        defense = defenses[k]
+        mine = [c for c in curves if c.defense == defense]
+        ax.axhline(CHANCE_LEVEL, color="gray", linestyle=":", linewidth=1)
+        for c in mine:
+            color = colors.get(c.seed, "black")
+            for values, style in ((c.pgd, "--"), (c.clean, "-")):
+                ys = [math.nan if v is None else v for v in values]
+                # Dots on every epoch while they stay readable (a run of one epoch is only dots): PGD's a
+                # ring, clean's a dot drawn over it, so equal values show both; unclipped at 0 and 100.
+                (line,) = ax.plot(c.epochs, ys, linestyle=style, color=color, linewidth=1.4, clip_on=False,
+                                  marker="o" if len(c.epochs) <= 30 else None, markersize=3.5 if style == "-" else 6,
+                                  markerfacecolor=color if style == "-" else "none", zorder=3 if style == "-" else 2)
+                line.set_in_layout(False)  # unclipped lines would otherwise skew tight_layout
+        stuck = [c for c in mine if c.flag in ("never left chance", "back at chance")]
+        empty = [c for c in mine if not c.epochs]
+        remarks = ([f"{len(stuck)} of {len(mine)} at chance"] if stuck else []) + \
+            ([f"{len(empty)} of {len(mine)} without epochs"] if empty else [])
+        ax.set_title(ROW_LABELS.get(defense, defense) + ("\n" + ", ".join(remarks) if remarks else ""),
+                     fontsize=9, color="crimson" if stuck else "black")
+        if len(empty) == len(mine):
+            ax.text(0.5, 0.5, "no epochs recorded", transform=ax.transAxes, ha="center", va="center",
+                    fontsize=8, color="gray")
+        ax.set_ylim(0, 100)
+        ax.set_xlim(0.5, last + 0.5)
+        if last <= 6:
+            ax.set_xticks(range(1, last + 1))
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=6))
+        ax.grid(alpha=0.25)
+        if k % cols == 0:
+            ax.set_ylabel("accuracy (%)", fontsize=8)
+        if k >= len(defenses) - cols:
+            ax.set_xlabel("epoch", fontsize=8)
+        ax.tick_params(labelsize=7, labelbottom=True)
+    steps = sorted({c.pgd_steps for c in curves if c.pgd_steps is not None})
+    pgd = f"PGD-{steps[0]}" if len(steps) == 1 else "PGD-T"
+    handles = [Line2D([], [], color="black", linestyle="-", marker="o", markersize=3.5, label="clean"),
+               Line2D([], [], color="black", linestyle="--", marker="o", markersize=6, markerfacecolor="none",
+                      label=pgd),
+               Line2D([], [], color="gray", linestyle=":", label=f"chance ({CHANCE_LEVEL:g}%)")]
+    handles += [Line2D([], [], color=colors[s], linewidth=3, label=f"seed {s}") for s in seeds]
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=7, frameon=False)
+    scale = SCALES[plan["scale"]]
+    fig.suptitle(f"{spec.name} ({scale.name} scale): test accuracy after each epoch", fontsize=10)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    fig.savefig(path)
+    _write(path.with_suffix(".json"), json.dumps({
+        "table": spec.name, "scale": scale.name, "chance_accuracy": CHANCE_ACCURACY, "chance_level": CHANCE_LEVEL,
+        "runs": [c.to_dict() for c in curves]}, indent=1))
+    return path
+
+
 # -- the report ------------------------------------------------------------------------------------
 def build_report(registry: Registry, tables: list[str] | None = None, out_dir: Path | None = None, *,
                  device: str = "auto", analyses: bool = True, status: Status | None = None) -> ReportResult:
@@ -368,10 +601,20 @@ def build_report(registry: Registry, tables: list[str] | None = None, out_dir: P
         if spec.has_min:
             notes.append("Min = the lowest attack column (the paper's Min).")
         chance = [ROW_LABELS[d] for d in spec.rows
-                  if (values[d].get("Natural") is not None and values[d]["Natural"] <= CHANCE_ACCURACY)]
+                  if (values[d].get("Natural") is not None and values[d]["Natural"] < CHANCE_ACCURACY)]
         if chance:
-            notes.append(f"{', '.join(chance)}: natural accuracy at chance level (not learned at this scale): the "
-                         "other columns of such a row mean nothing.")
+            notes.append(f"{', '.join(chance)}: natural accuracy under {CHANCE_ACCURACY:g}%, at chance level (not "
+                         "learned at this scale): the other columns of such a row mean nothing.")
+        curves = _curves(registry, plan)
+        stuck = [c for c in curves if c.flag in ("never left chance", "back at chance")]
+        if stuck:
+            notes.append("Learning curves: " + "; ".join(
+                f"{flag} (clean test accuracy under {CHANCE_ACCURACY:g}%"
+                + (" at every epoch" if flag == "never left chance" else " at the last epoch") + "): "
+                + ", ".join(f"{ROW_LABELS.get(c.defense, c.defense)} (seed {_seed_text(c.seed)}, `{c.run_id}`)"
+                            for c in stuck if c.flag == flag)
+                for flag in ("never left chance", "back at chance") if any(c.flag == flag for c in stuck))
+                + ": the cells of such a run's row come from a model that did not learn.")
         notes += [spec.note] if spec.note else []
         if filled < cells:
             waiting = _pending_jobs(registry, plan)
@@ -379,6 +622,12 @@ def build_report(registry: Registry, tables: list[str] | None = None, out_dir: P
         notes.append("Cells: measured (paper); **bold**: best measured in its column; ! a sanity flag was raised "
                      "(`advtui compare --json` lists them).")
         lines += [f"- {n}" for n in notes] + ["", f"![{spec.name}](figures/{chart.name})", ""]
+        learning = _learning_chart(plan, curves, figures / f"{spec.name}-{scale.name}-learning.png")
+        if learning is not None:
+            written.append(learning)
+            result.figures.append(learning.name)
+        result.curves = {c.run_id: c.to_dict() for c in curves}
+        lines += _learning_markdown(curves, learning)
         if spec.name in WHITE_BOX_TABLES:
             lines += _table2(plan, comparison)
             if analyses:
@@ -401,7 +650,7 @@ def build_report(registry: Registry, tables: list[str] | None = None, out_dir: P
     _write(path, text)
     _write(out / "report.json", json.dumps({"written": time.time(), "pending": pending, "tables": [
         {"table": r.table, "scale": r.scale, "measured": r.measured, "paper": r.paper, "runs": r.runs,
-         "filled": r.filled, "cells": r.cells, "figures": r.figures} for r in results]}, indent=1))
+         "filled": r.filled, "cells": r.cells, "figures": r.figures, "curves": r.curves} for r in results]}, indent=1))
     return ReportResult(path, results, pending, written)
 
 

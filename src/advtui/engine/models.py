@@ -1,5 +1,12 @@
 """Classifiers. Inputs are in [0, 1]; any normalization lives inside the model, so attacks and
-the eps-ball always work in pixel space."""
+the eps-ball always work in pixel space.
+
+Each model is initialized as in the reference code its recipe comes from, because the init moves
+the numbers: PyTorch's default init leaves the TRADES SmallCNN (7 layers, no batch norm) at
+chance for its first epochs of adversarial training at eps 0.3, where the reference's init
+learns within one. The reference of each model is cited at its ``reset_parameters``; the
+weights depend only on ``torch.manual_seed``, so a seed reproduces them.
+"""
 
 from __future__ import annotations
 
@@ -48,6 +55,20 @@ class SmallCNN(nn.Module):
             nn.Linear(200, num_classes),
         )
 
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """TRADES, models/small_cnn.py: Kaiming-normal conv weights (fan-in, gain sqrt 2), zero
+        conv biases, and a zero last layer (weight and bias); fc1 and fc2 keep PyTorch's
+        default init there too."""
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight)
+                nn.init.zeros_(m.bias)
+        last = self.classifier[-1]
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x).flatten(1))
 
@@ -56,7 +77,11 @@ _VGG16 = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 51
 
 
 class VGG16(nn.Module):
-    """VGG-16 with batch norm, CIFAR-sized (one linear classifier on the 512-d feature)."""
+    """VGG-16 with batch norm, CIFAR-sized (one linear classifier on the 512-d feature), as in
+    the AdvTrain code the paper's CIFAR-10 baseline comes from (xuanqing94/BayesianDefense,
+    models/vgg.py, after kuangliu/pytorch-cifar). Its convolutions have biases; here they do not,
+    since each is followed by batch norm, which removes any per-channel constant (the outputs are
+    the same, with 4,224 fewer parameters)."""
 
     def __init__(self, in_channels: int = 3, size: int = 32, num_classes: int = 10):
         super().__init__()
@@ -71,6 +96,15 @@ class VGG16(nn.Module):
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(512, num_classes)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """BayesianDefense's VGG sets no init of its own: PyTorch's defaults (Kaiming-uniform
+        with a = sqrt 5 for conv and linear weights), with batch norm at weight 1, bias 0 (the
+        default since PyTorch 1.2; PyTorch 1.1, the paper's, drew BN weights from U(0, 1))."""
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear, nn.BatchNorm2d)):
+                m.reset_parameters()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.pool(self.features(x)).flatten(1))
@@ -91,7 +125,8 @@ class _WideBlock(nn.Module):
 
 
 class WideResNet(nn.Module):
-    """WideResNet-depth-width (Zagoruyko & Komodakis), as used by Madry et al. and TRADES."""
+    """WideResNet-depth-width (Zagoruyko & Komodakis), as used by Madry et al. and TRADES
+    (TRADES, models/wideresnet.py: the same blocks, without its unused ``sub_block1``)."""
 
     def __init__(self, depth: int = 34, width: int = 10, in_channels: int = 3, num_classes: int = 10):
         super().__init__()
@@ -108,6 +143,21 @@ class WideResNet(nn.Module):
         self.blocks = nn.Sequential(*blocks)
         self.bn = nn.BatchNorm2d(widths[3])
         self.fc = nn.Linear(widths[3], num_classes)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """TRADES, models/wideresnet.py: conv weights from N(0, 2 / (k * k * out_channels)) (a
+        fan-out Kaiming normal), batch norm at weight 1 and bias 0, a zero bias on the linear
+        layer, whose weight keeps PyTorch's default init."""
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                m.reset_parameters()
+                nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         o = F.relu(self.bn(self.blocks(self.conv(x))))
@@ -129,7 +179,9 @@ class _BasicBlock(nn.Module):
 
 
 class ResNet18(nn.Module):
-    """ResNet-18 in its CIFAR form (3x3 stem, no max-pool)."""
+    """ResNet-18 in its CIFAR form (3x3 stem, no max-pool), as in kuangliu/pytorch-cifar
+    models/resnet.py, the ResNet that TRADES' and the robust-overfitting code's CIFAR-10
+    experiments use."""
 
     def __init__(self, in_channels: int = 3, num_classes: int = 10):
         super().__init__()
@@ -140,6 +192,14 @@ class ResNet18(nn.Module):
             cin = cout
         self.layers = nn.Sequential(*layers)
         self.fc = nn.Linear(512, num_classes)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """The reference sets no init of its own: PyTorch's defaults (Kaiming-uniform with
+        a = sqrt 5 for conv and linear weights; batch norm at weight 1, bias 0)."""
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear, nn.BatchNorm2d)):
+                m.reset_parameters()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(F.adaptive_avg_pool2d(self.layers(self.stem(x)), 1).flatten(1))
