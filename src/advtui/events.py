@@ -7,6 +7,14 @@ Kinds written by the engine: ``start`` (config, parameter counts, device, versio
 (inner-loss trajectories, for rnn runs beside PGD's on the same batch), ``step`` (outer loss,
 batch accuracies, lr, images/s), ``epoch`` (train and test metrics, epoch time),
 ``checkpoint``, ``eval`` (attack progress and results) and ``end``.
+
+``health`` events carry the findings of the training process's health checks
+(``advtui.health``): ``code`` (``nan-loss``, ``stuck-at-chance``, ``rnn-behind-pgd``,
+``robust-above-natural``), ``level`` (``warning`` or ``error``), ``epoch`` (1-based, where the
+condition began), ``message`` (what went wrong and what to try) and ``cleared`` (null when the
+finding is raised; the epoch at which the condition ended, in a second event, when it clears).
+A ``nan-loss`` error is followed by an ``end`` event with ``status`` ``failed`` and the message
+as ``error``.
 """
 
 from __future__ import annotations
@@ -97,9 +105,11 @@ class EventTail(LineTail):
             if not line.strip():
                 continue
             try:
-                events.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # a torn line from a crashed writer: skip it, keep the rest
+                event = json.loads(line)
+            except ValueError:  # JSONDecodeError and UnicodeDecodeError alike
+                continue  # a torn or damaged line (a crashed writer): skip it, keep the rest
+            if isinstance(event, dict):  # every event is an object; anything else is damage
+                events.append(event)
         return events
 
 

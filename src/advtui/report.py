@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from advtui.errors import AdvtuiError, ConfigError
+from advtui.health import CHANCE_ACCURACY  # one threshold for the live check and the report
 from advtui.events import EVENTS_FILE, LineTail
 from advtui.paths import run_dir
 from advtui.registry import JOBS, Registry
@@ -44,9 +45,8 @@ from advtui.reproduce import PAPER_TABLE2, ROW_LABELS, SCALES, TABLES, reproduct
 FIG2_DEFENSES = ("advtrain", "trades", "rnn-adv", "rnn-trades")  # the paper's four panels
 WHITE_BOX_TABLES = ("table3", "table4", "table5")
 DEFAULT_REPORT_DIR = "report"
-# % natural accuracy under which a 10-class model has not learned (chance is 10%): used for the
-# evaluated Natural column and for the learning curves alike.
-CHANCE_ACCURACY = 20.0
+# CHANCE_ACCURACY (from advtui.health): % natural accuracy under which a 10-class model has not
+# learned, for the evaluated Natural column and the learning curves alike.
 CHANCE_LEVEL = 10.0  # % accuracy of a guess among 10 classes (the dotted line of the learning figure)
 CURVE_POINTS = 6  # epochs shown per run in the markdown (first and last always among them)
 

@@ -18,7 +18,8 @@ import psutil
 
 from advtui.config import RunConfig
 from advtui.errors import AdvtuiError, CheckpointError, ConfigError
-from advtui.events import EVENTS_FILE, EventWriter
+from advtui.events import EVENTS_FILE, EventWriter, read_events
+from advtui.health import HealthMonitor, RunUnhealthy, replay
 from advtui.paths import run_dir as run_dir_of
 from advtui.registry import Registry
 
@@ -142,42 +143,63 @@ def execute_run(
     if on_record:
         on_record({**record, **live})
 
+    health = _health_monitor(config, folder / EVENTS_FILE)
+
     def epoch_done(metrics: dict[str, Any], path: Path) -> None:
         registry.update_run(run_id, epoch=metrics["epoch"], metrics=metrics,
-                            checkpoints={"last": LAST_CHECKPOINT})
+                            checkpoints={"last": LAST_CHECKPOINT}, health=health.active_dicts())
 
     with EventWriter(folder / EVENTS_FILE) as events:
-        trainer = Trainer(config, folder, device, train, test, events, on_progress, epoch_done)
+        trainer = Trainer(config, folder, device, train, test, events, on_progress, epoch_done, health)
         if state is not None:
             trainer.load_state(state)
         elif warm_start is not None:
             _apply_warm_start(trainer, warm_start)
+        trainer.start_event(resumed=state is not None)  # a restart clears an earlier error finding
         registry.update_run(run_id, model_params=_count(trainer.model), maximizer_params=(
-            trainer.maximizer.num_parameters() if trainer.maximizer is not None else 0))
-        trainer.start_event(resumed=state is not None)
+            trainer.maximizer.num_parameters() if trainer.maximizer is not None else 0),
+            health=health.active_dicts())
         try:
             metrics = trainer.fit()
         except StopRequested as stop:
             events.emit("end", status="killed", signal=str(stop), epoch=trainer.epoch, batch=trainer.batch)
             registry.update_run(run_id, status="killed", ended=time.time(), checkpoints={"last": LAST_CHECKPOINT},
-                                error=f"stopped by {stop} at epoch {trainer.epoch + 1}, batch {trainer.batch}")
+                                error=f"stopped by {stop} at epoch {trainer.epoch + 1}, batch {trainer.batch}",
+                                health=health.active_dicts())
             raise RunInterrupted(
                 f"run {run_id} stopped by {stop}; checkpoint saved: `advtui run --resume {run_id}` continues it",
                 stop.signum,
             ) from None
+        except RunUnhealthy as unhealthy:
+            # The finding's message is the whole story (what went wrong, what to try): it is
+            # the record's error as it is, with no exception type in front.
+            message = unhealthy.finding.message
+            events.emit("end", status="failed", error=message, epoch=trainer.epoch, batch=trainer.batch)
+            registry.update_run(run_id, status="failed", ended=time.time(), error=message,
+                                health=health.active_dicts())
+            raise RunFailed(f"run {run_id} failed: {message}") from None
         except BaseException as exc:
             message = f"{type(exc).__name__}: {exc}".strip()
             events.emit("end", status="failed", error=message)
-            registry.update_run(run_id, status="failed", ended=time.time(), error=message[:2000])
+            registry.update_run(run_id, status="failed", ended=time.time(), error=message[:2000],
+                                health=health.active_dicts())
             raise
         final = trainer.ckpt_dir / "final.pt"
         shutil.copyfile(trainer.ckpt_dir / "last.pt", final)
         events.emit("checkpoint", path=str(final), epoch=trainer.epoch, batch=0, name="final.pt")
         events.emit("end", status="finished", metrics=metrics, elapsed=trainer.elapsed)
         registry.update_run(run_id, status="finished", ended=time.time(), metrics=metrics,
-                            train_time=trainer.elapsed,
+                            train_time=trainer.elapsed, health=health.active_dicts(),
                             checkpoints={"last": LAST_CHECKPOINT, "final": FINAL_CHECKPOINT})
     return registry.get_run(run_id) or record
+
+
+def _health_monitor(config: RunConfig, events_path: Path) -> HealthMonitor:
+    """The run's health monitor. A resumed run replays its stream so far, so a warning raised
+    before is not raised again and "stuck since epoch N" keeps its N."""
+    if not events_path.exists():
+        return HealthMonitor(config.to_dict())
+    return replay(read_events(events_path), config.to_dict())
 
 
 def _load_warm_start(registry: Registry, config: RunConfig, device) -> dict[str, Any]:

@@ -138,6 +138,31 @@ async def test_detail_shows_a_failed_runs_error_and_kill_asks_first(fixed_runs):
 
 
 @pilot_test
+async def test_a_health_warning_marks_the_row_and_fills_the_detail_screens_health_section(fixed_runs):
+    # A fourth epoch of b2c3d4 whose PGD accuracy is above its clean accuracy, as the training
+    # process would have written it: the epoch in the stream, the warning in the record.
+    with open(fixed_runs / "b2c3d4" / "events.jsonl", "a") as f:
+        f.write(json.dumps({"kind": "epoch", "time": 0, "epoch": 4, "train_loss": 0.3, "test_clean_acc": 40.0,
+                            "test_pgd_acc": 55.0, "test_n": 200}) + "\n")
+    finding = {"code": "robust-above-natural", "level": "warning", "epoch": 4, "cleared": None,
+               "message": "robust accuracy above natural at epoch 4 (PGD 55.0% > clean 40.0%): ..."}
+    Registry(fixed_runs).update_run("b2c3d4", health=[finding])
+    app = fixed_app(fixed_runs)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await ready(pilot)
+        assert screen.table.get_cell("b2c3d4", "health").plain == "!"
+        assert screen.table.get_cell("c3d4e5", "health") == " "
+        await select_run(pilot, "b2c3d4")
+        assert "! 1 health finding (d: details)" in static_text(screen.query_one("#caption"))
+        await pilot.press("d")
+        detail = await wait_until(pilot, lambda: isinstance(app.screen, DetailScreen) and app.screen.results_loaded
+                                  and app.screen, what="the detail screen")
+        text = static_text(detail.query_one("#detail-run"))
+        assert "health" in text and "robust accuracy above natural at epoch 4 (PGD 55.0% > clean 40.0%)" in text
+        assert "pgd-100" in text  # the replayed check's own message says what to try
+
+
+@pilot_test
 async def test_new_run_form_shows_errors_where_they_are(fixed_runs):
     app = fixed_app(fixed_runs)
     async with app.run_test(size=SIZE) as pilot:

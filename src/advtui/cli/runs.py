@@ -11,8 +11,10 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 from advtui.cli import app
 from advtui.cli.common import (
@@ -20,6 +22,7 @@ from advtui.cli.common import (
 )
 from advtui.config import DEFENSES, RunConfig, build_config
 from advtui.events import EVENTS_FILE, read_events
+from advtui.health import ERROR, WARNING, Finding, record_findings, replay, worst_level
 from advtui.runner import RunPlan, checkpoint_path, execute_run, plan_queued, plan_resume, run_folder
 
 
@@ -70,6 +73,32 @@ class ProgressDisplay:
             self.last_line = time.monotonic()
             loss = f" loss {p.loss:.4f} {p.images_per_s:,.0f} img/s" if p.loss is not None else ""
             print(f"epoch {p.epoch}/{p.epochs} batch {p.batch}/{p.batches}{loss} {acc}".rstrip(), flush=True)
+        for finding in p.health:  # said as it happens: a long run's screen must not look healthy
+            self._say(health_line(finding))
+
+    def _say(self, markup: str) -> None:
+        if self.progress is not None:
+            self.progress.console.print(markup)  # above the bar
+        else:  # a log file: one unwrapped line, in order with the progress lines
+            print(Text.from_markup(markup).plain, flush=True)
+
+
+HEALTH_STYLE = {ERROR: "red", WARNING: "yellow"}
+
+
+def health_line(finding: Finding) -> str:
+    """One finding as a line of rich markup: its level, then its message (what to try)."""
+    if not finding.active:
+        return f"[dim]cleared at epoch {finding.cleared}: {escape(finding.message)}[/]"
+    return f"[{HEALTH_STYLE[finding.level]}]{finding.level}[/]: {escape(finding.message)}"
+
+
+def health_cell(findings: list[Finding]) -> str:
+    """The ``ls`` health column: ``!`` and the number of active findings, red for an error."""
+    level = worst_level(findings)
+    if level is None:
+        return ""
+    return f"[bold {HEALTH_STYLE[level]}]!{len([f for f in findings if f.active])}[/]"
 
 
 # The training options shared by `advtui run` and `advtui queue train`: (name, type, typer option).
@@ -111,6 +140,7 @@ TRAIN_OPTIONS: list[tuple[str, Any, Any]] = [
     ("l2lda_diversity", Optional[float], typer.Option(None, "--l2lda-diversity", help="L2LDA diversity term weight.")),
     ("compare_every", Optional[int], typer.Option(None, "--compare-every", help="Batches between inner trajectory records (K).")),
     ("log_every", Optional[int], typer.Option(None, "--log-every", help="Batches between step events.")),
+    ("chance_patience", Optional[int], typer.Option(None, "--chance-patience", help="Epoch ends at chance-level clean accuracy (under 20%) before a health warning (2).")),
     ("deterministic", bool, typer.Option(False, "--deterministic", help="Deterministic kernels (slower).")),
     ("amp", bool, typer.Option(False, "--amp", help="bfloat16 autocast on CUDA.")),
     ("init_from", Optional[str], typer.Option(None, "--init-from", help="Start from RUN's final weights (classifier, and its learned optimizer when the kinds match).")),
@@ -190,6 +220,8 @@ def run(
         f"test clean {fmt_pct(m.get('test_clean_acc'))}%, PGD-{record['config']['inner_steps']} "
         f"{fmt_pct(m.get('test_pgd_acc'))}% (n={m.get('test_n', '-')})"
     )
+    for finding in record_findings(record):  # finished, but not healthy: say so last
+        console.print("  " + health_line(finding))
 
 
 def _parse_ints(text: str, what: str) -> list[int]:
@@ -217,17 +249,24 @@ def list_runs(
         console.print("no runs yet: start one with `advtui run --defense rnn-adv`")
         return
     table = Table(box=None, header_style="bold")
-    for col in ("id", "name", "defense", "data/model", "status", "epoch", "clean %", "pgd %", "device", "started"):
+    for col in ("id", "name", "defense", "data/model", "status", "health", "epoch", "clean %", "pgd %", "device",
+                "started"):
         table.add_column(col, justify="right" if col in ("epoch", "clean %", "pgd %") else "left")
+    unhealthy = 0
     for r in runs:
         m = r.get("metrics") or {}
+        findings = record_findings(r)
+        unhealthy += bool(findings)
         table.add_row(
             r["id"], r.get("name", "-"), r.get("defense", "-"), f"{r.get('dataset')}/{r.get('model')}",
-            styled_status(r.get("status")), f"{r.get('epoch', 0)}/{r.get('epochs', '?')}",
+            styled_status(r.get("status")), health_cell(findings), f"{r.get('epoch', 0)}/{r.get('epochs', '?')}",
             fmt_pct(m.get("test_clean_acc")), fmt_pct(m.get("test_pgd_acc")),
             (r.get("device") or "-").split(" (")[0], fmt_time(r.get("started")),
         )
     console.print(table)
+    if unhealthy:
+        console.print(f"!N under health: N warnings (red: an error), on {unhealthy} run{'s' if unhealthy > 1 else ''}; "
+                      "`advtui show RUN` says what to try")
 
 
 @app.command()
@@ -239,8 +278,13 @@ def show(
     """Show a run's config, status, last metrics and checkpoints."""
     registry = open_registry(runs_dir)
     r = registry.resolve_run(run_ref)
+    events = list(read_events(run_folder(registry, r) / EVENTS_FILE))
+    history = run_health(r, events)
     if as_json:
-        console.print_json(json.dumps(r))
+        # The record, with the health checks of its whole stream: ``health`` the findings that
+        # hold now (as ``ls --json`` has them), ``health_history`` every one, cleared ones too.
+        console.print_json(json.dumps({**r, "health": [f.to_dict() for f in history if f.active],
+                                       "health_history": [f.to_dict() for f in history]}))
         return
     console.print(f"[bold]{r['id']}[/]  {r.get('name')}  {styled_status(r.get('status'))}")
     console.print(f"  defense {r.get('defense')}  dataset {r.get('dataset')}  model {r.get('model')}  "
@@ -262,7 +306,8 @@ def show(
     for label in r.get("checkpoints") or {}:
         path = checkpoint_path(registry, r, label)
         console.print(f"  checkpoint {label}: {path}" + ("" if path.exists() else " [red](missing)[/]"))
-    inner = list(read_events(run_folder(registry, r) / EVENTS_FILE, {"inner"}))
+    _print_health(history)
+    inner = [e for e in events if e.get("kind") == "inner"]
     if inner:
         last = inner[-1]
         line = "  last inner trajectory (" + str(last.get("maximizer")) + "): " + " ".join(
@@ -270,3 +315,20 @@ def show(
         console.print(line)
         if "pgd" in last:
             console.print("  PGD on the same batch:          " + " ".join(f"{v:.3f}" for v in last["pgd"]))
+
+
+def run_health(record: dict, events: list[dict]) -> list[Finding]:
+    """A run's findings, cleared ones included: the checks replayed over its stream (so runs
+    recorded before health checks get them too), else what its record keeps (no stream yet)."""
+    if events:
+        return replay(events, record.get("config")).findings
+    return record_findings(record)
+
+
+def _print_health(findings: list[Finding]) -> None:
+    if not findings:
+        console.print("  health: [green]no warnings[/]")
+        return
+    console.print("  health:")
+    for finding in findings:
+        console.print("    " + health_line(finding))

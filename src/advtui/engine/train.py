@@ -31,14 +31,20 @@ from advtui.engine.models import build_model, count_parameters
 from advtui.engine.objectives import ce_per_example
 from advtui.errors import ConfigError
 from advtui.events import EventWriter
+from advtui.health import ERROR, Finding, HealthMonitor, RunUnhealthy
 from advtui.paths import data_root
 
 
 def resolve_device(spec: str) -> torch.device:
     """'auto' is CUDA when present, else the CPU; asking for CUDA without one is an error."""
     if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        spec = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(spec)
+    if device.type == "cpu":
+        # A zero-initialized last layer (the SmallCNN reference init) can send denormal numbers
+        # through the first batches' gradients, which some CPUs compute many times slower;
+        # flushing them to zero changes no result that matters at float32.
+        torch.set_flush_denormal(True)
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ConfigError("no CUDA device is available here: use --device cpu (or auto)")
@@ -85,6 +91,14 @@ def evaluate_clean_and_pgd(
     return {"test_clean_acc": 100.0 * clean / max(n, 1), "test_pgd_acc": 100.0 * robust / max(n, 1), "test_n": n}
 
 
+def step_schedule(config: RunConfig) -> Callable[[int], float]:
+    """The lr factor of epoch ``e`` (counted from 0): lr_gamma once for every milestone m with
+    e + 1 >= m, as the references' ``adjust_learning_rate`` does with epochs counted from 1.
+    (MultiStepLR stepped after each epoch would lower the rate one epoch later.)"""
+    milestones, gamma = tuple(config.milestones), config.lr_gamma
+    return lambda e: gamma ** sum(1 for m in milestones if e + 1 >= m)
+
+
 @dataclass
 class Progress:
     """What a progress display needs after each batch."""
@@ -96,6 +110,7 @@ class Progress:
     loss: float | None = None
     images_per_s: float | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
+    health: list[Finding] = field(default_factory=list)  # health findings raised or cleared just now
 
 
 class StopRequested(Exception):
@@ -109,9 +124,13 @@ class Trainer:
 
     def __init__(self, config: RunConfig, run_dir: Path, device: torch.device, train: Split, test: Split,
                  events: EventWriter, on_progress: Callable[[Progress], None] | None = None,
-                 on_epoch: Callable[[dict[str, Any], Path], None] | None = None):
+                 on_epoch: Callable[[dict[str, Any], Path], None] | None = None,
+                 health: HealthMonitor | None = None):
         self.config, self.run_dir, self.device = config, Path(run_dir), device
         self.events, self.on_progress, self.on_epoch = events, on_progress, on_epoch
+        # Fed every event this trainer writes; the runner passes one that has replayed the
+        # stream so far when a run resumes, so a condition that began before keeps its epoch.
+        self.health = health if health is not None else HealthMonitor(config.to_dict())
         self.ckpt_dir = self.run_dir / "checkpoints"
         if config.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
@@ -127,7 +146,7 @@ class Trainer:
         self.optimizer = torch.optim.SGD(
             self.model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
         )
-        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, config.milestones, config.lr_gamma)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, step_schedule(config))
         # Learned maximizers are compared live against PGD with the same T on the same batch.
         self.reference_pgd = PGD(config.pgd_step, config.init) if self.maximizer is not None and self.maximizer.learned else None
         self.epoch, self.batch, self.global_step, self.elapsed = 0, 0, 0, 0.0
@@ -273,6 +292,19 @@ class Trainer:
         if out.get("pgd_trajectory") is not None:
             fields["pgd"] = out["pgd_trajectory"].float().tolist()
         self.events.emit("inner", **fields)
+        self._check_health("inner", fields)
+
+    def _check_health(self, kind: str, fields: dict[str, Any]) -> list[Finding]:
+        """Feed the event just written to the health monitor (with its real floats: the stream
+        holds null for a NaN) and write what it found as ``health`` events. An error-level
+        finding stops training: RunUnhealthy, which the runner records as the run's failure."""
+        findings = self.health.feed({"kind": kind, **fields})
+        for finding in findings:
+            self.events.emit("health", **finding.to_dict())
+        errors = [f for f in findings if f.level == ERROR and f.active]
+        if errors:
+            raise RunUnhealthy(errors[0])
+        return findings
 
     def _fold_window(self, loss_sum, correct_sum, batches: int) -> float:
         loss_total = float(loss_sum)
@@ -296,6 +328,9 @@ class Trainer:
             "images_per_s": images / seconds,
         }
         self.events.emit("step", **fields)
+        # The window's loss sum is NaN (or inf) if any of its batches was: checking here, where
+        # it is already on the host, catches a diverged run without a sync per batch.
+        self._check_health("step", fields)
         if self.on_progress:
             self.on_progress(Progress(self.epoch, self.config.epochs, self.batch, n_batches,
                                       fields["loss"], fields["images_per_s"], fields))
@@ -318,22 +353,25 @@ class Trainer:
         self.accum = self._fresh_accum()
         self.last_metrics = metrics
         self.events.emit("epoch", **metrics)
+        findings = self._check_health("epoch", metrics)
         path = self.save("last.pt")
         if self.on_epoch:
             self.on_epoch(metrics, path)
         if self.on_progress:
             self.on_progress(Progress(self.epoch, cfg.epochs, 0, self.train_split.num_batches(cfg.batch_size),
-                                      metrics=metrics))
+                                      metrics=metrics, health=findings))
 
     def start_event(self, resumed: bool) -> None:
         maximizer_params = self.maximizer.num_parameters() if self.maximizer is not None else 0
-        self.events.emit(
-            "start", config=self.config.to_dict(), resumed=resumed, epoch=self.epoch, batch=self.batch,
+        fields = dict(
+            config=self.config.to_dict(), resumed=resumed, epoch=self.epoch, batch=self.batch,
             model_params=count_parameters(self.model), maximizer_params=maximizer_params,
             device=device_name(self.device), train_size=len(self.train_split), test_size=len(self.test_split),
             versions={"advtui": advtui.__version__, "torch": torch.__version__,
                       "torchvision": torchvision.__version__, "python": platform.python_version()},
         )
+        self.events.emit("start", **fields)
+        self._check_health("start", fields)
 
 
 def _as_tuple(value: Any) -> Any:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from advtui.events import EVENTS_FILE, EventTail
+from advtui.health import HealthMonitor
 
 # How many recent inner trajectories the inner-loss plot overlays.
 RECENT_INNER = 6
@@ -97,6 +98,7 @@ class RunStream:
         self.start: dict | None = None  # the latest start event (a resume writes a new one)
         self.last_step: dict | None = None
         self.end: dict | None = None
+        self.health = HealthMonitor()  # the health checks replayed over the stream as it grows
         self.events_read = 0
 
     def poll(self) -> bool:
@@ -112,6 +114,7 @@ class RunStream:
             return True
 
     def _fold(self, event: dict) -> None:
+        self.health.feed(event)
         kind = event.get("kind")
         if kind == "step":
             self.last_step = event

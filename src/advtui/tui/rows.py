@@ -11,6 +11,7 @@ from typing import Any, Callable, Iterable
 from rich.text import Text
 
 from advtui.cli.common import STATUS_STYLE, fmt_duration
+from advtui.health import ERROR, WARNING, record_findings, worst_level
 from advtui.tui.live import RunStream
 
 
@@ -29,6 +30,7 @@ COLUMNS: tuple[Column, ...] = (
     Column("defense", "defense", None),
     Column("data", "data/model", None),
     Column("status", "status", 8),
+    Column("health", "!", 1),
     Column("progress", "progress", 16, numeric=True),
     Column("loss", "loss", 6, numeric=True),
     Column("clean", "clean%", 6, numeric=True),
@@ -59,6 +61,13 @@ def progress_bar(fraction: float | None, width: int = BAR_WIDTH) -> str:
 def short_device(device: str | None) -> str:
     # "cpu (2 threads)" -> "cpu"; "cuda:0 (NVIDIA H100 80GB HBM3)" -> "cuda:0"
     return (device or "-").split(" (")[0]
+
+
+def health_marker(level: str | None) -> Text | str:
+    """``!`` on a run with health findings (red for an error, yellow for warnings)."""
+    if level is None:
+        return " "
+    return Text("!", style="bold red" if level == ERROR else "bold yellow")
 
 
 def _num(value: Any, fmt: str) -> str:
@@ -116,6 +125,9 @@ def run_row(record: dict, stream: RunStream | None, marked: bool, now: float | N
     progress_text.append(f" {done_epochs}/{epochs or '?'}")
     data_model = f"{record.get('dataset', '-')}/{record.get('model', '-')}"
     clean, robust = metrics.get("test_clean_acc"), metrics.get("test_pgd_acc")
+    # The record's findings, updated at each epoch end by the training process: the table has
+    # the record of every run, but not every run's whole stream.
+    findings = record_findings(record)
     cells = {
         "mark": Text("●", style="bold magenta") if marked else " ",
         "id": record["id"],
@@ -123,6 +135,7 @@ def run_row(record: dict, stream: RunStream | None, marked: bool, now: float | N
         "defense": record.get("defense") or "-",
         "data": data_model,
         "status": Text(status, style=STATUS_STYLE.get(status, "white")),
+        "health": health_marker(worst_level(findings)),
         "progress": progress_text,
         "loss": Text(_num(loss, ".3f"), justify="right"),
         "clean": Text(_num(clean, ".1f"), justify="right"),
@@ -133,14 +146,15 @@ def run_row(record: dict, stream: RunStream | None, marked: bool, now: float | N
     }
     sort = {
         "mark": marked, "id": record["id"], "name": cells["name"], "defense": cells["defense"],
-        "data": data_model, "status": status, "progress": fraction, "loss": loss, "clean": clean,
-        "robust": robust, "device": cells["device"], "elapsed": elapsed, "eta": eta,
-        "created": record.get("created", 0),
+        "data": data_model, "status": status, "health": len(findings), "progress": fraction, "loss": loss,
+        "clean": clean, "robust": robust, "device": cells["device"], "elapsed": elapsed, "eta": eta,
+        "created": record.get("created", 0), "health_level": worst_level(findings),
     }
     search = {
         "id": record["id"], "name": cells["name"], "defense": cells["defense"], "data": data_model,
         "dataset": str(record.get("dataset", "")), "model": str(record.get("model", "")),
         "status": status, "device": cells["device"], "group": record.get("group") or "",
+        "health": " ".join(f"{f.code} {f.level}" for f in findings),  # health:stuck, health:error
     }
     return RunRow(record["id"], record.get("group"), cells, sort, search)
 
@@ -184,6 +198,11 @@ class GroupRow:
     def key(self) -> str:
         return GROUP_PREFIX + self.name
 
+    def health_level(self) -> str | None:
+        """The worst health level among the members: a collapsed group still shows its marker."""
+        levels = {m.sort.get("health_level") for m in self.members}
+        return ERROR if ERROR in levels else (WARNING if WARNING in levels else None)
+
     def cells(self) -> dict[str, Any]:
         statuses: dict[str, int] = {}
         for m in self.members:
@@ -203,7 +222,9 @@ class GroupRow:
         return {
             "mark": " ", "id": Text(arrow, style="bold"),
             "name": Text(f"{self.name}", style="bold"), "defense": ",".join(defenses),
-            "data": self.members[0].cells["data"], "status": status, "progress": progress,
+            "data": self.members[0].cells["data"], "status": status,
+            "health": health_marker(self.health_level()),
+            "progress": progress,
             "loss": "", "clean": Text(_num(sum(cleans) / len(cleans) if cleans else None, ".1f"), justify="right", style="dim"),
             "robust": Text(_num(min(robusts) if robusts else None, ".1f"), justify="right", style="bold"),
             "device": "", "elapsed": "", "eta": "",

@@ -17,6 +17,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Header, Static
 
 from advtui.cli.common import STATUS_STYLE, fmt_duration
+from advtui.health import ERROR, Finding, record_findings
 from advtui.jobs.monitor import format_bytes
 from advtui.jobs.queue import jobs_of_run
 from advtui.tui.live import RunStream
@@ -37,6 +38,19 @@ def _n(value: Any, fmt: str = ".2f") -> str:
 
 def _section(title: str) -> Text:
     return Text(f"\n{title}", style="bold underline")
+
+
+def _health_lines(findings: list[Finding]) -> list[Text]:
+    if not findings:
+        return [Text("no warnings", style="green")]
+    lines = []
+    for f in findings:
+        if not f.active:
+            lines.append(Text(f"cleared at epoch {f.cleared}: {f.message}", style="dim"))
+            continue
+        line = Text(f"{f.level:<8}", style="bold red" if f.level == ERROR else "bold yellow")
+        lines.append(line.append(f" {f.message}", style=""))
+    return lines
 
 
 class DetailScreen(Screen):
@@ -93,13 +107,21 @@ class DetailScreen(Screen):
             self.query_one("#detail-run", Static).update(Text(f"run {self.run_id} is no longer in the registry", style="red"))
             return
         self.sub_title = f"{record.get('name', '')} · {record.get('status')}"
-        self.query_one("#detail-run", Static).update(self._run_part(record))
+        self.query_one("#detail-run", Static).update(self._run_part(record, self._findings(record, stream)))
         self.query_one("#detail-epochs", Static).update(self._epochs_part(stream))
         self.query_one("#detail-results", Static).update(self._results_part(results, error, jobs))
         self.results_loaded = True
 
+    @staticmethod
+    def _findings(record: dict, stream: RunStream) -> list[Finding]:
+        """The checks replayed over the run's stream (cleared findings too), else the record's
+        (a run with no stream yet)."""
+        if stream.events_read:
+            return list(stream.health.findings)  # a copy: the worker's next poll may append
+        return record_findings(record)
+
     # -- parts --------------------------------------------------------------------------------
-    def _run_part(self, r: dict) -> Group:
+    def _run_part(self, r: dict, findings: list[Finding]) -> Group:
         status = r.get("status", "-")
         head = Text()
         head.append(f"{r['id']}  ", style="bold")
@@ -124,6 +146,7 @@ class DetailScreen(Screen):
         parts: list[Any] = [head, info]
         if r.get("error"):
             parts += [_section("error"), Text(str(r["error"]).strip()[-1500:], style="red")]
+        parts += [_section("health"), *_health_lines(findings)]
         cfg = r.get("config") or {}
         config = Table.grid(padding=(0, 2))
         for _ in range(4):

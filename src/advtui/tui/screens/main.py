@@ -22,6 +22,7 @@ from textual.widgets import DataTable, Footer, Header, Input, Static
 
 from advtui.cli.common import STATUS_STYLE
 from advtui.errors import AdvtuiError
+from advtui.health import ERROR, record_findings, worst_level
 from advtui.tui.rows import GROUP_PREFIX, GroupRow, RunRow, arrange, run_row, short_device
 from advtui.tui.widgets.plots import AccuracyPlot, InnerLossPlot, TrainingLossPlot
 from advtui.tui.widgets.runs_table import RunsTable, is_group_key
@@ -299,6 +300,10 @@ class MainScreen(Screen):
         cfg = record.get("config") or {}
         text.append(f"  {record.get('defense')} eps {cfg.get('eps', '-')} T={cfg.get('inner_steps', '-')}"
                     f"  {short_device(record.get('device'))}", style="dim")
+        findings = record_findings(record)
+        if findings:  # the row's marker, spelt out for the selected run
+            text.append(f"  ! {len(findings)} health finding{'s' if len(findings) > 1 else ''} (d: details)",
+                        style="bold red" if worst_level(findings) == ERROR else "bold yellow")
         step = stream.last_step if stream else None
         if step and status == "running":
             text.append(f"  epoch {step['epoch'] + 1}/{record.get('epochs')} batch {step['batch']}/{step['batches']}"
