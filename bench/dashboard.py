@@ -41,8 +41,8 @@ STEP_HZ, INNER_HZ, EPOCH_EVERY_S = 4.0, 2.0, 30.0
 # -- building a registry ------------------------------------------------------------------------------
 def build_registry(root: Path, n_runs: int, running_pids: list[tuple[int, float]] = ()) -> list[str]:
     """n_runs finished runs (records like the trainer's, a short events file each) plus one
-    running run per (pid, create_time) given. Written in one transaction, like a long-lived
-    registry. Returns the running runs' ids."""
+    running run per (pid, create_time) given, one file per run written in one go, like a
+    long-lived store. Returns the running runs' ids."""
     from advtui.config import DEFENSES, build_config
     from advtui.registry import RUNS, Registry
 
@@ -50,38 +50,36 @@ def build_registry(root: Path, n_runs: int, running_pids: list[tuple[int, float]
     registry = Registry(root)
     base = time.time() - 90 * 86400
     running_ids = []
-    with registry.transaction() as db:
-        table = db.table(RUNS, cache_size=0)
-        docs = []
-        for i in range(n_runs + len(running_pids)):
-            defense = DEFENSES[i % (len(DEFENSES) - 1)]
-            running = i >= n_runs
-            run_id = f"{i:06x}"
-            config = build_config(defense, epochs=100, seed=i % 5, group=f"exp{i // 5}", name=f"{defense}-exp{i // 5}-s{i % 5}",
-                                  device="cuda").to_dict()
-            epoch = rng.randint(1, 40) if running else 100
-            metrics = {"epoch": epoch, "train_loss": 0.3 + rng.random(), "train_acc": 90.0, "inner_final_loss": 1.2,
-                       "epoch_time": 30 + rng.random() * 20, "lr": 0.01, "test_clean_acc": 95 + rng.random() * 4,
-                       "test_pgd_acc": 40 + rng.random() * 50, "test_n": 1000}
-            doc = {"id": run_id, "name": config["name"], "group": config["group"], "defense": defense, "dataset": "mnist",
-                   "model": "smallcnn", "config": config, "status": "running" if running else "finished",
-                   "epoch": epoch, "epochs": 100, "checkpoints": {"last": "checkpoints/last.pt"}, "metrics": metrics,
-                   "host": os.uname().nodename, "device": "cuda:0 (NVIDIA H100 80GB HBM3)",
-                   "created": base + 600 * i, "started": base + 600 * i + 5, "ended": None if running else base + 600 * i + 3000,
-                   "train_time": None if running else 2995.0, "model_params": 312202, "maximizer_params": 120}
-            if running:
-                pid, created = running_pids[i - n_runs]
-                doc.update(pid=pid, pid_start_time=created, started=time.time() - 1200)
-                running_ids.append(run_id)
-            docs.append(doc)
-            folder = root / run_id
-            folder.mkdir(parents=True, exist_ok=True)
-            with open(folder / "events.jsonl", "w") as f:
-                f.write(json.dumps({"kind": "start", "time": doc["started"], "config": config, "epoch": 0, "batch": 0}) + "\n")
-                if not running:
-                    for e in range(1, 11):
-                        f.write(json.dumps({"kind": "epoch", "time": doc["started"] + 30 * e, "epoch": e, **metrics}) + "\n")
-        table.insert_multiple(docs)
+    docs = []
+    for i in range(n_runs + len(running_pids)):
+        defense = DEFENSES[i % (len(DEFENSES) - 1)]
+        running = i >= n_runs
+        run_id = f"{i:06x}"
+        config = build_config(defense, epochs=100, seed=i % 5, group=f"exp{i // 5}", name=f"{defense}-exp{i // 5}-s{i % 5}",
+                              device="cuda").to_dict()
+        epoch = rng.randint(1, 40) if running else 100
+        metrics = {"epoch": epoch, "train_loss": 0.3 + rng.random(), "train_acc": 90.0, "inner_final_loss": 1.2,
+                   "epoch_time": 30 + rng.random() * 20, "lr": 0.01, "test_clean_acc": 95 + rng.random() * 4,
+                   "test_pgd_acc": 40 + rng.random() * 50, "test_n": 1000}
+        doc = {"id": run_id, "name": config["name"], "group": config["group"], "defense": defense, "dataset": "mnist",
+               "model": "smallcnn", "config": config, "status": "running" if running else "finished",
+               "epoch": epoch, "epochs": 100, "checkpoints": {"last": "checkpoints/last.pt"}, "metrics": metrics,
+               "host": os.uname().nodename, "device": "cuda:0 (NVIDIA H100 80GB HBM3)",
+               "created": base + 600 * i, "started": base + 600 * i + 5, "ended": None if running else base + 600 * i + 3000,
+               "train_time": None if running else 2995.0, "model_params": 312202, "maximizer_params": 120}
+        if running:
+            pid, created = running_pids[i - n_runs]
+            doc.update(pid=pid, pid_start_time=created, started=time.time() - 1200)
+            running_ids.append(run_id)
+        docs.append(doc)
+        folder = root / run_id
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / "events.jsonl", "w") as f:
+            f.write(json.dumps({"kind": "start", "time": doc["started"], "config": config, "epoch": 0, "batch": 0}) + "\n")
+            if not running:
+                for e in range(1, 11):
+                    f.write(json.dumps({"kind": "epoch", "time": doc["started"] + 30 * e, "epoch": e, **metrics}) + "\n")
+    registry.insert_multiple(RUNS, docs)
     return running_ids
 
 
@@ -243,7 +241,7 @@ def main() -> None:
 def paint_figures(root: Path, args: argparse.Namespace) -> None:
     t = time.perf_counter()
     build_registry(root, args.runs)
-    size = (root / "advtui.json").stat().st_size
+    size = sum(p.stat().st_size for p in root.glob("*/run.json"))
     print(f"registry: {args.runs} runs, {size / 2**20:.1f} MiB, built in {time.perf_counter() - t:.1f}s")
     bare = [first_paint(root, bare=True) for _ in range(args.repeat)]
     dash = [first_paint(root, bare=False) for _ in range(args.repeat)]

@@ -18,14 +18,13 @@ from pathlib import Path
 
 import torch
 
+from advtui.core.paths import checkpoint_path, data_root
+from advtui.engine.checkpoint import load_checkpoint
 from advtui.engine.data import load_split
 from advtui.engine.maximizers import PGD, RNNOptimizer
-from advtui.engine.objectives import ce_per_example
-from advtui.paths import data_root
-from advtui.registry import Registry
-from advtui.runner import checkpoint_path
-from advtui.engine.checkpoint import load_checkpoint
 from advtui.engine.models import build_model
+from advtui.engine.objectives import ce_per_example
+from advtui.registry import Registry
 
 
 def main() -> None:

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from advtui.config import build_config
+from advtui.core.paths import data_root
 from advtui.engine.checkpoint import load_checkpoint
 from advtui.engine.data import load_split
 from advtui.engine.defenses import build_maximizer
@@ -32,7 +33,6 @@ from advtui.engine.maximizers import PGD
 from advtui.engine.models import build_model
 from advtui.engine.objectives import ce_per_example
 from advtui.events import read_events
-from advtui.paths import data_root
 from advtui.registry import Registry
 from advtui.runner import RunPlan, execute_run
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from advtui.engine.attacks import (
-    FGSM, AttackSpec, AttackSpecError, attack_sort_key, build_attack, cw_margin_loss, default_attacks,
-    parse_attack, parse_attack_list,
+from advtui.core.attack_specs import (
+    AttackSpec, AttackSpecError, attack_sort_key, default_attacks, parse_attack, parse_attack_list,
 )
+from advtui.engine.attacks import FGSM, build_attack, cw_margin_loss
 from advtui.engine.maximizers import PGD, RNNOptimizer
 from advtui.engine.objectives import ce_per_example
 from advtui.errors import AdvtuiError, CheckpointError, ConfigError, RunNotFoundError

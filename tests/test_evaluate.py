@@ -19,11 +19,11 @@ from typer.testing import CliRunner
 
 from advtui.cli import app
 from advtui.engine.checkpoint import load_checkpoint, save_checkpoint
-from advtui.engine.evaluate import (
-    compute_flags, evaluate_run, hex_to_mask, mask_to_hex, results_for_run, summarize,
-)
+from advtui.core.results import compute_flags, hex_to_mask, mask_to_hex, results_for_run, summarize
+from advtui.engine.evaluate import evaluate_run
 from advtui.errors import AdvtuiError
 from advtui.registry import RESULTS, Registry
+from store_support import store_snapshot
 
 
 def _eval(root: Path, run: str, attacks: str, **kw):
@@ -237,23 +237,22 @@ def test_bad_input_changes_nothing(trained_runs, args, error, message):
     corrupt = trained_runs / "corrupt.pt"
     corrupt.write_bytes(b"not a checkpoint at all")
     args = [str(corrupt) if a == "CORRUPT" else str(trained_runs / "missing.pt") if a == "MISSING" else a for a in args]
-    registry_file = trained_runs / "advtui.json"
     _eval(trained_runs, "plain", "natural", limit=20)  # something stored that must survive
-    before = registry_file.read_bytes()
+    before = store_snapshot(trained_runs)
     events_before = {p: p.read_bytes() for p in trained_runs.glob("*/events.jsonl")}
     result = CliRunner().invoke(app, ["eval", *args, "--limit", "20", "--device", "cpu"])
     assert result.exit_code != 0
     assert isinstance(result.exception, AdvtuiError) and type(result.exception).__name__ == error
     assert message in str(result.exception) and "\n" not in str(result.exception)
-    assert registry_file.read_bytes() == before
+    assert store_snapshot(trained_runs) == before
     assert {p: p.read_bytes() for p in trained_runs.glob("*/events.jsonl")} == events_before
 
 
 def test_bad_input_is_one_line_on_stderr_and_a_nonzero_exit(trained_runs):
-    before = (trained_runs / "advtui.json").read_bytes()
+    before = store_snapshot(trained_runs)
     proc = subprocess.run([sys.executable, "-m", "advtui", "eval", "advtrain", "--attacks", "rnn-10"],
                           capture_output=True, text=True, timeout=120, env={**os.environ, "ADVTUI_RUNS": str(trained_runs)})
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: rnn-10: run ") and "rnn-adv or rnn-trades" in lines[0]
-    assert (trained_runs / "advtui.json").read_bytes() == before
+    assert store_snapshot(trained_runs) == before

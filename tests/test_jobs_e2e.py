@@ -13,9 +13,11 @@ import time
 from pathlib import Path
 
 from advtui.config import build_config
-from advtui.jobs.launcher import live_process
+from advtui.core.process import live_process
+from advtui.core.results import results_for_run
+from advtui.jobs.monitor import GpuSampler
 from advtui.jobs.queue import list_jobs, queue_train, resolve_job
-from advtui.jobs.scheduler import Scheduler, cpu_count
+from advtui.jobs.scheduler import Scheduler, SchedulerPolicy, threads_per_job
 from advtui.registry import Registry
 
 TINY = ["--defense", "plain", "--device", "cpu", "--train-limit", "20", "--test-limit", "10", "--eval-limit", "10",
@@ -32,6 +34,17 @@ def events_of(root: Path, run_id: str, kind: str) -> list[dict]:
         return []
     lines = [line for line in path.read_text().splitlines() if line.endswith("}")]
     return [e for e in map(json.loads, lines) if e["kind"] == kind]
+
+
+def threads_of_a_worker_job(cpu_slots: int) -> int:
+    """The threads `advtui worker --cpu-slots N` gives each job here: the cores are shared by its
+    CPU slots and one slot per GPU the machine has (so fewer on a GPU machine)."""
+    sampler = GpuSampler()
+    try:
+        gpus = len(sampler.sample().gpus)
+    finally:
+        sampler.close()
+    return threads_per_job(SchedulerPolicy(cpu_slots=cpu_slots), gpus)
 
 
 def wait_for(condition, timeout: float, what: str) -> None:
@@ -64,7 +77,7 @@ def test_three_jobs_on_one_slot_run_one_after_another_and_a_second_worker_never_
     assert [r["name"] for r in runs] == ["plain-mnist-s0", "plain-mnist-s1", "plain-mnist-s2"]
     for earlier, later in zip(runs, runs[1:]):
         assert later["started"] >= earlier["ended"]  # one slot: never two trainings at once
-    threads = max(1, cpu_count())  # one CPU slot gets every core
+    threads = threads_of_a_worker_job(cpu_slots=1)
     for run in runs:
         assert run["status"] == "finished" and run["epoch"] == 1 and run["group"] == "plain-mnist"
         assert run["device"] == f"cpu ({threads} threads)"
@@ -122,8 +135,6 @@ def test_kill_then_resume_finishes_the_run_and_its_auto_eval_starts_after_the_tr
     assert evaluation["started"] >= second_train["ended"] >= run["ended"]
     assert evaluation["argv"][3:] == ["eval", run_id, "--attacks", "natural", "--runs-dir", str(runs_root),
                                       "--limit", "10"]
-    from advtui.engine.evaluate import results_for_run
-
     assert "natural" in results_for_run(reg, run_id)
     assert (runs_root / run_id / "log.txt").read_text().count("==== ") == 2  # both launches, one log
     assert (runs_root / run_id / f"eval-{evaluation['id']}.log").exists()
@@ -140,7 +151,7 @@ def test_sigkilled_jobs_are_reconciled_to_failed_and_two_cpu_slots_share_the_cor
         wait_for(lambda: [r["status"] for r in reg.runs()] == ["running", "running"], 180,
                  "both runs to run at once")
         runs = reg.runs()
-        assert {r["device"] for r in runs} == {f"cpu ({max(1, cpu_count() // 2)} threads)"}
+        assert {r["device"] for r in runs} == {f"cpu ({threads_of_a_worker_job(cpu_slots=2)} threads)"}
         worker.send_signal(signal.SIGKILL)  # the worker dies first: nobody sees the jobs end
         worker.wait(timeout=30)
         for run in runs:

@@ -9,9 +9,8 @@ import time
 
 import psutil
 
-from advtui.jobs.launcher import (
-    LaunchSpec, LocalExecutor, describe_exit, live_process, log_tail, stop_process, why_not_alive,
-)
+from advtui.core.process import live_process, why_not_alive
+from advtui.jobs.launcher import LaunchSpec, LocalExecutor, describe_exit, log_tail, stop_process
 
 
 def wait_exit(executor, handle, timeout=20.0):

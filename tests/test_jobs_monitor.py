@@ -9,7 +9,8 @@ import time
 
 import psutil
 
-from advtui.jobs.monitor import NA, GpuSampler, ProcessSampler, format_bytes, format_number, process_owners
+from advtui.core.format import format_bytes, format_number
+from advtui.jobs.monitor import NA, GpuSampler, ProcessSampler, process_owners
 from advtui.registry import JOBS, Registry
 
 # A parent that burns CPU and starts a child holding ~60 MB.

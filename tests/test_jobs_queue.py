@@ -58,7 +58,6 @@ def test_seeds_make_one_named_run_per_seed_in_a_group():
 
 def test_bad_attack_spec_and_names_are_refused_before_anything_is_stored(tmp_path):
     reg = Registry(tmp_path)
-    pytest.importorskip("advtui.engine.attacks")
     from advtui.errors import AdvtuiError
 
     with pytest.raises(AdvtuiError):

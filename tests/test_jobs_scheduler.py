@@ -13,7 +13,7 @@ from advtui.config import build_config
 from advtui.errors import RegistryError
 from advtui.jobs.queue import queue_train, resolve_job
 from advtui.jobs.scheduler import Scheduler, read_holder
-from advtui.registry import JOBS, Registry
+from advtui.registry import JOBS, QUEUE_FILE, Registry
 
 
 def test_only_one_scheduler_acts_at_a_time(tmp_path):
@@ -61,7 +61,7 @@ def test_reconcile_fails_runs_whose_process_vanished_or_was_replaced(tmp_path):
                              "pid_start_time": me.create_time() - 3600})
     alive = reg.create_run({"name": "alive", "status": "running", "pid": me.pid, "pid_start_time": me.create_time()})
     elsewhere = reg.create_run({"name": "elsewhere", "status": "running", "pid": gone.pid, "host": "other-host"})
-    (tmp_path / vanished["id"]).mkdir()
+    (tmp_path / vanished["id"]).mkdir(exist_ok=True)  # the store makes it with the record
     (tmp_path / vanished["id"] / "log.txt").write_text("epoch 3/10 batch 7/50 loss 0.42\n")
     scheduler = Scheduler(reg)
     try:
@@ -148,14 +148,14 @@ def test_a_corrupt_registry_stops_the_scheduler_and_is_left_untouched(tmp_path):
     reg = Registry(tmp_path)
     queue_train(reg, build_config("plain", device="cpu"))
     broken = b'{"runs": {"1": {"id": "abc"'
-    (tmp_path / "advtui.json").write_bytes(broken)
+    (tmp_path / QUEUE_FILE).write_bytes(broken)
     scheduler = Scheduler(reg)
     try:
         with pytest.raises(RegistryError, match="corrupt"):
             scheduler.tick()
     finally:
         scheduler.release()
-    assert (tmp_path / "advtui.json").read_bytes() == broken
+    assert (tmp_path / QUEUE_FILE).read_bytes() == broken
 
 
 def test_an_idle_scheduler_reads_the_registry_only_when_it_changed(tmp_path):

@@ -16,6 +16,9 @@ from advtui.engine.objectives import ce_per_example
 def model_and_batch():
     torch.manual_seed(0)
     model = SmallCNN().eval()
+    # The reference init zeroes the last layer, so a fresh model's loss is flat in x (every input
+    # gradient is zero); these tests need one whose loss depends on its input.
+    model.classifier[-1].reset_parameters()
     x = torch.rand(16, 1, 28, 28)
     x[:4] = 0.0  # images on the box boundary exercise the [0, 1] clamp
     x[4:8] = 1.0

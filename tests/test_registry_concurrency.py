@@ -13,10 +13,10 @@ import pytest
 
 from advtui.errors import ConfigError, RegistryError
 from advtui.paths import check_safe_name, run_dir
-from advtui.registry import JOBS, REGISTRY_FILE, SCHEMA_VERSION, Registry
+from advtui.registry import JOBS, QUEUE_FILE, REGISTRY_FILE, RUN_FILE, SCHEMA_VERSION, Registry
 
-WRITERS = 8
-ROUNDS = 15
+WRITERS = 16
+ROUNDS = 10
 
 # Each writer creates runs, updates its own runs, bumps one shared counter with a
 # read-modify-write, and reads everything back, all at the same time as the others.
@@ -42,7 +42,7 @@ WRITER = textwrap.dedent("""
 """)
 
 
-def test_eight_concurrent_writer_processes_lose_no_update_and_never_corrupt_the_file(tmp_path):
+def test_sixteen_concurrent_writer_processes_lose_no_update_and_never_corrupt_a_file(tmp_path):
     registry = Registry(tmp_path)
     registry.insert(JOBS, {"value": 0})
     writers = [subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path), str(w), str(ROUNDS)],
@@ -53,11 +53,14 @@ def test_eight_concurrent_writer_processes_lose_no_update_and_never_corrupt_the_
     for w in writers:  # release them all at once
         w.stdin.write("go\n")
         w.stdin.flush()
-    # read while they write: every read must see a whole file
+    # read while they write: every read must see whole files
     reads = 0
     while any(w.poll() is None for w in writers):
-        json.loads((tmp_path / REGISTRY_FILE).read_text())
+        json.loads((tmp_path / QUEUE_FILE).read_text())
+        for path in list(tmp_path.glob(f"*/{RUN_FILE}"))[:5]:
+            json.loads(path.read_text())
         registry.runs()
+        assert registry.damaged == []
         reads += 1
     for w in writers:
         out, err = w.communicate(timeout=120)
@@ -72,42 +75,84 @@ def test_eight_concurrent_writer_processes_lose_no_update_and_never_corrupt_the_
     assert registry.all(JOBS)[0]["value"] == WRITERS * ROUNDS  # no lost read-modify-write
     data = json.loads((tmp_path / REGISTRY_FILE).read_text())
     assert list(data["_meta"].values()) == [{**list(data["_meta"].values())[0], "schema": SCHEMA_VERSION}]
-    json.loads((tmp_path / f"{REGISTRY_FILE}.bak").read_text())  # the last good copy is whole too
-    leftovers = [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp") or ".tmp." in p.name]
+    json.loads((tmp_path / f"{QUEUE_FILE}.bak").read_text())  # the last good copies are whole too
+    for run in runs:
+        assert json.loads(registry.run_path(run["id"]).with_name(f"{RUN_FILE}.bak").read_text())["runs"]["1"]["id"] == run["id"]
+    leftovers = [str(p) for p in tmp_path.rglob("*") if p.name.endswith(".tmp") or ".tmp." in p.name]
     assert leftovers == []
 
 
 def test_the_last_good_copy_is_the_state_before_the_last_write(tmp_path):
     registry = Registry(tmp_path)
     first = registry.create_run({"name": "first"})
-    before = (tmp_path / REGISTRY_FILE).read_text()
+    path = registry.run_path(first["id"])
+    before = path.read_text()
     registry.update_run(first["id"], status="finished")
-    assert (tmp_path / f"{REGISTRY_FILE}.bak").read_text() == before
+    assert path.with_name(f"{RUN_FILE}.bak").read_text() == before
     assert json.loads(before)["runs"]["1"]["status"] == "queued"
+    registry.insert(JOBS, {"id": "j000001", "status": "queued"})
+    queued = (tmp_path / QUEUE_FILE).read_text()
+    registry.update(JOBS, {"id": "j000001"}, {"status": "running"})
+    assert (tmp_path / f"{QUEUE_FILE}.bak").read_text() == queued
 
 
-@pytest.mark.parametrize("damage, message", [
+DAMAGE = [
     (b'{"runs": {"1": {"id": "abc"', "is corrupt"),  # a write cut short
     (b"", "is empty"),  # truncated to nothing
     (b"\x00\x00\x00\x00", "is corrupt"),  # zeroed blocks after a crash
-    (b"[1, 2, 3]", "is corrupt"),  # valid JSON, not a registry
-])
-def test_a_damaged_registry_is_reported_and_neither_it_nor_its_last_good_copy_is_overwritten(
-        tmp_path, damage, message):
+    (b"[1, 2, 3]", "is corrupt"),  # valid JSON, not a registry file
+    (b'{"runs": {"1": 5}}', "is corrupt"),  # tables, but no documents in them
+    (b"{\xff}", "is corrupt"),  # not UTF-8
+]
+
+
+def _damage(registry: Registry, which: str, damage: bytes):
+    """Give every file a last good copy, then damage the ``which`` file; returns its path and copy."""
+    kept = registry.create_run({"name": "keep-me"})
+    registry.update_run(kept["id"], status="finished")
+    other = registry.create_run({"name": "and-me"})
+    registry.insert(JOBS, {"id": "j000001", "status": "queued"})
+    registry.update(JOBS, {"id": "j000001"}, {"status": "running"})
+    registry.upsert("reproductions", {"table": "t3"}, {"plan": 1})
+    registry.upsert("reproductions", {"table": "t3"}, {"plan": 2})
+    path = {"run": registry.run_path(kept["id"]), "queue": registry.queue_path, "registry": registry.path}[which]
+    good = path.with_name(f"{path.name}.bak").read_bytes()
+    path.write_bytes(damage)
+    return kept, other, path, good
+
+
+@pytest.mark.parametrize("damage, message", DAMAGE)
+@pytest.mark.parametrize("which", ["run", "queue", "registry"])
+def test_a_damaged_file_is_reported_and_neither_it_nor_its_last_good_copy_is_overwritten(
+        tmp_path, which, damage, message):
     registry = Registry(tmp_path)
-    registry.create_run({"name": "keep-me"})
-    registry.create_run({"name": "and-me"})
-    good = (tmp_path / f"{REGISTRY_FILE}.bak").read_bytes()
-    (tmp_path / REGISTRY_FILE).write_bytes(damage)
-    for action in (registry.runs, lambda: registry.create_run({"name": "new"}),
-                   lambda: registry.update(JOBS, {"id": "x"}, {"status": "done"}), lambda: registry.resolve_run("x")):
+    kept, other, path, good = _damage(registry, which, damage)
+    failing = {
+        "run": [lambda: registry.get_run(kept["id"]), lambda: registry.update_run(kept["id"], epoch=2),
+                lambda: registry.resolve_run(kept["id"]), lambda: registry.resolve_run(kept["id"][:5]),
+                lambda: registry.search("results", run_id=kept["id"])],
+        "queue": [lambda: registry.all(JOBS), lambda: registry.update(JOBS, {"id": "x"}, {"status": "done"}),
+                  lambda: registry.insert(JOBS, {"id": "j2"})],
+        "registry": [registry.runs, lambda: registry.create_run({"name": "new"}),
+                     lambda: registry.update(JOBS, {"id": "x"}, {"status": "done"}), lambda: registry.resolve_run("x"),
+                     lambda: registry.all("reproductions")],
+    }[which]
+    for action in failing:
         with pytest.raises(RegistryError) as info:
             action()
-        assert message in str(info.value) and f"{REGISTRY_FILE}.bak" in str(info.value)
+        assert message in str(info.value) and f"{path.name}.bak" in str(info.value) and str(path) in str(info.value)
         assert "\n" not in str(info.value)  # one line for the CLI
-    assert (tmp_path / REGISTRY_FILE).read_bytes() == damage
-    assert (tmp_path / f"{REGISTRY_FILE}.bak").read_bytes() == good
-    assert "keep-me" in good.decode()
+    assert path.read_bytes() == damage
+    assert path.with_name(f"{path.name}.bak").read_bytes() == good
+    if which == "run":  # the other runs carry on, and the listing says which file is damaged
+        assert b"keep-me" in good
+        assert [r["name"] for r in registry.runs()] == ["and-me"]
+        assert registry.damaged == [str(info.value)]
+        registry.update_run(other["id"], status="finished")
+        assert registry.resolve_run("and-me")["status"] == "finished"
+    if which == "queue":  # runs are not in the queue's file
+        assert len(registry.runs()) == 2
+        registry.update_run(other["id"], status="finished")
 
 
 def test_the_cli_reports_a_corrupt_registry_in_one_line(tmp_path):
@@ -121,15 +166,34 @@ def test_the_cli_reports_a_corrupt_registry_in_one_line(tmp_path):
     assert (tmp_path / REGISTRY_FILE).read_text() == "{not json"
 
 
+def test_the_cli_lists_the_healthy_runs_beside_a_damaged_run_file_and_says_which(tmp_path):
+    registry = Registry(tmp_path)
+    bad, good = registry.create_run({"name": "bad-one"}), registry.create_run({"name": "good-one"})
+    registry.run_path(bad["id"]).write_text("{not json")
+    proc = subprocess.run([sys.executable, "-m", "advtui", "ls", "--runs-dir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and good["id"] in proc.stdout and bad["id"] not in proc.stdout
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("warning: the registry file ") and str(registry.run_path(bad["id"])) in line
+    proc = subprocess.run([sys.executable, "-m", "advtui", "show", bad["id"], "--runs-dir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=60)
+    (line,) = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and line.startswith("error: the registry file ") and "is corrupt" in line
+    assert registry.run_path(bad["id"]).read_text() == "{not json"
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root can read any file")
 def test_an_unreadable_registry_is_a_clear_error(tmp_path):
-    Registry(tmp_path).create_run({"name": "x"})
+    run = Registry(tmp_path).create_run({"name": "x"})
     (tmp_path / REGISTRY_FILE).chmod(0)
     try:
         with pytest.raises(RegistryError, match="cannot read the registry"):
             Registry(tmp_path).runs()
     finally:
         (tmp_path / REGISTRY_FILE).chmod(0o644)
+    Registry(tmp_path).run_path(run["id"]).chmod(0)
+    with pytest.raises(RegistryError, match="cannot read the registry"):
+        Registry(tmp_path).get_run(run["id"])
 
 
 def test_schema_version_is_recorded_and_a_newer_one_is_refused_untouched(tmp_path):

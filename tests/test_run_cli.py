@@ -16,6 +16,7 @@ import torch
 from advtui.config import DEFENSES
 from advtui.engine.checkpoint import load_checkpoint
 from advtui.registry import Registry
+from store_support import store_snapshot
 
 TINY = ["--train-limit", "200", "--test-limit", "100", "--eval-limit", "50", "--batch-size", "50",
         "--epochs", "1", "--inner-steps", "3", "--compare-every", "1", "--log-every", "1", "--device", "cpu"]
@@ -69,9 +70,8 @@ def test_every_defense_runs_end_to_end(runs_root, defense):
 def test_bad_input_is_one_line_and_leaves_the_registry_untouched(runs_root, args, message):
     if "cuda" in args and torch.cuda.is_available():
         pytest.skip("this machine has a CUDA device")
-    registry_file = runs_root / "advtui.json"
     Registry(runs_root).create_run({"name": "existing", "status": "finished"})
-    before = registry_file.read_bytes()
+    before = store_snapshot(runs_root)
     env = {**os.environ}
     if "--data-root" in args:
         env.pop("ADVTUI_DATA", None)
@@ -80,7 +80,7 @@ def test_bad_input_is_one_line_and_leaves_the_registry_untouched(runs_root, args
     assert proc.returncode != 0
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], proc.stderr
-    assert registry_file.read_bytes() == before
+    assert store_snapshot(runs_root) == before
 
 
 def _final_weights(root: Path, run_id: str) -> dict:
@@ -104,7 +104,7 @@ def test_sigterm_then_resume_matches_an_uninterrupted_run(tmp_path, mnist_root):
     deadline = time.time() + 240
     run_id = None
     while time.time() < deadline:  # stop it in the middle of its second epoch
-        runs = Registry(stopped).runs() if (stopped / "advtui.json").exists() else []
+        runs = Registry(stopped).runs()
         if runs:
             run_id = runs[0]["id"]
             path = stopped / run_id / "events.jsonl"

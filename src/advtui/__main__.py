@@ -1,3 +1,3 @@
-from advtui.cli import main
+from advtui.main import main
 
 main()

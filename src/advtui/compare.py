@@ -26,10 +26,9 @@ import statistics
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable
 
-from advtui.config import DEFENSES
-from advtui.engine.attacks import AttackSpecError, attack_sort_key, parse_attack, parse_attack_list
-from advtui.engine.defenses import DEFENSE_SPECS
-from advtui.engine.evaluate import latest_results, summarize
+from advtui.core.attack_specs import AttackSpecError, attack_sort_key, parse_attack, parse_attack_list
+from advtui.core.defenses import DEFENSE_SPECS, DEFENSES
+from advtui.core.results import latest_results, summarize
 from advtui.errors import ConfigError
 from advtui.registry import Registry
 

@@ -12,9 +12,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from advtui.core.defenses import DEFENSES
+from advtui.core.paths import check_safe_name
 from advtui.errors import ConfigError
 
-DEFENSES = ("plain", "advtrain", "advtrain-bls", "trades", "rnn-adv", "rnn-trades", "l2lda")
 DATASETS = ("mnist", "cifar10")
 MODELS = ("smallcnn", "vgg16", "resnet18", "wrn-34-10")
 _WRN = re.compile(r"^wrn-(\d+)-(\d+)$")
@@ -165,8 +166,6 @@ class RunConfig:
         if not re.match(r"^(auto|cpu|cuda(:\d+)?)$", self.device):
             raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         if self.name is not None:
-            from advtui.paths import check_safe_name
-
             check_safe_name(self.name)
         return self
 

@@ -28,17 +28,19 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from advtui.compare import EPOCH_TIME, PARAMS, build_comparison
+from advtui.core.atomic import atomic_write_json, atomic_write_text
+from advtui.core.paths import checkpoint_path, run_dir
+from advtui.core.results import file_digest
 from advtui.errors import AdvtuiError, ConfigError
-from advtui.health import CHANCE_ACCURACY  # one threshold for the live check and the report
 from advtui.events import EVENTS_FILE, LineTail
-from advtui.paths import run_dir
+from advtui.health import CHANCE_ACCURACY  # one threshold for the live check and the report
 from advtui.registry import JOBS, Registry
 from advtui.reproduce import PAPER_TABLE2, ROW_LABELS, SCALES, TABLES, reproductions
 
@@ -83,8 +85,6 @@ def _note(status: Status | None, message: str) -> None:
 # -- the measured tables ---------------------------------------------------------------------------
 def _comparison(registry: Registry, plan: dict[str, Any]):
     """The comparison model of a plan's row runs, or None when no row has a result yet."""
-    from advtui.compare import build_comparison
-
     known = {r["id"]: r for r in registry.runs()}
     runs = [known[run_id] for defense in TABLES[plan["table"]].rows for run_id in plan["rows"].get(defense, [])
             if run_id in known]
@@ -212,9 +212,6 @@ _DIGESTS: dict[tuple[str, float], str] = {}
 
 def _checkpoint_hash(registry: Registry, record: dict[str, Any] | None) -> str | None:
     """The final checkpoint's digest (what results are keyed by), or None when it has none."""
-    from advtui.engine.attacks import file_digest
-    from advtui.runner import checkpoint_path
-
     if not record or not (record.get("checkpoints") or {}).get("final"):
         return None
     try:
@@ -230,9 +227,7 @@ def _checkpoint_hash(registry: Registry, record: dict[str, Any] | None) -> str |
 def _stamp(path: Path, settings: dict[str, Any]) -> None:
     data = json.loads(path.read_text(encoding="utf-8"))
     data["report_settings"] = settings
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_json(path, data, indent=1)
 
 
 def _fig2(registry: Registry, plan: dict[str, Any], figures: Path, device: str, status: Status | None) -> list[str]:
@@ -312,8 +307,6 @@ def _fig3(registry: Registry, plan: dict[str, Any], figures: Path, device: str, 
 
 
 def _table2(plan: dict[str, Any], comparison) -> list[str]:
-    from advtui.compare import EPOCH_TIME, PARAMS
-
     if comparison is None:
         return []
     by_key = {row.key: row for row in comparison.rows}
@@ -542,7 +535,7 @@ def _learning_chart(plan: dict[str, Any], curves: list[Curve], path: Path) -> Pa
     fig.suptitle(f"{spec.name} ({scale.name} scale): test accuracy after each epoch", fontsize=10)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
     fig.savefig(path)
-    _write(path.with_suffix(".json"), json.dumps({
+    atomic_write_text(path.with_suffix(".json"), json.dumps({
         "table": spec.name, "scale": scale.name, "chance_accuracy": CHANCE_ACCURACY, "chance_level": CHANCE_LEVEL,
         "runs": [c.to_dict() for c in curves]}, indent=1))
     return path
@@ -647,14 +640,9 @@ def build_report(registry: Registry, tables: list[str] | None = None, out_dir: P
         header += ["Not in this report yet (no results): " + "; ".join(pending) + ".", ""]
     text = "\n".join(header) + "\n" + "\n\n".join(sections) + "\n"
     path = out / "report.md"
-    _write(path, text)
-    _write(out / "report.json", json.dumps({"written": time.time(), "pending": pending, "tables": [
+    atomic_write_text(path, text)
+    atomic_write_text(out / "report.json", json.dumps({"written": time.time(), "pending": pending, "tables": [
         {"table": r.table, "scale": r.scale, "measured": r.measured, "paper": r.paper, "runs": r.runs,
          "filled": r.filled, "cells": r.cells, "figures": r.figures, "curves": r.curves} for r in results]}, indent=1))
     return ReportResult(path, results, pending, written)
 
-
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)

@@ -6,21 +6,19 @@ through ``execute_run``, so a run is recorded the same way whoever started it.
 
 from __future__ import annotations
 
-import os
 import shutil
-import socket
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-import psutil
-
 from advtui.config import RunConfig
+from advtui.core import lifecycle
+from advtui.core.defenses import DEFENSE_SPECS
+from advtui.core.paths import FINAL_CHECKPOINT, LAST_CHECKPOINT, checkpoint_path, run_dir
+from advtui.core.process import record_alive
 from advtui.errors import AdvtuiError, CheckpointError, ConfigError
 from advtui.events import EVENTS_FILE, EventWriter, read_events
 from advtui.health import HealthMonitor, RunUnhealthy, replay
-from advtui.paths import run_dir as run_dir_of
 from advtui.registry import Registry
 
 
@@ -45,34 +43,10 @@ class RunPlan:
     checkpoint: Path | None = None  # resume from here
 
 
-# Checkpoint paths in the registry are relative to the run's folder, so a runs directory can be
-# moved or copied (to another machine, into a test's temporary folder) and stay valid.
-LAST_CHECKPOINT, FINAL_CHECKPOINT = "checkpoints/last.pt", "checkpoints/final.pt"
-
-
-def run_folder(registry: Registry, record: dict[str, Any]) -> Path:
-    """The folder of a run: runs/<run-id>/."""
-    return run_dir_of(registry.root, record["id"])
-
-
-def checkpoint_path(registry: Registry, record: dict[str, Any], which: str = "final") -> Path:
-    """Absolute path of a run's checkpoint ('final', else 'last'); CheckpointError if none."""
-    checkpoints = record.get("checkpoints") or {}
-    rel = checkpoints.get(which) or (checkpoints.get("last") if which == "final" else None)
-    if not rel:
-        raise CheckpointError(
-            f"run {record['id']} ({record.get('status')}) has no {which} checkpoint yet")
-    return run_folder(registry, record) / rel
-
-
-def default_run_name(config: RunConfig) -> str:
-    return config.name or f"{config.defense}-{config.dataset}-s{config.seed}"
-
-
 def plan_resume(registry: Registry, ref: str, overrides: dict[str, Any]) -> RunPlan:
     """Resume RUN from its last checkpoint; ``overrides`` may extend epochs or change device."""
     record = registry.resolve_run(ref)
-    if record.get("status") == "running" and _process_alive(record):
+    if record.get("status") == "running" and record_alive(record):
         raise ConfigError(f"run {record['id']} is still running (pid {record.get('pid')}): kill it first")
     if record.get("status") == "finished" and not overrides.get("epochs"):
         raise ConfigError(f"run {record['id']} already finished: pass --epochs N (more than "
@@ -92,15 +66,6 @@ def plan_queued(registry: Registry, run_id: str) -> RunPlan:
                    checkpoint_path(registry, record, "last") if has_checkpoint else None)
 
 
-def _process_alive(record: dict[str, Any]) -> bool:
-    pid, started = record.get("pid"), record.get("pid_start_time")
-    try:
-        proc = psutil.Process(int(pid))
-        return started is None or abs(proc.create_time() - float(started)) < 1.0
-    except (psutil.Error, TypeError, ValueError):
-        return False
-
-
 def execute_run(
     plan: RunPlan,
     runs_root: Path,
@@ -112,7 +77,7 @@ def execute_run(
     Everything that can fail on bad input (device, data, checkpoint) is checked before the
     registry is touched, so a failed start leaves it unchanged.
     """
-    # torch is imported here, not at module level, so CLI commands that never train start fast.
+    # torch loads here, not at module level: `advtui ls` and the dashboard import this module.
     from advtui.engine.checkpoint import load_checkpoint
     from advtui.engine.train import StopRequested, Trainer, device_name, load_data, resolve_device
 
@@ -123,25 +88,16 @@ def execute_run(
 
     registry = Registry(runs_root)
     warm_start = _load_warm_start(registry, config, device) if state is None and config.init_from else None
-    me = psutil.Process()
-    live = {
-        "status": "running", "pid": os.getpid(), "pid_start_time": me.create_time(),
-        "host": socket.gethostname(), "device": device_name(device), "started": time.time(),
-        "ended": None, "error": None,
-    }
     if plan.record is None:
-        record = registry.create_run({
-            "name": default_run_name(config), "group": config.group, "defense": config.defense,
-            "dataset": config.dataset, "model": config.model, "config": config.to_dict(),
-            "epochs": config.epochs, "epoch": 0, "checkpoints": {}, "metrics": {}, **live,
-        })
+        record = lifecycle.create_running(registry, config.to_dict(), device=device_name(device))
     else:
-        record = plan.record
-        registry.update_run(record["id"], config=config.to_dict(), epochs=config.epochs, **live)
+        started = lifecycle.mark_running(registry, plan.record["id"], config=config.to_dict(),
+                                         epochs=config.epochs, device=device_name(device))
+        record = {**plan.record, **started}
     run_id = record["id"]
-    folder = run_dir_of(registry.root, run_id)
+    folder = run_dir(registry.root, run_id)
     if on_record:
-        on_record({**record, **live})
+        on_record(record)
 
     health = _health_monitor(config, folder / EVENTS_FILE)
 
@@ -163,9 +119,8 @@ def execute_run(
             metrics = trainer.fit()
         except StopRequested as stop:
             events.emit("end", status="killed", signal=str(stop), epoch=trainer.epoch, batch=trainer.batch)
-            registry.update_run(run_id, status="killed", ended=time.time(), checkpoints={"last": LAST_CHECKPOINT},
-                                error=f"stopped by {stop} at epoch {trainer.epoch + 1}, batch {trainer.batch}",
-                                health=health.active_dicts())
+            lifecycle.mark_killed(registry, run_id, f"stopped by {stop} at epoch {trainer.epoch + 1}, batch {trainer.batch}",
+                                  checkpoints={"last": LAST_CHECKPOINT}, health=health.active_dicts())
             raise RunInterrupted(
                 f"run {run_id} stopped by {stop}; checkpoint saved: `advtui run --resume {run_id}` continues it",
                 stop.signum,
@@ -175,22 +130,20 @@ def execute_run(
             # the record's error as it is, with no exception type in front.
             message = unhealthy.finding.message
             events.emit("end", status="failed", error=message, epoch=trainer.epoch, batch=trainer.batch)
-            registry.update_run(run_id, status="failed", ended=time.time(), error=message,
-                                health=health.active_dicts())
+            lifecycle.mark_failed(registry, run_id, message, health=health.active_dicts())
             raise RunFailed(f"run {run_id} failed: {message}") from None
         except BaseException as exc:
             message = f"{type(exc).__name__}: {exc}".strip()
             events.emit("end", status="failed", error=message)
-            registry.update_run(run_id, status="failed", ended=time.time(), error=message[:2000],
-                                health=health.active_dicts())
+            lifecycle.mark_failed(registry, run_id, message[:2000], health=health.active_dicts())
             raise
         final = trainer.ckpt_dir / "final.pt"
         shutil.copyfile(trainer.ckpt_dir / "last.pt", final)
         events.emit("checkpoint", path=str(final), epoch=trainer.epoch, batch=0, name="final.pt")
         events.emit("end", status="finished", metrics=metrics, elapsed=trainer.elapsed)
-        registry.update_run(run_id, status="finished", ended=time.time(), metrics=metrics,
-                            train_time=trainer.elapsed, health=health.active_dicts(),
-                            checkpoints={"last": LAST_CHECKPOINT, "final": FINAL_CHECKPOINT})
+        lifecycle.mark_finished(registry, run_id, metrics=metrics, train_time=trainer.elapsed,
+                                health=health.active_dicts(),
+                                checkpoints={"last": LAST_CHECKPOINT, "final": FINAL_CHECKPOINT})
     return registry.get_run(run_id) or record
 
 
@@ -219,8 +172,6 @@ def _load_warm_start(registry: Registry, config: RunConfig, device) -> dict[str,
 def _apply_warm_start(trainer, state: dict[str, Any]) -> None:
     """Start from pre-trained weights (Algorithm 1, line 3): the classifier, and the learned
     optimizer too when the source trained one of the same kind. Optimizer states start fresh."""
-    from advtui.engine.defenses import DEFENSE_SPECS
-
     trainer.model.load_state_dict(state["model"])
     same_kind = state.get("maximizer_kind") == DEFENSE_SPECS[trainer.config.defense].maximizer
     if same_kind and state.get("maximizer") is not None and trainer.maximizer is not None:

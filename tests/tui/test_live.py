@@ -8,7 +8,8 @@ import pytest
 
 from advtui.events import EventWriter
 from advtui.tui.live import RunStream, StreamSet, minmax_downsample
-from advtui.tui.rows import RunRow, arrange, error_summary, matches, progress_bar, run_row
+from advtui.core.format import error_summary
+from advtui.tui.rows import RunRow, arrange, matches, progress_bar, run_row
 
 
 def test_minmax_downsample_keeps_every_buckets_extremes():

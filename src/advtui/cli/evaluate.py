@@ -13,13 +13,12 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from advtui.cli import app
-from advtui.cli.common import RunsDirOption, console, err_console, fmt_duration, open_registry
+from advtui.cli.common import RunsDirOption, console, err_console, open_registry
+from advtui.compare import FORMATS, ROW_KINDS, build_comparison, format_cell, render, select_runs
+from advtui.core.format import fmt_duration
 from advtui.errors import ConfigError
 
-# torch (behind advtui.compare and advtui.engine) is imported inside the commands, so that
-# `advtui ls` and friends start fast.
-FORMATS = ("md", "csv", "latex", "json")
+app = typer.Typer()  # eval, compare, export: commands of the root, no group of their own
 
 ATTACKS_HELP = ("Attack specs, comma-separated: natural, fgsm, pgd-K, cw-K, pgd-bls-K, rnn-K[:RUN], l2lda-K[:RUN], "
                 "transfer:RUN, transfer-pgd-K:RUN; xR adds R random restarts (pgd-100x5). "
@@ -109,7 +108,7 @@ def eval_command(
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON instead of a table."),
 ) -> None:
     """Attack a run's checkpoint and store accuracy, loss trajectories and sanity checks."""
-    from advtui.engine.evaluate import DEFAULT_BATCH_SIZE, evaluate_run  # torch loads only for this command
+    from advtui.engine.evaluate import DEFAULT_BATCH_SIZE, evaluate_run  # torch: loaded by this command only
 
     registry = open_registry(runs_dir)
     interactive = sys.stderr.isatty() and not as_json
@@ -134,8 +133,6 @@ def eval_command(
 
 def rich_comparison(comparison) -> Table:
     """The comparison model (advtui.compare.Comparison) as a rich Table: best per column in bold green."""
-    from advtui.compare import format_cell
-
     table = Table(header_style="bold", box=None)
     for head in (["run", "defense"] if comparison.by == "run" else ["defense", "runs"]):
         table.add_column(head)
@@ -153,8 +150,6 @@ def rich_comparison(comparison) -> Table:
 
 
 def _comparison(runs_dir, refs, group, defense, by, attacks):
-    from advtui.compare import ROW_KINDS, build_comparison, select_runs
-
     if by not in ROW_KINDS:
         raise ConfigError(f"--by must be one of: {', '.join(ROW_KINDS)}, got {by!r}")
     registry = open_registry(runs_dir)
@@ -181,8 +176,6 @@ def compare(
     as_json: bool = typer.Option(False, "--json", help="Print the table model as JSON."),
 ) -> None:
     """Runs side by side: attack columns, min, worst-case, inner-maximizer parameters, time per epoch."""
-    from advtui.compare import render
-
     comparison = _comparison(runs_dir, refs, group, defense, by, attacks)
     if as_json:
         print(render(comparison, "json"), end="")
@@ -208,8 +201,6 @@ def export(
     """Write the comparison table as Markdown, CSV, LaTeX or JSON."""
     if fmt not in FORMATS:
         raise ConfigError(f"unknown format {fmt!r}; choose one of: {', '.join(FORMATS)}")
-    from advtui.compare import render
-
     text = render(_comparison(runs_dir, refs, group, defense, by, attacks), fmt)
     if out is None:
         sys.stdout.write(text)

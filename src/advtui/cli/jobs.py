@@ -14,14 +14,12 @@ from rich.console import Group
 from rich.live import Live
 from rich.table import Table
 
-from advtui.cli import app
-from advtui.cli.common import RunsDirOption, console, err_console, fmt_time, open_registry, styled_status
-from advtui.cli.runs import build_config_from_options, with_train_options
+from advtui.cli.common import RunsDirOption, console, err_console, open_registry
+from advtui.cli.train_options import build_config_from_options, with_train_options
+from advtui.core.format import fmt_time, format_bytes, format_number, styled_status
 from advtui.errors import ConfigError
 from advtui.jobs.launcher import DEFAULT_GRACE_S, describe_exit
-from advtui.jobs.monitor import (
-    GpuSampler, GpuSnapshot, ProcessSampler, format_bytes, format_number, process_owners,
-)
+from advtui.jobs.monitor import GpuSampler, GpuSnapshot, ProcessSampler, process_owners
 from advtui.jobs.queue import (
     cancel_job, kill as kill_target, list_jobs, parse_seeds, queue_eval as add_eval, queue_train as add_train,
     resume as resume_run, seed_configs,
@@ -29,6 +27,7 @@ from advtui.jobs.queue import (
 from advtui.jobs.scheduler import Scheduler, SchedulerPolicy, read_holder
 from advtui.registry import RUNS
 
+app = typer.Typer()  # queue (a group), worker, kill, resume, gpus: commands of the root
 queue_app = typer.Typer(help="Queue trainings and evaluations for `advtui worker` (or the dashboard) to run.",
                         no_args_is_help=True)
 app.add_typer(queue_app, name="queue")

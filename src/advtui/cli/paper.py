@@ -7,12 +7,17 @@ from typing import Optional
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
-from advtui.cli import app
 from advtui.cli.common import RunsDirOption, console, err_console, open_registry
+from advtui.core.paths import checkpoint_path
+from advtui.jobs.scheduler import read_holder
+from advtui.report import build_report
+from advtui.reproduce import apply_reproduction, plan_reproduction, table_spec
 
-# torch loads inside the commands (through advtui.engine), so other commands start fast.
+# The analyses load torch (advtui.engine) inside their commands only, so the others start fast.
 
+app = typer.Typer()  # analyze (a group), reproduce, report: commands of the root
 analyze_app = typer.Typer(help="The analyses behind the paper's figures, on a run's checkpoint.",
                           no_args_is_help=True)
 app.add_typer(analyze_app, name="analyze")
@@ -22,11 +27,11 @@ DeviceOption = typer.Option("auto", help="auto, cpu, cuda or cuda:N.")
 
 def _checked_run(registry, run_ref: str) -> dict:
     """The run, known to have a checkpoint: checked before torch loads, so bad input fails fast."""
-    from advtui.runner import checkpoint_path
-
     record = registry.resolve_run(run_ref)
     checkpoint_path(registry, record, "final")  # CheckpointError (one line) when it has none yet
     return record
+
+
 OutOption = typer.Option(None, "--out", "-o", help="Folder for the PNG and its JSON data (default runs/<run-id>/analysis).")
 DataRootOption = typer.Option(None, "--data-root", help="Dataset root (default $ADVTUI_DATA or the run's).")
 
@@ -54,8 +59,6 @@ def analyze_trajectories_command(
         analysis = analyze_trajectories(registry, run_ref, attackers, limit=limit, batch_size=batch_size, eps=eps,
                                         seed=seed, device=device, data_root=data_root)
     png, data = save_trajectories(analysis, out or default_output_dir(registry, analysis.run_id))
-    from rich.text import Text
-
     console.print(Text.from_ansi(trajectories_plot_text(analysis, width=min(console.width, 100))))
     table = Table(box=None, header_style="bold")
     for column in ("attacker", "loss", "x'_0", "x'_1", "x'_K", "accuracy %"):
@@ -113,8 +116,6 @@ def reproduce(
     runs_dir: Optional[Path] = RunsDirOption,
 ) -> None:
     """Queue every training run and evaluation a table of the paper needs (finished ones are reused)."""
-    from advtui.reproduce import apply_reproduction, plan_reproduction
-
     registry = open_registry(runs_dir)
     overrides = {"train_limit": train_limit, "epochs": epochs}
     if epochs is not None:
@@ -145,8 +146,6 @@ def reproduce(
     new_runs = sum(p.action == "queue" for p in plan.runs)
     console.print(f"{new_runs} run(s) and {len(queued_evals)} evaluation(s) queued; "
                   f"then `advtui report --table {plan.table.name}`")
-    from advtui.jobs.scheduler import read_holder
-
     if (new_runs or queued_evals) and read_holder(registry.root) is None:
         err_console.print("[dim]no scheduler is running: start `advtui worker` (or open the dashboard)[/]")
 
@@ -160,13 +159,9 @@ def report(
     runs_dir: Optional[Path] = RunsDirOption,
 ) -> None:
     """A Markdown report: each reproduced table beside the paper's numbers, with figures."""
-    from advtui.report import build_report
-
     registry = open_registry(runs_dir)
     names = [t for value in tables or [] for t in value.split(",") if t.strip()]
     if names:
-        from advtui.reproduce import table_spec
-
         for name in names:
             table_spec(name)  # an unknown table is an error before anything is written
     with err_console.status("writing the report...") as spinner:

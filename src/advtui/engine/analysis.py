@@ -27,10 +27,13 @@ from typing import Any
 
 import torch
 
-from advtui.engine.attacks import (
-    build_attacks, build_run_model, load_run_checkpoint, parse_attack_list,
-)
+from advtui.core.atomic import atomic_write_json
+from advtui.core.attack_specs import parse_attack_list
+from advtui.core.paths import DATA_ENV, data_root
+from advtui.engine.attacks import build_attacks, build_run_model, load_run_checkpoint
+from advtui.engine.data import load_split
 from advtui.engine.objectives import ce_per_example
+from advtui.engine.train import resolve_device
 from advtui.errors import ConfigError
 from advtui.registry import Registry
 
@@ -40,18 +43,9 @@ DEFAULT_BATCH_SIZE = 256
 
 
 # -- shared ---------------------------------------------------------------------------------------------
-def _resolve_device(device: str) -> torch.device:
-    from advtui.engine.train import resolve_device
-
-    return resolve_device(device)
-
-
 def _test_examples(config, limit: int | None, data_root_opt: str | None, device: torch.device):
     """The first ``limit`` examples of the class-balanced test subset, like ``advtui eval``: an
     explicit data root wins, then $ADVTUI_DATA, then where the run read its data."""
-    from advtui.engine.data import load_split
-    from advtui.paths import DATA_ENV, data_root
-
     explicit = data_root_opt or (None if os.environ.get(DATA_ENV) else config.data_root)
     split = load_split(config.dataset, data_root(explicit), False, limit, seed=0).to(device)
     return split.images.float().div_(255.0), split.labels
@@ -120,7 +114,7 @@ def analyze_trajectories(
     stepless = [s.text for s in specs if s.family == "natural"]
     if stepless:
         raise ConfigError("natural has no attack steps to draw: list attackers such as pgd-10, rnn-10:RUN, l2lda-10:RUN")
-    torch_device = _resolve_device(device)
+    torch_device = resolve_device(device)
     record, checkpoint, model = _target(registry, run_ref, torch_device)
     eval_eps = float(eps) if eps is not None else float(checkpoint.config.eps)
     attacks = build_attacks(specs, registry, record, eps=eval_eps, device=torch_device,
@@ -202,7 +196,7 @@ def analyze_landscape(
         raise ConfigError(f"--span must be in (0, 1], got {span}")
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
-    torch_device = _resolve_device(device)
+    torch_device = resolve_device(device)
     record, checkpoint, model = _target(registry, run_ref, torch_device)
     reach = float(span) if span is not None else float(checkpoint.config.eps)
     x, y = _test_examples(checkpoint.config, limit, data_root, torch_device)
@@ -238,9 +232,7 @@ def default_output_dir(registry: Registry, run_id: str) -> Path:
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_json(path, data, indent=1)
 
 
 def _prepare(out_dir: Path, stem: str) -> tuple[Path, Path]:

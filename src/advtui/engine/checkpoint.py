@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import pickle
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from advtui.core.atomic import atomic_open
 from advtui.errors import CheckpointError
 
 CHECKPOINT_FORMAT = 1
@@ -19,15 +18,8 @@ CHECKPOINT_FORMAT = 1
 def save_checkpoint(path: Path, state: dict[str, Any]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save({"format": CHECKPOINT_FORMAT, **state}, tmp)
-        os.replace(tmp, path)  # a reader sees the old or the new checkpoint, never half of one
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_open(path, "wb") as f:  # a reader sees the old or the new checkpoint, never half of one
+        torch.save({"format": CHECKPOINT_FORMAT, **state}, f)
     return path
 
 

@@ -1,32 +1,14 @@
-"""A defense is an outer objective plus an inner maximizer (DESIGN.md's table)."""
+"""The torch side of the defense table (``advtui.core.defenses``): its objectives and maximizers."""
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import torch
 
 from advtui.config import RunConfig
+from advtui.core.defenses import DEFENSE_SPECS
+from advtui.engine.l2lda import L2LDAGenerator
 from advtui.engine.maximizers import PGD, PGDBLS, Maximizer, RNNOptimizer
 from advtui.engine.objectives import Objective, PlainObjective, TradesObjective
-
-
-@dataclass(frozen=True)
-class DefenseSpec:
-    objective: str  # plain | ce | trades
-    maximizer: str | None  # None | pgd | pgd-bls | rnn | l2lda
-    summary: str
-
-
-DEFENSE_SPECS: dict[str, DefenseSpec] = {
-    "plain": DefenseSpec("plain", None, "CE on clean x; no inner maximizer"),
-    "advtrain": DefenseSpec("ce", "pgd", "CE on x' (Madry); PGD with sign steps"),
-    "advtrain-bls": DefenseSpec("ce", "pgd-bls", "CE on x'; PGD with backtracking line search (eq. 4)"),
-    "trades": DefenseSpec("trades", "pgd", "CE(x) + beta KL(f(x) || f(x')); PGD on the KL"),
-    "rnn-adv": DefenseSpec("ce", "rnn", "CE on x'; the learned RNN optimizer (Algorithm 1)"),
-    "rnn-trades": DefenseSpec("trades", "rnn", "TRADES objective; the learned RNN optimizer on the KL"),
-    "l2lda": DefenseSpec("ce", "l2lda", "CE on x'; a CNN generator (Jang et al. 2019), the L2L baseline"),
-}
 
 
 def build_objective(config: RunConfig) -> Objective:
@@ -54,8 +36,6 @@ def build_maximizer(kind: str | None, config: RunConfig, device: torch.device) -
             init=config.init, device=device, rnn_init=config.rnn_init,
         )
     if kind == "l2lda":
-        from advtui.engine.l2lda import L2LDAGenerator  # the baseline's own module
-
         return L2LDAGenerator.from_config(config, device)
     raise ValueError(f"unknown maximizer {kind!r}")
 

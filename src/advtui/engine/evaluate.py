@@ -18,35 +18,7 @@ broke: faster, and worst-case is still exact, but such an attack's own number is
 *cumulative* robust accuracy (robust to it and every attack before it), stored with
 ``accuracy_kind: "cumulative"`` and left out of ``min`` and of the sanity checks.
 
-Result documents (registry table ``results``)
----------------------------------------------
-Key: (``run_id``, ``attack``, ``checkpoint_hash``); re-evaluating replaces only that document.
-
-- ``kind``: "attack"
-- ``run_id``, ``attack`` (canonical spec, source runs by id), ``label`` (source runs by name),
-  ``family``, ``steps``, ``restarts``, ``source_run``, ``source_checkpoint_hash``
-- ``checkpoint_hash`` (sha256 of the checkpoint file, 16 hex), ``checkpoint`` (its path,
-  relative to the run folder when inside it), ``date`` (unix time), ``eval_id``
-- ``settings``: eps, step_size, limit, examples ("mnist/test/200"), n, batch_size, seed,
-  device, cascade
-- ``accuracy`` (%), ``robust`` (count), ``n``, ``n_attacked`` (examples the attack ran on),
-  ``accuracy_kind`` ("attack" or "cumulative"), ``clean_accuracy`` (%), ``wall_time`` (s)
-- ``trajectory``: mean attack loss at x'_0..x'_K over the attacked examples (K + 1 values;
-  one value, the clean CE, for natural); ``trajectory_model``: "target", or "surrogate" for
-  transfer attacks (crafted there); ``loss``: "ce" or "cw"
-- ``gradient``: {checked, zero, nonfinite}: input gradients of the attack loss at clean x
-  (white-box gradient attacks only, else null)
-- ``robust_mask``: hex of the packed per-example robust bits (what worst-case is built from)
-- ``flags``: [{code, message}]: sanity checks, recomputed whenever a result of the same run,
-  checkpoint, example set and eps is stored. Codes: ``steps-up`` (more steps of the same attack
-  gave higher robust accuracy beyond noise), ``transfer-stronger`` (a transfer attack beat
-  every white-box one: masked gradients?), ``zero-gradient``, ``nonfinite-gradient``,
-  ``nonfinite-loss``, ``eps0-mismatch`` (at eps 0 an attack's accuracy differs from natural).
-
-Summary documents, same key with ``attack`` = "min" or "worst-case" and ``kind: "summary"``:
-accuracy, n, robust (worst-case), argmin / argmin_label (min), ``over`` (the specs included),
-settings, date, eval_id. Both cover the stored results of that run and checkpoint with the
-same example set and eps as the evaluation that last wrote them.
+Result documents are described in ``advtui.core.results``, which stores and reads them.
 
 Events (``eval`` kind in the run's events.jsonl; every one has ``eval_id`` and ``phase``)
 ------------------------------------------------------------------------------------------
@@ -71,22 +43,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-import numpy as np
 import torch
-from tinydb import Query
 
-from advtui.engine.attacks import (
-    Attack, AttackSpec, RunCheckpoint, attack_sort_key, build_attacks, build_run_model, default_attacks,
-    load_run_checkpoint, parse_attack_list,
-)
+from advtui.core.attack_specs import AttackSpec, attack_specs_for
+from advtui.core.paths import DATA_ENV, data_root, run_folder
+from advtui.core.results import mask_to_hex, results_for_run, store_result
+from advtui.engine.attacks import Attack, RunCheckpoint, build_attacks, build_run_model, load_run_checkpoint
+from advtui.engine.data import load_split
 from advtui.engine.maximizers import loss_and_grad
 from advtui.engine.objectives import ce_per_example
+from advtui.engine.train import device_name, resolve_device
 from advtui.errors import ConfigError
 from advtui.events import EVENTS_FILE, EventWriter
-from advtui.registry import RESULTS, Registry
+from advtui.registry import Registry
 
 DEFAULT_BATCH_SIZE = 256
-SUMMARIES = ("min", "worst-case")
 PROGRESS_EVENT_INTERVAL_S = 1.0
 
 
@@ -125,186 +96,6 @@ class EvalReport:
                 "summaries": {k: strip(v) for k, v in self.summaries.items()}}
 
 
-# -- per-example masks, stored compactly -------------------------------------------------------------
-def mask_to_hex(mask: torch.Tensor | np.ndarray) -> str:
-    bits = mask.detach().cpu().numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask)
-    return np.packbits(bits.astype(bool)).tobytes().hex()
-
-
-def hex_to_mask(text: str, n: int) -> np.ndarray:
-    return np.unpackbits(np.frombuffer(bytes.fromhex(text), dtype=np.uint8))[:n].astype(bool)
-
-
-def _doc_mask(doc: dict[str, Any]) -> np.ndarray | None:
-    text = doc.get("robust_mask")
-    return hex_to_mask(text, doc["n"]) if text is not None else None
-
-
-# -- sanity flags and summaries (pure functions of stored documents) ---------------------------------
-def _flag(code: str, message: str) -> dict[str, str]:
-    return {"code": code, "message": message}
-
-
-def _significantly_above(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    """Is a's robust accuracy above b's beyond noise? On the same examples this is a paired
-    (McNemar-style) test: of the examples the two attacks disagree on, clearly more must be
-    robust under a than under b (2 sigma, and more than one example)."""
-    ma, mb = _doc_mask(a), _doc_mask(b)
-    if ma is not None and mb is not None and len(ma) == len(mb):
-        up, down = int((ma & ~mb).sum()), int((mb & ~ma).sum())
-        return up - down > max(1.0, 2.0 * math.sqrt(up + down))
-    return a["accuracy"] - b["accuracy"] > 1.0
-
-
-def compute_flags(docs: list[dict[str, Any]]) -> dict[str, list[dict[str, str]]]:
-    """Sanity flags for the attack results of one run, checkpoint, example set and eps."""
-    flags: dict[str, list[dict[str, str]]] = {d["attack"]: [] for d in docs}
-    for d in docs:
-        own = flags[d["attack"]]
-        grad = d.get("gradient") or {}
-        if grad.get("nonfinite"):
-            own.append(_flag("nonfinite-gradient",
-                             f"non-finite input gradient on {grad['nonfinite']}/{grad['checked']} examples"))
-        if grad.get("zero"):
-            own.append(_flag("zero-gradient", f"zero input gradient ({d.get('loss', 'ce')} loss) on "
-                                              f"{grad['zero']}/{grad['checked']} examples: gradient attacks cannot move them"))
-        if any(v is None or not math.isfinite(v) for v in d.get("trajectory") or []):
-            own.append(_flag("nonfinite-loss", "the attack loss became NaN or infinite"))
-        if d["settings"]["eps"] == 0 and d["family"] != "natural" and d["robust"] != d.get("clean_robust"):
-            own.append(_flag("eps0-mismatch", f"at eps 0 accuracy {d['accuracy']:.2f}% differs from natural "
-                                              f"{d.get('clean_accuracy', float('nan')):.2f}%"))
-
-    exact = [d for d in docs if d.get("accuracy_kind") == "attack" and d["family"] != "natural"]
-    families: dict[tuple, list[dict[str, Any]]] = {}
-    for d in exact:
-        families.setdefault((d["family"], d.get("source_run"), d.get("restarts", 1)), []).append(d)
-    for members in families.values():
-        members.sort(key=lambda d: d["steps"])
-        for i, more in enumerate(members):
-            fewer = next((f for f in members[:i] if f["steps"] < more["steps"] and _significantly_above(more, f)), None)
-            if fewer is not None:
-                flags[more["attack"]].append(_flag(
-                    "steps-up", f"robust accuracy rises with more steps: {more['label']} {more['accuracy']:.2f}% > "
-                                f"{fewer['label']} {fewer['accuracy']:.2f}% (attack not converged or randomized defense?)"))
-
-    white_box = [d for d in exact if d["family"] != "transfer-pgd"]
-    if white_box:
-        strongest = min(white_box, key=lambda d: d["accuracy"])
-        for d in exact:
-            if d["family"] == "transfer-pgd" and _significantly_above(strongest, d):
-                flags[d["attack"]].append(_flag(
-                    "transfer-stronger", f"{d['label']} ({d['accuracy']:.2f}%) beats every white-box attack "
-                                         f"(best {strongest['label']} {strongest['accuracy']:.2f}%): masked gradients?"))
-    return flags
-
-
-def summarize(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """``min`` over the exact columns and per-example ``worst-case`` over all of them."""
-    if not docs:
-        return {}
-    n = docs[0]["n"]
-    out: dict[str, dict[str, Any]] = {}
-    exact = [d for d in docs if d.get("accuracy_kind") == "attack"]
-    if exact:
-        lowest = min(exact, key=lambda d: (d["accuracy"], attack_sort_key(d["attack"])))
-        out["min"] = {"accuracy": lowest["accuracy"], "n": n, "argmin": lowest["attack"],
-                      "argmin_label": lowest["label"], "over": [d["attack"] for d in exact]}
-    robust = np.ones(n, dtype=bool)
-    for d in docs:
-        mask = _doc_mask(d)
-        if mask is not None:
-            robust &= mask
-    count = int(robust.sum())
-    out["worst-case"] = {"accuracy": 100.0 * count / max(n, 1), "robust": count, "n": n,
-                         "over": [d["attack"] for d in docs]}
-    return out
-
-
-def _same_setting(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    sa, sb = a["settings"], b["settings"]
-    return sa["examples"] == sb["examples"] and a["n"] == b["n"] and abs(sa["eps"] - sb["eps"]) < 1e-12
-
-
-def _key(doc: dict[str, Any]):
-    q = Query()
-    return (q.run_id == doc["run_id"]) & (q.attack == doc["attack"]) & (q.checkpoint_hash == doc["checkpoint_hash"])
-
-
-def store_result(registry: Registry, doc: dict[str, Any]) -> tuple[list[dict[str, str]], dict[str, dict[str, Any]]]:
-    """Replace the result with this key, then refresh the flags of its siblings (same run,
-    checkpoint, example set and eps) and the run's min / worst-case summaries, all in one
-    transaction. Returns (this result's flags, the summaries)."""
-    with registry.transaction() as db:
-        table = db.table(RESULTS, cache_size=0)
-        table.remove(_key(doc))
-        table.insert(doc)
-        q = Query()
-        siblings = [dict(d) for d in table.search((q.run_id == doc["run_id"]) & (q.checkpoint_hash == doc["checkpoint_hash"]))
-                    if d.get("kind") == "attack" and _same_setting(d, doc)]
-        siblings.sort(key=lambda d: attack_sort_key(d["attack"]))
-        flags = compute_flags(siblings)
-        for d in siblings:
-            if d.get("flags") != flags[d["attack"]]:
-                table.update({"flags": flags[d["attack"]]}, _key(d))
-        summaries = summarize(siblings)
-        for name, fields in summaries.items():
-            summary = {"run_id": doc["run_id"], "attack": name, "checkpoint_hash": doc["checkpoint_hash"],
-                       "kind": "summary", "label": name, "checkpoint": doc["checkpoint"], "date": doc["date"],
-                       "eval_id": doc["eval_id"], "settings": doc["settings"], "flags": [], **fields}
-            table.remove(_key(summary))
-            table.insert(summary)
-            summaries[name] = summary
-    return flags[doc["attack"]], summaries
-
-
-# -- reading results back -------------------------------------------------------------------------------
-def _ordered(docs: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    docs = list(docs)
-    attacks = sorted((d for d in docs if d.get("kind") != "summary"), key=lambda d: attack_sort_key(d["attack"]))
-    summaries = [d for name in SUMMARIES for d in docs if d.get("kind") == "summary" and d["attack"] == name]
-    return {d["attack"]: d for d in attacks + summaries}
-
-
-def latest_checkpoint_hash(docs: Iterable[dict[str, Any]]) -> str | None:
-    docs = list(docs)
-    return max(docs, key=lambda d: d.get("date", 0))["checkpoint_hash"] if docs else None
-
-
-def results_for_run(registry: Registry, run_id: str, checkpoint_hash: str | None = None) -> dict[str, dict[str, Any]]:
-    """{attack spec: result doc} for one run and checkpoint, in table order, then "min" and
-    "worst-case". Without ``checkpoint_hash``: the checkpoint evaluated most recently."""
-    docs = registry.search(RESULTS, run_id=run_id)
-    if checkpoint_hash is None:
-        checkpoint_hash = latest_checkpoint_hash(docs)
-    return _ordered(d for d in docs if d["checkpoint_hash"] == checkpoint_hash)
-
-
-def latest_results(registry: Registry, run_ids: Iterable[str] | None = None) -> dict[str, dict[str, dict[str, Any]]]:
-    """results_for_run for many runs with one read of the registry: {run_id: {spec: doc}}."""
-    by_run: dict[str, list[dict[str, Any]]] = {}
-    for d in registry.all(RESULTS):
-        by_run.setdefault(d["run_id"], []).append(d)
-    wanted = list(by_run) if run_ids is None else list(run_ids)
-    out = {}
-    for run_id in wanted:
-        docs = by_run.get(run_id, [])
-        latest = latest_checkpoint_hash(docs)
-        out[run_id] = _ordered(d for d in docs if d["checkpoint_hash"] == latest)
-    return out
-
-
-def evaluated_checkpoints(registry: Registry, run_id: str) -> list[dict[str, Any]]:
-    """The checkpoints of a run that have results: [{checkpoint_hash, checkpoint, date, attacks}],
-    most recent first."""
-    seen: dict[str, dict[str, Any]] = {}
-    for d in registry.search(RESULTS, run_id=run_id):
-        entry = seen.setdefault(d["checkpoint_hash"], {"checkpoint_hash": d["checkpoint_hash"],
-                                                       "checkpoint": d.get("checkpoint"), "date": 0, "attacks": 0})
-        entry["date"] = max(entry["date"], d.get("date", 0))
-        entry["attacks"] += d.get("kind") == "attack"
-    return sorted(seen.values(), key=lambda e: -e["date"])
-
-
 # -- running an evaluation --------------------------------------------------------------------------------
 def _check_options(limit, batch_size, eps, step_size, seed) -> None:
     if limit is not None and limit < 1:
@@ -319,22 +110,7 @@ def _check_options(limit, batch_size, eps, step_size, seed) -> None:
         raise ConfigError(f"--seed must be non-negative, got {seed}")
 
 
-def attack_specs_for(attacks: str | Iterable[str | AttackSpec] | None, record: dict[str, Any]) -> list[AttackSpec]:
-    """Parse an attack list (None: the run's default list)."""
-    if attacks is None:
-        return default_attacks(record)
-    if isinstance(attacks, str):
-        return parse_attack_list(attacks)
-    items = list(attacks)
-    if items and all(isinstance(a, AttackSpec) for a in items):
-        return items
-    return parse_attack_list([str(a) for a in items])
-
-
 def _test_split(config, limit: int | None, data_root_opt: str | None):
-    from advtui.engine.data import load_split
-    from advtui.paths import DATA_ENV, data_root
-
     # An explicit --data-root wins, then $ADVTUI_DATA, then where the run itself read its data.
     explicit = data_root_opt or (None if os.environ.get(DATA_ENV) else config.data_root)
     return load_split(config.dataset, data_root(explicit), False, limit, seed=0)
@@ -535,9 +311,6 @@ def evaluate_run(
     eps defaults to the run's training eps, the PGD/CW step size to eps/4. Every result is
     stored as soon as its attack finishes; all input is checked before the first one runs.
     """
-    from advtui.engine.train import device_name, resolve_device
-    from advtui.runner import run_folder
-
     record = registry.resolve_run(run_ref)
     specs = attack_specs_for(attacks, record)
     _check_options(limit, batch_size, eps, step_size, seed)

@@ -23,16 +23,17 @@ from torch import nn
 
 import advtui
 from advtui.config import RunConfig
+from advtui.core.defenses import DEFENSE_SPECS
+from advtui.core.paths import data_root
 from advtui.engine.checkpoint import load_checkpoint, save_checkpoint
 from advtui.engine.data import Split, load_split
-from advtui.engine.defenses import DEFENSE_SPECS, build_objective, defense_maximizer
+from advtui.engine.defenses import build_objective, defense_maximizer
 from advtui.engine.maximizers import PGD, Maximizer
 from advtui.engine.models import build_model, count_parameters
 from advtui.engine.objectives import ce_per_example
 from advtui.errors import ConfigError
 from advtui.events import EventWriter
 from advtui.health import ERROR, Finding, HealthMonitor, RunUnhealthy
-from advtui.paths import data_root
 
 
 def resolve_device(spec: str) -> torch.device:

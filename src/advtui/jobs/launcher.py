@@ -7,9 +7,8 @@ scheduler started earlier (the dashboard that launched it may have exited meanwh
 ``LocalExecutor`` runs processes on this machine; a cluster executor (Ray) can take its place
 without the scheduler changing.
 
-A process is identified by its pid *and* its start time (psutil ``create_time``): after a
-reboot or a long time, the same pid may belong to an unrelated process, which must never be
-mistaken for a run, let alone signalled.
+A process is identified by its pid *and* its start time (``advtui.core.process``): a reused
+pid must never be mistaken for a run, let alone signalled.
 """
 
 from __future__ import annotations
@@ -25,9 +24,8 @@ from pathlib import Path
 
 import psutil
 
-# Two reads of one process's start time can differ slightly when the clock is adjusted
-# (psutil derives it from the boot time); a reused pid starts much later than that.
-START_TIME_TOLERANCE_S = 1.0
+from advtui.core.process import live_process
+
 DEFAULT_GRACE_S = 30.0
 LOG_TAIL_LINES = 20
 
@@ -81,38 +79,6 @@ def _signal_name(signum: int) -> str:
         return signal.Signals(signum).name
     except ValueError:
         return f"signal {signum}"
-
-
-def live_process(pid: int | None, create_time: float | None) -> psutil.Process | None:
-    """The process ``pid`` if it is alive and is the one started at ``create_time``; else None.
-
-    A zombie (exited, not yet reaped) counts as gone. Without a recorded start time the pid
-    alone is trusted.
-    """
-    if not pid:
-        return None
-    try:
-        proc = psutil.Process(int(pid))
-        if proc.status() == psutil.STATUS_ZOMBIE:
-            return None
-        if create_time is not None and abs(proc.create_time() - float(create_time)) > START_TIME_TOLERANCE_S:
-            return None
-        return proc
-    except (psutil.Error, TypeError, ValueError):
-        return None
-
-
-def why_not_alive(pid: int | None, create_time: float | None) -> str:
-    """A short explanation for a process that ``live_process`` found gone."""
-    if not pid:
-        return "no pid was recorded"
-    try:
-        proc = psutil.Process(int(pid))
-        if proc.status() == psutil.STATUS_ZOMBIE:
-            return f"pid {pid} has exited"
-        return f"pid {pid} now belongs to another process ({proc.name()}, started {proc.create_time():.0f})"
-    except psutil.Error:
-        return f"pid {pid} is gone"
 
 
 def signal_process(pid: int, signum: int) -> None:

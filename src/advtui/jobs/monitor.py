@@ -18,15 +18,14 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 import psutil
 
-from advtui.jobs.launcher import live_process
+from advtui.core.format import NA, Number
+from advtui.core.process import live_process
 from advtui.registry import JOBS, RUNS, Registry
 
-NA = "n/a"  # a value the GPU or driver does not report
-Number = Union[int, float]
 DEFAULT_HISTORY = 120  # samples kept per GPU (two minutes at one sample a second)
 
 
@@ -317,17 +316,3 @@ class ProcessSampler:
         for pid, proc in list(self._procs.items()):
             if not proc.is_running():
                 del self._procs[pid]
-
-
-def format_bytes(value: Number | str) -> str:
-    if not isinstance(value, (int, float)):
-        return NA
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(value) < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return NA
-
-
-def format_number(value: Number | str, unit: str = "", digits: int = 0) -> str:
-    return f"{value:.{digits}f}{unit}" if isinstance(value, (int, float)) else NA

@@ -33,10 +33,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from advtui.config import RunConfig
+from advtui.core import lifecycle
+from advtui.core.attack_specs import parse_attack
+from advtui.core.process import record_alive
 from advtui.errors import AdvtuiError, ConfigError, RunNotFoundError
-from advtui.jobs.launcher import DEFAULT_GRACE_S, live_process, stop_process
-from advtui.registry import JOBS, RUNS, Registry
-from advtui.runner import default_run_name
+from advtui.jobs.launcher import DEFAULT_GRACE_S, stop_process
+from advtui.registry import JOBS, Registry
 
 JOB_STATUSES = ("queued", "running", "done", "failed", "cancelled")
 ACTIVE = ("queued", "running")
@@ -62,7 +64,7 @@ class QueuedTraining:
 def _insert_job(registry: Registry, doc: dict[str, Any]) -> dict[str, Any]:
     with registry.transaction() as db:
         jobs = db.table(JOBS, cache_size=0)
-        taken = {j.get("id") for j in jobs.all()}
+        taken = {j.get("id") for j in jobs.all()} | registry.archived_job_ids()  # ended jobs too
         job_id = "j" + secrets.token_hex(3)
         while job_id in taken:
             job_id = "j" + secrets.token_hex(3)
@@ -89,14 +91,10 @@ def device_needs(device: str) -> tuple[str, int | None]:
 
 
 def parse_attacks(attacks: str) -> list[str]:
-    """The comma-separated attack list, each spec checked by the attack parser when present."""
+    """The comma-separated attack list, each spec checked now (not when the job runs)."""
     specs = [a.strip() for a in attacks.split(",") if a.strip()]
     if not specs:
         raise ConfigError("--attacks needs at least one attack, e.g. natural,pgd-10")
-    try:
-        from advtui.engine.attacks import parse_attack
-    except ImportError:  # the evaluation module validates them when the job runs
-        return specs
     for spec in specs:
         parse_attack(spec)
     return specs
@@ -119,11 +117,7 @@ def queue_train(
         # The scheduler pins the job to that GPU with CUDA_VISIBLE_DEVICES, where it is cuda:0.
         config = RunConfig.from_dict({**config.to_dict(), "device": "cuda"})
     with registry.transaction():  # one atomic step for other processes: no run without its job
-        run = registry.create_run({
-            "name": default_run_name(config), "group": config.group, "defense": config.defense,
-            "dataset": config.dataset, "model": config.model, "config": config.to_dict(),
-            "epochs": config.epochs, "epoch": 0, "checkpoints": {}, "metrics": {}, "status": "queued",
-        })
+        run = lifecycle.create_queued(registry, config.to_dict())
         job = _insert_job(registry, {"kind": "train", "run_id": run["id"], "priority": priority,
                                      "needs": needs, "gpu_index": gpu_index, "depends_on": after})
         evals = []
@@ -194,7 +188,7 @@ def queue_eval(
     specs = parse_attacks(attacks) if isinstance(attacks, str) else (list(attacks) if attacks else None)
     run = registry.resolve_run(run_ref)
     pending = [j for j in jobs_of_run(registry, run["id"], kind="train") if j["status"] in ACTIVE]
-    training_here = run.get("status") == "running" and live_process(run.get("pid"), run.get("pid_start_time"))
+    training_here = run.get("status") == "running" and record_alive(run)
     if not pending and not training_here and not (run.get("checkpoints") or {}).get("final"):
         raise ConfigError(f"run {run['id']} ({run.get('status')}) has no final checkpoint to evaluate: "
                           f"`advtui resume {run['id']}` finishes it first")
@@ -253,8 +247,7 @@ def cancel_dependents(registry: Registry, job: dict[str, Any], reason: str) -> l
             if finish_job(registry, other, "cancelled", blocked_by=job["id"], error=why):
                 cancelled.append(other["id"])
                 if other["kind"] == "train":  # its run would otherwise stay queued forever
-                    registry.update(RUNS, {"id": other["run_id"], "status": "queued"},
-                                    {"status": "failed", "ended": time.time(), "error": why})
+                    lifecycle.mark_failed(registry, other["run_id"], why, only_from=lifecycle.QUEUED)
                 cancelled += cancel_dependents(registry, other, "was cancelled")
     return cancelled
 
@@ -270,8 +263,7 @@ def cancel_job(registry: Registry, ref: str, reason: str = "cancelled by user") 
     if not finish_job(registry, job, "cancelled", error=reason):
         raise ConfigError(f"job {job['id']} changed status meanwhile: see `advtui queue ls`")
     if job["kind"] == "train":
-        registry.update(RUNS, {"id": job["run_id"], "status": "queued"},
-                        {"status": "killed", "ended": time.time(), "error": f"{reason} before it started"})
+        lifecycle.mark_killed(registry, job["run_id"], f"{reason} before it started", only_from=lifecycle.QUEUED)
     cancel_dependents(registry, job, "was cancelled")
     return {**job, "status": "cancelled", "error": reason}
 
@@ -308,16 +300,13 @@ def kill(registry: Registry, ref: str, grace_s: float = DEFAULT_GRACE_S, executo
     else:
         outcome = stop_process(pid, started, grace_s) if pid else "gone"
     run_id = run["id"] if run else (job or {}).get("run_id")
-    now = time.time()
     note = {"terminated": "stopped by SIGTERM", "killed": f"did not stop within {grace_s:g}s of SIGTERM: SIGKILL",
             "gone": "its process had already ended"}[outcome]
     if run is not None and (job is None or job["kind"] == "train"):
         # The run records 'killed' itself on SIGTERM; after a SIGKILL (or if it never got that
         # far) record it here. Its last checkpoint (if any) stays, so `resume` continues it.
-        registry.update(RUNS, {"id": run["id"], "status": "running"},
-                        {"status": "killed", "ended": now, "error": f"killed: {note}"})
-        registry.update(RUNS, {"id": run["id"], "status": "queued"},
-                        {"status": "killed", "ended": now, "error": f"killed before it started: {note}"})
+        lifecycle.mark_killed(registry, run["id"], f"killed: {note}", only_from=lifecycle.RUNNING)
+        lifecycle.mark_killed(registry, run["id"], f"killed before it started: {note}", only_from=lifecycle.QUEUED)
     if job is not None:
         current = resolve_job(registry, job["id"])
         if current["status"] == "running":
@@ -353,7 +342,7 @@ def _kill_target(registry: Registry, ref: str) -> tuple[dict | None, dict | None
     train = [j for j in active if j["kind"] == "train"]
     if train:
         return train[-1], run
-    if run.get("status") == "running" and live_process(run.get("pid"), run.get("pid_start_time")):
+    if run.get("status") == "running" and record_alive(run):
         return None, run  # a foreground `advtui run`, not launched by a scheduler
     evals = [j for j in active if j["kind"] == "eval" and j["status"] == "running"]
     if evals:
@@ -371,7 +360,7 @@ def resume(registry: Registry, ref: str, *, epochs: int | None = None, priority:
     active = [j for j in jobs_of_run(registry, run["id"], kind="train") if j["status"] in ACTIVE]
     if active:
         raise ConfigError(f"run {run['id']} already has {active[-1]['status']} job {active[-1]['id']}")
-    if status == "running" and live_process(run.get("pid"), run.get("pid_start_time")):
+    if status == "running" and record_alive(run):
         raise ConfigError(f"run {run['id']} is running (pid {run.get('pid')}): `advtui kill {run['id']}` first")
     config = dict(run.get("config") or {})
     if epochs is not None:
@@ -387,8 +376,7 @@ def resume(registry: Registry, ref: str, *, epochs: int | None = None, priority:
     # Only a run that never started from its source still needs it (later it has its own checkpoint).
     after = [] if (run.get("checkpoints") or {}).get("last") else warm_start_dependencies(registry, config)
     with registry.transaction():
-        registry.update_run(run["id"], status="queued", error=None, ended=None, config=config,
-                            epochs=config.get("epochs", run.get("epochs")))
+        lifecycle.mark_queued_again(registry, run["id"], config=config, epochs=config.get("epochs", run.get("epochs")))
         job = _insert_job(registry, {"kind": "train", "run_id": run["id"], "priority": priority,
                                      "needs": needs, "gpu_index": gpu_index, "resumed": True,
                                      "depends_on": after})

@@ -45,14 +45,14 @@ from typing import Any, Callable
 
 from filelock import FileLock, Timeout
 
+from advtui.core import lifecycle
+from advtui.core.atomic import atomic_write_json
+from advtui.core.paths import check_safe_name, run_dir
+from advtui.core.process import live_process, record_alive, why_not_alive
 from advtui.errors import ConfigError
-from advtui.jobs.launcher import (
-    ExitStatus, Executor, LaunchSpec, LocalExecutor, ProcessHandle, describe_exit, live_process, log_tail,
-    why_not_alive,
-)
+from advtui.jobs.launcher import ExitStatus, Executor, LaunchSpec, LocalExecutor, ProcessHandle, describe_exit, log_tail
 from advtui.jobs.monitor import NA, GpuSampler, GpuSnapshot, GpuState
 from advtui.jobs.queue import EVAL_OPTION_FLAGS, cancel_dependents, finish_job
-from advtui.paths import check_safe_name, run_dir
 from advtui.registry import JOBS, RUNS, Registry
 
 SCHEDULER_LOCK = "scheduler.lock"
@@ -86,6 +86,16 @@ def cpu_count() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         return os.cpu_count() or 1
+
+
+def threads_per_job(policy: SchedulerPolicy, gpus: int) -> int:
+    """The math threads each job gets: ``--threads``, else the CPU cores shared by every slot
+    (the CPU slots and those of the ``gpus`` usable GPUs), so parallel jobs do not
+    oversubscribe the cores."""
+    if policy.threads_per_job:
+        return policy.threads_per_job
+    slots = policy.cpu_slots + gpus * policy.slots_per_gpu
+    return max(1, cpu_count() // max(1, slots))
 
 
 class Scheduler:
@@ -149,10 +159,7 @@ class Scheduler:
 
     def _write_holder(self) -> None:
         info = {"pid": os.getpid(), "host": self.host, "role": self.role, "since": time.time()}
-        path = self.registry.root / SCHEDULER_HOLDER
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(info))
-        os.replace(tmp, path)
+        atomic_write_json(self.registry.root / SCHEDULER_HOLDER, info)
 
     def holder(self) -> dict[str, Any] | None:
         """Who holds the lock, as it wrote when taking it ({pid, host, role, since}); None if
@@ -179,13 +186,12 @@ class Scheduler:
             for run in self.registry.search(RUNS, status="running"):
                 if run.get("host") not in (None, self.host):
                     continue
-                if live_process(run.get("pid"), run.get("pid_start_time")) is None:
+                if not record_alive(run):
                     reason = f"process vanished ({why_not_alive(run.get('pid'), run.get('pid_start_time'))})"
                     folder = self._run_folder(run["id"])
                     tail = log_tail(folder / TRAIN_LOG) if folder else ""
-                    if self.registry.update(RUNS, {"id": run["id"], "status": "running"}, {
-                            "status": "failed", "ended": time.time(),
-                            "error": reason + (f"; last output:\n{tail}" if tail else "")}):
+                    error = reason + (f"; last output:\n{tail}" if tail else "")
+                    if lifecycle.mark_failed(self.registry, run["id"], error, only_from=lifecycle.RUNNING):
                         messages.append(f"run {run['id']}: {reason}: marked failed")
                         self._emit("reconciled", {}, messages[-1])
             self._reconciled = True
@@ -313,12 +319,11 @@ class Scheduler:
         if job["kind"] == "train":
             run = self.registry.get_run(job["run_id"]) or {}
             run_status = run.get("status", "failed")
-            if run_status in ("queued", "running"):
+            if run_status in lifecycle.ACTIVE:
                 reason = (f"process vanished ({gone})" if code is None
                           else f"the process ended ({describe_exit(code)}) before recording its end")
-                self.registry.update(RUNS, {"id": job["run_id"], "status": run_status}, {
-                    "status": "failed", "ended": time.time(),
-                    "error": reason + (f"; last output:\n{tail}" if tail else "")})
+                error = reason + (f"; last output:\n{tail}" if tail else "")
+                lifecycle.mark_failed(self.registry, job["run_id"], error, only_from=run_status)
                 run = self.registry.get_run(job["run_id"]) or {}
                 run_status = "failed"
             if code is None:
@@ -349,8 +354,7 @@ class Scheduler:
     def _fail_unstartable(self, job: dict, reason: str) -> None:
         if finish_job(self.registry, job, "failed", error=reason):
             if job["kind"] == "train":
-                self.registry.update(RUNS, {"id": job["run_id"], "status": "queued"},
-                                     {"status": "failed", "ended": time.time(), "error": reason})
+                lifecycle.mark_failed(self.registry, job["run_id"], reason, only_from=lifecycle.QUEUED)
             cancel_dependents(self.registry, job, "failed")
             self._emit("finished", {**job, "status": "failed", "error": reason}, f"job {job['id']} failed: {reason}")
 
@@ -434,8 +438,7 @@ class Scheduler:
             reason = f"could not start {argv[0]}: {exc}"
             finish_job(self.registry, job, "failed", error=reason)
             if job["kind"] == "train":
-                self.registry.update(RUNS, {"id": job["run_id"], "status": "queued"},
-                                     {"status": "failed", "ended": time.time(), "error": reason})
+                lifecycle.mark_failed(self.registry, job["run_id"], reason, only_from=lifecycle.QUEUED)
             cancel_dependents(self.registry, job, "failed")
             self._emit("finished", {**job, "status": "failed", "error": reason}, f"job {job['id']} failed: {reason}")
             return None
@@ -443,9 +446,7 @@ class Scheduler:
         process = {"pid": handle.pid, "pid_start_time": handle.create_time, "argv": argv}
         self.registry.update(JOBS, {"id": job["id"]}, process)
         if job["kind"] == "train":
-            # The process records itself when it attaches; until then the run shows this pid.
-            self.registry.update(RUNS, {"id": job["run_id"], "status": "queued"},
-                                 {"pid": handle.pid, "pid_start_time": handle.create_time, "host": self.host})
+            lifecycle.record_launch(self.registry, job["run_id"], handle.pid, handle.create_time, self.host)
         job.update(process)
         where = f"GPU {slot['gpu']}" if "gpu" in slot else f"CPU slot ({threads} threads)"
         self._emit("started", job, f"job {job['id']} ({job['kind']} of run {job['run_id']}) started on "
@@ -499,10 +500,7 @@ class _FreeSlots:
             self.cpu_used += 1
 
     def threads(self) -> int:
-        if self.policy.threads_per_job:
-            return self.policy.threads_per_job
-        slots = self.policy.cpu_slots + len(self.gpus) * self.policy.slots_per_gpu
-        return max(1, cpu_count() // max(1, slots))
+        return threads_per_job(self.policy, len(self.gpus))
 
     def pick(self, job: dict) -> tuple[dict | None, str | None]:
         """(slot, None) to start now; (None, None) to wait; (None, reason) if it never can here."""

@@ -17,7 +17,7 @@ from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.screen import Screen
 
-from advtui.paths import runs_dir as resolve_runs_dir
+from advtui.core.paths import runs_dir as resolve_runs_dir
 from advtui.registry import Registry
 from advtui.tui.live import StreamSet
 from advtui.tui.screens.main import MainScreen

@@ -10,7 +10,7 @@ from typing import Any, Callable, Iterable
 
 from rich.text import Text
 
-from advtui.cli.common import STATUS_STYLE, fmt_duration
+from advtui.core.format import fmt_duration, short_device, status_style
 from advtui.health import ERROR, WARNING, record_findings, worst_level
 from advtui.tui.live import RunStream
 
@@ -56,11 +56,6 @@ def progress_bar(fraction: float | None, width: int = BAR_WIDTH) -> str:
     full, part = divmod(eighths, 8)
     bar = "█" * full + (_EIGHTHS[part] if part and full < width else "")
     return bar.ljust(width)
-
-
-def short_device(device: str | None) -> str:
-    # "cpu (2 threads)" -> "cpu"; "cuda:0 (NVIDIA H100 80GB HBM3)" -> "cuda:0"
-    return (device or "-").split(" (")[0]
 
 
 def health_marker(level: str | None) -> Text | str:
@@ -121,7 +116,7 @@ def run_row(record: dict, stream: RunStream | None, marked: bool, now: float | N
     else:
         elapsed = None
     done_epochs = min(epoch, epochs) if epochs else epoch
-    progress_text = Text(progress_bar(fraction), style=STATUS_STYLE.get(status, "white"))
+    progress_text = Text(progress_bar(fraction), style=status_style(status))
     progress_text.append(f" {done_epochs}/{epochs or '?'}")
     data_model = f"{record.get('dataset', '-')}/{record.get('model', '-')}"
     clean, robust = metrics.get("test_clean_acc"), metrics.get("test_pgd_acc")
@@ -134,7 +129,7 @@ def run_row(record: dict, stream: RunStream | None, marked: bool, now: float | N
         "name": record.get("name") or "-",
         "defense": record.get("defense") or "-",
         "data": data_model,
-        "status": Text(status, style=STATUS_STYLE.get(status, "white")),
+        "status": Text(status, style=status_style(status)),
         "health": health_marker(worst_level(findings)),
         "progress": progress_text,
         "loss": Text(_num(loss, ".3f"), justify="right"),
@@ -157,13 +152,6 @@ def run_row(record: dict, stream: RunStream | None, marked: bool, now: float | N
         "health": " ".join(f"{f.code} {f.level}" for f in findings),  # health:stuck, health:error
     }
     return RunRow(record["id"], record.get("group"), cells, sort, search)
-
-
-def error_summary(error: str | None) -> str:
-    """The most telling line of a stored error: its last non-empty line (a traceback's or a
-    log tail's end says what went wrong)."""
-    lines = [line.strip() for line in (error or "").splitlines() if line.strip()]
-    return lines[-1] if lines else ""
 
 
 def matches(row: RunRow, query: str) -> bool:
@@ -210,7 +198,7 @@ class GroupRow:
             statuses[s] = statuses.get(s, 0) + 1
         status = Text()
         for i, (s, n) in enumerate(sorted(statuses.items())):
-            status.append(("" if i == 0 else " ") + f"{n}{s[0]}", style=STATUS_STYLE.get(s, "white"))
+            status.append(("" if i == 0 else " ") + f"{n}{s[0]}", style=status_style(s))
         fractions = [m.sort["progress"] for m in self.members if m.sort["progress"] is not None]
         cleans = [m.sort["clean"] for m in self.members if m.sort["clean"] is not None]
         robusts = [m.sort["robust"] for m in self.members if m.sort["robust"] is not None]

@@ -1,10 +1,10 @@
-"""The dashboard's single doorway to the job runtime (``advtui.jobs``) and the evaluation suite
-(``advtui.engine.attacks``, ``advtui.engine.evaluate``, ``advtui.compare``).
+"""The dashboard's single doorway to the job runtime (``advtui.jobs``), the stored evaluation
+results and attack specs (``advtui.core``) and the comparison tables (``advtui.compare``).
 
 The dashboard holds no queue, scheduler, sampler or comparison logic of its own: every method
-here calls those modules. The evaluation modules import torch, so they are imported lazily (in
-worker threads), which keeps the first paint fast. Methods are called from worker threads and
-do not raise for the user's mistakes: actions return a message and a severity for a toast.
+here calls those modules. None of them imports torch (evaluations run in launched processes),
+which keeps the first paint fast. Methods are called from worker threads and do not raise for
+the user's mistakes: actions return a message and a severity for a toast.
 """
 
 from __future__ import annotations
@@ -17,7 +17,11 @@ from typing import Any
 
 import psutil
 
+from advtui.compare import build_comparison
 from advtui.config import RunConfig
+from advtui.core.attack_specs import default_attacks, parse_attack
+from advtui.core.defenses import learned_maximizer
+from advtui.core.results import results_for_run
 from advtui.errors import AdvtuiError
 from advtui.jobs.monitor import GpuSampler, GpuSnapshot, ProcessSampler, ProcessStats, process_owners
 from advtui.jobs.queue import kill as kill_target
@@ -178,43 +182,32 @@ class Services:
     def queue_evaluation(self, run_ids: list[str], attacks: list[str], options: dict[str, Any]) -> list[dict]:
         return [queue_eval(self.registry, run_id, attacks, options=options) for run_id in run_ids]
 
-    # -- evaluation results (these import torch: call them from workers) ----------------------
+    # -- evaluation results ------------------------------------------------------------------
     def results(self, run_id: str) -> dict[str, dict]:
-        from advtui.engine.evaluate import results_for_run
-
         return results_for_run(self.registry, run_id)
 
     def comparison(self, run_ids: list[str], by: str = "run"):
-        from advtui.compare import build_comparison
-
         runs = [r for r in (self.registry.get_run(rid) for rid in run_ids) if r is not None]
         return build_comparison(self.registry, runs, by=by)
 
     @staticmethod
     def check_attacks(specs: list[str]) -> list[str]:
         """Canonical spec texts; AdvtuiError (one line) for a malformed one."""
-        from advtui.engine.attacks import parse_attack
-
         return [parse_attack(s).text for s in specs]
 
     @staticmethod
     def default_attacks(record: dict) -> list[str]:
-        from advtui.engine.attacks import default_attacks
-
         return [s.text for s in default_attacks(record)]
 
     @staticmethod
     def learned_attackers(runs: list[dict]) -> list[tuple[str, dict]]:
         """(attack family, run) for every run whose checkpoint holds a learned maximizer
         (rnn-adv, rnn-trades: "rnn"; l2lda: "l2lda") usable as an attacker."""
-        from advtui.engine.attacks import LEARNED_FAMILIES
-        from advtui.engine.defenses import DEFENSE_SPECS
-
         found = []
         for run in runs:
-            spec = DEFENSE_SPECS.get(run.get("defense", ""))
-            if spec is not None and spec.maximizer in LEARNED_FAMILIES and (run.get("checkpoints") or {}):
-                found.append((spec.maximizer, run))
+            learned = learned_maximizer(run)
+            if learned is not None and (run.get("checkpoints") or {}):
+                found.append((learned, run))
         return found
 
 

@@ -16,6 +16,7 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 
+from advtui.compare import format_cell
 from advtui.tui.widgets.plots import OverlayPlot
 
 
@@ -76,8 +77,6 @@ class CompareScreen(Screen):
         self.loaded = True
 
     def _fill(self, table: DataTable, comparison, lead: list[str]) -> None:
-        from advtui.compare import format_cell
-
         table.clear(columns=True)
         for label in lead:
             table.add_column(label, key=label)

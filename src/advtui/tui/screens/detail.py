@@ -16,12 +16,10 @@ from textual.containers import VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Footer, Header, Static
 
-from advtui.cli.common import STATUS_STYLE, fmt_duration
+from advtui.core.format import error_summary, fmt_duration, format_bytes, status_style
 from advtui.health import ERROR, Finding, record_findings
-from advtui.jobs.monitor import format_bytes
 from advtui.jobs.queue import jobs_of_run
 from advtui.tui.live import RunStream
-from advtui.tui.rows import error_summary
 
 CONFIG_KEYS = ("eps", "inner_steps", "step_size", "batch_size", "lr", "momentum", "weight_decay", "milestones",
                "beta", "seed", "init", "train_limit", "test_limit", "eval_limit", "preset", "device",
@@ -126,7 +124,7 @@ class DetailScreen(Screen):
         head = Text()
         head.append(f"{r['id']}  ", style="bold")
         head.append(f"{r.get('name', '-')}  ")
-        head.append(status, style=STATUS_STYLE.get(status, "white"))
+        head.append(status, style=status_style(status))
         if r.get("group"):
             head.append(f"  group {r['group']}", style="dim")
         info = Table.grid(padding=(0, 2))
@@ -222,6 +220,6 @@ class DetailScreen(Screen):
                 status = job.get("status", "-")
                 note = error_summary(job.get("error"))[:120] if job.get("error") else \
                     ",".join(job.get("attacks") or []) if job.get("kind") == "eval" else ""
-                table.add_row(job["id"], job.get("kind", "-"), Text(status, style=STATUS_STYLE.get(status, "white")), note)
+                table.add_row(job["id"], job.get("kind", "-"), Text(status, style=status_style(status)), note)
             parts.append(table)
         return Group(*parts)

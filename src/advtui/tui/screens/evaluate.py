@@ -3,7 +3,7 @@
 A checklist of attacks: the paper's white-box columns, the learned optimizer of every rnn run
 (and l2lda generator) as an attacker, and black-box transfer from a surrogate run chosen in a
 list. The run's default attacks (``advtui eval``'s) start checked. Specs are parsed by
-``advtui.engine.attacks`` and the jobs queued by ``advtui.jobs.queue.queue_eval``; the
+``advtui.core.attack_specs`` and the jobs queued by ``advtui.jobs.queue.queue_eval``; the
 dashboard's scheduler runs them and the results appear in the detail and compare screens.
 """
 

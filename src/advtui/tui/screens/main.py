@@ -20,10 +20,10 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Input, Static
 
-from advtui.cli.common import STATUS_STYLE
+from advtui.core.format import short_device, status_style
 from advtui.errors import AdvtuiError
 from advtui.health import ERROR, record_findings, worst_level
-from advtui.tui.rows import GROUP_PREFIX, GroupRow, RunRow, arrange, run_row, short_device
+from advtui.tui.rows import GROUP_PREFIX, GroupRow, RunRow, arrange, run_row
 from advtui.tui.widgets.plots import AccuracyPlot, InnerLossPlot, TrainingLossPlot
 from advtui.tui.widgets.runs_table import RunsTable, is_group_key
 from advtui.tui.widgets.system_panel import QueuePanel, SystemPanel, set_titles, text_key
@@ -296,7 +296,7 @@ class MainScreen(Screen):
         text = Text(" ")
         text.append(record["id"], style="bold")
         text.append(f"  {record.get('name', '-')}  ")
-        text.append(status, style=STATUS_STYLE.get(status, "white"))
+        text.append(status, style=status_style(status))
         cfg = record.get("config") or {}
         text.append(f"  {record.get('defense')} eps {cfg.get('eps', '-')} T={cfg.get('inner_steps', '-')}"
                     f"  {short_device(record.get('device'))}", style="dim")

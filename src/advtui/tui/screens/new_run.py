@@ -21,6 +21,7 @@ from textual.widgets import Button, Input, Label, Select, Static
 
 from advtui.config import DATASETS, DEFENSES, MODELS, RunConfig, build_config
 from advtui.errors import AdvtuiError
+from advtui.jobs.queue import parse_seeds
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -106,7 +107,7 @@ class NewRunScreen(ModalScreen[str | None]):
         super().__init__()
         self.gpu_count = gpu_count
         self.errors: dict[str, str] = {}
-        self._attack_check: tuple[str, str] = ("", "")  # (auto-eval text, its error) from the worker
+        self._attack_check: tuple[str, str] = ("", "")  # (auto-eval text, its error) as last checked
 
     def compose(self) -> ComposeResult:
         with Vertical(id="dialog", classes="form"):
@@ -182,8 +183,6 @@ class NewRunScreen(ModalScreen[str | None]):
                 errors[field_of_message(str(exc)) or "_form"] = str(exc)
         if values.get("seeds") and "seeds" not in errors:
             try:
-                from advtui.jobs.queue import parse_seeds
-
                 parse_seeds(values["seeds"])
             except AdvtuiError as exc:
                 errors["seeds"] = str(exc).replace("--seeds", "seeds")
@@ -220,24 +219,15 @@ class NewRunScreen(ModalScreen[str | None]):
             self._check_attacks(event.value)
 
     def _check_attacks(self, text: str) -> None:
-        """Attack specs are parsed by the evaluation module, which loads torch: off the UI thread."""
+        """Check the auto-eval specs as they are typed (the grammar is a quick, torch-free parse)."""
         specs = [s.strip() for s in text.split(",") if s.strip()]
         if not specs:
             return
-
-        def work() -> None:
-            try:
-                self.app.services.check_attacks(specs)  # type: ignore[attr-defined]
-                message = ""
-            except AdvtuiError as exc:
-                message = str(exc)
-            self.app.call_from_thread(self._attack_message, text, message)
-
-        self.run_worker(work, thread=True, group="attacks", exclusive=True, exit_on_error=False)
-
-    def _attack_message(self, text: str, message: str) -> None:
-        if self.query_one("#auto_eval", Input).value != text:
-            return  # typed on meanwhile: a newer check follows
+        try:
+            self.app.services.check_attacks(specs)  # type: ignore[attr-defined]
+            message = ""
+        except AdvtuiError as exc:
+            message = str(exc)
         self._attack_check = (text.strip(), message)
         self.validate()
 

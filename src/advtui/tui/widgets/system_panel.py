@@ -9,9 +9,7 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widgets import Static
 
-from advtui.cli.common import STATUS_STYLE
-from advtui.jobs.monitor import NA, format_bytes
-from advtui.tui.rows import error_summary
+from advtui.core.format import NA, error_summary, format_bytes, status_style
 from advtui.tui.widgets.bars import hbar, level_style, sparkline
 
 LABEL = 5  # width of the row labels ("util", "mem", ...)
@@ -147,7 +145,7 @@ class QueuePanel(Static):
         for job in state.jobs:
             status = job.get("status", "?")
             row = Text(f"{job['id']} ", style="bold" if status in ("running", "queued") else "dim")
-            row.append(f"{status:<9}", style=STATUS_STYLE.get(status, "white"))
+            row.append(f"{status:<9}", style=status_style(status))
             row.append(f"{job.get('kind', '?'):<5} {job.get('run_id', '?')} ")
             name = (records.get(job.get("run_id")) or {}).get("name", "")
             detail = name

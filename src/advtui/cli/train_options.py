@@ -1,0 +1,109 @@
+"""The training options shared by ``advtui run`` and ``advtui queue train``, declared once."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from typing import Any, Callable, Optional
+
+import typer
+
+from advtui.config import DEFENSES, RunConfig, build_config
+
+# (name, type, typer option). Every option defaults to None (unset), so a preset's values apply
+# unless given explicitly.
+TRAIN_OPTIONS: list[tuple[str, Any, Any]] = [
+    ("defense", Optional[str], typer.Option(None, "--defense", "-d", help=f"One of: {', '.join(DEFENSES)}.")),
+    ("dataset", Optional[str], typer.Option(None, help="mnist or cifar10.")),
+    ("model", Optional[str], typer.Option(None, help="smallcnn, vgg16, resnet18, wrn-34-10 (wrn-DEPTH-WIDTH).")),
+    ("epochs", Optional[int], typer.Option(None, help="Training epochs.")),
+    ("batch_size", Optional[int], typer.Option(None, "--batch-size", help="Batch size.")),
+    ("eps", Optional[float], typer.Option(None, help="L-inf radius, in (0, 1] (MNIST 0.3, CIFAR-10 8/255).")),
+    ("inner_steps", Optional[int], typer.Option(None, "--inner-steps", "-T", help="Inner maximization steps T (10).")),
+    ("step_size", Optional[float], typer.Option(None, "--step-size", help="PGD step size (default eps/4).")),
+    ("lr", Optional[float], typer.Option(None, help="Classifier learning rate.")),
+    ("momentum", Optional[float], typer.Option(None, help="SGD momentum.")),
+    ("weight_decay", Optional[float], typer.Option(None, "--weight-decay", help="SGD weight decay.")),
+    ("milestones", Optional[str], typer.Option(None, help="Epochs at which lr decays 10x, e.g. 55,75,90.")),
+    ("beta", Optional[float], typer.Option(None, help="TRADES beta (default 1 on MNIST, 6 on CIFAR-10).")),
+    ("seed", Optional[int], typer.Option(None, help="Random seed.")),
+    ("device", Optional[str], typer.Option(None, help="auto, cpu, cuda or cuda:N.")),
+    ("name", Optional[str], typer.Option(None, help="A name for the run (default DEFENSE-DATASET-sSEED).")),
+    ("group", Optional[str], typer.Option(None, help="Group name (seeds of one experiment).")),
+    ("preset", Optional[str], typer.Option(None, help="paper-mnist, paper-cifar, paper-cifar-vgg16, paper-cifar-wrn, trades-mnist.")),
+    ("data_root", Optional[str], typer.Option(None, "--data-root", help="Dataset root (default $ADVTUI_DATA or a cache folder).")),
+    ("train_limit", Optional[int], typer.Option(None, "--train-limit", help="Class-balanced training subset size.")),
+    ("test_limit", Optional[int], typer.Option(None, "--test-limit", help="Class-balanced test subset size.")),
+    ("eval_limit", Optional[int], typer.Option(None, "--eval-limit", help="Test examples for per-epoch accuracy (1000).")),
+    ("init", Optional[str], typer.Option(None, help="Inner start: normal (x + 0.001 N(0,I)) or uniform.")),
+    ("inner_train_mode", bool, typer.Option(False, "--inner-train-mode", help="Keep the model in train mode during the inner maximization.")),
+    ("rnn_grad_input", Optional[str], typer.Option(None, "--rnn-grad-input", help="RNN gradient input scaling: sign, rms or raw.")),
+    ("rnn_init", Optional[str], typer.Option(None, "--rnn-init", help="RNN start: pgd (close to a sign-gradient step) or random.")),
+    ("rnn_delta_scale", Optional[float], typer.Option(None, "--rnn-delta-scale", help="RNN step: delta = scale * eps * tanh(V h).")),
+    ("rnn_second_order", bool, typer.Option(False, "--rnn-second-order", help="Backpropagate through g_t (Hessian terms).")),
+    ("rnn_optimizer", Optional[str], typer.Option(None, "--rnn-optimizer", help="Optimizer of phi: adam or sgd.")),
+    ("rnn_lr", Optional[float], typer.Option(None, "--rnn-lr", help="Learning rate of phi.")),
+    ("l2lda_width", Optional[int], typer.Option(None, "--l2lda-width", help="L2LDA generator channels (64: ~0.5M parameters).")),
+    ("l2lda_lr", Optional[float], typer.Option(None, "--l2lda-lr", help="L2LDA generator learning rate.")),
+    ("l2lda_latent", Optional[int], typer.Option(None, "--l2lda-latent", help="L2LDA latent noise size.")),
+    ("l2lda_diversity", Optional[float], typer.Option(None, "--l2lda-diversity", help="L2LDA diversity term weight.")),
+    ("compare_every", Optional[int], typer.Option(None, "--compare-every", help="Batches between inner trajectory records (K).")),
+    ("log_every", Optional[int], typer.Option(None, "--log-every", help="Batches between step events.")),
+    ("chance_patience", Optional[int], typer.Option(None, "--chance-patience", help="Epoch ends at chance-level clean accuracy (under 20%) before a health warning (2).")),
+    ("deterministic", bool, typer.Option(False, "--deterministic", help="Deterministic kernels (slower).")),
+    ("amp", bool, typer.Option(False, "--amp", help="bfloat16 autocast on CUDA.")),
+    ("init_from", Optional[str], typer.Option(None, "--init-from", help="Start from RUN's final weights (classifier, and its learned optimizer when the kinds match).")),
+]
+_TRAIN_OPTION_NAMES = tuple(name for name, _, _ in TRAIN_OPTIONS)
+
+
+def with_train_options(command: Callable) -> Callable:
+    """Give a command every training option of TRAIN_OPTIONS.
+
+    The command declares a ``train_options: dict`` parameter and receives the options there
+    (None or False when not given), so the list exists once for every command that builds a
+    RunConfig. Typer reads the command's ``__signature__``, which is extended here.
+    """
+    signature = inspect.signature(command)
+    # The training options come first in --help; the command's own options follow them.
+    own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
+           for p in signature.parameters.values() if p.name != "train_options"]
+    added = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation)
+             for name, annotation, option in TRAIN_OPTIONS]
+    clash = {p.name for p in own} & set(_TRAIN_OPTION_NAMES)
+    if clash:
+        raise TypeError(f"{command.__name__} redefines training options {sorted(clash)}")
+
+    @functools.wraps(command)
+    def with_options(*args: Any, **kwargs: Any) -> Any:
+        options = {name: kwargs.pop(name, None) for name in _TRAIN_OPTION_NAMES}
+        return command(*args, **kwargs, train_options=options)
+
+    with_options.__signature__ = signature.replace(parameters=[*added, *own])  # type: ignore[attr-defined]
+    return with_options
+
+
+def config_overrides(train_options: dict[str, Any]) -> dict[str, Any]:
+    """RunConfig overrides from the training options (defense and preset excluded; None = unset)."""
+    overrides = {k: v for k, v in train_options.items() if k not in ("defense", "preset")}
+    milestones = overrides.get("milestones")
+    overrides["milestones"] = _parse_ints(milestones, "milestones") if milestones else None
+    for flag in ("inner_train_mode", "rnn_second_order", "deterministic", "amp"):
+        overrides[flag] = overrides.get(flag) or None  # an absent flag keeps the preset's value
+    return overrides
+
+
+def build_config_from_options(train_options: dict[str, Any], **fixed: Any) -> RunConfig:
+    """A validated RunConfig from the training options; ``fixed`` values win over the options."""
+    defense = fixed.pop("defense", None) or train_options.get("defense")
+    if defense is None:
+        raise typer.BadParameter(f"--defense is required (one of: {', '.join(DEFENSES)})")
+    overrides = {**config_overrides(train_options), **fixed}
+    return build_config(defense, train_options.get("preset"), **overrides)
+
+
+def _parse_ints(text: str, what: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"{what} must be comma-separated integers, got {text!r}") from None

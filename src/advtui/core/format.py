@@ -1,0 +1,75 @@
+"""How values read on screen, the same in the CLI's tables and the dashboard.
+
+Plain strings (and rich markup, which both front ends render); no widget or console here.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Union
+
+Number = Union[int, float]
+NA = "n/a"  # a value that was not measured (a GPU or driver that does not report it)
+
+# Colors of run statuses (and of job statuses, which add done and cancelled).
+STATUS_STYLE = {
+    "queued": "cyan", "running": "yellow", "finished": "green", "failed": "red", "killed": "magenta",
+    "done": "green", "cancelled": "dim",
+}
+
+
+def status_style(status: str | None) -> str:
+    return STATUS_STYLE.get(status or "", "white")
+
+
+def styled_status(status: str | None) -> str:
+    """The status as rich markup in its color."""
+    status = status or "-"
+    return f"[{status_style(status)}]{status}[/]"
+
+
+def fmt_time(ts: float | None) -> str:
+    if not ts:
+        return "-"
+    return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def fmt_duration(seconds: float | None) -> str:
+    """'42s', '3m07s', '2h05m'; '-' when unknown."""
+    if seconds is None:
+        return "-"
+    seconds = int(seconds)
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
+
+
+def fmt_pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def short_device(device: str | None) -> str:
+    """A record's device without its details: "cpu (2 threads)" -> "cpu", "cuda:0 (NVIDIA H100
+    80GB HBM3)" -> "cuda:0"."""
+    return (device or "-").split(" (")[0]
+
+
+def error_summary(error: str | None) -> str:
+    """The most telling line of a stored error: its last non-empty line (a traceback's or a
+    log tail's end says what went wrong)."""
+    lines = [line.strip() for line in (error or "").splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+def format_bytes(value: Number | str) -> str:
+    if not isinstance(value, (int, float)):
+        return NA
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return NA
+
+
+def format_number(value: Number | str, unit: str = "", digits: int = 0) -> str:
+    return f"{value:.{digits}f}{unit}" if isinstance(value, (int, float)) else NA

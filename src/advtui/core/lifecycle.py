@@ -1,0 +1,124 @@
+"""A run's record and its life: the one place that writes a run's ``status``.
+
+::
+
+    queued ──► running ──► finished
+      │           ├──────► failed
+      │           └──────► killed
+      ├──► failed            (never started: unstartable, its dependency failed, its launch failed)
+      └──► killed            (cancelled or killed before it started)
+
+    failed | killed | finished ──► queued     (resume; a finished run trains further epochs)
+    anything but running ──► running          (`advtui run --resume` attaches to any stopped run)
+
+The runner (the training process itself), the queue (cancel, kill, resume) and the scheduler
+(launch failures, vanished processes) all move runs through these functions, so every record
+ends the same way whoever ended it. Writes that race with another process (the scheduler
+failing a run while the run records its own end) name the status they expect with
+``only_from``: the change happens only if the record still has it, and the call says whether
+it did.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from advtui.core.process import this_process
+from advtui.registry import RUNS, Registry
+
+QUEUED, RUNNING, FINISHED, FAILED, KILLED = "queued", "running", "finished", "failed", "killed"
+RUN_STATUSES = (QUEUED, RUNNING, FINISHED, FAILED, KILLED)
+ACTIVE = (QUEUED, RUNNING)
+ENDED = (FINISHED, FAILED, KILLED)
+
+# status -> the statuses a run may move to from it. A running record whose process died
+# without recording its end (SIGKILL, power loss) may be started or queued again like a
+# stopped run, once the process is known to be gone.
+TRANSITIONS: dict[str, tuple[str, ...]] = {
+    QUEUED: (RUNNING, FAILED, KILLED),
+    RUNNING: (FINISHED, FAILED, KILLED, RUNNING, QUEUED),
+    FINISHED: (QUEUED, RUNNING),
+    FAILED: (QUEUED, RUNNING),
+    KILLED: (QUEUED, RUNNING),
+}
+
+
+def default_run_name(config: dict[str, Any]) -> str:
+    return config.get("name") or f"{config['defense']}-{config['dataset']}-s{config['seed']}"
+
+
+def _new_record(config: dict[str, Any]) -> dict[str, Any]:
+    """The fields a new run's record starts with, from its whole (validated) config."""
+    return {
+        "name": default_run_name(config), "group": config.get("group"), "defense": config["defense"],
+        "dataset": config["dataset"], "model": config["model"], "config": config,
+        "epochs": config["epochs"], "epoch": 0, "checkpoints": {}, "metrics": {},
+    }
+
+
+def _running_fields(**fields: Any) -> dict[str, Any]:
+    """A run that starts now in this process; an earlier end (of a resumed run) is cleared."""
+    return {"status": RUNNING, **this_process(), "started": time.time(), "ended": None, "error": None, **fields}
+
+
+def _check(only_from: str | None, to: str) -> None:
+    if only_from is not None and to not in TRANSITIONS[only_from]:
+        raise ValueError(f"a run cannot move from {only_from} to {to}")
+
+
+def _move(registry: Registry, run_id: str, to: str, only_from: str | None, fields: dict[str, Any]) -> bool:
+    _check(only_from, to)
+    change = {**fields, "status": to}
+    if only_from is None:
+        registry.update_run(run_id, **change)  # RunNotFoundError if there is no such run
+        return True
+    return registry.update(RUNS, {"id": run_id, "status": only_from}, change) > 0
+
+
+# -- birth -----------------------------------------------------------------------------------------
+def create_queued(registry: Registry, config: dict[str, Any]) -> dict[str, Any]:
+    """A new run waiting for a scheduler to start it (``advtui queue train``, the dashboard)."""
+    return registry.create_run({**_new_record(config), "status": QUEUED})
+
+
+def create_running(registry: Registry, config: dict[str, Any], **fields: Any) -> dict[str, Any]:
+    """A new run that this process starts training now (``advtui run`` in the foreground)."""
+    return registry.create_run({**_new_record(config), **_running_fields(**fields)})
+
+
+# -- moves -----------------------------------------------------------------------------------------
+def mark_running(registry: Registry, run_id: str, **fields: Any) -> dict[str, Any]:
+    """This process starts (or resumes) training an existing run; returns the fields written."""
+    change = _running_fields(**fields)
+    registry.update_run(run_id, **change)
+    return change
+
+
+def record_launch(registry: Registry, run_id: str, pid: int, pid_start_time: float, host: str) -> bool:
+    """A scheduler launched the run's process: until the process attaches (``mark_running``),
+    the queued record shows this pid, so a kill in between finds it."""
+    return registry.update(RUNS, {"id": run_id, "status": QUEUED},
+                           {"pid": pid, "pid_start_time": pid_start_time, "host": host}) > 0
+
+
+def mark_finished(registry: Registry, run_id: str, **fields: Any) -> None:
+    _move(registry, run_id, FINISHED, None, {"ended": time.time(), **fields})
+
+
+def mark_failed(registry: Registry, run_id: str, error: str, *, only_from: str | None = None,
+                **fields: Any) -> bool:
+    """The run ended with ``error`` (or never started); False if ``only_from`` no longer held."""
+    return _move(registry, run_id, FAILED, only_from, {"ended": time.time(), "error": error, **fields})
+
+
+def mark_killed(registry: Registry, run_id: str, error: str, *, only_from: str | None = None,
+                **fields: Any) -> bool:
+    """The run was stopped (its last checkpoint stays, so ``resume`` continues it), or cancelled
+    before it started; False if ``only_from`` no longer held."""
+    return _move(registry, run_id, KILLED, only_from, {"ended": time.time(), "error": error, **fields})
+
+
+def mark_queued_again(registry: Registry, run_id: str, **fields: Any) -> None:
+    """A stopped run waits to be started again (``advtui resume``); its last end is cleared."""
+    _move(registry, run_id, QUEUED, None, {"ended": None, "error": None, **fields})

@@ -1,0 +1,79 @@
+"""Where things live on disk: the runs directory, each run's folder and checkpoints, the data root."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from platformdirs import user_cache_dir
+
+from advtui.errors import CheckpointError, ConfigError
+
+if TYPE_CHECKING:  # the registry stores records; these functions only need its root
+    from advtui.registry import Registry
+
+RUNS_ENV = "ADVTUI_RUNS"
+DATA_ENV = "ADVTUI_DATA"
+
+# Checkpoint paths in a run's record are relative to the run's folder, so a runs directory can
+# be moved or copied (to another machine, into a test's temporary folder) and stay valid.
+LAST_CHECKPOINT, FINAL_CHECKPOINT = "checkpoints/last.pt", "checkpoints/final.pt"
+
+# Run ids and names become folder names: keep them to a safe alphabet so no id can escape runs/.
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
+
+
+def runs_dir(explicit: str | os.PathLike | None = None) -> Path:
+    """The runs directory: --runs-dir, else $ADVTUI_RUNS, else ./runs."""
+    if explicit:
+        return Path(explicit).expanduser().resolve()
+    env = os.environ.get(RUNS_ENV)
+    if env:
+        return Path(env).expanduser().resolve()
+    return Path("runs").resolve()
+
+
+def data_root(explicit: str | os.PathLike | None = None) -> Path:
+    """The dataset root: --data-root, else $ADVTUI_DATA, else a per-user cache folder."""
+    if explicit:
+        return Path(explicit).expanduser().resolve()
+    env = os.environ.get(DATA_ENV)
+    if env:
+        return Path(env).expanduser().resolve()
+    return Path(user_cache_dir("advtui")) / "data"
+
+
+def check_safe_name(name: str, what: str = "run name") -> str:
+    """Reject names that could escape runs/ (path separators, '..', odd characters)."""
+    if not _SAFE_NAME.fullmatch(name) or ".." in name:  # fullmatch: "$" would accept a final newline
+        raise ConfigError(
+            f"invalid {what} {name!r}: use letters, digits, '.', '_' and '-' only "
+            "(at most 96 characters, no '..')"
+        )
+    return name
+
+
+def run_dir(root: Path, run_id: str) -> Path:
+    """The folder of one run, guaranteed to sit directly inside ``root``."""
+    check_safe_name(run_id, "run id")
+    path = (root / run_id).resolve()
+    if path.parent != root.resolve():
+        raise ConfigError(f"run id {run_id!r} would escape the runs directory")
+    return path
+
+
+def run_folder(registry: Registry, record: dict[str, Any]) -> Path:
+    """The folder of a run: runs/<run-id>/."""
+    return run_dir(registry.root, record["id"])
+
+
+def checkpoint_path(registry: Registry, record: dict[str, Any], which: str = "final") -> Path:
+    """Absolute path of a run's checkpoint ('final', else 'last'); CheckpointError if none."""
+    checkpoints = record.get("checkpoints") or {}
+    rel = checkpoints.get(which) or (checkpoints.get("last") if which == "final" else None)
+    if not rel:
+        raise CheckpointError(
+            f"run {record['id']} ({record.get('status')}) has no {which} checkpoint yet")
+    return run_folder(registry, record) / rel
