@@ -6,15 +6,16 @@ through ``execute_run``, so a run is recorded the same way whoever started it.
 
 from __future__ import annotations
 
+import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
 from advtui.config import RunConfig
 from advtui.core import lifecycle
 from advtui.core.defenses import DEFENSE_SPECS
-from advtui.core.paths import FINAL_CHECKPOINT, LAST_CHECKPOINT, checkpoint_path, run_dir
+from advtui.core.paths import DATA_ENV, FINAL_CHECKPOINT, LAST_CHECKPOINT, checkpoint_path, data_root, run_dir
 from advtui.core.process import record_alive
 from advtui.errors import AdvtuiError, CheckpointError, ConfigError
 from advtui.events import EVENTS_FILE, EventWriter, read_events
@@ -54,7 +55,10 @@ def plan_resume(registry: Registry, ref: str, overrides: dict[str, Any]) -> RunP
     if not (record.get("checkpoints") or {}).get("last"):
         raise CheckpointError(f"run {record['id']} has no checkpoint to resume from: start it again instead")
     checkpoint = checkpoint_path(registry, record, "last")
-    config = RunConfig.from_dict({**record["config"], **{k: v for k, v in overrides.items() if v is not None}})
+    given = {k: v for k, v in overrides.items() if v is not None}
+    if not given.get("data_root") and os.environ.get(DATA_ENV):
+        given["data_root"] = None  # $ADVTUI_DATA wins over the recorded root; --data-root over both
+    config = RunConfig.from_dict({**record["config"], **given})
     return RunPlan(config.validate(), record, checkpoint)
 
 
@@ -81,7 +85,9 @@ def execute_run(
     from advtui.engine.checkpoint import load_checkpoint
     from advtui.engine.train import StopRequested, Trainer, device_name, load_data, resolve_device
 
-    config = plan.config
+    # The data root this run reads (--data-root, else $ADVTUI_DATA, else the cache folder), resolved
+    # and recorded in its config: its evaluations and resumes find the data in a shell without it.
+    config = replace(plan.config, data_root=str(data_root(plan.config.data_root)))
     device = resolve_device(config.device)
     train, test = load_data(config)
     state = load_checkpoint(plan.checkpoint, map_location=device) if plan.checkpoint else None

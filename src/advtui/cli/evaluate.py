@@ -33,10 +33,13 @@ def _output_console() -> Console:
 
 class EvalProgressDisplay:
     """A progress bar per attack on a terminal; plain lines otherwise (a queued eval writes to a
-    log file): one when each attack ends, and one every 30 s in between."""
+    log file): one when each attack ends, and one every 30 s in between. The lines go to
+    ``stream`` (standard output unless given; standard error under ``--json``, whose standard
+    output carries the JSON only)."""
 
-    def __init__(self, interactive: bool):
+    def __init__(self, interactive: bool, stream=None):
         self.interactive = interactive
+        self.stream = stream
         self.progress: Progress | None = None
         self.tasks: dict[int, int] = {}
         self.last_line = time.monotonic()
@@ -65,7 +68,8 @@ class EvalProgressDisplay:
             self.progress.update(self.tasks[p.index], completed=p.done, total=max(p.total, 1), acc=acc)
         elif p.finished or time.monotonic() - self.last_line > 30:
             self.last_line = time.monotonic()
-            print(f"{label}: {'done, ' if p.finished else ''}{p.done}/{p.total} {acc}".rstrip(), flush=True)
+            print(f"{label}: {'done, ' if p.finished else ''}{p.done}/{p.total} {acc}".rstrip(),
+                  file=self.stream or sys.stdout, flush=True)
 
 
 def _eval_table(report) -> Table:
@@ -112,7 +116,7 @@ def eval_command(
 
     registry = open_registry(runs_dir)
     interactive = sys.stderr.isatty() and not as_json
-    with EvalProgressDisplay(interactive) as display:
+    with EvalProgressDisplay(interactive, sys.stderr if as_json else None) as display:
         report = evaluate_run(
             registry, run_ref, attacks, limit=limit, batch_size=batch_size or DEFAULT_BATCH_SIZE, eps=eps,
             step_size=step_size, seed=seed, checkpoint=checkpoint, device=device, cascade=cascade,

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 from typing import Any, Callable, Optional
 
 import typer
+from rich.markup import escape
 
-from advtui.config import DEFENSES, RunConfig, build_config
+from advtui.config import DEFAULT_PRESET, DEFENSES, PRESETS, RunConfig, build_config
 
 # (name, type, typer option). Every option defaults to None (unset), so a preset's values apply
 # unless given explicitly.
@@ -18,8 +20,8 @@ TRAIN_OPTIONS: list[tuple[str, Any, Any]] = [
     ("model", Optional[str], typer.Option(None, help="smallcnn, vgg16, resnet18, wrn-34-10 (wrn-DEPTH-WIDTH).")),
     ("epochs", Optional[int], typer.Option(None, help="Training epochs.")),
     ("batch_size", Optional[int], typer.Option(None, "--batch-size", help="Batch size.")),
-    ("eps", Optional[float], typer.Option(None, help="L-inf radius, in (0, 1] (MNIST 0.3, CIFAR-10 8/255).")),
-    ("inner_steps", Optional[int], typer.Option(None, "--inner-steps", "-T", help="Inner maximization steps T (10).")),
+    ("eps", Optional[float], typer.Option(None, help="L-inf radius, in (0, 1].")),
+    ("inner_steps", Optional[int], typer.Option(None, "--inner-steps", "-T", help="Inner maximization steps T.")),
     ("step_size", Optional[float], typer.Option(None, "--step-size", help="PGD step size (default eps/4).")),
     ("lr", Optional[float], typer.Option(None, help="Classifier learning rate.")),
     ("momentum", Optional[float], typer.Option(None, help="SGD momentum.")),
@@ -30,11 +32,12 @@ TRAIN_OPTIONS: list[tuple[str, Any, Any]] = [
     ("device", Optional[str], typer.Option(None, help="auto, cpu, cuda or cuda:N.")),
     ("name", Optional[str], typer.Option(None, help="A name for the run (default DEFENSE-DATASET-sSEED).")),
     ("group", Optional[str], typer.Option(None, help="Group name (seeds of one experiment).")),
-    ("preset", Optional[str], typer.Option(None, help="paper-mnist, paper-cifar, paper-cifar-vgg16, paper-cifar-wrn, trades-mnist.")),
+    ("preset", Optional[str], typer.Option(None, help="paper-mnist, paper-cifar, paper-cifar-vgg16, paper-cifar-wrn, trades-mnist "
+                                                   "(default paper-mnist; paper-cifar with --dataset cifar10).")),
     ("data_root", Optional[str], typer.Option(None, "--data-root", help="Dataset root (default $ADVTUI_DATA or a cache folder).")),
     ("train_limit", Optional[int], typer.Option(None, "--train-limit", help="Class-balanced training subset size.")),
     ("test_limit", Optional[int], typer.Option(None, "--test-limit", help="Class-balanced test subset size.")),
-    ("eval_limit", Optional[int], typer.Option(None, "--eval-limit", help="Test examples for per-epoch accuracy (1000).")),
+    ("eval_limit", Optional[int], typer.Option(None, "--eval-limit", help="Test examples for per-epoch accuracy.")),
     ("init", Optional[str], typer.Option(None, help="Inner start: normal (x + 0.001 N(0,I)) or uniform.")),
     ("inner_train_mode", bool, typer.Option(False, "--inner-train-mode", help="Keep the model in train mode during the inner maximization.")),
     ("rnn_grad_input", Optional[str], typer.Option(None, "--rnn-grad-input", help="RNN gradient input scaling: sign, rms or raw.")),
@@ -49,12 +52,52 @@ TRAIN_OPTIONS: list[tuple[str, Any, Any]] = [
     ("l2lda_diversity", Optional[float], typer.Option(None, "--l2lda-diversity", help="L2LDA diversity term weight.")),
     ("compare_every", Optional[int], typer.Option(None, "--compare-every", help="Batches between inner trajectory records (K).")),
     ("log_every", Optional[int], typer.Option(None, "--log-every", help="Batches between step events.")),
-    ("chance_patience", Optional[int], typer.Option(None, "--chance-patience", help="Epoch ends at chance-level clean accuracy (under 20%) before a health warning (2).")),
+    ("chance_patience", Optional[int], typer.Option(None, "--chance-patience", help="Epoch ends at chance-level clean accuracy (under 20%) before a health warning.")),
     ("deterministic", bool, typer.Option(False, "--deterministic", help="Deterministic kernels (slower).")),
     ("amp", bool, typer.Option(False, "--amp", help="bfloat16 autocast on CUDA.")),
     ("init_from", Optional[str], typer.Option(None, "--init-from", help="Start from RUN's final weights (classifier, and its learned optimizer when the kinds match).")),
 ]
 _TRAIN_OPTION_NAMES = tuple(name for name, _, _ in TRAIN_OPTIONS)
+
+
+def effective_default(name: str, dataset: str = "mnist") -> Any:
+    """The value an unset option takes on ``dataset``: its default preset's, else RunConfig's
+    field default (None where the option's help says what None means)."""
+    preset = PRESETS[DEFAULT_PRESET[dataset]]
+    if name in preset:
+        return preset[name]
+    spec = next((f for f in dataclasses.fields(RunConfig) if f.name == name), None)
+    if spec is None:
+        return None
+    if spec.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return spec.default_factory()  # type: ignore[misc]
+    return None if spec.default is dataclasses.MISSING else spec.default
+
+
+def format_default(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return ",".join(format_default(v) for v in value)
+    if isinstance(value, float) and len(f"{value:g}") > 7 and abs(value * 255 - round(value * 255)) < 1e-9:
+        return f"{round(value * 255)}/255"  # eps 8/255
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _with_default(name: str, option: Any) -> Any:
+    """``option`` with its effective default at the end of its help: the options themselves
+    default to None (so a preset's values apply), which --help would otherwise show as nothing."""
+    mnist = effective_default(name, "mnist")
+    if mnist is None or isinstance(mnist, bool):
+        return option
+    text = format_default(mnist)
+    cifar = effective_default(name, "cifar10")
+    if cifar != mnist and name != "dataset":
+        text += f"; {format_default(cifar)} on cifar10"
+    option.help = f"{option.help} {escape(f'[default: {text}]')}"
+    return option
+
+
+for _name, _, _option in TRAIN_OPTIONS:
+    _with_default(_name, _option)
 
 
 def with_train_options(command: Callable) -> Callable:
