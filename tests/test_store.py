@@ -361,8 +361,35 @@ def test_a_fresh_process_starts_from_the_listing_cache_and_still_sees_later_writ
     assert loads.count(RUN_FILE) == 1
 
 
+def test_the_listing_cache_gives_back_exactly_what_the_run_files_hold(tmp_path, monkeypatch):
+    monkeypatch.setattr(store, "LISTING_CACHE_MIN_RUNS", 3)
+    monkeypatch.setattr(store, "RACY_NS", 0)
+    registry = Registry(tmp_path)
+    configs = [{"defense": "pgd", "lr": 0.1, "eps": 0.0, "seed": 1, "flag": True, "steps": [1, 2], "x": None},
+               {"defense": "pgd", "lr": 0.1, "eps": -0.0, "seed": 1.0, "flag": 1, "steps": [1, 2], "x": None},
+               {"defense": "pgd", "lr": 0.2, "eps": 0.0, "seed": 2, "flag": False, "steps": [1], "x": {"a": 1}},
+               {"seed": 3, "defense": "pgd"}, {"defense": "trades", "lr": 0.1}, {}]
+    for i, config in enumerate(configs):
+        registry.create_run({"name": f"r{i}", "created": float(i), "config": config})
+    registry.create_run({"name": "odd", "created": 9.0, "config": 3})
+    store.clear_read_cache()
+    expected = registry.runs()  # parses every file, leaves the cache
+    store.clear_read_cache()
+    loads = []
+    real_load = store._load
+    monkeypatch.setattr(store, "_load", lambda path, *a, **k: loads.append(os.path.basename(path)) or real_load(path, *a, **k))
+    got = Registry(tmp_path).runs()
+    assert RUN_FILE not in loads
+    assert json.dumps(got) == json.dumps(expected)  # values, types, signs and key order
+    assert [type(r["config"]) for r in got] == [dict] * 6 + [int]
+    assert got[0]["config"]["steps"] is not got[1]["config"]["steps"]  # nothing mutable shared
+
+
 @pytest.mark.parametrize("garbage", [b"", b"{not json", b'{"version": 1, "files": {"x": 5}}', b"[1]",
-                                     b'{"version": 1, "files": {"000001": [1, 2, 3, 4, 5, {"runs": 7}]}}'])
+                                     b'{"version": 1, "files": {"000001": [1, 2, 3, 4, 5, {"runs": 7}]}}',
+                                     b'{"version": 2, "configs": [{"a": 1}], "files": {"000001": [1, 2, 3, 4, 5, '
+                                     b'{"runs": {"1": {"config": 4}}}, {"1": {"a": 2}}]}}',
+                                     b'{"version": 2, "configs": 5, "files": {}}'])
 def test_a_damaged_listing_cache_is_ignored(tmp_path, monkeypatch, garbage):
     monkeypatch.setattr(store, "LISTING_CACHE_MIN_RUNS", 3)
     registry = Registry(tmp_path)

@@ -45,6 +45,7 @@ SORTABLE = tuple(c.key for c in COLUMNS if c.key != "mark")
 GROUP_PREFIX = "group:"
 BAR_WIDTH = 8
 _EIGHTHS = " ▏▎▍▌▋▊▉"
+_NO_METRICS: dict = {}
 
 
 def progress_bar(fraction: float | None, width: int = BAR_WIDTH) -> str:
@@ -69,25 +70,65 @@ def _num(value: Any, fmt: str) -> str:
     return format(value, fmt) if isinstance(value, (int, float)) else "-"
 
 
-@dataclass
 class RunRow:
-    """What the table shows for one run; ``sort`` holds comparable raw values per column."""
+    """What the table shows for one run; ``sort`` holds comparable raw values per column.
 
-    run_id: str
-    group: str | None
-    cells: dict[str, Any]
-    sort: dict[str, Any]
-    search_text: dict[str, str]
+    Built lazily when made by ``run_row``: the values on first use of ``sort`` or
+    ``search_text``, the rich cells on first use of ``cells``. A table of 10,000 runs in its
+    default order (by ``created``, grouped) then builds only the rows it shows."""
+
+    __slots__ = ("run_id", "group", "created", "_cells", "_sort", "_search", "_build")
+
+    def __init__(self, run_id: str, group: str | None, cells: dict[str, Any] | Callable[[], dict[str, Any]] | None,
+                 sort: dict[str, Any] | None, search_text: dict[str, str] | None, created: Any = None,
+                 build: Callable[[], tuple] | None = None):
+        self.run_id, self.group, self._cells, self._sort, self._search = run_id, group, cells, sort, search_text
+        self.created = created if created is not None else (sort or {}).get("created", 0)
+        self._build = build
+
+    def _built(self) -> None:
+        build, self._build = self._build, None
+        self._cells, self._sort, self._search = build()
+
+    @property
+    def sort(self) -> dict[str, Any]:
+        if self._build is not None:
+            self._built()
+        return self._sort  # type: ignore[return-value]
+
+    @property
+    def search_text(self) -> dict[str, str]:
+        if self._build is not None:
+            self._built()
+        return self._search  # type: ignore[return-value]
+
+    @property
+    def cells(self) -> dict[str, Any]:
+        if self._build is not None:
+            self._built()
+        cells = self._cells
+        if callable(cells):
+            cells = self._cells = cells()
+        return cells  # type: ignore[return-value]
 
     @property
     def key(self) -> str:
         return self.run_id
 
+    def __repr__(self) -> str:
+        return f"RunRow({self.run_id!r}, group={self.group!r})"
+
 
 def run_row(record: dict, stream: RunStream | None, marked: bool, now: float | None = None) -> RunRow:
+    """The row of ``record`` (its values are worked out when first used)."""
     now = now if now is not None else time.time()
+    return RunRow(record["id"], record.get("group"), None, None, None, created=record.get("created", 0),
+                  build=lambda: _row_parts(record, stream, marked, now))
+
+
+def _row_parts(record: dict, stream: RunStream | None, marked: bool, now: float) -> tuple:
     status = record.get("status") or "-"
-    metrics = dict(record.get("metrics") or {})
+    metrics = record.get("metrics") or _NO_METRICS
     epochs = record.get("epochs") or (record.get("config") or {}).get("epochs")
     epoch = record.get("epoch") or 0
     loss = metrics.get("train_loss")
@@ -95,6 +136,7 @@ def run_row(record: dict, stream: RunStream | None, marked: bool, now: float | N
     eta = None
     live = stream is not None and stream.events_read > 0
     if live:
+        metrics = dict(metrics)
         latest = stream.latest_epoch()
         if latest and latest.get("epoch", 0) >= metrics.get("epoch", 0):
             metrics.update({k: v for k, v in latest.items() if k not in ("kind", "time")})
@@ -116,42 +158,50 @@ def run_row(record: dict, stream: RunStream | None, marked: bool, now: float | N
     else:
         elapsed = None
     done_epochs = min(epoch, epochs) if epochs else epoch
-    progress_text = Text(progress_bar(fraction), style=status_style(status))
-    progress_text.append(f" {done_epochs}/{epochs or '?'}")
     data_model = f"{record.get('dataset', '-')}/{record.get('model', '-')}"
     clean, robust = metrics.get("test_clean_acc"), metrics.get("test_pgd_acc")
     # The record's findings, updated at each epoch end by the training process: the table has
     # the record of every run, but not every run's whole stream.
-    findings = record_findings(record)
-    cells = {
-        "mark": Text("●", style="bold magenta") if marked else " ",
-        "id": record["id"],
-        "name": record.get("name") or "-",
-        "defense": record.get("defense") or "-",
-        "data": data_model,
-        "status": Text(status, style=status_style(status)),
-        "health": health_marker(worst_level(findings)),
-        "progress": progress_text,
-        "loss": Text(_num(loss, ".3f"), justify="right"),
-        "clean": Text(_num(clean, ".1f"), justify="right"),
-        "robust": Text(_num(robust, ".1f"), justify="right"),
-        "device": short_device(record.get("device")),
-        "elapsed": Text(fmt_duration(elapsed), justify="right"),
-        "eta": Text(fmt_duration(eta) if eta is not None else "-", justify="right"),
-    }
+    findings = record_findings(record) if record.get("health") else []
+    level = worst_level(findings)
+    run_id = record["id"]
+    name = record.get("name") or "-"
+    defense = record.get("defense") or "-"
+    device = short_device(record.get("device"))
+
+    def cells() -> dict[str, Any]:
+        progress_text = Text(progress_bar(fraction), style=status_style(status))
+        progress_text.append(f" {done_epochs}/{epochs or '?'}")
+        return {
+            "mark": Text("●", style="bold magenta") if marked else " ",
+            "id": run_id,
+            "name": name,
+            "defense": defense,
+            "data": data_model,
+            "status": Text(status, style=status_style(status)),
+            "health": health_marker(level),
+            "progress": progress_text,
+            "loss": Text(_num(loss, ".3f"), justify="right"),
+            "clean": Text(_num(clean, ".1f"), justify="right"),
+            "robust": Text(_num(robust, ".1f"), justify="right"),
+            "device": device,
+            "elapsed": Text(fmt_duration(elapsed), justify="right"),
+            "eta": Text(fmt_duration(eta) if eta is not None else "-", justify="right"),
+        }
+
     sort = {
-        "mark": marked, "id": record["id"], "name": cells["name"], "defense": cells["defense"],
+        "mark": marked, "id": run_id, "name": name, "defense": defense,
         "data": data_model, "status": status, "health": len(findings), "progress": fraction, "loss": loss,
-        "clean": clean, "robust": robust, "device": cells["device"], "elapsed": elapsed, "eta": eta,
-        "created": record.get("created", 0), "health_level": worst_level(findings),
+        "clean": clean, "robust": robust, "device": device, "elapsed": elapsed, "eta": eta,
+        "created": record.get("created", 0), "health_level": level,
     }
     search = {
-        "id": record["id"], "name": cells["name"], "defense": cells["defense"], "data": data_model,
+        "id": run_id, "name": name, "defense": defense, "data": data_model,
         "dataset": str(record.get("dataset", "")), "model": str(record.get("model", "")),
-        "status": status, "device": cells["device"], "group": record.get("group") or "",
+        "status": status, "device": device, "group": record.get("group") or "",
         "health": " ".join(f"{f.code} {f.level}" for f in findings),  # health:stuck, health:error
     }
-    return RunRow(record["id"], record.get("group"), cells, sort, search)
+    return cells, sort, search
 
 
 def matches(row: RunRow, query: str) -> bool:
@@ -172,7 +222,7 @@ def _sort_key(column: str) -> Callable[[RunRow], tuple]:
         value = row.sort.get(column)
         # Missing values sort last in either direction is not possible with one key, so they
         # sort as smallest; ties keep creation order.
-        return (value is not None, value if value is not None else 0, row.sort.get("created", 0))
+        return (value is not None, value if value is not None else 0, row.created)
     return key
 
 
@@ -210,13 +260,17 @@ class GroupRow:
         return {
             "mark": " ", "id": Text(arrow, style="bold"),
             "name": Text(f"{self.name}", style="bold"), "defense": ",".join(defenses),
-            "data": self.members[0].cells["data"], "status": status,
+            "data": self.members[0].sort["data"], "status": status,
             "health": health_marker(self.health_level()),
             "progress": progress,
             "loss": "", "clean": Text(_num(sum(cleans) / len(cleans) if cleans else None, ".1f"), justify="right", style="dim"),
             "robust": Text(_num(min(robusts) if robusts else None, ".1f"), justify="right", style="bold"),
             "device": "", "elapsed": "", "eta": "",
         }
+
+
+def _created(row: RunRow) -> Any:
+    return row.created
 
 
 def arrange(rows: Iterable[RunRow], query: str, sort_column: str | None, reverse: bool,
@@ -227,7 +281,7 @@ def arrange(rows: Iterable[RunRow], query: str, sort_column: str | None, reverse
     if sort_column:
         visible.sort(key=_sort_key(sort_column), reverse=reverse)
     else:
-        visible.sort(key=lambda r: r.sort.get("created", 0))
+        visible.sort(key=_created)
     members: dict[str, list[RunRow]] = {}
     for r in visible:
         if r.group:

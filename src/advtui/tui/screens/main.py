@@ -7,6 +7,7 @@ changed cells or plots are redrawn.
 
 from __future__ import annotations
 
+import gc
 import os
 import threading
 from collections import deque
@@ -160,8 +161,16 @@ class MainScreen(Screen):
         if records is not None:
             self.records = records
             self.marked &= set(records)
-            self.rows = {rid: run_row(r, self.dash.streams.peek(rid), rid in self.marked, now)
-                         for rid, r in records.items()}
+            # Thousands of small objects, none in a cycle: the cyclic collector would walk
+            # every record again and again while they are made (as in the registry's listing).
+            collecting = gc.isenabled()
+            gc.disable()
+            try:
+                peek, marked = self.dash.streams.peek, self.marked
+                self.rows = {rid: run_row(r, peek(rid), rid in marked, now) for rid, r in records.items()}
+            finally:
+                if collecting:
+                    gc.enable()
         else:
             running = {rid for rid, r in self.records.items() if r.get("status") == "running"}
             for rid in changed | running:

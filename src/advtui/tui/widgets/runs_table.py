@@ -32,7 +32,8 @@ class RunsTable(DataTable):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(cursor_type="row", zebra_stripes=True, **kwargs)
         self._row_keys: list[str] = []  # every row, in order; the first ``_added`` are in the table
-        self._cells: dict[str, dict[str, Any]] = {}
+        self._rows: dict[str, RunRow | GroupRow | _Shown] = {}  # every row, by key
+        self._cells: dict[str, dict[str, Any]] = {}  # the cells shown, for rows in the table
         self._added = 0
         self._generation = 0
         self.sort_column: str | None = None
@@ -55,21 +56,25 @@ class RunsTable(DataTable):
 
     def show_rows(self, arranged: list[RunRow | GroupRow]) -> None:
         """Show ``arranged``: update cells in place when the row order is unchanged, otherwise
-        rebuild the rows and keep the cursor on the same run."""
+        rebuild the rows and keep the cursor on the same run. Cells are built only for rows in
+        the table: the rest take theirs when they are added."""
         keys = [r.key for r in arranged]
-        cells = {k: (r.cells() if isinstance(r, GroupRow) else r.cells) for k, r in zip(keys, arranged)}
+        rows = dict(zip(keys, arranged))
         if keys == self._row_keys:
             for key in keys[: self._added]:  # rows still to be added take the new cells then
                 old = self._cells.get(key, {})
-                for column, value in cells[key].items():
+                cells = _cells_of(rows[key])
+                for column, value in cells.items():
                     if not _same(old.get(column), value):
                         self.update_cell(key, column, value, update_width=False)
-            self._cells = cells
+                self._cells[key] = cells
+            self._rows = rows
             return
         current = self.current_key
         self.clear()
         self._row_keys = keys
-        self._cells = cells
+        self._rows = rows
+        self._cells = {}
         self._added = 0
         self._generation += 1
         # DataTable measures every cell of every added row; with a thousand runs that is most
@@ -85,22 +90,24 @@ class RunsTable(DataTable):
 
     def update_rows(self, updates: dict[str, dict[str, Any]]) -> None:
         """New cells for some rows, order unchanged: only cells that differ are redrawn."""
-        added = set(self._row_keys[: self._added]) if len(updates) > 8 else None
         for key, cells in updates.items():
-            if key not in self._cells:
+            if key not in self._rows:
                 continue
-            if (key in added) if added is not None else (self._row_keys.index(key) < self._added):
-                old = self._cells[key]
-                for column, value in cells.items():
-                    if not _same(old.get(column), value):
-                        self.update_cell(key, column, value, update_width=False)
+            old = self._cells.get(key)
+            if old is None:  # not added yet: it shows these cells when it is
+                self._rows[key] = _Shown(key, cells)
+                continue
+            for column, value in cells.items():
+                if not _same(old.get(column), value):
+                    self.update_cell(key, column, value, update_width=False)
             self._cells[key] = cells
 
     def _add_rows(self, upto: int) -> None:
         order = [c.key for c in COLUMNS]
         upto = min(upto, len(self._row_keys))
         for key in self._row_keys[self._added:upto]:
-            self.add_row(*(self._cells[key][c] for c in order), key=key)
+            cells = self._cells[key] = _cells_of(self._rows[key])
+            self.add_row(*(cells[c] for c in order), key=key)
         self._added = max(self._added, upto)
 
     def _schedule_more(self, generation: int) -> None:
@@ -154,6 +161,19 @@ class RunsTable(DataTable):
 
     def action_reverse_sort(self) -> None:
         self.set_sort(self.sort_column or "id", not self.sort_reverse)
+
+
+class _Shown:
+    """A row given as its cells (an update to a row not added yet)."""
+
+    __slots__ = ("key", "cells")
+
+    def __init__(self, key: str, cells: dict[str, Any]):
+        self.key, self.cells = key, cells
+
+
+def _cells_of(row: "RunRow | GroupRow | _Shown") -> dict[str, Any]:
+    return row.cells() if isinstance(row, GroupRow) else row.cells
 
 
 def _same(a: Any, b: Any) -> bool:
