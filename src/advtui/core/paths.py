@@ -25,24 +25,20 @@ LAST_CHECKPOINT, FINAL_CHECKPOINT = "checkpoints/last.pt", "checkpoints/final.pt
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 
 
+def _chosen_path(explicit: str | os.PathLike | None, env_var: str) -> Path | None:
+    """An explicit option, else the environment variable, resolved; None when neither is set."""
+    value = explicit or os.environ.get(env_var)
+    return Path(value).expanduser().resolve() if value else None
+
+
 def runs_dir(explicit: str | os.PathLike | None = None) -> Path:
     """The runs directory: --runs-dir, else $ADVTUI_RUNS, else ./runs."""
-    if explicit:
-        return Path(explicit).expanduser().resolve()
-    env = os.environ.get(RUNS_ENV)
-    if env:
-        return Path(env).expanduser().resolve()
-    return Path("runs").resolve()
+    return _chosen_path(explicit, RUNS_ENV) or Path("runs").resolve()
 
 
 def data_root(explicit: str | os.PathLike | None = None) -> Path:
     """The dataset root: --data-root, else $ADVTUI_DATA, else a per-user cache folder."""
-    if explicit:
-        return Path(explicit).expanduser().resolve()
-    env = os.environ.get(DATA_ENV)
-    if env:
-        return Path(env).expanduser().resolve()
-    return Path(user_cache_dir("advtui")) / "data"
+    return _chosen_path(explicit, DATA_ENV) or Path(user_cache_dir("advtui")) / "data"
 
 
 def check_safe_name(name: str, what: str = "run name") -> str:
