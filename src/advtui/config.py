@@ -8,11 +8,12 @@ recipes; explicit options override them.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from advtui.core.defenses import DEFENSES
+from advtui.core.defenses import DEFENSE_SPECS, DEFENSES
 from advtui.core.paths import check_safe_name
 from advtui.errors import ConfigError
 
@@ -125,49 +126,107 @@ class RunConfig:
         return cls(**{k: v for k, v in data.items() if k in known})
 
     def validate(self) -> "RunConfig":
+        """Check every value before anything is recorded: a bad one is a one-line ConfigError,
+        never a run that fails later (torch rejects some values only when the optimizer is
+        built) or one that finishes with NaN weights (an infinite or NaN rate)."""
         if self.defense not in DEFENSES:
             raise ConfigError(f"unknown defense {self.defense!r}; choose one of: {', '.join(DEFENSES)}")
         if self.dataset not in DATASETS:
             raise ConfigError(f"unknown dataset {self.dataset!r}; choose one of: {', '.join(DATASETS)}")
         check_model_name(self.model)
-        if not (0.0 < self.eps <= 1.0):
-            raise ConfigError(f"eps must be in (0, 1] for inputs in [0, 1], got {self.eps}")
-        for name in ("epochs", "batch_size", "inner_steps", "log_every", "compare_every", "rnn_hidden", "l2lda_width",
-                     "chance_patience"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        for name in ("lr", "rnn_lr", "rnn_delta_scale", "l2lda_lr"):
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
-        if self.l2lda_latent < 0 or self.l2lda_diversity < 0:
-            raise ConfigError("l2lda-latent and l2lda-diversity must be 0 or more")
-        if self.step_size is not None and not (0 < self.step_size <= 1):
-            raise ConfigError(f"step-size must be in (0, 1], got {self.step_size}")
-        if self.beta is not None and self.beta < 0:
-            raise ConfigError(f"beta must be non-negative, got {self.beta}")
-        if self.init not in ("normal", "uniform"):
-            raise ConfigError(f"init must be 'normal' or 'uniform', got {self.init!r}")
-        if self.rnn_grad_input not in ("rms", "sign", "raw"):
-            raise ConfigError(f"rnn-grad-input must be rms, sign or raw, got {self.rnn_grad_input!r}")
-        if self.rnn_init not in ("pgd", "random"):
-            raise ConfigError(f"rnn-init must be pgd or random, got {self.rnn_init!r}")
-        if self.rnn_optimizer not in ("adam", "sgd"):
-            raise ConfigError(f"rnn-optimizer must be adam or sgd, got {self.rnn_optimizer!r}")
-        if not (0 < self.bls_rho < 1 and 0 < self.bls_c < 1):
-            raise ConfigError("bls-rho and bls-c must be in (0, 1)")
+        for name, (low, high) in INT_RANGES.items():
+            _check_int(name, getattr(self, name), low, high)
         for name in ("train_limit", "test_limit"):
             value = getattr(self, name)
-            if value is not None and value < 10:
-                raise ConfigError(f"{name.replace('_', '-')} must be at least 10 (one per class), got {value}")
-        if any(m < 1 for m in self.milestones):
-            raise ConfigError(f"milestones are epochs counted from 1, got {self.milestones}")
-        if self.eval_limit < 1:
-            raise ConfigError(f"eval-limit must be at least 1, got {self.eval_limit}")
-        if not re.match(r"^(auto|cpu|cuda(:\d+)?)$", self.device):
+            if value is not None:
+                # At least one example per class; the upper bound is the split's size, checked
+                # when the data is loaded (a larger limit is a warning and the real size is kept).
+                _check_int(name, value, 10, MAX_INT)
+        if not isinstance(self.milestones, list):
+            raise ConfigError(f"milestones must be a list of epochs, got {self.milestones!r}")
+        for milestone in self.milestones:
+            _check_int("milestones", milestone, 1, MAX_INT, "milestones are epochs counted from 1")
+        for name, (low, high, open_low, open_high) in FLOAT_RANGES.items():
+            value = getattr(self, name)
+            if value is None and name in OPTIONAL_FLOATS:
+                continue
+            _check_float(name, value, low, high, open_low, open_high)
+        for name in ("init", "rnn_grad_input", "rnn_init", "rnn_optimizer"):
+            choices = CHOICES[name]
+            if getattr(self, name) not in choices:
+                raise ConfigError(f"{_flag(name)} must be {' or '.join(choices)}, got {getattr(self, name)!r}")
+        if not isinstance(self.device, str) or not re.fullmatch(r"(auto|cpu|cuda(:\d+)?)", self.device):
             raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         if self.name is not None:
             check_safe_name(self.name)
         return self
+
+
+# Integer options: (smallest, largest). Every one is checked, so a negative, zero or absurd
+# value is refused before the run exists. The seed seeds torch, which takes 64-bit seeds.
+MAX_INT = 2**31 - 1
+INT_RANGES: dict[str, tuple[int, int]] = {
+    "seed": (0, 2**63 - 1), "epochs": (1, 100_000), "batch_size": (1, MAX_INT), "inner_steps": (1, 100_000),
+    "bls_max_backtracks": (0, 1000), "rnn_hidden": (1, 100_000), "l2lda_latent": (0, 100_000),
+    "l2lda_width": (1, 100_000), "eval_limit": (1, MAX_INT), "log_every": (1, MAX_INT),
+    "compare_every": (1, MAX_INT), "chance_patience": (1, 100_000),
+}
+# Float options: (low, high, low excluded, high excluded); NaN and infinities are always refused.
+FLOAT_RANGES: dict[str, tuple[float, float, bool, bool]] = {
+    "lr": (0.0, math.inf, True, True), "momentum": (0.0, 1.0, False, True),
+    "weight_decay": (0.0, math.inf, False, True), "lr_gamma": (0.0, math.inf, True, True),
+    "eps": (0.0, 1.0, True, False),  # inputs are in [0, 1]
+    "step_size": (0.0, 1.0, True, False), "beta": (0.0, math.inf, False, True),
+    "bls_alpha0": (0.0, math.inf, True, True), "bls_rho": (0.0, 1.0, True, True), "bls_c": (0.0, 1.0, True, True),
+    "rnn_delta_scale": (0.0, math.inf, True, True), "rnn_lr": (0.0, math.inf, True, True),
+    "l2lda_lr": (0.0, math.inf, True, True), "l2lda_diversity": (0.0, math.inf, False, True),
+}
+OPTIONAL_FLOATS = ("step_size", "beta", "bls_alpha0")  # None: a default derived from other values
+CHOICES = {"init": ("normal", "uniform"), "rnn_grad_input": ("sign", "rms", "raw"),
+           "rnn_init": ("pgd", "random"), "rnn_optimizer": ("adam", "sgd")}
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def _check_int(name: str, value: Any, low: int, high: int, what: str | None = None) -> None:
+    if type(value) is not int:  # bool is not an int here, nor is 3.0 (a record edited by hand)
+        raise ConfigError(f"{_flag(name)} must be an integer, got {value!r}")
+    if not low <= value <= high:
+        bound = f"at least {low}" if high >= MAX_INT else f"between {low} and {high}"
+        raise ConfigError(f"{what or _flag(name) + ' must be ' + bound}, got {value}")
+
+
+def _check_float(name: str, value: Any, low: float, high: float, open_low: bool, open_high: bool) -> None:
+    if type(value) not in (int, float):
+        raise ConfigError(f"{_flag(name)} must be a number, got {value!r}")
+    if not math.isfinite(value):
+        raise ConfigError(f"{_flag(name)} must be a finite number, got {value}")
+    too_low = value <= low if open_low else value < low
+    too_high = value >= high if open_high else value > high
+    if too_low or too_high:
+        if high == math.inf:
+            bound = "positive" if open_low else "0 or more"
+        else:
+            bound = f"in {'(' if open_low else '['}{low:g}, {high:g}{')' if open_high else ']'}"
+        raise ConfigError(f"{_flag(name)} must be {bound}, got {value}")
+
+
+def values_in_force(config: dict[str, Any]) -> dict[str, Any]:
+    """A recorded config with the defaults it ran with filled in: the PGD step (eps/4 unless
+    given) and, for a TRADES objective, beta (1 on MNIST, 6 on CIFAR-10 unless given); beta is
+    left out for defenses that do not use it. Never raises on an odd record."""
+    shown = dict(config)
+    eps = config.get("eps")
+    if shown.get("step_size") is None and isinstance(eps, (int, float)):
+        shown["step_size"] = eps / 4
+    spec = DEFENSE_SPECS.get(config.get("defense") or "")
+    if spec is None or spec.objective != "trades":
+        shown.pop("beta", None)
+    elif shown.get("beta") is None:
+        shown["beta"] = DEFAULT_BETA.get(config.get("dataset") or "", None)
+    return shown
 
 
 def check_model_name(model: str) -> None:

@@ -30,3 +30,7 @@ class RunNotFoundError(AdvtuiError):
 
 class CheckpointError(AdvtuiError):
     """A checkpoint that is missing, unreadable or does not fit the run."""
+
+
+class AmbiguousRunError(RunNotFoundError):
+    """A reference that matches several runs (an id prefix or a name): the message lists them."""

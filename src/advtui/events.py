@@ -23,6 +23,7 @@ import json
 import math
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -47,6 +48,10 @@ class EventWriter:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(self.path, "a", encoding="utf-8", buffering=1)
+        if _ends_torn(self.path):
+            # A writer killed mid-line left a partial last line: start on a new one, so the
+            # first event of this writer is not glued to it (and lost with it).
+            self._file.write("\n")
 
     def emit(self, kind: str, **fields: Any) -> None:
         record = {"kind": kind, "time": round(time.time(), 3), **_clean(fields)}
@@ -56,13 +61,29 @@ class EventWriter:
 
     def close(self) -> None:
         if not self._file.closed:
-            self._file.close()
+            try:
+                self._file.close()
+            except OSError:
+                pass  # a full disk: each line was flushed when written, so nothing is held back
 
     def __enter__(self) -> "EventWriter":
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _ends_torn(path: Path) -> bool:
+    """Whether the file's last byte is not a newline (a line was cut off mid-write)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            if f.tell() == 0:
+                return False
+            f.seek(-1, os.SEEK_END)
+            return f.read(1) != b"\n"
+    except OSError:
+        return False
 
 
 class LineTail:
@@ -95,9 +116,43 @@ class LineTail:
         return lines
 
 
+# The fields readers index directly, per kind, and the types they must have: an event without
+# them (a line edited by hand, a writer of another version) is damaged, not a crash downstream.
+_NUMBER = (int, float, type(None))  # NaN and infinities are written as null
+_REQUIRED: dict[str, dict[str, tuple[type, ...]]] = {
+    "inner": {"losses": (list,)},
+    "epoch": {"epoch": (int,)},
+    "step": {"epoch": (int,), "batch": (int,)},
+    "health": {"code": (str,), "level": (str,), "message": (str,)},
+}
+_OPTIONAL_LISTS = {"inner": ("pgd",)}
+
+
+def _well_formed(event: Any) -> bool:
+    if type(event) is not dict or type(event.get("kind")) is not str:
+        return False
+    kind = event["kind"]
+    for name, types in _REQUIRED.get(kind, {}).items():
+        value = event.get(name)
+        if type(value) not in types:
+            return False
+        if type(value) is list and not all(type(v) in _NUMBER for v in value):
+            return False
+    for name in _OPTIONAL_LISTS.get(kind, ()):
+        value = event.get(name)
+        if value is not None and (type(value) is not list or not all(type(v) in _NUMBER for v in value)):
+            return False
+    return True
+
+
 class EventTail(LineTail):
     """Reads a stream incrementally: each ``read_new`` returns only events appended since the
-    last call."""
+    last call. Damaged lines (not JSON, not UTF-8, not an event object, or an event without
+    the fields of its kind) are skipped and counted in ``damaged``."""
+
+    def __init__(self, path: Path, initial_bytes: int | None = None):
+        super().__init__(path, initial_bytes)
+        self.damaged = 0  # lines skipped as damaged since this tail was made
 
     def read_new(self) -> list[dict]:
         events = []
@@ -107,14 +162,37 @@ class EventTail(LineTail):
             try:
                 event = json.loads(line)
             except ValueError:  # JSONDecodeError and UnicodeDecodeError alike
-                continue  # a torn or damaged line (a crashed writer): skip it, keep the rest
-            if isinstance(event, dict):  # every event is an object; anything else is damage
+                event = None
+            if _well_formed(event):
                 events.append(event)
+            else:
+                self.damaged += 1  # a torn or damaged line (a crashed writer): skip it, keep the rest
         return events
 
 
+def damaged_note(count: int) -> str:
+    """How readers say that lines were skipped: "2 damaged lines skipped"."""
+    return f"{count} damaged line{'s' if count != 1 else ''} skipped"
+
+
+@dataclass
+class EventStream:
+    """A whole stream, read at once: its events and how many damaged lines were skipped."""
+
+    events: list[dict]
+    damaged: int = 0
+
+
+def read_stream(path: Path) -> EventStream:
+    """Every event of a stream, with the count of damaged lines (a missing file has none)."""
+    tail = EventTail(path)
+    events = tail.read_new()
+    return EventStream(events, tail.damaged)
+
+
 def read_events(path: Path, kinds: set[str] | None = None) -> Iterator[dict]:
-    """All events of a stream (optionally of some kinds), for one-shot readers like ``show``."""
-    for event in EventTail(path).read_new():
+    """All events of a stream (optionally of some kinds), for one-shot readers; damaged lines
+    are skipped (``read_stream`` counts them)."""
+    for event in read_stream(path).events:
         if kinds is None or event.get("kind") in kinds:
             yield event

@@ -40,5 +40,17 @@ def main() -> None:
     try:
         app()  # standalone: Typer reports its own usage errors and exits
     except AdvtuiError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {one_line(str(exc))}", file=sys.stderr)
         sys.exit(exc.exit_code)
+    except OSError as exc:  # the environment (permissions, a full disk) rather than a bug: one line too
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"error: {exc.strerror or exc}{where}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+def one_line(text: str) -> str:
+    """A message as one line: a record's error or a file name may hold a newline."""
+    return " ".join(text.split("\n")).replace("\r", " ")

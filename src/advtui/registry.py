@@ -53,7 +53,7 @@ from tinydb.storages import Storage
 from tinydb.table import Document
 
 from advtui.core.atomic import atomic_write_json, backup_path
-from advtui.errors import RegistryError, RunNotFoundError
+from advtui.errors import AmbiguousRunError, RegistryError, RunNotFoundError
 
 REGISTRY_FILE = "registry.json"
 QUEUE_FILE = "queue.json"
@@ -137,6 +137,29 @@ def _tables_of_documents(data: Any) -> bool:
     return True
 
 
+def _shape_problem(path: str, data: dict) -> str | None:
+    """What makes parsed JSON not this kind of store file (None when it is one). A file that
+    parses but holds something else (``{}``, ``[]``, other tables) must not be taken as an
+    empty store: the next write would replace it, and its backup, with nothing."""
+    if not data:
+        return "holds an empty object, not a registry"
+    name = os.path.basename(path)
+    tables = set(data)
+    if name == REGISTRY_FILE:
+        if not any(type(doc.get("schema")) is int for doc in data.get(META, {}).values()):
+            return f"has no {META} table with a schema, so it is not a registry"
+    elif name == RUN_FILE:
+        if not tables <= {RUNS, RESULTS}:
+            return f"has tables {', '.join(sorted(tables - {RUNS, RESULTS}))}, not a run's ({RUNS}, {RESULTS})"
+        runs = data.get(RUNS) or {}
+        if len(runs) > 1 or any(type(doc.get("id")) is not str for doc in runs.values()):
+            return f"does not hold one run with an id in its {RUNS} table"
+    elif name == QUEUE_FILE or os.path.basename(os.path.dirname(path)) == ARCHIVE_DIR:
+        if tables != {JOBS}:
+            return f"does not hold the {JOBS} table alone, so it is not a job queue"
+    return None
+
+
 def _parse(path: str, raw: bytes) -> Any:
     if not raw.strip():
         # Files are only ever replaced by rename, never written in place, so an empty one was
@@ -147,8 +170,11 @@ def _parse(path: str, raw: bytes) -> Any:
         if not _tables_of_documents(data):
             raise ValueError("not an object of tables of documents")
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        reason = " ".join(str(exc).split())
+        reason = " ".join(str(exc).split())[:120]
         return _Damaged(_damage_message(path, f"is corrupt ({reason})"))
+    problem = _shape_problem(path, data)
+    if problem is not None:
+        return _Damaged(_damage_message(path, problem))
     return data
 
 
@@ -208,6 +234,12 @@ def _read_keyed(path: str) -> tuple[tuple | None, dict | None]:
 
 
 _EMPTY: dict = {}
+
+
+def _write_error(path: str, exc: OSError) -> RegistryError:
+    where = exc.filename if exc.filename else path
+    return RegistryError(f"cannot write the registry file {path} ({exc.strerror or exc}: {where}); "
+                         "it was left as it was")
 
 
 @contextmanager
@@ -412,6 +444,20 @@ class Registry:
         self._migrated = False
         self._store_ready = False
 
+    # -- damage -----------------------------------------------------------------------------
+    def store_problems(self) -> list[str]:
+        """One line per store file that cannot be used (damaged, unreadable): registry.json and
+        queue.json (whose damage stops every command: listings raise RegistryError with the
+        same line), then the run files the last listing skipped (``damaged``). Empty when the
+        store is sound. For front ends that show the store's state instead of raising."""
+        problems = []
+        for path in (self._registry_file, self._queue_file, *self._archive_files()):
+            try:
+                _read(path)
+            except RegistryError as exc:
+                problems.append(str(exc))
+        return problems + list(self.damaged)
+
     # -- files ------------------------------------------------------------------------------
     def run_path(self, run_id: str) -> Path:
         return self.root / run_id / RUN_FILE
@@ -446,7 +492,10 @@ class Registry:
         self._check_schema()
         if write and not self._store_ready:
             if not self.path.exists():
-                self.root.mkdir(parents=True, exist_ok=True)
+                try:
+                    self.root.mkdir(parents=True, exist_ok=True)
+                except OSError as exc:
+                    raise RegistryError(f"cannot create the runs folder {self.root}: {exc.strerror or exc}") from None
                 with self._write(self._registry_shard(), ready=False) as opened:
                     meta = opened.db.table(META)
                     if not meta.all():
@@ -483,15 +532,17 @@ class Registry:
                 if other.shard.order >= shard.order:
                     raise RuntimeError(f"lock order: {shard.path} taken while holding {other.shard.path} "
                                        "(take the queue, then run files in id order, then registry.json)")
-            os.makedirs(os.path.dirname(shard.path), exist_ok=True)
             lock = _lock_for(shard.path)
             try:
+                os.makedirs(os.path.dirname(shard.path), exist_ok=True)
                 lock.acquire()
             except Timeout as exc:
                 raise RegistryError(
                     f"the registry file {shard.path} stayed locked for {LOCK_TIMEOUT_S:.0f}s; "
                     f"if no advtui process is running, delete {shard.path}.lock"
                 ) from exc
+            except OSError as exc:  # a runs folder that cannot be written (permissions, a full disk)
+                raise _write_error(shard.path, exc) from None
             try:
                 opened = _Open(shard, _check(_load(shard.path)) or {}, lock)
             except BaseException:
@@ -518,6 +569,12 @@ class Registry:
                     opened.lock.release()
 
     def _flush(self, opened: _Open) -> None:
+        try:
+            self._flush_files(opened)
+        except OSError as exc:  # nothing was replaced: the atomic write removed its temporary file
+            raise _write_error(opened.shard.path, exc) from None
+
+    def _flush_files(self, opened: _Open) -> None:
         path = opened.shard.path
         if opened.shard.kind == "queue":
             if opened.dirty:
@@ -798,11 +855,23 @@ class Registry:
                 break
             except FileExistsError:
                 continue
+            except OSError as exc:
+                raise RegistryError(f"cannot create a run folder in {self.root}: {exc.strerror or exc}") from None
         else:
             raise RegistryError(f"no free run id in {self.root}")
         record = {"id": run_id, "status": "queued", "host": socket.gethostname(), "created": time.time(), **doc}
         record["id"] = run_id
-        self._insert_run(record)
+        try:
+            self._insert_run(record)
+        except BaseException:
+            try:  # the id is given back: no empty run folder is left behind
+                for leftover in os.listdir(self.root / run_id):
+                    if leftover.endswith(".lock"):
+                        os.unlink(self.root / run_id / leftover)
+                os.rmdir(self.root / run_id)
+            except OSError:
+                pass
+            raise
         return record
 
     def update_run(self, run_id: str, **fields: Any) -> None:
@@ -948,7 +1017,7 @@ class Registry:
         found = by_name or by_prefix + [{"id": run_id} for run_id in damaged]
         if len(found) > 1:
             ids = ", ".join(r["id"] for r in found[:5])
-            raise RunNotFoundError(f"{ref!r} matches several runs ({ids}): give the full id")
+            raise AmbiguousRunError(f"{ref!r} matches several runs ({ids}): give the full id")
         raise RunNotFoundError(
             f"no run {ref!r} in {self.root}: `advtui ls` lists the runs there"
             " (or pass --runs-dir)"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -46,12 +47,14 @@ class RunPlan:
 
 def plan_resume(registry: Registry, ref: str, overrides: dict[str, Any]) -> RunPlan:
     """Resume RUN from its last checkpoint; ``overrides`` may extend epochs or change device."""
-    record = registry.resolve_run(ref)
-    if record.get("status") == "running" and record_alive(record):
+    record = lifecycle.settle_vanished(registry, registry.resolve_run(ref))
+    if record.get("status") == "running":
         raise ConfigError(f"run {record['id']} is still running (pid {record.get('pid')}): kill it first")
     if record.get("status") == "finished" and not overrides.get("epochs"):
         raise ConfigError(f"run {record['id']} already finished: pass --epochs N (more than "
                           f"{record['config']['epochs']}) to train it further")
+    if overrides.get("epochs") is not None and overrides["epochs"] <= (record.get("epoch") or 0):
+        raise ConfigError(f"--epochs must exceed the {record.get('epoch') or 0} epochs run {record['id']} has done")
     if not (record.get("checkpoints") or {}).get("last"):
         raise CheckpointError(f"run {record['id']} has no checkpoint to resume from: start it again instead")
     checkpoint = checkpoint_path(registry, record, "last")
@@ -70,53 +73,103 @@ def plan_queued(registry: Registry, run_id: str) -> RunPlan:
                    checkpoint_path(registry, record, "last") if has_checkpoint else None)
 
 
+# Fields a start writes over an existing record: kept before, and put back when a resume fails
+# before training starts, so the run is left as it was (a finished run stays finished).
+_START_FIELDS = ("status", "pid", "pid_start_time", "host", "started", "ended", "error", "config", "epochs",
+                 "device")
+STATUS_WRITE_TRIES = 3
+STATUS_WRITE_PAUSE_S = 0.5
+
+
 def execute_run(
     plan: RunPlan,
     runs_root: Path,
     on_progress: Callable | None = None,
     on_record: Callable[[dict[str, Any]], None] | None = None,
+    on_warning: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Validate, load data, create/attach the record, train, and record how it ended.
 
-    Everything that can fail on bad input (device, data, checkpoint) is checked before the
-    registry is touched, so a failed start leaves it unchanged.
+    Everything that can fail on bad input (options, device, data, checkpoint, whether the
+    checkpoint fits the model) is checked before the registry is touched, so a failed start
+    leaves it unchanged. From the moment the record says ``running`` this function owns its last
+    word: whatever is raised (a full disk included) ends the run ``failed`` with the reason, or,
+    for a resume that fails before training starts, puts the record back as it was.
     """
     # torch loads here, not at module level: `advtui ls` and the dashboard import this module.
-    from advtui.engine.checkpoint import load_checkpoint
-    from advtui.engine.train import StopRequested, Trainer, device_name, load_data, resolve_device
+    from advtui.engine.checkpoint import check_model_state, load_checkpoint
+    from advtui.engine.train import device_name, load_data, resolve_device
 
     # The data root this run reads (--data-root, else $ADVTUI_DATA, else the cache folder), resolved
     # and recorded in its config: its evaluations and resumes find the data in a shell without it.
-    config = replace(plan.config, data_root=str(data_root(plan.config.data_root)))
+    config = replace(plan.config, data_root=str(data_root(plan.config.data_root))).validate()
     device = resolve_device(config.device)
     train, test = load_data(config)
+    config = _real_sizes(config, len(train), len(test), on_warning)
     state = load_checkpoint(plan.checkpoint, map_location=device) if plan.checkpoint else None
 
     registry = Registry(runs_root)
     warm_start = _load_warm_start(registry, config, device) if state is None and config.init_from else None
+    if state is not None:
+        check_model_state(_model_shapes(config), state.get("model"), plan.checkpoint,
+                          f"{config.model} on {config.dataset}", state.get("config"))
     if plan.record is None:
         record = lifecycle.create_running(registry, config.to_dict(), device=device_name(device))
+        before = None
     else:
+        before = {k: plan.record.get(k) for k in _START_FIELDS}
         started = lifecycle.mark_running(registry, plan.record["id"], config=config.to_dict(),
                                          epochs=config.epochs, device=device_name(device))
         record = {**plan.record, **started}
+    # Only a run that was stopped (or finished) and is started again is put back on an early
+    # failure; a new or queued run that cannot start has failed.
+    restore = before if before is not None and before.get("status") != lifecycle.QUEUED else None
+    try:
+        return _train(registry, record, config, device, state, warm_start, train, test, restore,
+                      on_progress, on_record)
+    except (RunInterrupted, RunFailed, _Restored):
+        raise
+    except BaseException as exc:
+        _fail(registry, record["id"], exc)
+        raise  # _fail raises RunFailed for an Exception; KeyboardInterrupt and the like go on
+
+
+class _Restored(AdvtuiError):
+    """A resume failed before training began; the record was put back as it was."""
+
+    exit_code = 1
+
+
+def _train(registry: Registry, record: dict[str, Any], config: RunConfig, device, state, warm_start,
+           train, test, restore: dict[str, Any] | None, on_progress, on_record) -> dict[str, Any]:
+    from advtui.engine.train import StopRequested, Trainer
+
     run_id = record["id"]
     folder = run_dir(registry.root, run_id)
     if on_record:
         on_record(record)
-
-    health = _health_monitor(config, folder / EVENTS_FILE)
+    events = None
+    try:
+        health = _health_monitor(config, folder / EVENTS_FILE)
+        events = EventWriter(folder / EVENTS_FILE)
+        trainer = Trainer(config, folder, device, train, test, events, on_progress, None, health)
+        if state is not None:
+            trainer.load_state(state)
+        elif warm_start is not None:
+            _apply_warm_start(trainer, warm_start)
+    except BaseException as exc:
+        if events is not None:
+            events.close()
+        if restore is None or not isinstance(exc, Exception):
+            raise
+        _put_back(registry, run_id, restore, exc)
 
     def epoch_done(metrics: dict[str, Any], path: Path) -> None:
         registry.update_run(run_id, epoch=metrics["epoch"], metrics=metrics,
                             checkpoints={"last": LAST_CHECKPOINT}, health=health.active_dicts())
 
-    with EventWriter(folder / EVENTS_FILE) as events:
-        trainer = Trainer(config, folder, device, train, test, events, on_progress, epoch_done, health)
-        if state is not None:
-            trainer.load_state(state)
-        elif warm_start is not None:
-            _apply_warm_start(trainer, warm_start)
+    trainer.on_epoch = epoch_done
+    with events:
         trainer.start_event(resumed=state is not None)  # a restart clears an earlier error finding
         registry.update_run(run_id, model_params=_count(trainer.model), maximizer_params=(
             trainer.maximizer.num_parameters() if trainer.maximizer is not None else 0),
@@ -124,9 +177,10 @@ def execute_run(
         try:
             metrics = trainer.fit()
         except StopRequested as stop:
-            events.emit("end", status="killed", signal=str(stop), epoch=trainer.epoch, batch=trainer.batch)
-            lifecycle.mark_killed(registry, run_id, f"stopped by {stop} at epoch {trainer.epoch + 1}, batch {trainer.batch}",
-                                  checkpoints={"last": LAST_CHECKPOINT}, health=health.active_dicts())
+            _emit_end(events, "killed", signal=str(stop), epoch=trainer.epoch, batch=trainer.batch)
+            _record_end(registry, run_id, lifecycle.mark_killed,
+                        f"stopped by {stop} at epoch {trainer.epoch + 1}, batch {trainer.batch}", "killed",
+                        checkpoints={"last": LAST_CHECKPOINT}, health=health.active_dicts())
             raise RunInterrupted(
                 f"run {run_id} stopped by {stop}; checkpoint saved: `advtui run --resume {run_id}` continues it",
                 stop.signum,
@@ -135,13 +189,12 @@ def execute_run(
             # The finding's message is the whole story (what went wrong, what to try): it is
             # the record's error as it is, with no exception type in front.
             message = unhealthy.finding.message
-            events.emit("end", status="failed", error=message, epoch=trainer.epoch, batch=trainer.batch)
-            lifecycle.mark_failed(registry, run_id, message, health=health.active_dicts())
-            raise RunFailed(f"run {run_id} failed: {message}") from None
+            _emit_end(events, "failed", error=message, epoch=trainer.epoch, batch=trainer.batch)
+            note = _record_end(registry, run_id, lifecycle.mark_failed, message, "failed",
+                               health=health.active_dicts())
+            raise RunFailed(f"run {run_id} failed: {message}{note}") from None
         except BaseException as exc:
-            message = f"{type(exc).__name__}: {exc}".strip()
-            events.emit("end", status="failed", error=message)
-            lifecycle.mark_failed(registry, run_id, message[:2000], health=health.active_dicts())
+            _emit_end(events, "failed", error=_describe(exc))
             raise
         final = trainer.ckpt_dir / "final.pt"
         shutil.copyfile(trainer.ckpt_dir / "last.pt", final)
@@ -151,6 +204,91 @@ def execute_run(
                                 health=health.active_dicts(),
                                 checkpoints={"last": LAST_CHECKPOINT, "final": FINAL_CHECKPOINT})
     return registry.get_run(run_id) or record
+
+
+def _describe(exc: BaseException) -> str:
+    """An exception as one line: its type and its message's first line."""
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f": {exc.filename}" if exc.filename else ""
+        text = f"{exc.strerror}{where}"
+    else:
+        lines = str(exc).strip().splitlines()
+        text = lines[0] if lines else ""
+    if isinstance(exc, AdvtuiError):
+        return text
+    return f"{type(exc).__name__}: {text}".strip().rstrip(":")
+
+
+def _emit_end(events: EventWriter, status: str, **fields: Any) -> None:
+    """The stream's last event, if the disk takes it: the record, not the stream, is the truth."""
+    try:
+        events.emit("end", status=status, **fields)
+    except OSError:
+        pass
+
+
+def _record_end(registry: Registry, run_id: str, mark: Callable[..., Any], message: str, status: str,
+                **fields: Any) -> str:
+    """Write a run's end, trying again a few times (a full disk may free up as temporary files
+    are removed); '' when it was written, else a note saying the record could not be changed."""
+    last: BaseException | None = None
+    for attempt in range(STATUS_WRITE_TRIES):
+        try:
+            mark(registry, run_id, message[:2000], only_from=lifecycle.RUNNING, **fields)
+            return ""
+        except (OSError, AdvtuiError) as exc:
+            last = exc
+            time.sleep(STATUS_WRITE_PAUSE_S * (attempt + 1))
+    return (f"; its status could not be recorded as {status} ({_describe(last)}): the record still says "
+            f"running until `advtui ls` finds its process gone")
+
+
+def _fail(registry: Registry, run_id: str, exc: BaseException) -> None:
+    """End the run ``failed`` for ``exc``; raise RunFailed (one line) for an ordinary exception."""
+    message = _describe(exc)
+    note = _record_end(registry, run_id, lifecycle.mark_failed, message, "failed")
+    if isinstance(exc, Exception):
+        raise RunFailed(f"run {run_id} failed: {message}{note}") from exc
+
+
+def _put_back(registry: Registry, run_id: str, before: dict[str, Any], exc: Exception) -> None:
+    """A resume failed before training: the record returns to what it was, and the reason is
+    one line (the run can be resumed again once the cause is fixed)."""
+    message = _describe(exc)
+    try:
+        lifecycle.put_back(registry, run_id, before)
+        note = f"; run {run_id} is {before.get('status')} as before"
+    except (OSError, AdvtuiError) as write_error:
+        note = _record_end(registry, run_id, lifecycle.mark_failed, message, "failed") or (
+            f"; it could not be put back ({_describe(write_error)}) and is marked failed")
+    raise _Restored(f"cannot resume run {run_id}: {message}{note}") from exc
+
+
+def _real_sizes(config: RunConfig, n_train: int, n_test: int, on_warning: Callable[[str], None] | None) -> RunConfig:
+    """A limit above a split's size trains on the whole split: say so, and record the real size."""
+    changes = {}
+    for name, size in (("train_limit", n_train), ("test_limit", n_test)):
+        limit = getattr(config, name)
+        if limit is not None and limit > size:
+            changes[name] = size
+            if on_warning is not None:
+                split = "training" if name == "train_limit" else "test"
+                on_warning(f"--{name.replace('_', '-')} {limit} is more than the {size} {split} images of "
+                           f"{config.dataset}: using all {size} (recorded as {size})")
+    return replace(config, **changes) if changes else config
+
+
+def _model_shapes(config: RunConfig):
+    """The run's model, for checking that a checkpoint fits it (on the meta device: no memory)."""
+    import torch
+
+    from advtui.engine.models import build_model
+
+    try:
+        with torch.device("meta"):
+            return build_model(config.model, config.dataset)
+    except Exception:  # an initializer that needs real memory: build it on the CPU
+        return build_model(config.model, config.dataset)
 
 
 def _health_monitor(config: RunConfig, events_path: Path) -> HealthMonitor:

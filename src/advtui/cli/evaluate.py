@@ -112,13 +112,17 @@ def eval_command(
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON instead of a table."),
 ) -> None:
     """Attack a run's checkpoint and store accuracy, loss trajectories and sanity checks."""
-    from advtui.engine.evaluate import DEFAULT_BATCH_SIZE, evaluate_run  # torch: loaded by this command only
+    from advtui.engine.evaluate import evaluate_run  # torch: loaded by this command only
 
+    if batch_size < 1 or (limit is not None and limit < 1) or seed < 0:
+        bad = "--batch-size" if batch_size < 1 else "--limit" if limit is not None and limit < 1 else "--seed"
+        value = {"--batch-size": batch_size, "--limit": limit, "--seed": seed}[bad]
+        raise ConfigError(f"{bad} must be {'0 or more' if bad == '--seed' else 'at least 1'}, got {value}")
     registry = open_registry(runs_dir)
     interactive = sys.stderr.isatty() and not as_json
     with EvalProgressDisplay(interactive, sys.stderr if as_json else None) as display:
         report = evaluate_run(
-            registry, run_ref, attacks, limit=limit, batch_size=batch_size or DEFAULT_BATCH_SIZE, eps=eps,
+            registry, run_ref, attacks, limit=limit, batch_size=batch_size, eps=eps,
             step_size=step_size, seed=seed, checkpoint=checkpoint, device=device, cascade=cascade,
             data_root=data_root, on_progress=display)
     if as_json:

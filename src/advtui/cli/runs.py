@@ -16,9 +16,11 @@ from rich.text import Text
 
 from advtui.cli.common import RunsDirOption, console, err_console, open_registry
 from advtui.cli.train_options import build_config_from_options, with_train_options
-from advtui.core.format import fmt_duration, fmt_pct, fmt_time, short_device, styled_status
+from advtui.config import values_in_force
+from advtui.core import lifecycle
+from advtui.core.format import fmt_duration, fmt_pct, fmt_seconds, fmt_time, short_device, styled_status
 from advtui.core.paths import checkpoint_path, run_folder
-from advtui.events import EVENTS_FILE, read_events
+from advtui.events import EVENTS_FILE, damaged_note, read_stream
 from advtui.health import ERROR, WARNING, Finding, record_findings, replay, worst_level
 from advtui.runner import RunPlan, execute_run, plan_queued, plan_resume
 
@@ -62,7 +64,7 @@ class ProgressDisplay:
         if self.progress is not None:
             if self.task is None:
                 self.task = self.progress.add_task("train", total=total, label="", loss="-", speed="-", acc="")
-            fields = {"label": f"epoch {min(p.epoch + 1, p.epochs)}/{p.epochs} batch {p.batch}/{p.batches}"}
+            fields = {"label": progress_label(p)}
             if p.loss is not None:
                 fields.update(loss=f"{p.loss:.4f}", speed=f"{p.images_per_s:,.0f}")
             if acc:
@@ -71,7 +73,7 @@ class ProgressDisplay:
         elif acc or time.monotonic() - self.last_line > 30:
             self.last_line = time.monotonic()
             loss = f" loss {p.loss:.4f} {p.images_per_s:,.0f} img/s" if p.loss is not None else ""
-            print(f"epoch {p.epoch}/{p.epochs} batch {p.batch}/{p.batches}{loss} {acc}".rstrip(), flush=True)
+            print(f"{progress_label(p)}{loss}{': ' + acc if acc else ''}", flush=True)
         for finding in p.health:  # said as it happens: a long run's screen must not look healthy
             self._say(health_line(finding))
 
@@ -80,6 +82,23 @@ class ProgressDisplay:
             self.progress.console.print(markup)  # above the bar
         else:  # a log file: one unwrapped line, in order with the progress lines
             print(Text.from_markup(markup).plain, flush=True)
+
+
+def progress_label(p) -> str:
+    """Where training is: "epoch 1/3 batch 16/16" after a batch (batches done, counted from 1),
+    "epoch 1/3 done" after an epoch's test evaluation (which belongs to no batch)."""
+    if "test_clean_acc" in p.metrics:
+        return f"epoch {p.epoch}/{p.epochs} done"
+    return f"epoch {p.epoch + 1}/{p.epochs} batch {p.batch}/{p.batches}"
+
+
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def training_summary(record: dict) -> str:
+    """How a run ended, for the line `advtui run` prints last: "1 epoch in 0.8 s"."""
+    return f"{plural(record.get('epoch') or 0, 'epoch')} in {fmt_seconds(record.get('train_time'))}"
 
 
 HEALTH_STYLE = {ERROR: "red", WARNING: "yellow"}
@@ -119,11 +138,12 @@ def run(
         plan = RunPlan(build_config_from_options(train_options))
     interactive = sys.stderr.isatty()
     with ProgressDisplay(interactive) as display:
-        record = execute_run(plan, registry.root, on_progress=display, on_record=display.record)
+        record = execute_run(plan, registry.root, on_progress=display, on_record=display.record,
+                             on_warning=lambda text: print(f"warning: {text}", file=sys.stderr, flush=True))
     m = record.get("metrics") or {}
     console.print(
         f"[green]finished[/] {record['id']} ({record['name']}): {record['defense']} {record['dataset']}/"
-        f"{record['model']}, {record['epochs']} epochs in {fmt_duration(record.get('train_time'))}; "
+        f"{record['model']}, {training_summary(record)}; "
         f"test clean {fmt_pct(m.get('test_clean_acc'))}%, PGD-{record['config']['inner_steps']} "
         f"{fmt_pct(m.get('test_pgd_acc'))}% (n={m.get('test_n', '-')})"
     )
@@ -140,7 +160,7 @@ def list_runs(
 ) -> None:
     """List runs."""
     registry = open_registry(runs_dir)
-    runs = registry.runs()
+    runs = lifecycle.settle_all_vanished(registry, registry.runs())
     for problem in registry.damaged:  # a damaged run file hides that run only: say which
         print(f"warning: {problem}", file=sys.stderr)
     runs = [r for r in runs if (status is None or r.get("status") == status)
@@ -180,14 +200,18 @@ def show(
 ) -> None:
     """Show a run's config, status, last metrics and checkpoints."""
     registry = open_registry(runs_dir)
-    r = registry.resolve_run(run_ref)
-    events = list(read_events(run_folder(registry, r) / EVENTS_FILE))
+    r = lifecycle.settle_vanished(registry, registry.resolve_run(run_ref))
+    stream = read_stream(run_folder(registry, r) / EVENTS_FILE)
+    events = stream.events
     history = run_health(r, events)
+    if stream.damaged:  # said on stderr, so --json output stays JSON
+        print(f"warning: {run_folder(registry, r) / EVENTS_FILE}: {damaged_note(stream.damaged)}", file=sys.stderr)
     if as_json:
         # The record, with the health checks of its whole stream: ``health`` the findings that
         # hold now (as ``ls --json`` has them), ``health_history`` every one, cleared ones too.
         console.print_json(json.dumps({**r, "health": [f.to_dict() for f in history if f.active],
-                                       "health_history": [f.to_dict() for f in history]}))
+                                       "health_history": [f.to_dict() for f in history],
+                                       "events_damaged": stream.damaged}))
         return
     console.print(f"[bold]{r['id']}[/]  {r.get('name')}  {styled_status(r.get('status'))}")
     console.print(f"  defense {r.get('defense')}  dataset {r.get('dataset')}  model {r.get('model')}  "
@@ -198,10 +222,10 @@ def show(
                   if isinstance(r.get("model_params"), int) else "  parameters: -")
     if r.get("error"):
         console.print(f"  [red]error[/]: {r['error'].splitlines()[-1] if r['error'] else ''}")
-    cfg = r.get("config") or {}
+    cfg = values_in_force(r.get("config") or {})
     keys = ("eps", "inner_steps", "step_size", "batch_size", "lr", "momentum", "weight_decay", "milestones",
             "beta", "seed", "train_limit", "test_limit", "preset")
-    console.print("  config: " + "  ".join(f"{k}={cfg.get(k)}" for k in keys if k in cfg))
+    console.print("  config: " + "  ".join(f"{k}={_config_value(cfg[k])}" for k in keys if k in cfg))
     m = r.get("metrics") or {}
     if m:
         console.print("  last metrics: " + "  ".join(
@@ -214,10 +238,24 @@ def show(
     if inner:
         last = inner[-1]
         line = "  last inner trajectory (" + str(last.get("maximizer")) + "): " + " ".join(
-            f"{v:.3f}" for v in last["losses"])
+            _loss(v) for v in last["losses"])
         console.print(line)
-        if "pgd" in last:
-            console.print("  PGD on the same batch:          " + " ".join(f"{v:.3f}" for v in last["pgd"]))
+        if last.get("pgd"):
+            console.print("  PGD on the same batch:          " + " ".join(_loss(v) for v in last["pgd"]))
+    if stream.damaged:
+        console.print(f"  events: [yellow]{damaged_note(stream.damaged)}[/]")
+
+
+def _loss(value: float | None) -> str:
+    return "nan" if value is None else f"{value:.3f}"  # the stream writes NaN and inf as null
+
+
+def _config_value(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, list):
+        return ",".join(map(str, value)) or "-"
+    return "-" if value is None else str(value)
 
 
 def run_health(record: dict, events: list[dict]) -> list[Finding]:

@@ -13,11 +13,30 @@ import os
 import secrets
 import shutil
 import tempfile
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, Iterator
 
 BACKUP_SUFFIX = ".bak"
+
+
+def current_umask() -> int:
+    """This process's umask, read without changing it where the system says it (Linux 4.7+)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    with _UMASK_GUARD:  # elsewhere: set and restore it (a moment another thread must not create files in)
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+_UMASK_GUARD = threading.Lock()
 
 
 def backup_path(path: str | os.PathLike) -> Path:
@@ -56,6 +75,9 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb", *, fsync: bool = True
     folder = os.path.dirname(path) or "."
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
     try:
+        # mkstemp creates the file 0600 whatever the umask; the file it becomes is created like
+        # any other (0666 less the umask), so a runs folder shared by a group stays shared.
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, mode, encoding=(encoding or "utf-8") if mode == "w" else None) as f:
             yield f
             f.flush()

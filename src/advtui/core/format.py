@@ -44,6 +44,15 @@ def fmt_duration(seconds: float | None) -> str:
     return f"{h}h{m:02d}m" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
 
 
+def fmt_seconds(seconds: float | None) -> str:
+    """A duration as precise as it is short: '0.8 s', '12.4 s', then fmt_duration's '3m07s'."""
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.1f} s" if seconds < 9.95 else f"{seconds:.0f} s"
+    return fmt_duration(seconds)
+
+
 def fmt_pct(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 

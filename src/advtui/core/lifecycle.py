@@ -21,10 +21,12 @@ it did.
 
 from __future__ import annotations
 
+import socket
 import time
 from typing import Any
 
-from advtui.core.process import this_process
+from advtui.core.process import record_alive, this_process, why_not_alive
+from advtui.errors import AdvtuiError
 from advtui.registry import RUNS, Registry
 
 QUEUED, RUNNING, FINISHED, FAILED, KILLED = "queued", "running", "finished", "failed", "killed"
@@ -119,6 +121,37 @@ def mark_killed(registry: Registry, run_id: str, error: str, *, only_from: str |
     return _move(registry, run_id, KILLED, only_from, {"ended": time.time(), "error": error, **fields})
 
 
+def put_back(registry: Registry, run_id: str, before: dict[str, Any]) -> bool:
+    """A restart that failed before training began (a checkpoint that does not fit, say): the
+    record returns to the fields it had (``before``, its status among them), as if never
+    started; False if it is no longer ``running``."""
+    _check(RUNNING, before.get("status") or FAILED)
+    return registry.update(RUNS, {"id": run_id, "status": RUNNING}, before) > 0
+
+
 def mark_queued_again(registry: Registry, run_id: str, **fields: Any) -> None:
     """A stopped run waits to be started again (``advtui resume``); its last end is cleared."""
     _move(registry, run_id, QUEUED, None, {"ended": None, "error": None, **fields})
+
+
+# -- a process that died without recording its end -------------------------------------------------
+def settle_vanished(registry: Registry, record: dict[str, Any]) -> dict[str, Any]:
+    """``record`` as it stands once a dead process is accounted for: a ``running`` run of this
+    host whose process (pid and start time, as the scheduler checks) is gone is marked failed
+    with "process vanished", so no command shows a dead run as running (``kill -9``, a crash,
+    a power cut). Where the store cannot be written, the returned record says so unrecorded."""
+    if record.get("status") != RUNNING or record.get("host") not in (None, socket.gethostname()):
+        return record
+    if record_alive(record):
+        return record
+    reason = f"process vanished ({why_not_alive(record.get('pid'), record.get('pid_start_time'))})"
+    try:
+        mark_failed(registry, record["id"], reason, only_from=RUNNING)
+        return registry.get_run(record["id"]) or record
+    except (OSError, AdvtuiError):  # a read-only or full store: say what is true, unrecorded
+        return {**record, "status": FAILED, "error": f"{reason} (not recorded: the store cannot be written)"}
+
+
+def settle_all_vanished(registry: Registry, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``settle_vanished`` for a listing: only the running records are looked at."""
+    return [settle_vanished(registry, r) if r.get("status") == RUNNING else r for r in records]

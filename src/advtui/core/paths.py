@@ -72,4 +72,11 @@ def checkpoint_path(registry: Registry, record: dict[str, Any], which: str = "fi
     if not rel:
         raise CheckpointError(
             f"run {record['id']} ({record.get('status')}) has no {which} checkpoint yet")
-    return run_folder(registry, record) / rel
+    folder = run_folder(registry, record)
+    path = (folder / str(rel)).resolve()
+    # The record is data: a path in it that leaves the run's folder (``../../elsewhere.pt``, an
+    # absolute path, a symlink out) is refused rather than followed.
+    if not path.is_relative_to(folder):
+        raise CheckpointError(
+            f"run {record['id']}'s {which} checkpoint path {rel!r} leads outside its folder {folder}: refused")
+    return path

@@ -1,9 +1,15 @@
-"""Checkpoints: written atomically (temp file, then rename), loaded with ``weights_only=True``."""
+"""Checkpoints: written atomically (temp file, then rename), loaded with ``weights_only=True``.
+
+Every way a load can fail (a missing file, a directory, a text file, a truncated archive, a
+pickle that asks for an object outside torch's allow-list) is one plain ``CheckpointError``
+line: torch's messages carry ANSI escapes and several paragraphs, which are dropped here.
+"""
 
 from __future__ import annotations
 
 import pickle
-import zipfile
+import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +19,8 @@ from advtui.core.atomic import atomic_open
 from advtui.errors import CheckpointError
 
 CHECKPOINT_FORMAT = 1
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")  # colour and cursor escapes (CSI sequences)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> Path:
@@ -23,15 +31,60 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> Path:
     return path
 
 
+def plain_line(text: str, limit: int = 160) -> str:
+    """The first non-empty line of ``text`` without terminal escapes or control characters."""
+    for line in _ANSI.sub("", text).splitlines():
+        line = " ".join(_CONTROL.sub(" ", line).split())
+        if line:
+            return line[:limit]
+    return ""
+
+
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist: `advtui show RUN` lists a run's checkpoints")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} is not a file")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"checkpoint {path} is corrupt or unreadable ({first_line[:160]})") from exc
+        with warnings.catch_warnings():  # torch warns about a foreign pickle's protocol on stderr
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - the unpickler raises almost anything on a foreign file
+        reason = plain_line(str(exc))
+        if isinstance(exc, pickle.UnpicklingError) and "weights_only" in reason.lower().replace(" ", "_"):
+            reason = "it holds objects other than tensors and plain values, which are not loaded"
+        elif isinstance(exc, (KeyError, IndexError, EOFError, UnicodeDecodeError)) or len(reason) < 12:
+            reason = "not a file torch.save wrote"  # what the unpickler says about text is noise
+        raise CheckpointError(f"checkpoint {path} is corrupt or not a checkpoint ({reason})") from None
     if not isinstance(state, dict) or "model" not in state:
         raise CheckpointError(f"checkpoint {path} is not an advtui checkpoint (no model state)")
     return state
+
+
+def check_model_state(model: torch.nn.Module, weights: Any, path: Path, model_label: str,
+                      saved_config: Any = None) -> None:
+    """Refuse, in one line naming what differs, weights that do not fit ``model`` (another
+    architecture, dataset or width): missing and unexpected keys, and mismatched shapes."""
+    expected = model.state_dict()
+    if not isinstance(weights, dict):
+        raise CheckpointError(f"checkpoint {path} has no model weights")
+    missing = [k for k in expected if k not in weights]
+    unexpected = [k for k in weights if k not in expected]
+    shapes = [f"{k} is {tuple(v.shape)} here, {tuple(expected[k].shape)} in the model"
+              for k, v in weights.items()
+              if k in expected and isinstance(v, torch.Tensor) and tuple(v.shape) != tuple(expected[k].shape)]
+    if not (missing or unexpected or shapes):
+        return
+    parts = []
+    if missing:
+        parts.append(f"missing {len(missing)} key(s): {', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}")
+    if unexpected:
+        parts.append(f"unexpected {len(unexpected)} key(s): {', '.join(unexpected[:3])}"
+                     f"{', ...' if len(unexpected) > 3 else ''}")
+    if shapes:
+        parts.append(f"{len(shapes)} shape(s) differ: {shapes[0]}")
+    saved = ""
+    if isinstance(saved_config, dict) and saved_config.get("model"):
+        saved = f" (saved by a {saved_config.get('model')} on {saved_config.get('dataset')} run)"
+    raise CheckpointError(f"checkpoint {path}{saved} does not fit the run's {model_label}: {'; '.join(parts)}")

@@ -128,12 +128,34 @@ def _load_mnist(root: Path, train: bool, download: bool) -> tuple[torch.Tensor, 
     return ds.data.unsqueeze(1).contiguous(), ds.targets.long()
 
 
+class CifarUnpickler(pickle.Unpickler):
+    """Reads the CIFAR-10 python batches without running code from the data root.
+
+    The format is pickle, and a plain ``pickle.load`` calls whatever a file names: a crafted
+    file under the data root would run code. A batch holds only a dict of bytes, strings,
+    lists of ints and one numpy array, so the only objects it may construct are numpy's array
+    and dtype (its reconstructor included) and bytes; every other global is refused."""
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"), ("numpy", "dtype"),
+        ("_codecs", "encode"),  # bytes in a protocol-2 pickle written by Python 3: str -> bytes, nothing else
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refused to load {module}.{name}: a CIFAR-10 batch holds only arrays")
+        return super().find_class(module, name)
+
+
 def _read_cifar_batches(folder: Path, files: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Read batches in the CIFAR-10 python (pickle) format."""
+    """Read batches in the CIFAR-10 python (pickle) format, with the restricted unpickler."""
     images, labels = [], []
     for name in files:
         with open(folder / name, "rb") as f:
-            entry = pickle.load(f, encoding="latin1")
+            entry = CifarUnpickler(f, encoding="latin1").load()
+        if not isinstance(entry, dict) or "data" not in entry or not ("labels" in entry or "fine_labels" in entry):
+            raise ValueError(f"{name} is not a CIFAR-10 batch (no data and labels)")
         images.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
         labels.extend(entry["labels"] if "labels" in entry else entry["fine_labels"])
     return torch.from_numpy(np.concatenate(images)), torch.tensor(labels, dtype=torch.long)
@@ -151,8 +173,9 @@ def _load_cifar10(root: Path, train: bool, download: bool) -> tuple[torch.Tensor
             raise _missing("cifar10", root, exc) from exc
     try:
         return _read_cifar_batches(folder, files)
-    except (OSError, pickle.UnpicklingError, KeyError, ValueError, EOFError) as exc:
-        raise DataMissingError(f"cifar10 files under {folder} are unreadable ({exc}): delete them to re-download") from exc
+    except (OSError, pickle.UnpicklingError, KeyError, ValueError, EOFError, TypeError, IndexError) as exc:
+        reason = " ".join(str(exc).split())[:160] or type(exc).__name__
+        raise DataMissingError(f"cifar10 files under {folder} are unreadable ({reason}): delete them to re-download") from None
 
 
 def load_split(

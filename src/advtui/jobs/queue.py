@@ -36,7 +36,7 @@ from advtui.config import RunConfig
 from advtui.core import lifecycle
 from advtui.core.attack_specs import parse_attack
 from advtui.core.process import record_alive
-from advtui.errors import AdvtuiError, ConfigError, RunNotFoundError
+from advtui.errors import AdvtuiError, AmbiguousRunError, ConfigError, RunNotFoundError
 from advtui.jobs.launcher import DEFAULT_GRACE_S, stop_process
 from advtui.registry import JOBS, Registry
 
@@ -335,7 +335,9 @@ def _kill_target(registry: Registry, ref: str) -> tuple[dict | None, dict | None
         run = registry.get_run(job["run_id"]) if job["kind"] == "train" else None
         return job, run
     try:
-        run = registry.resolve_run(ref)
+        run = lifecycle.settle_vanished(registry, registry.resolve_run(ref))
+    except AmbiguousRunError:
+        raise
     except RunNotFoundError:
         raise RunNotFoundError(f"no run or job {ref!r}: `advtui ls` lists runs, `advtui queue ls` jobs") from None
     active = [j for j in jobs_of_run(registry, run["id"]) if j["status"] in ACTIVE]
@@ -355,7 +357,7 @@ def resume(registry: Registry, ref: str, *, epochs: int | None = None, priority:
     its last checkpoint (or starts over when it has none). ``epochs`` extends a run, which
     also lets a finished run train further. Auto-evals cancelled because the training stopped
     are queued again behind the new train job."""
-    run = registry.resolve_run(ref)
+    run = lifecycle.settle_vanished(registry, registry.resolve_run(ref))
     status = run.get("status")
     active = [j for j in jobs_of_run(registry, run["id"], kind="train") if j["status"] in ACTIVE]
     if active:
