@@ -122,8 +122,6 @@ _NUMBER = (int, float, type(None))  # NaN and infinities are written as null
 _REQUIRED: dict[str, dict[str, tuple[type, ...]]] = {
     "inner": {"losses": (list,)},
     "epoch": {"epoch": (int,)},
-    "step": {"epoch": (int,), "batch": (int,)},
-    "health": {"code": (str,), "level": (str,), "message": (str,)},
 }
 _OPTIONAL_LISTS = {"inner": ("pgd",)}
 

@@ -23,11 +23,35 @@ _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")  # colour and cursor escapes (C
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
+class _Writes:
+    """A file object for torch.save that keeps the OSError a write raised: torch turns it into
+    a RuntimeError about stream positions, and a full disk should be called a full disk."""
+
+    def __init__(self, f):
+        self.f, self.error = f, None
+
+    def write(self, data) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
 def save_checkpoint(path: Path, state: dict[str, Any]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_open(path, "wb") as f:  # a reader sees the old or the new checkpoint, never half of one
-        torch.save({"format": CHECKPOINT_FORMAT, **state}, f)
+        writes = _Writes(f)
+        try:
+            torch.save({"format": CHECKPOINT_FORMAT, **state}, writes)
+        except RuntimeError:
+            if writes.error is not None:
+                raise writes.error from None
+            raise
     return path
 
 
@@ -86,5 +110,7 @@ def check_model_state(model: torch.nn.Module, weights: Any, path: Path, model_la
         parts.append(f"{len(shapes)} shape(s) differ: {shapes[0]}")
     saved = ""
     if isinstance(saved_config, dict) and saved_config.get("model"):
-        saved = f" (saved by a {saved_config.get('model')} on {saved_config.get('dataset')} run)"
+        label = f"{saved_config.get('model')} on {saved_config.get('dataset')}"
+        if label != model_label:  # what the checkpoint says it holds, when that differs
+            saved = f" (saved by a {label} run)"
     raise CheckpointError(f"checkpoint {path}{saved} does not fit the run's {model_label}: {'; '.join(parts)}")
