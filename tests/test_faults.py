@@ -203,6 +203,10 @@ def test_kill_9_of_a_foreground_run_is_reported_failed_by_ls_show_kill_and_resum
     # The other runs were not touched.
     now = store_snapshot(runs)
     assert {k: v for k, v in now.items() if not k.startswith(victim)} == before
+    # A dead run can be queued again like any failed one.
+    code, out, err = cli(monkeypatch, capsys, "resume", victim)
+    assert code == 0, err
+    assert record(runs, victim)["status"] == "queued"
 
 
 def _wrong_model_checkpoint(root: Path, run_id: str) -> None:

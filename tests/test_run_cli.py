@@ -162,3 +162,31 @@ def test_init_from_starts_from_another_runs_weights(trained_runs):
     started = _final_weights(trained_runs, warm["id"])
     for key in source:
         assert torch.allclose(source[key].float(), started[key].float(), atol=1e-5), key
+
+
+def test_progress_lines_count_batches_from_one_and_the_epoch_end_claims_no_batch():
+    from advtui.cli.runs import progress_label, training_summary
+    from advtui.engine.train import Progress
+
+    assert progress_label(Progress(0, 1, 1, 16, loss=2.3)) == "epoch 1/1 batch 1/16"
+    assert progress_label(Progress(0, 1, 16, 16, loss=2.3)) == "epoch 1/1 batch 16/16"
+    assert progress_label(Progress(1, 1, 0, 16, metrics={"test_clean_acc": 90.0})) == "epoch 1/1 done"
+    assert training_summary({"epoch": 1, "train_time": 0.84}) == "1 epoch in 0.8 s"
+    assert training_summary({"epoch": 3, "train_time": 12.4}) == "3 epochs in 12 s"
+    assert training_summary({"epoch": 2, "train_time": 187.0}) == "2 epochs in 3m07s"
+
+
+def test_show_prints_the_values_in_force_not_none(tmp_path):
+    from advtui.config import build_config, values_in_force
+
+    trades = values_in_force(build_config("trades", eps=0.2).to_dict())
+    assert trades["step_size"] == pytest.approx(0.05) and trades["beta"] == 1.0
+    assert values_in_force(build_config("trades", dataset="cifar10").to_dict())["beta"] == 6.0
+    plain = values_in_force(build_config("plain", step_size=0.01).to_dict())
+    assert plain["step_size"] == 0.01 and "beta" not in plain  # plain has no TRADES term
+    registry = Registry(tmp_path)
+    made = registry.create_run({"name": "t", "status": "finished", "config": build_config("trades").to_dict()})
+    proc = advtui("show", made["id"], env_root=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    (config_line,) = [line for line in proc.stdout.splitlines() if line.startswith("  config: ")]
+    assert "step_size=0.075" in config_line and "beta=1" in config_line and "None" not in config_line

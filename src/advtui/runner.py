@@ -151,8 +151,13 @@ def _train(registry: Registry, record: dict[str, Any], config: RunConfig, device
     events = None
     try:
         health = _health_monitor(config, folder / EVENTS_FILE)
+
+        def epoch_done(metrics: dict[str, Any], path: Path) -> None:
+            registry.update_run(run_id, epoch=metrics["epoch"], metrics=metrics,
+                                checkpoints={"last": LAST_CHECKPOINT}, health=health.active_dicts())
+
         events = EventWriter(folder / EVENTS_FILE)
-        trainer = Trainer(config, folder, device, train, test, events, on_progress, None, health)
+        trainer = Trainer(config, folder, device, train, test, events, on_progress, epoch_done, health)
         if state is not None:
             trainer.load_state(state)
         elif warm_start is not None:
@@ -164,11 +169,6 @@ def _train(registry: Registry, record: dict[str, Any], config: RunConfig, device
             raise
         _put_back(registry, run_id, restore, exc)
 
-    def epoch_done(metrics: dict[str, Any], path: Path) -> None:
-        registry.update_run(run_id, epoch=metrics["epoch"], metrics=metrics,
-                            checkpoints={"last": LAST_CHECKPOINT}, health=health.active_dicts())
-
-    trainer.on_epoch = epoch_done
     with events:
         trainer.start_event(resumed=state is not None)  # a restart clears an earlier error finding
         registry.update_run(run_id, model_params=_count(trainer.model), maximizer_params=(

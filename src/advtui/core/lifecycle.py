@@ -10,6 +10,11 @@
 
     failed | killed | finished ──► queued     (resume; a finished run trains further epochs)
     anything but running ──► running          (`advtui run --resume` attaches to any stopped run)
+    running ──► what it was before            (a restart that failed before training: put_back)
+
+A ``running`` record whose process is gone (``kill -9``, a crash) is marked failed by whoever
+reads it first (``settle_vanished``: ``ls``, ``show``, ``kill``, ``resume``; the scheduler's
+reconcile does the same for the runs it launched).
 
 The runner (the training process itself), the queue (cancel, kill, resume) and the scheduler
 (launch failures, vanished processes) all move runs through these functions, so every record
