@@ -316,6 +316,23 @@ def test_a_registry_file_that_is_not_a_registry_is_reported_and_never_overwritte
     assert any(what in line for line in Registry(runs).store_problems())  # what the dashboard shows
 
 
+def test_an_earlier_versions_registry_that_is_not_one_is_not_migrated(tmp_path, monkeypatch, capsys):
+    """``advtui.json`` (the single-file registry of earlier versions) replaced by ``{}``: taken
+    as an empty registry it would be migrated to nothing and moved aside."""
+    from advtui.registry import LEGACY_FILE
+
+    root = tmp_path / "runs"
+    root.mkdir()
+    monkeypatch.setenv("ADVTUI_RUNS", str(root))
+    (root / LEGACY_FILE).write_bytes(b"{}")
+    (root / (LEGACY_FILE + ".bak")).write_bytes(b'{"_meta": {"1": {"schema": 1}}, "runs": {}}')
+    code, _, err = cli(monkeypatch, capsys, "ls")
+    assert code == 2
+    one_error_line(err, str(root / LEGACY_FILE), "holds an empty object", "the last good copy is")
+    assert sorted(p.name for p in root.iterdir()) == [LEGACY_FILE, LEGACY_FILE + ".bak", LEGACY_FILE + ".lock"]
+    assert (root / LEGACY_FILE).read_bytes() == b"{}"
+
+
 @pytest.mark.parametrize("content", [b"{}", b"[]", b'{"jobs": {}, "other": {}}', b"\xff\xfe"])
 def test_a_damaged_run_file_hides_that_run_only(runs, monkeypatch, capsys, content):
     names = ids(runs)

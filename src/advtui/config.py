@@ -194,7 +194,10 @@ def _check_int(name: str, value: Any, low: int, high: int, what: str | None = No
     if type(value) is not int:  # bool is not an int here, nor is 3.0 (a record edited by hand)
         raise ConfigError(f"{_flag(name)} must be an integer, got {value!r}")
     if not low <= value <= high:
-        bound = f"at least {low}" if high >= MAX_INT else f"between {low} and {high}"
+        if high >= MAX_INT:
+            bound = f"at least {low}" if value < low else f"at most {high}"
+        else:
+            bound = f"between {low} and {high}"
         raise ConfigError(f"{what or _flag(name) + ' must be ' + bound}, got {value}")
 
 

@@ -26,7 +26,10 @@ checked file by file), since one big parse costs less than 10,000 small ones.
 Several files change together by nesting transactions: the queue first, then run files in id
 order, then registry.json. Locks are always taken in that order (the other order raises), so
 two processes never wait on each other. A damaged file is reported in one line and never
-overwritten; a damaged run file hides only that run (listings report it in ``damaged``).
+overwritten; a damaged run file hides only that run (listings report it in ``damaged``). A file
+that parses but is not what its name says (``{}``, ``[]``, a registry.json without ``_meta``, a
+run.json with other tables) is damaged too: taken as empty, the next write would replace it and
+its ``.bak``. ``store_problems()`` lists every damaged file in one line each (the dashboard).
 
 Metrics are not stored here (they stream to each run's events.jsonl); only metadata is.
 """
@@ -1001,6 +1004,8 @@ class Registry:
 
     def resolve_run(self, ref: str) -> dict:
         """A run by exact id, unique id prefix, or unique name; a clear error otherwise."""
+        if not ref:
+            raise RunNotFoundError("give a run: its id, a unique prefix of it, or its name (`advtui ls` lists them)")
         exact = self.get_run(ref)  # a damaged run file raises its one-line error here
         if exact is not None:
             return exact

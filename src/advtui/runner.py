@@ -54,7 +54,9 @@ def plan_resume(registry: Registry, ref: str, overrides: dict[str, Any]) -> RunP
         raise ConfigError(f"run {record['id']} already finished: pass --epochs N (more than "
                           f"{record['config']['epochs']}) to train it further")
     if overrides.get("epochs") is not None and overrides["epochs"] <= (record.get("epoch") or 0):
-        raise ConfigError(f"--epochs must exceed the {record.get('epoch') or 0} epochs run {record['id']} has done")
+        done = record.get("epoch") or 0
+        raise ConfigError(f"--epochs must be more than the {done} epoch{'' if done == 1 else 's'} run {record['id']} "
+                          "has done")
     if not (record.get("checkpoints") or {}).get("last"):
         raise CheckpointError(f"run {record['id']} has no checkpoint to resume from: start it again instead")
     checkpoint = checkpoint_path(registry, record, "last")

@@ -11,6 +11,7 @@ import typer
 from rich.markup import escape
 
 from advtui.config import DEFAULT_PRESET, DEFENSES, PRESETS, RunConfig, build_config
+from advtui.errors import ConfigError
 
 # (name, type, typer option). Every option defaults to None (unset), so a preset's values apply
 # unless given explicitly.
@@ -140,7 +141,7 @@ def build_config_from_options(train_options: dict[str, Any], **fixed: Any) -> Ru
     """A validated RunConfig from the training options; ``fixed`` values win over the options."""
     defense = fixed.pop("defense", None) or train_options.get("defense")
     if defense is None:
-        raise typer.BadParameter(f"--defense is required (one of: {', '.join(DEFENSES)})")
+        raise ConfigError(f"--defense is required (one of: {', '.join(DEFENSES)})")
     overrides = {**config_overrides(train_options), **fixed}
     return build_config(defense, train_options.get("preset"), **overrides)
 
@@ -149,4 +150,4 @@ def _parse_ints(text: str, what: str) -> list[int]:
     try:
         return [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise typer.BadParameter(f"{what} must be comma-separated integers, got {text!r}") from None
+        raise ConfigError(f"--{what} must be comma-separated integers, got {text!r}") from None
