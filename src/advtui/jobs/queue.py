@@ -294,8 +294,13 @@ def kill(registry: Registry, ref: str, grace_s: float = DEFAULT_GRACE_S, executo
         pid, started = run.get("pid"), run.get("pid_start_time")
     if job is not None:
         registry.update(JOBS, {"id": job["id"], "status": "running"}, {"kill_requested": time.time()})
+    if executor is None and job is not None and job.get("executor") == "ray":
+        # The process may be on another node: only its Ray actor can stop it.
+        from advtui.jobs.ray_executor import RayExecutor
+
+        executor = RayExecutor(job.get("ray_address"))
     if executor is not None and job is not None and pid:
-        handle = executor.attach(pid, started)
+        handle = executor.attach(pid, started, job=job)
         outcome = executor.stop(handle, grace_s) if handle is not None else "gone"
     else:
         outcome = stop_process(pid, started, grace_s) if pid else "gone"
