@@ -83,17 +83,23 @@ def execute_run(
     """
     # torch loads here, not at module level: `advtui ls` and the dashboard import this module.
     from advtui.engine.checkpoint import load_checkpoint
+    from advtui.engine.distributed import Ranks
     from advtui.engine.train import StopRequested, Trainer, device_name, load_data, resolve_device
 
     # The data root this run reads (--data-root, else $ADVTUI_DATA, else the cache folder), resolved
     # and recorded in its config: its evaluations and resumes find the data in a shell without it.
     config = replace(plan.config, data_root=str(data_root(plan.config.data_root)))
-    device = resolve_device(config.device)
+    ranks = Ranks.from_env()  # one of --nproc processes under torchrun, or the only one
+    config = replace(config, nproc=ranks.world)
+    device = ranks.device(resolve_device(config.device))
     train, test = load_data(config)
     state = load_checkpoint(plan.checkpoint, map_location=device) if plan.checkpoint else None
 
     registry = Registry(runs_root)
     warm_start = _load_warm_start(registry, config, device) if state is None and config.init_from else None
+    ranks.init(device)
+    if not ranks.main:
+        _train_as_helper_rank(config, ranks, device, train, test, state, warm_start, runs_root, plan)
     if plan.record is None:
         record = lifecycle.create_running(registry, config.to_dict(), device=device_name(device))
     else:
@@ -112,7 +118,7 @@ def execute_run(
                             checkpoints={"last": LAST_CHECKPOINT}, health=health.active_dicts())
 
     with EventWriter(folder / EVENTS_FILE) as events:
-        trainer = Trainer(config, folder, device, train, test, events, on_progress, epoch_done, health)
+        trainer = Trainer(config, folder, device, train, test, events, on_progress, epoch_done, health, ranks)
         if state is not None:
             trainer.load_state(state)
         elif warm_start is not None:
@@ -150,7 +156,42 @@ def execute_run(
         lifecycle.mark_finished(registry, run_id, metrics=metrics, train_time=trainer.elapsed,
                                 health=health.active_dicts(),
                                 checkpoints={"last": LAST_CHECKPOINT, "final": FINAL_CHECKPOINT})
+    ranks.close()
     return registry.get_run(run_id) or record
+
+
+def _train_as_helper_rank(config: RunConfig, ranks, device, train, test, state, warm_start, runs_root: Path,
+                          plan: RunPlan) -> None:
+    """Ranks other than 0 of a --nproc run: train in step with rank 0, which alone writes the
+    events, checkpoints and registry; then leave quietly (rank 0 reports the run)."""
+    import sys
+
+    from advtui.engine.distributed import NullEvents
+    from advtui.engine.train import StopRequested, Trainer
+
+    folder = run_dir(Path(runs_root), plan.record["id"]) if plan.record else Path(runs_root)
+    trainer = Trainer(config, folder, device, train, test, NullEvents(), health=HealthMonitor(config.to_dict()),
+                      ranks=ranks)
+    if state is not None:
+        trainer.load_state(state)
+    elif warm_start is not None:
+        _apply_warm_start(trainer, warm_start)
+    try:
+        trainer.fit()
+    except StopRequested as stop:
+        sys.exit(128 + stop.signum)
+    finally:
+        ranks.close()
+    sys.exit(0)
+
+
+def relaunch_distributed(config: RunConfig, argv: list[str]) -> None:
+    """With --nproc N (N > 1), replace this process with torchrun running the same command on
+    N ranks; under torchrun already, or with one process, do nothing."""
+    from advtui.engine.distributed import exec_under_torchrun, under_torchrun
+
+    if config.nproc > 1 and not under_torchrun():
+        exec_under_torchrun(config.nproc, argv)
 
 
 def _health_monitor(config: RunConfig, events_path: Path) -> HealthMonitor:
