@@ -18,7 +18,7 @@ from advtui.cli.common import RunsDirOption, console, err_console, open_registry
 from advtui.cli.train_options import build_config_from_options, with_train_options
 from advtui.core.format import fmt_time, format_bytes, format_number, styled_status
 from advtui.errors import ConfigError
-from advtui.jobs.launcher import DEFAULT_GRACE_S, LocalExecutor, describe_exit
+from advtui.jobs.launcher import DEFAULT_GRACE_S, describe_exit, build_executor
 from advtui.jobs.monitor import GpuSampler, GpuSnapshot, ProcessSampler, process_owners
 from advtui.jobs.queue import (
     cancel_job, kill as kill_target, list_jobs, parse_seeds, queue_eval as add_eval, queue_train as add_train,
@@ -206,22 +206,6 @@ def worker(
         say("queue drained")
 
 
-def build_executor(name: str, address: Optional[str], gpus_per_job: float, cpus_per_job: float):
-    """The executor --executor names: local processes, or a Ray cluster (connected now, so a
-    wrong address or a missing Ray is one line and a non-zero exit before anything runs)."""
-    if name == "local":
-        if address is not None:
-            raise ConfigError("--address is for --executor ray")
-        return LocalExecutor()
-    if name != "ray":
-        raise ConfigError(f"--executor must be local or ray, got {name!r}")
-    from advtui.jobs.ray_executor import RayExecutor, RayResources
-
-    executor = RayExecutor(address, RayResources(cpus=cpus_per_job, gpus=gpus_per_job))
-    executor.ray  # connect
-    return executor
-
-
 def check_runs_dir_on_cluster(executor, root: Path) -> None:
     """Every node must see the runs directory (shared storage): jobs write their records there."""
     from advtui.jobs.ray_executor import check_shared_runs
@@ -322,15 +306,24 @@ def render_gpus(snapshot: GpuSnapshot, sampler: GpuSampler, runs: list[dict], st
 def gpus(
     watch: bool = typer.Option(False, "--watch", help="Refresh until Ctrl-C."),
     interval: float = typer.Option(2.0, help="Seconds between refreshes with --watch."),
+    executor_name: str = typer.Option("local", "--executor", help="local (this machine's GPUs) or ray (every node of a Ray cluster)."),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address HOST:PORT (with --executor ray)."),
     runs_dir: Optional[Path] = RunsDirOption,
 ) -> None:
     """GPU utilization, memory, temperature, power and their runs; CPU and memory of running runs."""
     registry = open_registry(runs_dir)
-    sampler, processes = GpuSampler(), ProcessSampler()
+    processes = ProcessSampler()
+    executor = build_executor(executor_name, address, 0.0, 1.0)
+    if executor.places_jobs:
+        from advtui.jobs.ray_executor import ClusterGpuSampler
+
+        sampler = ClusterGpuSampler(executor, registry)
+    else:
+        sampler = GpuSampler()
 
     def frame() -> Group:
         runs = registry.search(RUNS, status="running") if registry.path.exists() else []
-        owners = process_owners(registry) if registry.path.exists() else {}
+        owners = process_owners(registry) if registry.path.exists() and not executor.places_jobs else {}
         snapshot = sampler.sample(owners)
         return render_gpus(snapshot, sampler, runs, processes.sample_runs(runs))
 

@@ -363,3 +363,113 @@ def _read_probe(path: str) -> str | None:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return (text.splitlines() or [type(exc).__name__])[0][:200]
+
+
+# -- GPUs of every node ------------------------------------------------------------------------------
+GPU_SAMPLER_PREFIX = "advtui-gpus-"
+
+
+class NodeGpus:
+    """The actor body on one node: that node's NVML sampler (``GpuSampler``, which degrades to
+    a one-line reason where the node has no NVIDIA GPU), mapping GPU processes to our runs."""
+
+    def __init__(self) -> None:
+        from advtui.jobs.monitor import GpuSampler
+
+        self._sampler = GpuSampler()
+
+    def sample(self, owners: dict) -> Any:
+        return self._sampler.sample(owners)
+
+
+class ClusterGpuSampler:
+    """``GpuSampler``'s interface over a Ray cluster: one small ``NodeGpus`` actor per node
+    (no CPU reserved, pinned to its node), their GPUs merged into one snapshot. Each GPU's
+    name says its node; a node without NVIDIA GPUs is named in ``message``. The actors end
+    with this process."""
+
+    def __init__(self, executor: RayExecutor, registry=None, history: int = 120):
+        self.executor, self.registry = executor, registry
+        self._actors: dict[str, Any] = {}  # node id -> actor
+        self._history_len = history
+        self._history: dict[int, Any] = {}
+
+    def _node_actors(self) -> list[tuple[dict, Any]]:
+        ray = self.executor.ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        found = []
+        for node in (n for n in ray.nodes() if n.get("Alive")):
+            actor = self._actors.get(node["NodeID"])
+            if actor is None:
+                actor = ray.remote(NodeGpus).options(
+                    num_cpus=0, max_restarts=0,
+                    scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)).remote()
+                self._actors[node["NodeID"]] = actor
+            found.append((node, actor))
+        return found
+
+    def sample(self, owners: dict | None = None):
+        from collections import deque
+
+        from advtui.jobs.monitor import GpuSnapshot
+
+        ray = self.executor.ray
+        by_node = process_owners_by_node(self.registry) if self.registry is not None else {}
+        nodes = self._node_actors()
+        refs = [actor.sample.remote(by_node.get(node["NodeManagerAddress"], {})) for node, actor in nodes]
+        now, gpus, without = time.time(), [], []
+        for (node, _), ref in zip(nodes, refs):
+            where = node.get("NodeManagerAddress", "?")
+            try:
+                snapshot = ray.get(ref, timeout=CALL_TIMEOUT_S)
+            except Exception as exc:
+                self._actors.pop(node["NodeID"], None)
+                without.append(f"node {where}: no answer ({_first_line(exc)})")
+                continue
+            if not snapshot.gpus:
+                without.append(f"no NVIDIA GPU on node {where} ({snapshot.message})")
+            for gpu in snapshot.gpus:
+                gpu.name = f"{where} #{gpu.index} {gpu.name}"
+                gpu.index = len(gpus)
+                gpus.append(gpu)
+        for gpu in gpus:
+            ring = self._history.setdefault(gpu.index, deque(maxlen=self._history_len))
+            ring.append((now, gpu.utilization, gpu.memory_percent))
+        message = f"{len(gpus)} NVIDIA GPU{'' if len(gpus) == 1 else 's'} on {len(nodes)} Ray node(s)"
+        if without:
+            message = "; ".join([message] + without) if gpus else "; ".join(without)
+        return GpuSnapshot(now, bool(gpus), message, None, gpus)
+
+    def history(self, index: int) -> dict[str, list]:
+        from advtui.jobs.monitor import NA
+
+        ring = self._history.get(index, ())
+        return {"time": [t for t, _, _ in ring],
+                "utilization": [u if u != NA else None for _, u, _ in ring],
+                "memory": [m if m != NA else None for _, _, m in ring]}
+
+    def close(self) -> None:
+        if self.executor._ray is None:
+            return
+        for actor in self._actors.values():
+            try:
+                self.executor.ray.kill(actor, no_restart=True)
+            except Exception:
+                pass
+        self._actors.clear()
+
+
+def process_owners_by_node(registry) -> dict[str, dict]:
+    """node IP -> {pid: ProcessOwner} for the running jobs Ray placed (pids are per node)."""
+    from advtui.jobs.monitor import ProcessOwner
+    from advtui.registry import JOBS
+
+    owners: dict[str, dict] = {}
+    if not registry.path.exists():
+        return owners
+    for job in registry.search(JOBS, status="running"):
+        if job.get("node") and job.get("pid") and job.get("run_id"):
+            owners.setdefault(job["node"], {})[int(job["pid"])] = ProcessOwner(
+                job["run_id"], job["id"], job.get("kind", "train"))
+    return owners
