@@ -46,6 +46,9 @@ def test_ray_slots_share_a_gpu_in_fractions_and_wait_when_full():
     assert cpu_only.pick({"needs": "auto"}) == ({"ray": {"cpus": 2, "gpus": 0.0}}, None)
     assert "has none" in cpu_only.pick({"needs": "gpu"})[1]
     assert "more than the Ray cluster has" in RaySlots(RayResources(cpus=4), 2, 0, 2, 0).pick({"needs": "cpu"})[1]
+    # a DDP run (--nproc 2) takes one whole GPU per process, and a CPU share per process
+    four_gpus = RaySlots(RayResources(cpus=1, gpus=0.25), cpus=8, gpus=4, total_cpus=8, total_gpus=4)
+    assert four_gpus.pick({"needs": "gpu", "nproc": 2}) == ({"ray": {"cpus": 2, "gpus": 2.0}}, None)
 
 
 def test_executor_ray_without_ray_installed_says_how_to_install_it(tmp_path):

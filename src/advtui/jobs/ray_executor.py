@@ -67,6 +67,9 @@ def connect(address: str | None) -> Any:
     if ray.is_initialized():
         return ray
     target = address or os.environ.get("RAY_ADDRESS") or "auto"
+    # Ray's core logs routine warnings (how it found this node's address) on stderr, into
+    # every command's output: keep its errors only.
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")
     try:
         ray.init(address=target, namespace=NAMESPACE, log_to_driver=False, configure_logging=False,
                  logging_level="ERROR")
@@ -263,10 +266,6 @@ class RayExecutor(Executor):
     def why_lost(self, job: dict) -> str | None:
         return f"its Ray actor {job.get('actor') or JOB_ACTOR_PREFIX + job['id']} is gone"
 
-    def kill_actor_process(self, handle: ProcessHandle) -> None:
-        """For tests and operators: what a crashed Ray worker looks like (SIGKILL its process)."""
-        os.kill(int(handle.placement["actor_pid"]), signal.SIGKILL)
-
     # -- actors -------------------------------------------------------------------------------
     def _actor(self, name: str | None):
         if not name:
@@ -309,15 +308,20 @@ class RaySlots:
         if job.get("gpu_index") is not None:
             return None, f"it asks for GPU {job['gpu_index']}, but on Ray the cluster picks the GPU (use --device cuda)"
         want_gpu = needs == "gpu" or (needs == "auto" and self.total_gpus > 0)
-        gpus = (self.resources.gpus or 1.0) if want_gpu else 0.0
+        nproc = int(job.get("nproc") or 1)
+        per_process = self.resources.gpus or 1.0
+        if nproc > 1:  # one whole GPU per DDP process: they cannot share one device index
+            per_process = max(1.0, per_process)
+        gpus = per_process * nproc if want_gpu else 0.0
+        cpus = self.resources.cpus * nproc
         if want_gpu and self.total_gpus <= 0:
             return None, "it needs a GPU, but the Ray cluster has none"
-        if gpus > self.total_gpus or self.resources.cpus > self.total_cpus:
-            return None, (f"it asks for {self.resources.cpus:g} CPU(s) and {gpus:g} GPU(s), more than the "
+        if gpus > self.total_gpus or cpus > self.total_cpus:
+            return None, (f"it asks for {cpus:g} CPU(s) and {gpus:g} GPU(s), more than the "
                           f"Ray cluster has ({self.total_cpus:g} CPUs, {self.total_gpus:g} GPUs)")
-        if self.resources.cpus > self.cpus + 1e-9 or gpus > self.gpus + 1e-9:
+        if cpus > self.cpus + 1e-9 or gpus > self.gpus + 1e-9:
             return None, None
-        return {"ray": {"cpus": self.resources.cpus, "gpus": gpus}}, None
+        return {"ray": {"cpus": cpus, "gpus": gpus}}, None
 
     def take(self, slot: dict) -> None:
         wanted = slot.get("ray") or {}

@@ -536,6 +536,9 @@ class _FreeSlots:
             return ({"cpu": self.cpu_used + 1}, None) if self.cpu_used < self.policy.cpu_slots else (None, None)
         if not self.gpus:
             return None, f"it needs a GPU, but this machine has none usable ({self.why_no_gpu})"
+        if int(job.get("nproc") or 1) > 1:
+            return None, ("a --nproc run on GPUs needs one GPU per process: run it with `advtui run --nproc N` "
+                          "or queue it for `advtui worker --executor ray`")
         wanted = job.get("gpu_index")
         if wanted is not None and wanted not in self.gpus:
             return None, f"it asks for GPU {wanted}, which this scheduler does not have ({sorted(self.gpus)})"
