@@ -99,6 +99,7 @@ class RunConfig:
     test_limit: int | None = None
     eval_limit: int = 1000  # test examples used for the per-epoch clean/PGD accuracy
     device: str = "auto"
+    nproc: int = 1  # processes (one per GPU) training this run with DistributedDataParallel
     init_from: str | None = None  # a run whose final weights start this one (Algorithm 1, line 3)
     deterministic: bool = False
     amp: bool = False
@@ -157,6 +158,11 @@ class RunConfig:
                 raise ConfigError(f"{_flag(name)} must be {' or '.join(choices)}, got {getattr(self, name)!r}")
         if not isinstance(self.device, str) or not re.fullmatch(r"(auto|cpu|cuda(:\d+)?)", self.device):
             raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        if self.nproc < 1:
+            raise ConfigError(f"nproc must be at least 1, got {self.nproc}")
+        if self.batch_size % self.nproc:
+            raise ConfigError(f"batch-size {self.batch_size} must be a multiple of --nproc {self.nproc}: "
+                              f"each process trains an equal share of every batch")
         if self.name is not None:
             check_safe_name(self.name)
         return self

@@ -100,12 +100,15 @@ def execute_run(
     """
     # torch loads here, not at module level: `advtui ls` and the dashboard import this module.
     from advtui.engine.checkpoint import check_model_state, load_checkpoint
+    from advtui.engine.distributed import Ranks
     from advtui.engine.train import device_name, load_data, resolve_device
 
     # The data root this run reads (--data-root, else $ADVTUI_DATA, else the cache folder), resolved
     # and recorded in its config: its evaluations and resumes find the data in a shell without it.
     config = replace(plan.config, data_root=str(data_root(plan.config.data_root))).validate()
-    device = resolve_device(config.device)
+    ranks = Ranks.from_env()  # one of --nproc processes under torchrun, or the only one
+    config = replace(config, nproc=ranks.world)
+    device = ranks.device(resolve_device(config.device))
     train, test = load_data(config)
     config = _real_sizes(config, len(train), len(test), on_warning)
     state = load_checkpoint(plan.checkpoint, map_location=device) if plan.checkpoint else None
@@ -115,6 +118,9 @@ def execute_run(
     if state is not None:
         check_model_state(_model_shapes(config), state.get("model"), plan.checkpoint,
                           f"{config.model} on {config.dataset}", state.get("config"))
+    ranks.init(device)
+    if not ranks.main:
+        _train_as_helper_rank(config, ranks, device, train, test, state, warm_start, runs_root, plan)
     if plan.record is None:
         record = lifecycle.create_running(registry, config.to_dict(), device=device_name(device))
         before = None
@@ -127,7 +133,7 @@ def execute_run(
     # failure; a new or queued run that cannot start has failed.
     restore = before if before is not None and before.get("status") != lifecycle.QUEUED else None
     try:
-        return _train(registry, record, config, device, state, warm_start, train, test, restore,
+        return _train(registry, record, config, device, ranks, state, warm_start, train, test, restore,
                       on_progress, on_record)
     except (RunInterrupted, RunFailed, _Restored):
         raise
@@ -142,7 +148,7 @@ class _Restored(AdvtuiError):
     exit_code = 1
 
 
-def _train(registry: Registry, record: dict[str, Any], config: RunConfig, device, state, warm_start,
+def _train(registry: Registry, record: dict[str, Any], config: RunConfig, device, ranks, state, warm_start,
            train, test, restore: dict[str, Any] | None, on_progress, on_record) -> dict[str, Any]:
     from advtui.engine.train import StopRequested, Trainer
 
@@ -159,7 +165,7 @@ def _train(registry: Registry, record: dict[str, Any], config: RunConfig, device
                                 checkpoints={"last": LAST_CHECKPOINT}, health=health.active_dicts())
 
         events = EventWriter(folder / EVENTS_FILE)
-        trainer = Trainer(config, folder, device, train, test, events, on_progress, epoch_done, health)
+        trainer = Trainer(config, folder, device, train, test, events, on_progress, epoch_done, health, ranks)
         if state is not None:
             trainer.load_state(state)
         elif warm_start is not None:
@@ -205,6 +211,7 @@ def _train(registry: Registry, record: dict[str, Any], config: RunConfig, device
         lifecycle.mark_finished(registry, run_id, metrics=metrics, train_time=trainer.elapsed,
                                 health=health.active_dicts(),
                                 checkpoints={"last": LAST_CHECKPOINT, "final": FINAL_CHECKPOINT})
+    ranks.close()
     return registry.get_run(run_id) or record
 
 
@@ -291,6 +298,40 @@ def _model_shapes(config: RunConfig):
             return build_model(config.model, config.dataset)
     except Exception:  # an initializer that needs real memory: build it on the CPU
         return build_model(config.model, config.dataset)
+
+
+def _train_as_helper_rank(config: RunConfig, ranks, device, train, test, state, warm_start, runs_root: Path,
+                          plan: RunPlan) -> None:
+    """Ranks other than 0 of a --nproc run: train in step with rank 0, which alone writes the
+    events, checkpoints and registry; then leave quietly (rank 0 reports the run)."""
+    import sys
+
+    from advtui.engine.distributed import NullEvents
+    from advtui.engine.train import StopRequested, Trainer
+
+    folder = run_dir(Path(runs_root), plan.record["id"]) if plan.record else Path(runs_root)
+    trainer = Trainer(config, folder, device, train, test, NullEvents(), health=HealthMonitor(config.to_dict()),
+                      ranks=ranks)
+    if state is not None:
+        trainer.load_state(state)
+    elif warm_start is not None:
+        _apply_warm_start(trainer, warm_start)
+    try:
+        trainer.fit()
+    except StopRequested as stop:
+        sys.exit(128 + stop.signum)
+    finally:
+        ranks.close()
+    sys.exit(0)
+
+
+def relaunch_distributed(config: RunConfig, argv: list[str]) -> None:
+    """With --nproc N (N > 1), replace this process with torchrun running the same command on
+    N ranks; under torchrun already, or with one process, do nothing."""
+    from advtui.engine.distributed import exec_under_torchrun, under_torchrun
+
+    if config.nproc > 1 and not under_torchrun():
+        exec_under_torchrun(config.nproc, argv)
 
 
 def _health_monitor(config: RunConfig, events_path: Path) -> HealthMonitor:

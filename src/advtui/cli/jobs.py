@@ -18,7 +18,7 @@ from advtui.cli.common import RunsDirOption, console, err_console, open_registry
 from advtui.cli.train_options import build_config_from_options, with_train_options
 from advtui.core.format import fmt_time, format_bytes, format_number, styled_status
 from advtui.errors import ConfigError
-from advtui.jobs.launcher import DEFAULT_GRACE_S, describe_exit
+from advtui.jobs.launcher import DEFAULT_GRACE_S, describe_exit, build_executor
 from advtui.jobs.monitor import GpuSampler, GpuSnapshot, ProcessSampler, process_owners
 from advtui.jobs.queue import (
     cancel_job, kill as kill_target, list_jobs, parse_seeds, queue_eval as add_eval, queue_train as add_train,
@@ -100,7 +100,7 @@ def queue_ls(
         table.add_column(column, overflow="fold" if column == "note" else "ellipsis")
     for job in jobs:
         slot = job.get("slot") or {}
-        where = f"gpu {slot['gpu']}" if "gpu" in slot else ("cpu" if slot else job.get("needs", ""))
+        where = _where(job)
         note = (job.get("error") or "").splitlines()[0][:80] if job.get("error") else ""
         if job.get("kind") == "eval" and not note:
             note = ",".join(job.get("attacks") or ["(default attacks)"])
@@ -123,6 +123,15 @@ def queue_cancel(
     for ref in job_refs:
         job = cancel_job(registry, ref)
         console.print(f"cancelled job {job['id']} ({job['kind']} of run {job['run_id']})")
+
+
+def _where(job: dict) -> str:
+    """The job's slot: 'gpu 0', 'cpu', 'ray 10.0.0.5 gpu 1' (a Ray node and the GPUs Ray gave it)."""
+    slot = job.get("slot") or {}
+    if "ray" in slot:
+        gpus = ",".join(job.get("gpus") or [])
+        return f"ray {job.get('node', '?')}" + (f" gpu {gpus}" if gpus else " cpu")
+    return f"gpu {slot['gpu']}" if "gpu" in slot else ("cpu" if slot else job.get("needs", ""))
 
 
 def _hint_worker(registry) -> None:
@@ -149,6 +158,10 @@ def worker(
     max_utilization: float = typer.Option(90.0, "--max-utilization", help="Skip GPUs busier than this % with others' work."),
     threads: Optional[int] = typer.Option(None, "--threads", help="Torch threads per job (default: CPU cores / slots)."),
     poll: float = typer.Option(1.0, "--poll", help="Seconds between scheduling steps."),
+    executor_name: str = typer.Option("local", "--executor", help="local (processes here) or ray (a Ray cluster)."),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address HOST:PORT (default $RAY_ADDRESS or the local `ray start` cluster)."),
+    gpus_per_job: float = typer.Option(1.0, "--gpus-per-job", help="Ray: GPUs each job asks for on a cluster with GPUs (0.25: four runs share one)."),
+    cpus_per_job: float = typer.Option(1.0, "--cpus-per-job", help="Ray: CPUs each job asks for (also its math threads)."),
     runs_dir: Optional[Path] = RunsDirOption,
 ) -> None:
     """Run queued jobs headless (the dashboard does the same while it is open).
@@ -156,6 +169,7 @@ def worker(
     Only one scheduler acts at a time: a second worker waits for the first.
 
     Jobs keep running when the worker stops; the next worker or dashboard watches them again.
+    With --executor ray each job runs on the node of a Ray cluster that Ray picks.
     """
     registry = open_registry(runs_dir)
     policy = SchedulerPolicy(cpu_slots=cpu_slots, slots_per_gpu=slots_per_gpu, gpus=_parse_gpu_list(gpus),
@@ -165,7 +179,13 @@ def worker(
     def say(message: str) -> None:
         console.print(f"[dim]{time.strftime('%H:%M:%S')}[/] {message}")
 
-    scheduler = Scheduler(registry, policy=policy, on_event=lambda kind, job, message: say(message), role="worker")
+    executor = build_executor(executor_name, address, gpus_per_job, cpus_per_job)
+    if executor.places_jobs:
+        registry.root.mkdir(parents=True, exist_ok=True)
+        say(executor.describe())
+        check_runs_dir_on_cluster(executor, registry.root)
+    scheduler = Scheduler(registry, executor, policy=policy, on_event=lambda kind, job, message: say(message),
+                          role="worker")
     stop = threading.Event()
 
     def on_signal(signum, frame) -> None:
@@ -186,7 +206,19 @@ def worker(
         say("queue drained")
 
 
+def check_runs_dir_on_cluster(executor, root: Path) -> None:
+    """Every node must see the runs directory (shared storage): jobs write their records there."""
+    from advtui.jobs.ray_executor import check_shared_runs
+
+    missing = check_shared_runs(executor, root)
+    if missing:
+        raise ConfigError(f"the runs directory {root} is not shared with Ray node(s) {', '.join(missing)}: "
+                          f"put it on storage every node mounts at the same path")
+
+
 def _describe_slots(scheduler: Scheduler) -> str:
+    if scheduler.executor.places_jobs:
+        return "Ray places each job"
     snapshot = scheduler.gpu_sampler.sample()
     policy = scheduler.policy
     if snapshot.gpus:
@@ -274,15 +306,24 @@ def render_gpus(snapshot: GpuSnapshot, sampler: GpuSampler, runs: list[dict], st
 def gpus(
     watch: bool = typer.Option(False, "--watch", help="Refresh until Ctrl-C."),
     interval: float = typer.Option(2.0, help="Seconds between refreshes with --watch."),
+    executor_name: str = typer.Option("local", "--executor", help="local (this machine's GPUs) or ray (every node of a Ray cluster)."),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address HOST:PORT (with --executor ray)."),
     runs_dir: Optional[Path] = RunsDirOption,
 ) -> None:
     """GPU utilization, memory, temperature, power and their runs; CPU and memory of running runs."""
     registry = open_registry(runs_dir)
-    sampler, processes = GpuSampler(), ProcessSampler()
+    processes = ProcessSampler()
+    executor = build_executor(executor_name, address, 0.0, 1.0)
+    if executor.places_jobs:
+        from advtui.jobs.ray_executor import ClusterGpuSampler
+
+        sampler = ClusterGpuSampler(executor, registry)
+    else:
+        sampler = GpuSampler()
 
     def frame() -> Group:
         runs = registry.search(RUNS, status="running") if registry.path.exists() else []
-        owners = process_owners(registry) if registry.path.exists() else {}
+        owners = process_owners(registry) if registry.path.exists() and not executor.places_jobs else {}
         snapshot = sampler.sample(owners)
         return render_gpus(snapshot, sampler, runs, processes.sample_runs(runs))
 

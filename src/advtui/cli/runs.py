@@ -22,7 +22,7 @@ from advtui.core.format import fmt_duration, fmt_pct, fmt_seconds, fmt_time, sho
 from advtui.core.paths import checkpoint_path, run_folder
 from advtui.events import EVENTS_FILE, damaged_note, read_stream
 from advtui.health import ERROR, WARNING, Finding, record_findings, replay, worst_level
-from advtui.runner import RunPlan, execute_run, plan_queued, plan_resume
+from advtui.runner import RunPlan, execute_run, plan_queued, plan_resume, relaunch_distributed
 
 app = typer.Typer()  # run, ls, show: commands of the root, no group of their own
 
@@ -136,6 +136,7 @@ def run(
         plan = plan_queued(registry, run_id)
     else:
         plan = RunPlan(build_config_from_options(train_options))
+    relaunch_distributed(plan.config, sys.argv[1:])  # --nproc N: N processes under torchrun
     interactive = sys.stderr.isatty()
     with ProgressDisplay(interactive) as display:
         record = execute_run(plan, registry.root, on_progress=display, on_record=display.record,

@@ -31,6 +31,7 @@ TRAIN_OPTIONS: list[tuple[str, Any, Any]] = [
     ("beta", Optional[float], typer.Option(None, help="TRADES beta (default 1 on MNIST, 6 on CIFAR-10).")),
     ("seed", Optional[int], typer.Option(None, help="Random seed.")),
     ("device", Optional[str], typer.Option(None, help="auto, cpu, cuda or cuda:N.")),
+    ("nproc", Optional[int], typer.Option(None, "--nproc", help="Processes training this run together (DistributedDataParallel through torchrun: one per GPU, gloo on the CPU).")),
     ("name", Optional[str], typer.Option(None, help="A name for the run (default DEFENSE-DATASET-sSEED).")),
     ("group", Optional[str], typer.Option(None, help="Group name (seeds of one experiment).")),
     ("preset", Optional[str], typer.Option(None, help="paper-mnist, paper-cifar, paper-cifar-vgg16, paper-cifar-wrn, trades-mnist "

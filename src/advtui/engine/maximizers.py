@@ -160,6 +160,9 @@ class LearnedMaximizer(Maximizer):
     net: nn.Module
     optimizer: torch.optim.Optimizer
     grad_clip: float | None = None  # clip phi's gradient norm before each step
+    # Set by a distributed run: averages phi's gradients over the processes (as DDP does the
+    # classifier's) before clipping, so the step is the one a single process takes on the whole batch.
+    average_grads: Callable[[list[torch.Tensor]], None] | None = None
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.net.parameters())
@@ -170,6 +173,8 @@ class LearnedMaximizer(Maximizer):
         grads = torch.autograd.grad(result.info["phi_objective"], params, allow_unused=True)
         for p, g in zip(params, grads):
             p.grad = None if g is None else -g  # the optimizers minimize: negate for ascent
+        if self.average_grads is not None:
+            self.average_grads(params)
         if self.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
         self.optimizer.step()

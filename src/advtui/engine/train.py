@@ -28,6 +28,7 @@ from advtui.core.paths import data_root
 from advtui.engine.checkpoint import load_checkpoint, save_checkpoint
 from advtui.engine.data import Split, load_split
 from advtui.engine.defenses import build_objective, defense_maximizer
+from advtui.engine.distributed import Ranks
 from advtui.engine.maximizers import PGD, Maximizer
 from advtui.engine.models import build_model, count_parameters
 from advtui.engine.objectives import ce_per_example
@@ -126,8 +127,10 @@ class Trainer:
     def __init__(self, config: RunConfig, run_dir: Path, device: torch.device, train: Split, test: Split,
                  events: EventWriter, on_progress: Callable[[Progress], None] | None = None,
                  on_epoch: Callable[[dict[str, Any], Path], None] | None = None,
-                 health: HealthMonitor | None = None):
+                 health: HealthMonitor | None = None, ranks: Ranks | None = None):
         self.config, self.run_dir, self.device = config, Path(run_dir), device
+        # Several processes training one run (advtui.engine.distributed); rank 0 of 1 otherwise.
+        self.ranks = ranks or Ranks()
         self.events, self.on_progress, self.on_epoch = events, on_progress, on_epoch
         # Fed every event this trainer writes; the runner passes one that has replayed the
         # stream so far when a run resumes, so a condition that began before keeps its epoch.
@@ -150,6 +153,19 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, step_schedule(config))
         # Learned maximizers are compared live against PGD with the same T on the same batch.
         self.reference_pgd = PGD(config.pgd_step, config.init) if self.maximizer is not None and self.maximizer.learned else None
+        # The classifier's training step goes through DDP (gradients averaged over the ranks);
+        # the inner maximization uses the bare model, as each rank attacks its own share.
+        self.train_model: nn.Module = self.model
+        if self.ranks.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.train_model = DistributedDataParallel(
+                self.model, device_ids=[device.index] if device.type == "cuda" else None)
+            if self.maximizer is not None and self.maximizer.learned:
+                self.maximizer.average_grads = self.ranks.average_grads
+            if self.ranks.rank > 0:  # every rank built the same weights; now each its own noise
+                torch.manual_seed(config.seed + self.ranks.rank)
+                random.seed(config.seed + self.ranks.rank)
         self.epoch, self.batch, self.global_step, self.elapsed = 0, 0, 0, 0.0
         self.accum = self._fresh_accum()
         self.last_metrics: dict[str, Any] = {}
@@ -185,16 +201,25 @@ class Trainer:
         self.global_step, self.elapsed = int(state["global_step"]), float(state["elapsed"])
         self.accum = dict(state["accum"])
         self.last_metrics = dict(state.get("last_metrics") or {})
-        torch.set_rng_state(state["rng"]["torch"])
-        random.setstate(_as_tuple(state["rng"]["python"]))
-        if "cuda" in state["rng"] and self.device.type == "cuda":
-            torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
+        rng = state["rng"]
+        per_rank = rng.get("ranks") or []
+        if self.ranks.distributed and len(per_rank) == self.ranks.world:
+            rng = per_rank[self.ranks.rank]  # each rank continues its own random stream
+        torch.set_rng_state(rng["torch"])
+        random.setstate(_as_tuple(rng["python"]))
+        if "cuda" in rng and self.device.type == "cuda":
+            torch.cuda.set_rng_state(rng["cuda"], self.device)
 
     def resume_from(self, path: Path) -> None:
         self.load_state(load_checkpoint(path, map_location=self.device))
 
     def save(self, name: str = "last.pt") -> Path:
-        path = save_checkpoint(self.ckpt_dir / name, self.state())
+        state = self.state()
+        if self.ranks.distributed:
+            state["rng"]["ranks"] = self.ranks.gather(dict(state["rng"]))  # every rank's random state
+            if not self.ranks.main:
+                return self.ckpt_dir / name  # rank 0 writes it
+        path = save_checkpoint(self.ckpt_dir / name, state)
         self.events.emit("checkpoint", path=str(path), epoch=self.epoch, batch=self.batch, name=name)
         return path
 
@@ -227,7 +252,7 @@ class Trainer:
                     out["pgd_trajectory"] = self.reference_pgd.maximize(
                         model, loss_fn, x, target, cfg.eps, cfg.inner_steps, record=True).trajectory
             model.train()
-            loss, logits_adv, logits_clean = self.objective.outer_loss(model, x, x_adv, y)
+            loss, logits_adv, logits_clean = self.objective.outer_loss(self.train_model, x, x_adv, y)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -260,6 +285,7 @@ class Trainer:
         window_start, window_images = time.perf_counter(), 0
         window_loss, window_correct, window_batches = 0.0, 0.0, 0
         for b, x, y in split.batches(cfg.batch_size, True, cfg.seed, self.epoch, start=self.batch):
+            x, y = self.ranks.shard(x), self.ranks.shard(y)  # every rank draws the same global batch
             record_inner = self.global_step % cfg.compare_every == 0 and self.maximizer is not None
             out = self.train_batch(x, y, record_inner)
             self.batch, self.global_step = b + 1, self.global_step + 1
@@ -268,14 +294,15 @@ class Trainer:
             # Tensors stay on the device; .item() (a sync) happens only at log points.
             window_loss = out["loss"] + window_loss
             window_correct = out["correct"] + window_correct
-            self.accum["count"] += len(y)
+            self.accum["count"] += len(y) * self.ranks.world
             if record_inner and out.get("trajectory") is not None:
                 self._emit_inner(out, b)
-            if window_batches == cfg.log_every or b + 1 == n_batches:
+            logged = window_batches == cfg.log_every or b + 1 == n_batches
+            if logged:
                 self._emit_step(window_loss, window_correct, window_images, window_batches, window_start, x, y, n_batches)
                 window_start, window_images = time.perf_counter(), 0
                 window_loss, window_correct, window_batches = 0.0, 0.0, 0
-            if self.stop_signal is not None:
+            if self._stop_now(logged):
                 if window_batches:  # fold the unlogged part of the window into the totals
                     self._fold_window(window_loss, window_correct, window_batches)
                 self.elapsed += time.perf_counter() - epoch_start
@@ -284,14 +311,23 @@ class Trainer:
         self.elapsed += time.perf_counter() - epoch_start
         self._end_epoch(time.perf_counter() - epoch_start)
 
+    def _stop_now(self, logged: bool) -> bool:
+        """Stop after this batch? One process stops at once on a signal; several agree at log
+        points (a signal may reach them at different batches, and a rank that stopped alone
+        would leave the others waiting for its gradients)."""
+        if not self.ranks.distributed:
+            return self.stop_signal is not None
+        return logged and self.ranks.any(self.stop_signal is not None, self.device)
+
     def _emit_inner(self, out: dict[str, Any], batch: int) -> None:
-        traj = out["trajectory"].float().tolist()
+        # The mean inner loss over the global batch: each rank's share is the same size.
+        traj = self.ranks.mean(out["trajectory"].float(), self.device).tolist()
         self.accum["inner_final_sum"] += traj[-1]
         self.accum["inner_count"] += 1
         fields = {"epoch": self.epoch, "batch": batch, "step": self.global_step,
                   "maximizer": DEFENSE_SPECS[self.config.defense].maximizer, "losses": traj}
         if out.get("pgd_trajectory") is not None:
-            fields["pgd"] = out["pgd_trajectory"].float().tolist()
+            fields["pgd"] = self.ranks.mean(out["pgd_trajectory"].float(), self.device).tolist()
         self.events.emit("inner", **fields)
         self._check_health("inner", fields)
 
@@ -315,12 +351,16 @@ class Trainer:
         return loss_total
 
     def _emit_step(self, loss_sum, correct_sum, images, batches, start, x, y, n_batches) -> None:
+        # Over the global batch: the ranks' mean losses (equal shares) and summed counts.
+        loss_sum = self.ranks.mean(loss_sum, self.device)
+        correct_sum = self.ranks.total(correct_sum, self.device)
+        images *= self.ranks.world
         loss_total = self._fold_window(loss_sum, correct_sum, batches)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         seconds = max(time.perf_counter() - start, 1e-9)
         self.model.eval()
-        clean_acc = 100.0 * _accuracy(self.model, x, y) / len(y)
+        clean_acc = 100.0 * float(self.ranks.total(_accuracy(self.model, x, y), self.device)) / (len(y) * self.ranks.world)
         self.model.train()
         fields = {
             "epoch": self.epoch, "batch": self.batch, "batches": n_batches, "step": self.global_step,
@@ -347,8 +387,10 @@ class Trainer:
             "epoch_time": epoch_time,
             "lr": self.optimizer.param_groups[0]["lr"],
         }
-        metrics.update(evaluate_clean_and_pgd(self.model, self.test_split, cfg.eps, cfg.inner_steps,
-                                              cfg.pgd_step, cfg.eval_limit, max(cfg.batch_size, 256)))
+        # Evaluated once, on rank 0 (the ranks hold the same weights), and shared with the others.
+        evaluation = evaluate_clean_and_pgd(self.model, self.test_split, cfg.eps, cfg.inner_steps, cfg.pgd_step,
+                                            cfg.eval_limit, max(cfg.batch_size, 256)) if self.ranks.main else None
+        metrics.update(self.ranks.from_main(evaluation))
         self.scheduler.step()
         self.epoch, self.batch = self.epoch + 1, 0
         self.accum = self._fresh_accum()

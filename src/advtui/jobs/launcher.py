@@ -38,6 +38,8 @@ class LaunchSpec:
     log_path: Path
     env: dict[str, str] = field(default_factory=dict)  # set on top of this process's environment
     cwd: Path | None = None
+    job_id: str | None = None  # names the job's process where the executor keeps one (a Ray actor)
+    resources: dict[str, float] = field(default_factory=dict)  # {"cpus", "gpus"} a cluster executor asks for
 
 
 @dataclass
@@ -49,6 +51,8 @@ class ProcessHandle:
     host: str
     log_path: Path | None = None
     executor: str = "local"
+    ref: str | None = None  # the executor's own name for it (a Ray actor's name)
+    placement: dict = field(default_factory=dict)  # where a cluster put it: node, GPUs, ... (stored on the job)
 
 
 @dataclass
@@ -57,6 +61,7 @@ class ExitStatus:
     whose parent was another scheduler), so its exit code cannot be known."""
 
     code: int | None
+    reason: str | None = None  # why the exit code is unknown, when the executor knows (its Ray actor died)
 
     @property
     def ok(self) -> bool:
@@ -148,6 +153,9 @@ class Executor(ABC):
     """Where and how job processes run. Implementations must be usable from one thread at a time."""
 
     name = "abstract"
+    # True when the executor, not the scheduler, chooses where a job runs (a cluster): the
+    # scheduler then asks ``cluster_slots(running_jobs)`` what fits instead of sampling its GPUs.
+    places_jobs = False
 
     @abstractmethod
     def start(self, spec: LaunchSpec) -> ProcessHandle:
@@ -162,8 +170,14 @@ class Executor(ABC):
         """Stop the process (SIGTERM, then SIGKILL after ``grace_s``): 'gone'|'terminated'|'killed'."""
 
     @abstractmethod
-    def attach(self, pid: int, create_time: float | None, log_path: Path | None = None) -> ProcessHandle | None:
-        """A handle on a process started earlier (perhaps by another scheduler), or None if it is gone."""
+    def attach(self, pid: int, create_time: float | None, log_path: Path | None = None,
+               job: dict | None = None) -> ProcessHandle | None:
+        """A handle on a process started earlier (perhaps by another scheduler), or None if it is
+        gone; ``job`` is its job record, where the executor stored how to find it again."""
+
+    def why_lost(self, job: dict) -> str | None:
+        """Why a job's process could not be found again, when the executor knows more than its pid."""
+        return None
 
     def output(self, handle: ProcessHandle) -> Path | None:
         """Where the process's output goes."""
@@ -215,7 +229,8 @@ class LocalExecutor(Executor):
         return stop_process(handle.pid, handle.create_time, grace_s,
                             reap=(lambda: child.poll()) if child is not None else None)
 
-    def attach(self, pid: int, create_time: float | None, log_path: Path | None = None) -> ProcessHandle | None:
+    def attach(self, pid: int, create_time: float | None, log_path: Path | None = None,
+               job: dict | None = None) -> ProcessHandle | None:
         if pid in self._children:
             return ProcessHandle(pid, create_time or 0.0, socket.gethostname(), log_path, self.name)
         proc = live_process(pid, create_time)
@@ -227,3 +242,23 @@ class LocalExecutor(Executor):
         """Collect exited children without reporting them (poll reports them later)."""
         for child in list(self._children.values()):
             child.poll()
+
+
+def build_executor(name: str, address: str | None = None, gpus_per_job: float = 1.0, cpus_per_job: float = 1.0
+                   ) -> Executor:
+    """The executor a ``--executor`` option names: ``local`` processes, or a Ray cluster at
+    ``address`` (connected now, so a wrong address or a missing Ray is one clear error before
+    anything runs)."""
+    from advtui.errors import ConfigError
+
+    if name == "local":
+        if address is not None:
+            raise ConfigError("--address is for --executor ray")
+        return LocalExecutor()
+    if name != "ray":
+        raise ConfigError(f"--executor must be local or ray, got {name!r}")
+    from advtui.jobs.ray_executor import RayExecutor, RayResources
+
+    executor = RayExecutor(address, RayResources(cpus=cpus_per_job, gpus=gpus_per_job))
+    executor.ray  # connect
+    return executor

@@ -11,6 +11,7 @@ A job is one process to run for one run. Its document:
 ``priority``       higher starts first; equal priorities start oldest first
 ``needs``          ``gpu``, ``cpu`` or ``auto`` (a GPU where the machine has one, else a CPU slot)
 ``gpu_index``      the one GPU it must use (from ``--device cuda:N``), else None
+``nproc``          train: processes of one DDP run (``--nproc``): that many GPUs (or CPU shares)
 ``depends_on``     job ids that must be ``done`` first (an auto-eval waits for its training,
                    a run started ``--init-from`` another waits for that one)
 ``attacks``        eval: the attack list passed to ``advtui eval --attacks``
@@ -119,7 +120,8 @@ def queue_train(
     with registry.transaction():  # one atomic step for other processes: no run without its job
         run = lifecycle.create_queued(registry, config.to_dict())
         job = _insert_job(registry, {"kind": "train", "run_id": run["id"], "priority": priority,
-                                     "needs": needs, "gpu_index": gpu_index, "depends_on": after})
+                                     "needs": needs, "gpu_index": gpu_index, "depends_on": after,
+                                     "nproc": config.nproc})
         evals = []
         if attacks:
             evals.append(_insert_job(registry, {
@@ -294,8 +296,13 @@ def kill(registry: Registry, ref: str, grace_s: float = DEFAULT_GRACE_S, executo
         pid, started = run.get("pid"), run.get("pid_start_time")
     if job is not None:
         registry.update(JOBS, {"id": job["id"], "status": "running"}, {"kill_requested": time.time()})
+    if executor is None and job is not None and job.get("executor") == "ray":
+        # The process may be on another node: only its Ray actor can stop it.
+        from advtui.jobs.ray_executor import RayExecutor
+
+        executor = RayExecutor(job.get("ray_address"))
     if executor is not None and job is not None and pid:
-        handle = executor.attach(pid, started)
+        handle = executor.attach(pid, started, job=job)
         outcome = executor.stop(handle, grace_s) if handle is not None else "gone"
     else:
         outcome = stop_process(pid, started, grace_s) if pid else "gone"
@@ -381,7 +388,7 @@ def resume(registry: Registry, ref: str, *, epochs: int | None = None, priority:
         lifecycle.mark_queued_again(registry, run["id"], config=config, epochs=config.get("epochs", run.get("epochs")))
         job = _insert_job(registry, {"kind": "train", "run_id": run["id"], "priority": priority,
                                      "needs": needs, "gpu_index": gpu_index, "resumed": True,
-                                     "depends_on": after})
+                                     "depends_on": after, "nproc": int(config.get("nproc") or 1)})
         previous = {j["id"] for j in jobs_of_run(registry, run["id"], kind="train")} - {job["id"]}
         evals = []
         for other in jobs_of_run(registry, run["id"], kind="eval"):

@@ -180,7 +180,7 @@ class Scheduler:
             messages: list[str] = []
             self.last_gpus = self.gpu_sampler.sample()  # what the machine has, known from the start
             for job in self.registry.search(JOBS, status="running"):
-                if job["id"] in self._handles or job.get("host") not in (None, self.host):
+                if job["id"] in self._handles or not self._watches(job):
                     continue
                 messages.append(self._reconcile_job(job))
             for run in self.registry.search(RUNS, status="running"):
@@ -207,12 +207,12 @@ class Scheduler:
                 pid, started = run.get("pid"), run.get("pid_start_time")
                 self.registry.update(JOBS, {"id": job["id"]}, {"pid": pid, "pid_start_time": started})
                 job = {**job, "pid": pid, "pid_start_time": started}
-        handle = self.executor.attach(pid, started, self._log_path(job)) if pid else None
+        handle = self.executor.attach(pid, started, self._log_path(job), job=job) if pid else None
         if handle is not None:
             self._handles[job["id"]] = handle
             self._emit("adopted", job, f"job {job['id']}: process {pid} still running, watching it again")
             return f"job {job['id']}: adopted running process {pid}"
-        status = self._finish(job, ExitStatus(None))
+        status = self._finish(job, ExitStatus(None, reason=self.executor.why_lost(job)))
         return f"job {job['id']}: its process ended while no scheduler watched it: {status}"
 
     # -- the periodic step --------------------------------------------------------------------------
@@ -234,9 +234,12 @@ class Scheduler:
             queued = self._settle_dependencies(queued, {j["id"]: j for j in jobs})
             if not queued:
                 return []
-            snapshot = self.last_gpus = self.gpu_sampler.sample()
-            slots = _FreeSlots(self.policy, snapshot, [j for j in jobs if j.get("status") == "running"
-                                                       and j.get("host") in (None, self.host)])
+            running = [j for j in jobs if j.get("status") == "running" and self._watches(j)]
+            if self.executor.places_jobs:  # a cluster: it knows what is free on which node
+                slots = self.executor.cluster_slots(running)
+            else:
+                snapshot = self.last_gpus = self.gpu_sampler.sample()
+                slots = _FreeSlots(self.policy, snapshot, running)
             started = []
             for job in sorted(queued, key=lambda j: (-int(j.get("priority") or 0), j.get("created", 0))):
                 slot, impossible = slots.pick(job)
@@ -248,6 +251,13 @@ class Scheduler:
                         started.append(launched)
                         slots.take(slot)
             return started
+
+    def _watches(self, job: dict) -> bool:
+        """Whether a running job is this scheduler's to watch: started by the same kind of
+        executor and, for local processes, on this host (a cluster executor reaches every node)."""
+        if (job.get("executor") or "local") != self.executor.name:
+            return False
+        return self.executor.places_jobs or job.get("host") in (None, self.host)
 
     def running(self) -> dict[str, ProcessHandle]:
         """Jobs this scheduler is watching (launched or adopted), by job id."""
@@ -315,7 +325,7 @@ class Scheduler:
         process died before recording its own end, the run as failed with its log's last lines."""
         code = exit_status.code
         tail = log_tail(self._log_path(job))
-        gone = why_not_alive(job.get("pid"), job.get("pid_start_time"))
+        gone = exit_status.reason or why_not_alive(job.get("pid"), job.get("pid_start_time"))
         if job["kind"] == "train":
             run = self.registry.get_run(job["run_id"]) or {}
             run_status = run.get("status", "failed")
@@ -427,13 +437,15 @@ class Scheduler:
         log_path = self._log_path(job)
         assert log_path is not None  # run ids were checked by _settle_dependencies
         claimed = {"status": "running", "started": time.time(), "host": self.host, "slot": slot,
-                   "log": str(log_path.relative_to(self.registry.root)), "scheduler_pid": os.getpid()}
+                   "log": str(log_path.relative_to(self.registry.root)), "scheduler_pid": os.getpid(),
+                   "executor": self.executor.name}
         if not self.registry.update(JOBS, {"id": job["id"], "status": "queued"}, claimed):
             return None  # cancelled meanwhile
         job = {**job, **claimed}
         argv = self.command(job)
         try:
-            handle = self.executor.start(LaunchSpec(argv, log_path, launch_env(slot, threads)))
+            handle = self.executor.start(LaunchSpec(argv, log_path, launch_env(slot, threads), job_id=job["id"],
+                                                    resources=dict(slot.get("ray") or {})))
         except OSError as exc:
             reason = f"could not start {argv[0]}: {exc}"
             finish_job(self.registry, job, "failed", error=reason)
@@ -443,12 +455,13 @@ class Scheduler:
             self._emit("finished", {**job, "status": "failed", "error": reason}, f"job {job['id']} failed: {reason}")
             return None
         self._handles[job["id"]] = handle
-        process = {"pid": handle.pid, "pid_start_time": handle.create_time, "argv": argv}
+        process = {"pid": handle.pid, "pid_start_time": handle.create_time, "argv": argv, "host": handle.host,
+                   **handle.placement}
         self.registry.update(JOBS, {"id": job["id"]}, process)
         if job["kind"] == "train":
-            lifecycle.record_launch(self.registry, job["run_id"], handle.pid, handle.create_time, self.host)
+            lifecycle.record_launch(self.registry, job["run_id"], handle.pid, handle.create_time, handle.host)
         job.update(process)
-        where = f"GPU {slot['gpu']}" if "gpu" in slot else f"CPU slot ({threads} threads)"
+        where = describe_slot(job, threads)
         self._emit("started", job, f"job {job['id']} ({job['kind']} of run {job['run_id']}) started on "
                                    f"{where}, pid {handle.pid}")
         return job
@@ -458,9 +471,21 @@ class Scheduler:
             self.on_event(kind, job, message)
 
 
+def describe_slot(job: dict, threads: int) -> str:
+    """Where a started job runs, for people: 'GPU 0', 'CPU slot (2 threads)', 'Ray node 10.0.0.5 (GPU 1)'."""
+    slot = job.get("slot") or {}
+    if "ray" in slot:
+        gpus = ",".join(job.get("gpus") or [])
+        return f"Ray node {job.get('node', '?')} ({f'GPU {gpus}' if gpus else f'{threads} CPU thread(s)'})"
+    return f"GPU {slot['gpu']}" if "gpu" in slot else f"CPU slot ({threads} threads)"
+
+
 def launch_env(slot: dict, threads: int) -> dict[str, str]:
-    """The environment a job gets on top of the scheduler's: its GPU, or none, and its threads."""
+    """The environment a job gets on top of the scheduler's: its GPU, or none, and its threads.
+    On Ray the actor sets CUDA_VISIBLE_DEVICES to the GPUs Ray gave it."""
     env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    if "ray" in slot:
+        return env
     if "gpu" in slot:
         # NVML numbers GPUs in PCI bus order; make CUDA use the same order so the index matches.
         env.update(CUDA_VISIBLE_DEVICES=str(slot["gpu"]), CUDA_DEVICE_ORDER="PCI_BUS_ID")
@@ -511,6 +536,9 @@ class _FreeSlots:
             return ({"cpu": self.cpu_used + 1}, None) if self.cpu_used < self.policy.cpu_slots else (None, None)
         if not self.gpus:
             return None, f"it needs a GPU, but this machine has none usable ({self.why_no_gpu})"
+        if int(job.get("nproc") or 1) > 1:
+            return None, ("a --nproc run on GPUs needs one GPU per process: run it with `advtui run --nproc N` "
+                          "or queue it for `advtui worker --executor ray`")
         wanted = job.get("gpu_index")
         if wanted is not None and wanted not in self.gpus:
             return None, f"it asks for GPU {wanted}, which this scheduler does not have ({sorted(self.gpus)})"

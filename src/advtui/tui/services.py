@@ -23,6 +23,7 @@ from advtui.core.attack_specs import default_attacks, parse_attack
 from advtui.core.defenses import learned_maximizer
 from advtui.core.results import results_for_run
 from advtui.errors import AdvtuiError
+from advtui.jobs.launcher import Executor, LocalExecutor
 from advtui.jobs.monitor import GpuSampler, GpuSnapshot, ProcessSampler, ProcessStats, process_owners
 from advtui.jobs.queue import kill as kill_target
 from advtui.jobs.queue import list_jobs, parse_seeds, queue_eval, queue_train, resume, seed_configs
@@ -62,15 +63,23 @@ class QueueState:
 
 class Services:
     def __init__(self, registry: Registry, policy: SchedulerPolicy | None = None,
-                 gpu_sampler: GpuSampler | None = None):
+                 gpu_sampler: GpuSampler | None = None, executor: Executor | None = None):
         self.registry = registry
         self.policy = policy or SchedulerPolicy()
+        # Where queued jobs run: processes here, or a Ray cluster (``build_executor``), whose
+        # every node's GPUs the panel then shows.
+        self.executor = executor or LocalExecutor()
+        if gpu_sampler is None and self.executor.places_jobs:
+            from advtui.jobs.ray_executor import ClusterGpuSampler
+
+            gpu_sampler = ClusterGpuSampler(self.executor, registry)
         self.gpu_sampler = gpu_sampler or GpuSampler()
         self.process_sampler = ProcessSampler()
         self.messages: deque[str] = deque()
         # The scheduler samples GPUs for its own decisions with its own sampler, so the panel's
         # history stays evenly spaced.
-        self.scheduler = Scheduler(registry, policy=self.policy, on_event=self._on_event, role="dashboard")
+        self.scheduler = Scheduler(registry, self.executor, policy=self.policy, on_event=self._on_event,
+                                   role="dashboard")
         self._cpu_history: deque[float] = deque(maxlen=HISTORY)
         self._has_gpus: bool | None = None  # unknown until the first sample
         self._jobs: list[dict] = []
@@ -143,7 +152,7 @@ class Services:
         ended = sorted((j for j in jobs if j.get("status") not in ("running", "queued")),
                        key=lambda j: j.get("ended") or 0, reverse=True)[:RECENT_JOBS]
         if self.scheduler.active:
-            who = "this dashboard"
+            who = "this dashboard" + (f", jobs on Ray at {self.executor.address}" if self.executor.places_jobs else "")
         else:
             holder = read_holder(self.registry.root)
             who = (f"{holder.get('role', '?')} pid {holder.get('pid', '?')} on {holder.get('host', '?')}"
