@@ -17,7 +17,6 @@ from advtui.config import RunConfig
 from advtui.core import lifecycle
 from advtui.core.defenses import DEFENSE_SPECS
 from advtui.core.paths import DATA_ENV, FINAL_CHECKPOINT, LAST_CHECKPOINT, checkpoint_path, data_root, run_dir
-from advtui.core.process import record_alive
 from advtui.errors import AdvtuiError, CheckpointError, ConfigError
 from advtui.events import EVENTS_FILE, EventWriter, read_events
 from advtui.health import HealthMonitor, RunUnhealthy, replay
