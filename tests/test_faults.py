@@ -140,11 +140,11 @@ def test_a_full_disk_ends_the_run_failed_or_says_in_one_line_why_it_could_not(tm
         A={tmp_path}/a; B={tmp_path}/b; mkdir -p $A $B
         mount -t tmpfs -o size=2m tmpfs $A && mount -t tmpfs -o size=2m tmpfs $B || exit 99
         # 1. The checkpoint (weights and momentum, 2.5 MB) does not fit in 2 MB.
-        ADVTUI_RUNS=$A run run --defense plain {' '.join(TINY)} >{out}/a.out 2>{out}/a.err; echo $? >{out}/a.rc
+        ( ADVTUI_RUNS=$A run run --defense plain {' '.join(TINY)} >{out}/a.out 2>{out}/a.err; echo $? >{out}/a.rc ) &
         # 2. Another process fills the disk as soon as the run's record exists.
         ( while ! ls $B/*/{RUN_FILE} >/dev/null 2>&1; do sleep 0.01; done; cat /dev/zero >$B/filler 2>/dev/null ) &
         ADVTUI_RUNS=$B run run --defense plain {' '.join(TINY)} >{out}/b.out 2>{out}/b.err; echo $? >{out}/b.rc
-        wait
+        wait  # for case 1 and the filler
         cp -a $B {out}/b-full
         # 3. A command that only writes the store, on a full disk: one line, nothing changed.
         ADVTUI_RUNS=$B run queue train --defense plain >{out}/c.out 2>{out}/c.err; echo $? >{out}/c.rc

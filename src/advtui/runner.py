@@ -79,7 +79,7 @@ def plan_queued(registry: Registry, run_id: str) -> RunPlan:
 _START_FIELDS = ("status", "pid", "pid_start_time", "host", "started", "ended", "error", "config", "epochs",
                  "device")
 STATUS_WRITE_TRIES = 3
-STATUS_WRITE_PAUSE_S = 0.5
+STATUS_WRITE_PAUSE_S = 0.25  # then 0.5, 0.75: a moment for temporary files to go
 
 
 def execute_run(
