@@ -347,6 +347,25 @@ def test_a_damaged_run_file_hides_that_run_only(runs, monkeypatch, capsys, conte
     assert store_snapshot(runs) == before
 
 
+@pytest.mark.parametrize("field, value, what", [
+    ("config", "x", "config is str, not dict"), ("metrics", [1], "metrics is list, not dict"),
+    ("checkpoints", "y", "checkpoints is str, not dict"), ("status", "sleeping", "status 'sleeping' is none of"),
+])
+def test_a_run_record_edited_into_another_shape_is_a_damaged_file(runs, monkeypatch, capsys, field, value, what):
+    names = ids(runs)
+    path = runs / names["a"] / RUN_FILE
+    data = json.loads(path.read_bytes())
+    data["runs"]["1"][field] = value
+    path.write_text(json.dumps(data))
+    before = store_snapshot(runs)
+    code, out, err = cli(monkeypatch, capsys, "ls")
+    assert code == 0 and names["b"] in out and names["a"] not in out and what in err
+    code, _, err = cli(monkeypatch, capsys, "show", names["a"])
+    assert code == 2
+    one_error_line(err, str(path), what)
+    assert store_snapshot(runs) == before
+
+
 def test_a_damaged_queue_file_is_reported_and_kept(runs, monkeypatch, capsys):
     (runs / QUEUE_FILE).write_bytes(b"{}")
     before = store_snapshot(runs)
