@@ -140,11 +140,11 @@ def test_a_full_disk_ends_the_run_failed_or_says_in_one_line_why_it_could_not(tm
         A={tmp_path}/a; B={tmp_path}/b; mkdir -p $A $B
         mount -t tmpfs -o size=2m tmpfs $A && mount -t tmpfs -o size=2m tmpfs $B || exit 99
         # 1. The checkpoint (weights and momentum, 2.5 MB) does not fit in 2 MB.
-        ADVTUI_RUNS=$A run run --defense plain {' '.join(TINY)} >{out}/a.out 2>{out}/a.err; echo $? >{out}/a.rc
+        ( ADVTUI_RUNS=$A run run --defense plain {' '.join(TINY)} >{out}/a.out 2>{out}/a.err; echo $? >{out}/a.rc ) &
         # 2. Another process fills the disk as soon as the run's record exists.
         ( while ! ls $B/*/{RUN_FILE} >/dev/null 2>&1; do sleep 0.01; done; cat /dev/zero >$B/filler 2>/dev/null ) &
         ADVTUI_RUNS=$B run run --defense plain {' '.join(TINY)} >{out}/b.out 2>{out}/b.err; echo $? >{out}/b.rc
-        wait
+        wait  # for case 1 and the filler
         cp -a $B {out}/b-full
         # 3. A command that only writes the store, on a full disk: one line, nothing changed.
         ADVTUI_RUNS=$B run queue train --defense plain >{out}/c.out 2>{out}/c.err; echo $? >{out}/c.rc
@@ -344,6 +344,25 @@ def test_a_damaged_run_file_hides_that_run_only(runs, monkeypatch, capsys, conte
     code, _, err = cli(monkeypatch, capsys, "show", names["a"])
     assert code == 2
     one_error_line(err, str(runs / names["a"] / RUN_FILE))
+    assert store_snapshot(runs) == before
+
+
+@pytest.mark.parametrize("field, value, what", [
+    ("config", "x", "config is str, not dict"), ("metrics", [1], "metrics is list, not dict"),
+    ("checkpoints", "y", "checkpoints is str, not dict"), ("status", "sleeping", "status 'sleeping' is none of"),
+])
+def test_a_run_record_edited_into_another_shape_is_a_damaged_file(runs, monkeypatch, capsys, field, value, what):
+    names = ids(runs)
+    path = runs / names["a"] / RUN_FILE
+    data = json.loads(path.read_bytes())
+    data["runs"]["1"][field] = value
+    path.write_text(json.dumps(data))
+    before = store_snapshot(runs)
+    code, out, err = cli(monkeypatch, capsys, "ls")
+    assert code == 0 and names["b"] in out and names["a"] not in out and what in err
+    code, _, err = cli(monkeypatch, capsys, "show", names["a"])
+    assert code == 2
+    one_error_line(err, str(path), what)
     assert store_snapshot(runs) == before
 
 

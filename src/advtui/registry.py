@@ -140,6 +140,14 @@ def _tables_of_documents(data: Any) -> bool:
     return True
 
 
+# The fields of a run record that every reader uses, and their types (when present and not null):
+# a record edited into another shape is a damaged file, not a traceback in `ls`.
+_RUN_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "status": (str,), "name": (str,), "config": (dict,), "checkpoints": (dict,), "metrics": (dict,),
+    "epoch": (int,), "epochs": (int,), "error": (str,), "defense": (str,), "dataset": (str,), "model": (str,),
+}
+
+
 def _shape_problem(path: str, data: dict) -> str | None:
     """What makes parsed JSON not this kind of store file (None when it is one). A file that
     parses but holds something else (``{}``, ``[]``, other tables) must not be taken as an
@@ -157,6 +165,13 @@ def _shape_problem(path: str, data: dict) -> str | None:
         runs = data.get(RUNS) or {}
         if len(runs) > 1 or any(type(doc.get("id")) is not str for doc in runs.values()):
             return f"does not hold one run with an id in its {RUNS} table"
+        for doc in runs.values():
+            for name, types in _RUN_FIELD_TYPES.items():
+                value = doc.get(name)
+                if value is not None and type(value) not in types:
+                    return f"has a run whose {name} is {type(value).__name__}, not {types[0].__name__}"
+            if doc.get("status") is not None and doc["status"] not in RUN_STATUSES:
+                return f"has a run whose status {doc['status']!r} is none of {', '.join(RUN_STATUSES)}"
     elif name == QUEUE_FILE or os.path.basename(os.path.dirname(path)) == ARCHIVE_DIR:
         if tables != {JOBS}:
             return f"does not hold the {JOBS} table alone, so it is not a job queue"

@@ -17,7 +17,6 @@ from advtui.config import RunConfig
 from advtui.core import lifecycle
 from advtui.core.defenses import DEFENSE_SPECS
 from advtui.core.paths import DATA_ENV, FINAL_CHECKPOINT, LAST_CHECKPOINT, checkpoint_path, data_root, run_dir
-from advtui.core.process import record_alive
 from advtui.errors import AdvtuiError, CheckpointError, ConfigError
 from advtui.events import EVENTS_FILE, EventWriter, read_events
 from advtui.health import HealthMonitor, RunUnhealthy, replay
@@ -80,7 +79,7 @@ def plan_queued(registry: Registry, run_id: str) -> RunPlan:
 _START_FIELDS = ("status", "pid", "pid_start_time", "host", "started", "ended", "error", "config", "epochs",
                  "device")
 STATUS_WRITE_TRIES = 3
-STATUS_WRITE_PAUSE_S = 0.5
+STATUS_WRITE_PAUSE_S = 0.25  # then 0.5, 0.75: a moment for temporary files to go
 
 
 def execute_run(
