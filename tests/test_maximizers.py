@@ -180,3 +180,80 @@ def test_project_is_box_and_ball():
     x = torch.tensor([0.0, 0.5, 1.0])
     out = project(torch.tensor([-1.0, 2.0, 0.2]), x, 0.1)
     assert torch.allclose(out, torch.tensor([0.0, 0.6, 0.9]))
+
+
+def _rnn_maximize_through_autograd(opt: RNNOptimizer, model, x, y, eps, steps):
+    """The RNN maximizer written the direct way: every coordinate its own sequence and the
+    phi-gradient taken by autograd through the recorded unroll (g_t held constant)."""
+    from advtui.engine.maximizers import loss_and_grad, random_start
+
+    x_adv = random_start(x, eps, opt.init)
+    h = opt.net.initial_state(x.numel())
+    losses, surrogate = [], x.new_zeros(())
+    for t in range(steps + 1):
+        loss, grad = loss_and_grad(model, ce_per_example, x_adv, y)
+        losses.append(loss.mean())
+        if t > 0:
+            surrogate = surrogate + t * (grad * x_adv).sum() / x.shape[0]
+        if t == steps:
+            break
+        delta, h = opt.net(opt._scale(grad), h)
+        x_adv = project(x_adv + opt.delta_scale * eps * delta, x, eps)
+    phi_grads = torch.autograd.grad(surrogate, list(opt.net.parameters()))
+    return x_adv.detach(), torch.stack(losses).detach(), phi_grads
+
+
+@pytest.mark.parametrize("grad_input,share_histories", [("sign", True), ("sign", False), ("rms", False)])
+def test_rnn_fast_unroll_equals_the_direct_autograd_version(model_and_batch, grad_input, share_histories):
+    """Same seed, same x', same inner losses and the same phi-gradient as the direct version,
+    per sign history or per coordinate (images on the box boundary included)."""
+    model, x, y = model_and_batch
+    torch.manual_seed(5)
+    opt = RNNOptimizer(grad_input=grad_input, device="cpu")
+    opt.share_histories = share_histories
+    with torch.no_grad():  # a state that is not the PGD-like start, so W and memory matter
+        for p in opt.net.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    params = list(opt.net.parameters())
+    torch.manual_seed(11)
+    reference_x, reference_losses, reference_grads = _rnn_maximize_through_autograd(opt, model, x, y, 0.3, 6)
+    torch.manual_seed(11)
+    result = opt.maximize(model, ce_per_example, x, y, 0.3, 6, record=True, learn_graph=True)
+    fast_grads = torch.autograd.grad(result.info["phi_objective"], params)
+    assert torch.allclose(result.x_adv, reference_x, atol=1e-6, rtol=0)
+    assert torch.allclose(result.trajectory, reference_losses, atol=1e-6, rtol=1e-6)
+    for fast, exact in zip(fast_grads, reference_grads):
+        assert torch.allclose(fast, exact, rtol=1e-4, atol=1e-6)
+    # the attack path (no phi-gradient kept) gives the same x' too
+    torch.manual_seed(11)
+    attack = opt.maximize(model, ce_per_example, x, y, 0.3, 6, record=True)
+    assert torch.allclose(attack.x_adv, reference_x, atol=1e-6, rtol=0)
+
+
+def test_sign_histories_are_shared_across_coordinates():
+    """With sign inputs the RNN runs once per distinct history: at most 3^t rows at step t."""
+    from advtui.engine.maximizers import _RNNUnroll
+
+    torch.manual_seed(0)
+    net = CoordinateRNN()
+    unroll = _RNNUnroll(net, 1000, "cpu", torch.float32, share_histories=True, keep=False)
+    direct = _RNNUnroll(net, 1000, "cpu", torch.float32, share_histories=False, keep=False)
+    for t in range(1, 5):
+        signs = torch.randint(-1, 2, (10, 1, 10, 10)).float()
+        with torch.no_grad():
+            shared_delta, own_delta = unroll.step(signs), direct.step(signs)
+        assert unroll.states[-1].shape[0] <= 3 ** t
+        assert torch.allclose(shared_delta, own_delta, atol=1e-7, rtol=0)
+
+
+def test_projection_slope_is_autograds_including_ties():
+    from advtui.engine.maximizers import project_with_slope
+
+    x = torch.tensor([0.0, 0.0, 1.0, 1.0, 0.5, 0.5, 0.5, 0.5, 0.2, 0.9, 0.3, 0.7])
+    z = torch.tensor([0.0, 0.3, 1.0, 0.7, 0.8, 0.2, 0.6, 0.81, -0.1, 1.2, 0.0, 1.0])
+    z_req = z.clone().requires_grad_(True)
+    project(z_req, x, 0.3).sum().backward()
+    out, slope = project_with_slope(z, x, 0.3)
+    assert torch.equal(out, project(z, x, 0.3))
+    assert torch.equal(slope, z_req.grad)
+    assert (slope == 0.5).any()  # the ties were exercised
