@@ -257,3 +257,64 @@ def test_projection_slope_is_autograds_including_ties():
     assert torch.equal(out, project(z, x, 0.3))
     assert torch.equal(slope, z_req.grad)
     assert (slope == 0.5).any()  # the ties were exercised
+
+
+def _bls_one_example(model, x, y, x_adv, alpha0, rho, c, max_backtracks, eps):
+    """One backtracking line search step for one example, as Nocedal & Wright's Algorithm 3.1
+    (for ascent, along d = sign(g)): returns the new point, its loss and the step size."""
+    x_req = x_adv.detach().requires_grad_(True)
+    loss = ce_per_example(model(x_req), y)
+    (grad,) = torch.autograd.grad(loss.sum(), x_req)
+    direction = grad.sign()
+    slope = (grad * direction).sum()
+    alpha = torch.tensor(alpha0)
+    for _ in range(max_backtracks):
+        trial = project(x_adv + alpha * direction, x, eps)
+        with torch.no_grad():
+            trial_loss = ce_per_example(model(trial), y)
+        if trial_loss >= loss.detach() + c * alpha * slope:
+            return trial, trial_loss, alpha, True
+        alpha = alpha * rho
+    return x_adv, loss.detach(), alpha, False
+
+
+@pytest.mark.parametrize("search", PGDBLS.SEARCHES)
+def test_bls_over_the_batch_equals_one_example_at_a_time(model_and_batch, search):
+    model, x, y = model_and_batch
+    bls = PGDBLS(alpha0=0.3, rho=0.5, c=1e-4, max_backtracks=4, search=search)
+    torch.manual_seed(3)
+    result = bls.maximize(model, ce_per_example, x, y, 0.3, 4)
+    torch.manual_seed(3)
+    from advtui.engine.maximizers import random_start
+
+    x_adv = random_start(x, 0.3)
+    outcomes = set()
+    for step, search_record in enumerate(result.info["line_searches"]):
+        rows = [_bls_one_example(model, x[i:i + 1], y[i:i + 1], x_adv[i:i + 1], 0.3, 0.5, 1e-4, 4, 0.3)
+                for i in range(len(y))]
+        x_adv = torch.cat([r[0] for r in rows])
+        accepted = torch.tensor([r[3] for r in rows])
+        assert torch.equal(search_record["accepted"], accepted)
+        assert torch.allclose(search_record["alpha"], torch.stack([r[2] for r in rows]).reshape(-1))
+        assert torch.allclose(search_record["loss_after"], torch.cat([r[1] for r in rows]), atol=1e-5)
+        outcomes.update(torch.log2(0.3 / search_record["alpha"]).round().long().tolist())
+    assert torch.allclose(result.x_adv, x_adv, atol=1e-6, rtol=0)
+    assert len(outcomes) >= 2  # some examples backtracked and some did not
+
+
+def test_bls_searches_agree_exactly(model_and_batch):
+    model, x, y = model_and_batch
+    outputs = []
+    for search in PGDBLS.SEARCHES:
+        torch.manual_seed(4)
+        outputs.append(PGDBLS(alpha0=0.3, max_backtracks=3, search=search).maximize(model, ce_per_example, x, y, 0.3, 5))
+    rounds, at_once = outputs
+    # Same steps taken, so the same points; a loss may differ in its last bit, as a forward pass
+    # over a different batch composition can.
+    assert torch.equal(rounds.x_adv, at_once.x_adv)
+    assert torch.allclose(rounds.trajectory, at_once.trajectory, atol=1e-6, rtol=0)
+    for a, b in zip(rounds.info["line_searches"], at_once.info["line_searches"]):
+        for key in ("alpha", "accepted", "loss_before", "slope"):
+            assert torch.equal(a[key], b[key]) if key != "loss_before" else torch.allclose(a[key], b[key], atol=1e-6)
+        assert torch.allclose(a["loss_after"], b["loss_after"], atol=1e-6, rtol=0)
+    assert any((~s["accepted"]).any() for s in rounds.info["line_searches"])  # a failed search was covered

@@ -118,20 +118,35 @@ class PGDBLS(Maximizer):
 
     Along the sign direction d = sign(g), start at alpha_0 and shrink by rho until
     L(P(x' + alpha d)) >= L(x') + c * alpha * g^T d (the Armijo condition of eq. 4 for the
-    direction actually taken; with d = g it is eq. 4 exactly). An example whose condition never
-    holds within ``max_backtracks`` trials keeps its point: no step that fails to increase the
-    loss sufficiently is taken.
+    direction actually taken; with d = g it is eq. 4 exactly). This is the backtracking line
+    search of Nocedal & Wright, Numerical Optimization, 2nd ed., Algorithm 3.1 (the paper's
+    [24]), for ascent: the step taken is the first of alpha_0, rho alpha_0, rho^2 alpha_0, ...
+    that satisfies the condition. An example whose condition never holds within
+    ``max_backtracks`` trials keeps its point: no step that fails to increase the loss
+    sufficiently is taken.
+
+    Two ways to search, with the same result (the first accepted candidate of each example):
+    ``rounds`` tries one candidate per round for the examples still searching, so it spends the
+    fewest forward passes (best where the arithmetic is the cost: the CPU); ``all-at-once``
+    evaluates all ``max_backtracks`` candidates of every example in one batched forward pass,
+    with no host synchronisation and fixed shapes (best where launches and syncs are the cost:
+    CUDA; it needs memory for max_backtracks times the batch). ``search=None`` picks by device.
     """
 
     name = "pgd-bls"
+    SEARCHES = ("rounds", "all-at-once")
 
     def __init__(self, alpha0: float, rho: float = 0.5, c: float = 1e-4, max_backtracks: int = 10,
-                 init: str = "normal"):
+                 init: str = "normal", search: str | None = None):
+        if search is not None and search not in self.SEARCHES:
+            raise ValueError(f"search must be one of {self.SEARCHES}, got {search!r}")
         self.alpha0, self.rho, self.c, self.max_backtracks, self.init = alpha0, rho, c, max_backtracks, init
+        self.search = search
 
     def maximize(self, model, loss_fn, x, target, eps, steps, record=True):
+        search = self.search or ("all-at-once" if x.device.type == "cuda" else "rounds")
+        line_search = self._search_all_at_once if search == "all-at-once" else self._search_in_rounds
         x_adv = random_start(x, eps, self.init)
-        bshape = (-1,) + (1,) * (x.dim() - 1)
         losses, searches = [], []
         loss = None
         for _ in range(steps):
@@ -139,21 +154,8 @@ class PGDBLS(Maximizer):
             losses.append(loss.mean())
             direction = grad.sign()
             slope = (grad * direction).flatten(1).sum(1)  # g^T d per example
-            alpha = torch.full_like(loss, self.alpha0)
-            accepted = torch.zeros_like(loss, dtype=torch.bool)
-            new_x, new_loss = x_adv.clone(), loss.clone()
-            for _ in range(self.max_backtracks):
-                todo = torch.nonzero(~accepted).flatten()
-                if todo.numel() == 0:
-                    break
-                trial = project(x_adv[todo] + alpha[todo].view(bshape) * direction[todo], x[todo], eps)
-                with torch.no_grad():
-                    trial_loss = loss_fn(model(trial), target[todo])
-                ok = trial_loss >= loss[todo] + self.c * alpha[todo] * slope[todo]
-                hit = todo[ok]
-                new_x[hit], new_loss[hit] = trial[ok], trial_loss[ok]
-                accepted[hit] = True
-                alpha[todo[~ok]] *= self.rho
+            new_x, new_loss, alpha, accepted = line_search(model, loss_fn, x, target, eps, x_adv, direction,
+                                                           loss, slope)
             searches.append({"alpha": alpha, "accepted": accepted, "loss_before": loss,
                              "loss_after": new_loss, "slope": slope})
             x_adv, loss = new_x, new_loss
@@ -164,6 +166,52 @@ class PGDBLS(Maximizer):
             losses.append(final)
             trajectory = torch.stack(losses)
         return MaxResult(x_adv.detach(), trajectory, {"line_searches": searches})
+
+    def _candidates(self, like: torch.Tensor) -> torch.Tensor:
+        """alpha_0 rho^k for k = 0 .. max_backtracks, each the previous times rho in the loss's
+        dtype (the rounding of a step size shrunk in place, round after round)."""
+        alphas = [torch.full((), self.alpha0, dtype=like.dtype, device=like.device)]
+        for _ in range(self.max_backtracks):
+            alphas.append(alphas[-1] * self.rho)
+        return torch.stack(alphas)
+
+    def _search_in_rounds(self, model, loss_fn, x, target, eps, x_adv, direction, loss, slope):
+        bshape = (-1,) + (1,) * (x.dim() - 1)
+        alpha = torch.full_like(loss, self.alpha0)
+        accepted = torch.zeros_like(loss, dtype=torch.bool)
+        new_x, new_loss = x_adv.clone(), loss.clone()
+        for _ in range(self.max_backtracks):
+            todo = torch.nonzero(~accepted).flatten()
+            if todo.numel() == 0:
+                break
+            trial = project(x_adv[todo] + alpha[todo].view(bshape) * direction[todo], x[todo], eps)
+            with torch.no_grad():
+                trial_loss = loss_fn(model(trial), target[todo])
+            ok = trial_loss >= loss[todo] + self.c * alpha[todo] * slope[todo]
+            hit = todo[ok]
+            new_x[hit], new_loss[hit] = trial[ok], trial_loss[ok]
+            accepted[hit] = True
+            alpha[todo[~ok]] *= self.rho
+        return new_x, new_loss, alpha, accepted
+
+    def _search_all_at_once(self, model, loss_fn, x, target, eps, x_adv, direction, loss, slope):
+        trials, batch = self.max_backtracks, x.shape[0]
+        alphas = self._candidates(loss)
+        tried = alphas[:trials]
+        step = tried.view((trials,) + (1,) * x.dim()) * direction  # [K, B, ...]
+        trial = project(x_adv + step, x, eps)
+        with torch.no_grad():
+            repeated_target = target.expand(trials, *target.shape).reshape(trials * batch, *target.shape[1:])
+            trial_loss = loss_fn(model(trial.flatten(0, 1)), repeated_target).view(trials, batch)
+        ok = trial_loss >= loss + (self.c * tried).unsqueeze(1) * slope  # [K, B]
+        accepted = ok.any(0)
+        first = ok.to(torch.uint8).argmax(0)  # the first accepted candidate (argmax returns the first maximum)
+        examples = torch.arange(batch, device=x.device)
+        bshape = (-1,) + (1,) * (x.dim() - 1)
+        new_x = torch.where(accepted.view(bshape), trial[first, examples], x_adv)
+        new_loss = torch.where(accepted, trial_loss[first, examples], loss)
+        alpha = torch.where(accepted, alphas[first], alphas[trials])
+        return new_x, new_loss, alpha, accepted
 
 
 class LearnedMaximizer(Maximizer):
