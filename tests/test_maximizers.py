@@ -253,7 +253,7 @@ def test_projection_slope_is_autograds_including_ties():
     z = torch.tensor([0.0, 0.3, 1.0, 0.7, 0.8, 0.2, 0.6, 0.81, -0.1, 1.2, 0.0, 1.0])
     z_req = z.clone().requires_grad_(True)
     project(z_req, x, 0.3).sum().backward()
-    out, slope = project_with_slope(z, x, 0.3)
+    out, slope = project_with_slope(z, x + 0.3, x - 0.3)
     assert torch.equal(out, project(z, x, 0.3))
     assert torch.equal(slope, z_req.grad)
     assert (slope == 0.5).any()  # the ties were exercised

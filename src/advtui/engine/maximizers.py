@@ -34,17 +34,18 @@ def project(x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
     return torch.max(torch.min(x_adv, x + eps), x - eps).clamp(0.0, 1.0)
 
 
-def project_with_slope(z: torch.Tensor, x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """``project(z, x, eps)`` and its elementwise derivative d project / d z, exactly as autograd
-    differentiates ``project``: torch.minimum and torch.maximum split the gradient in half at a
-    tie, and clamp passes it only strictly inside (0, 1). Computed without building a graph."""
-    upper, lower = x + eps, x - eps
+def project_with_slope(z: torch.Tensor, upper: torch.Tensor, lower: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``project(z, x, eps)`` given the ball's bounds ``upper = x + eps`` and ``lower = x - eps``,
+    and its elementwise derivative d project / d z exactly as autograd differentiates
+    ``project``: torch.minimum and torch.maximum split the gradient in half at a tie, and clamp
+    passes it only strictly inside (0, 1). Computed without building a graph, in float
+    arithmetic (bool-to-float conversions cost more than the comparisons on a CPU)."""
     below_upper = torch.min(z, upper)
     inside_ball = torch.max(below_upper, lower)
     out = inside_ball.clamp(0.0, 1.0)
-    slope = (z < upper).to(z.dtype).add_((z == upper).to(z.dtype), alpha=0.5)
-    slope.mul_((below_upper > lower).to(z.dtype).add_((below_upper == lower).to(z.dtype), alpha=0.5))
-    slope.mul_((inside_ball > 0.0) & (inside_ball < 1.0))
+    slope = (upper - z).sign_().add_(1.0)  # 2 below the bound, 1 at a tie, 0 above
+    slope.mul_((below_upper - lower).sign_().add_(1.0))
+    slope.mul_((inside_ball > 0.0) & (inside_ball < 1.0)).mul_(0.25)
     return out, slope
 
 
@@ -321,16 +322,21 @@ class _RNNUnroll:
         """delta_t for every coordinate of ``scaled`` (the RNN's input s_t), in its shape."""
         h = self.states[-1]
         if self.share_histories:
-            # history code of (row, s_t) with s_t + 1 in {0, 1, 2}; a NaN gradient counts as 0
-            code = self.rows * 3 + torch.nan_to_num(scaled.reshape(-1), nan=0.0).long().add_(1)
-            present = torch.zeros(3 * h.shape[0], dtype=torch.bool, device=h.device)
-            present[code] = True
-            histories = present.nonzero().squeeze(1)
-            self.rows = (present.cumsum(0) - 1)[code]
+            # A coordinate's history code: 3 * (its row) + s_t + 1 (a NaN gradient counts as 0).
+            code = torch.nan_to_num(scaled.reshape(-1), nan=0.0).long().add_(self.rows, alpha=3).add_(1)
+            candidates = 3 * h.shape[0]
+            if candidates <= code.numel() // 64:
+                # Few possible histories: run them all, and the code is the row.
+                histories, self.rows = torch.arange(candidates, device=h.device), code
+            else:  # keep only the histories present
+                present = torch.zeros(candidates, dtype=torch.bool, device=h.device)
+                present[code] = True
+                histories = present.nonzero().squeeze(1)
+                self.rows = torch.index_select(present.cumsum(0).sub_(1), 0, code)
             parent = histories.div(3, rounding_mode="floor")
             row_inputs = (histories % 3 - 1).to(scaled.dtype)
-            row_deltas, h = self.net(row_inputs, h[parent])
-            delta = row_deltas[self.rows].reshape(scaled.shape)
+            row_deltas, h = self.net(row_inputs, torch.index_select(h, 0, parent))
+            delta = torch.index_select(row_deltas, 0, self.rows).reshape(scaled.shape)
             if self.keep:
                 self.parents.append(parent)
                 self.inputs.append(row_inputs)
@@ -380,8 +386,8 @@ class _UnrolledSurrogate(torch.autograd.Function):
         grad_x = None  # dS / dx'_{t+1}, per coordinate
         grad_h = None  # dS / dh_{t+1} from later steps, per row
         for t in range(len(unroll.deltas) - 1, -1, -1):
-            direct = unroll.grads[t].to(dtype) * ((t + 1) / ctx.batch)
-            grad_x = direct if grad_x is None else grad_x.add_(direct)
+            weight = (t + 1) / ctx.batch
+            grad_x = unroll.grads[t].to(dtype) * weight if grad_x is None else grad_x.add_(unroll.grads[t], alpha=weight)
             grad_z = grad_x.mul_(unroll.slopes[t].to(dtype))  # dS / d(x'_t + c delta_t)
             flat = grad_z.reshape(-1)
             rows = unroll.coordinate_rows[t]
@@ -400,7 +406,7 @@ class _UnrolledSurrogate(torch.autograd.Function):
                 parent = unroll.parents[t]
                 h_before = unroll.states[t].to(dtype)
                 if parent is not None:
-                    h_before = h_before[parent]
+                    h_before = torch.index_select(h_before, 0, parent)
                 grad_hh.add_(grad_a.T @ h_before)
                 grad_h = grad_a @ weight_hh
                 if parent is not None:
@@ -450,6 +456,7 @@ class RNNOptimizer(LearnedMaximizer):
         step_scale = self.delta_scale * eps
         unroll = _RNNUnroll(self.net, x.numel(), x.device, x.dtype, self._share_histories(x.device), keep=learn_graph)
         losses, surrogate = [], x.new_zeros(())
+        upper, lower = (x + eps, x - eps) if learn_graph else (None, None)
         # No autograd graph during the unroll: with learn_graph the unroll keeps what the
         # hand-written backpropagation through time of _UnrolledSurrogate needs.
         with torch.no_grad():
@@ -459,7 +466,7 @@ class RNNOptimizer(LearnedMaximizer):
                     loss, grad = loss_and_grad(model, loss_fn, x_adv, target)
                     losses.append(loss.mean())
                     if learn_graph and t > 0:  # w_t = t; d L(x'_t) / d x'_t = g_t
-                        surrogate = surrogate + t * (grad * x_adv).sum() / x.shape[0]
+                        surrogate = surrogate + t * torch.dot(grad.flatten(), x_adv.flatten()) / x.shape[0]
                         unroll.grads.append(grad)
                 elif record:
                     losses.append(_mean_loss(model, loss_fn, x_adv, target))
@@ -467,7 +474,7 @@ class RNNOptimizer(LearnedMaximizer):
                     break
                 delta = unroll.step(self._scale(grad))
                 if learn_graph:
-                    x_adv, slope = project_with_slope(x_adv + step_scale * delta, x, eps)
+                    x_adv, slope = project_with_slope(x_adv + step_scale * delta, upper, lower)
                     unroll.slopes.append(slope)
                 else:
                     x_adv = project(x_adv + step_scale * delta, x, eps)
