@@ -5,12 +5,13 @@ directory) with every start-up stage timed, and in another fresh process the ref
 time to import torch and torchvision (plus starting CUDA when the run uses it). Prints
 
   * the reference, measured in the same invocation,
-  * the run's stages in order (CLI import, device, data, registry, model, first batch ...),
+  * the run's stages in order (CLI import, device, data, registry, model, first batch, and
+    after its one short epoch: evaluation, checkpoint, final record),
   * "beyond the reference": wall time from process start to the start of the first batch,
     minus the reference (the aim is at most 5 s).
 
-Usage: python bench/startup.py [--device auto] [--defense advtrain] [--repeats 2]
-                               [--dataset mnist] [-- extra advtui run options]
+Usage: python bench/startup.py [--device auto] [--defense advtrain] [--repeats 2] [--train-limit 256]
+                               [--dataset mnist] [-- extra advtui run options, e.g. --eval-limit 200]
 """
 
 from __future__ import annotations
@@ -42,19 +43,20 @@ import advtui.engine.train as train
 from advtui.core import lifecycle
 
 first_batch = {}
+timed_once = set()
 def timed(owner, name, label, once=False):
+    # Wrap owner.name so that each call (or only the first, with once) is timed as label.
     original = getattr(owner, name)
     @wraps(original)
     def wrapper(*args, **kwargs):
-        if once and label in first_batch:
+        if once and label in timed_once:
             return original(*args, **kwargs)
+        timed_once.add(label)
         t = time.perf_counter()
         try:
             return original(*args, **kwargs)
         finally:
             mark(label, t)
-            if once:
-                first_batch[label] = True
     setattr(owner, name, wrapper)
 
 from advtui.registry import Registry
@@ -66,25 +68,30 @@ timed(lifecycle, "create_running", "create the run record")
 timed(train.Trainer, "__init__", "build the trainer (model, maximizer, data to device)")
 timed(train.Trainer, "start_event", "write the start event")
 
+timed(train, "evaluate_clean_and_pgd", "after the epoch: clean + PGD evaluation")
+timed(train, "save_checkpoint", "after the epoch: save the checkpoint")
+timed(lifecycle, "mark_finished", "after the epoch: record the finished run")
+
 original_batch = train.Trainer.train_batch
 def train_batch(self, *args, **kwargs):
-    if "first" not in first_batch:
-        first_batch["first"] = time.perf_counter() - started
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        t = time.perf_counter()
-        out = original_batch(self, *args, **kwargs)
-        out["loss"].item()
-        mark("the first batch itself", t)
-        raise SystemExit(0)
-    return original_batch(self, *args, **kwargs)
+    if "first" in first_batch:
+        return original_batch(self, *args, **kwargs)
+    first_batch["first"] = time.perf_counter() - started
+    if self.device.type == "cuda":
+        torch.cuda.synchronize(self.device)
+    t = time.perf_counter()
+    out = original_batch(self, *args, **kwargs)
+    out["loss"].item()
+    mark("the first batch itself", t)
+    return out
 train.Trainer.train_batch = train_batch
 
 sys.argv = ["advtui", "run", *sys.argv[2:]]
 try:
     advtui.main.main()
-except SystemExit:
-    pass
+except SystemExit as exit:  # typer exits after the command
+    if exit.code not in (0, None):
+        raise
 print("STARTUP " + json.dumps({"marks": marks, "to_first_batch": first_batch.get("first")}))
 """
 
@@ -114,6 +121,7 @@ def main() -> None:
     parser.add_argument("--defense", default="advtrain")
     parser.add_argument("--dataset", default="mnist")
     parser.add_argument("--repeats", type=int, default=2, help="best of this many fresh processes each")
+    parser.add_argument("--train-limit", type=int, default=256, help="training examples of the one epoch run")
     parser.add_argument("extra", nargs="*", help="more `advtui run` options (after --)")
     args = parser.parse_args()
 
@@ -125,7 +133,8 @@ def main() -> None:
         best_reference = min(best_reference, wall)
         with tempfile.TemporaryDirectory() as runs:
             run_args = [args.device, "--defense", args.defense, "--dataset", args.dataset, "--epochs", "1",
-                        "--device", args.device, "--runs-dir", runs, "--log-every", "1", *args.extra]
+                        "--train-limit", str(args.train_limit), "--device", args.device, "--runs-dir", runs,
+                        "--log-every", "1", *args.extra]
             wall, out = _run_python(DRIVER, run_args, env)
         line = next(l for l in out.splitlines() if l.startswith("STARTUP "))
         result = json.loads(line[len("STARTUP "):])
