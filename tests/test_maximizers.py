@@ -318,3 +318,42 @@ def test_bls_searches_agree_exactly(model_and_batch):
             assert torch.equal(a[key], b[key]) if key != "loss_before" else torch.allclose(a[key], b[key], atol=1e-6)
         assert torch.allclose(a["loss_after"], b["loss_after"], atol=1e-6, rtol=0)
     assert any((~s["accepted"]).any() for s in rounds.info["line_searches"])  # a failed search was covered
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_cuda_the_default_paths_equal_the_direct_versions(model_and_batch):
+    """On CUDA the RNN runs per coordinate and BLS searches all candidates at once (the CPU
+    defaults differ): both still give the direct versions' results."""
+    model, x, y = model_and_batch
+    device = torch.device("cuda")
+    model, x, y = model.to(device), x.to(device), y.to(device)
+    torch.manual_seed(5)
+    opt = RNNOptimizer(device=device)
+    assert not opt._share_histories(device)
+    torch.manual_seed(11)
+    from advtui.engine.maximizers import loss_and_grad, random_start
+
+    x_adv, h, surrogate = random_start(x, 0.3, opt.init), opt.net.initial_state(x.numel(), device), 0.0
+    for t in range(5):
+        loss, grad = loss_and_grad(model, ce_per_example, x_adv, y)
+        if t > 0:
+            surrogate = surrogate + t * (grad * x_adv).sum() / x.shape[0]
+        if t == 4:
+            break
+        delta, h = opt.net(opt._scale(grad), h)
+        x_adv = project(x_adv + opt.delta_scale * 0.3 * delta, x, 0.3)
+    exact = torch.autograd.grad(surrogate, list(opt.net.parameters()))
+    torch.manual_seed(11)
+    result = opt.maximize(model, ce_per_example, x, y, 0.3, 4, learn_graph=True)
+    fast = torch.autograd.grad(result.info["phi_objective"], list(opt.net.parameters()))
+    assert torch.allclose(result.x_adv, x_adv.detach(), atol=1e-5, rtol=0)
+    for a, b in zip(fast, exact):
+        assert torch.allclose(a, b, rtol=1e-3, atol=1e-5)
+
+    outputs = []
+    for search in (None, "rounds"):
+        torch.manual_seed(4)
+        outputs.append(PGDBLS(alpha0=0.3, max_backtracks=3, search=search).maximize(model, ce_per_example, x, y, 0.3, 3))
+    assert torch.allclose(outputs[0].x_adv, outputs[1].x_adv, atol=1e-5, rtol=0)
+    for a, b in zip(outputs[0].info["line_searches"], outputs[1].info["line_searches"]):
+        assert torch.equal(a["accepted"], b["accepted"]) and torch.allclose(a["alpha"], b["alpha"])

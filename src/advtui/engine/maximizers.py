@@ -425,8 +425,10 @@ class RNNOptimizer(LearnedMaximizer):
     gradient of L(x'_t) with respect to x'_t is g_t itself, already computed for the next step.
     So the phi-gradient comes from the surrogate sum_t w_t <g_t, x'_t> (identical gradient)
     and needs no second backward pass through the classifier: the only extra cost over PGD is
-    the gradient at x'_T. With ``second_order=True`` the whole unrolled graph, Hessian terms
-    included, is differentiated instead.
+    the gradient at x'_T and the RNN itself, whose backpropagation through time is written out
+    (``_UnrolledSurrogate``) and, with sign inputs on the CPU, runs per sign history
+    (``_RNNUnroll``). With ``second_order=True`` the whole unrolled graph, Hessian terms
+    included, is differentiated by autograd instead.
     """
 
     name = "rnn"
