@@ -13,6 +13,7 @@ a busy shared machine hurts them alike. The ratio column is reference time / adv
 (above 1: advtui is faster).
 
     python bench/eval_throughput.py [--device auto] [--n N] [--batch-size B] [--repeats R]
+    OMP_NUM_THREADS=1 python bench/eval_throughput.py --device cpu --n 64 --batch-size 64 --repeats 2
                                     [--run RUN --runs-dir DIR]
 """
 
@@ -81,14 +82,16 @@ def examples(dataset, n, device):
         return torch.rand(n, *shape, device=device), torch.randint(0, 10, (n,), device=device)
 
 
-def timed(fn, device) -> float:
+def timed(fn, device) -> tuple[float, float]:
+    """Wall seconds and this thread's CPU seconds (on the CPU with one thread: the work done,
+    which another process on a busy machine does not inflate)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.thread_time()
     fn()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.thread_time() - cpu_start
 
 
 def main() -> None:
@@ -147,15 +150,17 @@ def main() -> None:
         reference_pgd(model, warm_x, warm_y, EPS, alpha, 2, quick.spec.loss)
 
     best: dict[tuple[str, str], float] = {}
+    best_cpu: dict[tuple[str, str], float] = {}
     accuracy: dict[tuple[str, str], float] = {}
     for _ in range(args.repeats):
         for spec, impls in implementations.items():
             for name, fn in impls.items():
                 torch.manual_seed(0)
                 result = {}
-                seconds = timed(lambda: result.setdefault("correct", fn()), device)
+                seconds, cpu_seconds = timed(lambda: result.setdefault("correct", fn()), device)
                 key = (spec, name)
                 best[key] = min(best.get(key, float("inf")), seconds)
+                best_cpu[key] = min(best_cpu.get(key, float("inf")), cpu_seconds)
                 accuracy[key] = 100.0 * result["correct"] / n
 
     threads = "" if cuda else f", {os.cpu_count()} cores visible, load average {os.getloadavg()[0]:.1f}"
@@ -163,14 +168,20 @@ def main() -> None:
           f"torchattacks {'%s' % torchattacks.__version__ if torchattacks else 'not installed'}")
     print(f"model: {'run ' + args.run if args.run else 'SmallCNN (fresh)'} on {dataset}; n={n}, batch={batch}, "
           f"eps={EPS}, step={alpha}, best of {args.repeats}")
-    print(f"{'attack':<10} {'implementation':<14} {'images/s':>10} {'seconds':>9} {'robust %':>9} {'ratio':>7}")
+    cpu_columns = not cuda and torch.get_num_threads() == 1
+    print(f"{'attack':<10} {'implementation':<14} {'images/s':>10} {'seconds':>9} {'robust %':>9} {'ratio':>7}"
+          + (f" {'CPU s':>7} {'CPU ratio':>9}" if cpu_columns else ""))
     for spec, impls in implementations.items():
-        ref = best[(spec, "reference")]
+        ref, ref_cpu = best[(spec, "reference")], best_cpu[(spec, "reference")]
         for name in impls:
             seconds = best[(spec, name)]
             ratio = ref / seconds
-            print(f"{spec:<10} {name:<14} {n / seconds:>10.1f} {seconds:>9.2f} {accuracy[(spec, name)]:>9.2f} {ratio:>7.2f}")
-    print("ratio = reference seconds / this implementation's seconds (above 1: faster than the reference)")
+            line = f"{spec:<10} {name:<14} {n / seconds:>10.1f} {seconds:>9.2f} {accuracy[(spec, name)]:>9.2f} {ratio:>7.2f}"
+            if cpu_columns:
+                line += f" {best_cpu[(spec, name)]:>7.2f} {ref_cpu / best_cpu[(spec, name)]:>9.2f}"
+            print(line)
+    print("ratio = reference seconds / this implementation's seconds (above 1: faster than the reference)"
+          + ("; CPU columns: the same by this thread's CPU time (one thread)" if cpu_columns else ""))
 
 
 if __name__ == "__main__":

@@ -34,6 +34,21 @@ def project(x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
     return torch.max(torch.min(x_adv, x + eps), x - eps).clamp(0.0, 1.0)
 
 
+def project_with_slope(z: torch.Tensor, upper: torch.Tensor, lower: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``project(z, x, eps)`` given the ball's bounds ``upper = x + eps`` and ``lower = x - eps``,
+    and its elementwise derivative d project / d z exactly as autograd differentiates
+    ``project``: torch.minimum and torch.maximum split the gradient in half at a tie, and clamp
+    passes it only strictly inside (0, 1). Computed without building a graph, in float
+    arithmetic (bool-to-float conversions cost more than the comparisons on a CPU)."""
+    below_upper = torch.min(z, upper)
+    inside_ball = torch.max(below_upper, lower)
+    out = inside_ball.clamp(0.0, 1.0)
+    slope = (upper - z).sign_().add_(1.0)  # 2 below the bound, 1 at a tie, 0 above
+    slope.mul_((below_upper - lower).sign_().add_(1.0))
+    slope.mul_((inside_ball > 0.0) & (inside_ball < 1.0)).mul_(0.25)
+    return out, slope
+
+
 def random_start(x: torch.Tensor, eps: float, init: str = "normal") -> torch.Tensor:
     """x'_0: x + 0.001 N(0, I) as in Algorithm 1, or uniform in the eps-ball."""
     if init == "uniform":
@@ -104,20 +119,35 @@ class PGDBLS(Maximizer):
 
     Along the sign direction d = sign(g), start at alpha_0 and shrink by rho until
     L(P(x' + alpha d)) >= L(x') + c * alpha * g^T d (the Armijo condition of eq. 4 for the
-    direction actually taken; with d = g it is eq. 4 exactly). An example whose condition never
-    holds within ``max_backtracks`` trials keeps its point: no step that fails to increase the
-    loss sufficiently is taken.
+    direction actually taken; with d = g it is eq. 4 exactly). This is the backtracking line
+    search of Nocedal & Wright, Numerical Optimization, 2nd ed., Algorithm 3.1 (the paper's
+    [24]), for ascent: the step taken is the first of alpha_0, rho alpha_0, rho^2 alpha_0, ...
+    that satisfies the condition. An example whose condition never holds within
+    ``max_backtracks`` trials keeps its point: no step that fails to increase the loss
+    sufficiently is taken.
+
+    Two ways to search, with the same result (the first accepted candidate of each example):
+    ``rounds`` tries one candidate per round for the examples still searching, so it spends the
+    fewest forward passes (best where the arithmetic is the cost: the CPU); ``all-at-once``
+    evaluates all ``max_backtracks`` candidates of every example in one batched forward pass,
+    with no host synchronisation and fixed shapes (best where launches and syncs are the cost:
+    CUDA; it needs memory for max_backtracks times the batch). ``search=None`` picks by device.
     """
 
     name = "pgd-bls"
+    SEARCHES = ("rounds", "all-at-once")
 
     def __init__(self, alpha0: float, rho: float = 0.5, c: float = 1e-4, max_backtracks: int = 10,
-                 init: str = "normal"):
+                 init: str = "normal", search: str | None = None):
+        if search is not None and search not in self.SEARCHES:
+            raise ValueError(f"search must be one of {self.SEARCHES}, got {search!r}")
         self.alpha0, self.rho, self.c, self.max_backtracks, self.init = alpha0, rho, c, max_backtracks, init
+        self.search = search
 
     def maximize(self, model, loss_fn, x, target, eps, steps, record=True):
+        search = self.search or ("all-at-once" if x.device.type == "cuda" else "rounds")
+        line_search = self._search_all_at_once if search == "all-at-once" else self._search_in_rounds
         x_adv = random_start(x, eps, self.init)
-        bshape = (-1,) + (1,) * (x.dim() - 1)
         losses, searches = [], []
         loss = None
         for _ in range(steps):
@@ -125,21 +155,8 @@ class PGDBLS(Maximizer):
             losses.append(loss.mean())
             direction = grad.sign()
             slope = (grad * direction).flatten(1).sum(1)  # g^T d per example
-            alpha = torch.full_like(loss, self.alpha0)
-            accepted = torch.zeros_like(loss, dtype=torch.bool)
-            new_x, new_loss = x_adv.clone(), loss.clone()
-            for _ in range(self.max_backtracks):
-                todo = torch.nonzero(~accepted).flatten()
-                if todo.numel() == 0:
-                    break
-                trial = project(x_adv[todo] + alpha[todo].view(bshape) * direction[todo], x[todo], eps)
-                with torch.no_grad():
-                    trial_loss = loss_fn(model(trial), target[todo])
-                ok = trial_loss >= loss[todo] + self.c * alpha[todo] * slope[todo]
-                hit = todo[ok]
-                new_x[hit], new_loss[hit] = trial[ok], trial_loss[ok]
-                accepted[hit] = True
-                alpha[todo[~ok]] *= self.rho
+            new_x, new_loss, alpha, accepted = line_search(model, loss_fn, x, target, eps, x_adv, direction,
+                                                           loss, slope)
             searches.append({"alpha": alpha, "accepted": accepted, "loss_before": loss,
                              "loss_after": new_loss, "slope": slope})
             x_adv, loss = new_x, new_loss
@@ -150,6 +167,52 @@ class PGDBLS(Maximizer):
             losses.append(final)
             trajectory = torch.stack(losses)
         return MaxResult(x_adv.detach(), trajectory, {"line_searches": searches})
+
+    def _candidates(self, like: torch.Tensor) -> torch.Tensor:
+        """alpha_0 rho^k for k = 0 .. max_backtracks, each the previous times rho in the loss's
+        dtype (the rounding of a step size shrunk in place, round after round)."""
+        alphas = [torch.full((), self.alpha0, dtype=like.dtype, device=like.device)]
+        for _ in range(self.max_backtracks):
+            alphas.append(alphas[-1] * self.rho)
+        return torch.stack(alphas)
+
+    def _search_in_rounds(self, model, loss_fn, x, target, eps, x_adv, direction, loss, slope):
+        bshape = (-1,) + (1,) * (x.dim() - 1)
+        alpha = torch.full_like(loss, self.alpha0)
+        accepted = torch.zeros_like(loss, dtype=torch.bool)
+        new_x, new_loss = x_adv.clone(), loss.clone()
+        for _ in range(self.max_backtracks):
+            todo = torch.nonzero(~accepted).flatten()
+            if todo.numel() == 0:
+                break
+            trial = project(x_adv[todo] + alpha[todo].view(bshape) * direction[todo], x[todo], eps)
+            with torch.no_grad():
+                trial_loss = loss_fn(model(trial), target[todo])
+            ok = trial_loss >= loss[todo] + self.c * alpha[todo] * slope[todo]
+            hit = todo[ok]
+            new_x[hit], new_loss[hit] = trial[ok], trial_loss[ok]
+            accepted[hit] = True
+            alpha[todo[~ok]] *= self.rho
+        return new_x, new_loss, alpha, accepted
+
+    def _search_all_at_once(self, model, loss_fn, x, target, eps, x_adv, direction, loss, slope):
+        trials, batch = self.max_backtracks, x.shape[0]
+        alphas = self._candidates(loss)
+        tried = alphas[:trials]
+        step = tried.view((trials,) + (1,) * x.dim()) * direction  # [K, B, ...]
+        trial = project(x_adv + step, x, eps)
+        with torch.no_grad():
+            repeated_target = target.expand(trials, *target.shape).reshape(trials * batch, *target.shape[1:])
+            trial_loss = loss_fn(model(trial.flatten(0, 1)), repeated_target).view(trials, batch)
+        ok = trial_loss >= loss + (self.c * tried).unsqueeze(1) * slope  # [K, B]
+        accepted = ok.any(0)
+        first = ok.to(torch.uint8).argmax(0)  # the first accepted candidate (argmax returns the first maximum)
+        examples = torch.arange(batch, device=x.device)
+        bshape = (-1,) + (1,) * (x.dim() - 1)
+        new_x = torch.where(accepted.view(bshape), trial[first, examples], x_adv)
+        new_loss = torch.where(accepted, trial_loss[first, examples], loss)
+        alpha = torch.where(accepted, alphas[first], alphas[trials])
+        return new_x, new_loss, alpha, accepted
 
 
 class LearnedMaximizer(Maximizer):
@@ -232,6 +295,131 @@ class CoordinateRNN(nn.Module):
         return torch.tanh(self.out(h)).reshape(g.shape), h
 
 
+class _RNNUnroll:
+    """Runs the coordinate-wise RNN through the steps of one maximization and, when asked,
+    keeps what the first-order phi-gradient needs (``_UnrolledSurrogate``).
+
+    With sign inputs a coordinate's hidden state h_t is a function of its sign history
+    s_0 .. s_{t-1} alone (h_0 = 0 and s_t is -1, 0 or +1), so ``share_histories`` runs the RNN
+    once per distinct history present in the batch instead of once per coordinate: each
+    coordinate holds the row of its history, at most 3^t rows at step t however many
+    coordinates there are, and delta_t is gathered from the rows. Each row goes through the
+    same ops as a coordinate would; the saving is memory traffic, which is what the RNN costs on
+    a CPU (each step of the plain version reads and writes ten floats per coordinate several
+    times). Otherwise every coordinate is its own row.
+    """
+
+    def __init__(self, net: "CoordinateRNN", coordinates: int, device, dtype, share_histories: bool, keep: bool):
+        self.net, self.share_histories, self.keep = net, share_histories, keep
+        self.states = [net.initial_state(1 if share_histories else coordinates, device, dtype)]  # h_0, h_1, ...
+        self.rows = torch.zeros(coordinates, dtype=torch.long, device=device) if share_histories else None
+        # Per step t, when kept: the row of h_t each row of h_{t+1} continues (None: the same row),
+        # the rows' input s_t and delta_t, and each coordinate's row (None: its own).
+        self.parents: list[torch.Tensor | None] = []
+        self.inputs: list[torch.Tensor] = []
+        self.deltas: list[torch.Tensor] = []
+        self.coordinate_rows: list[torch.Tensor | None] = []
+        # Filled by the maximizer: the projection's slope per step and g_1 .. g_T.
+        self.slopes: list[torch.Tensor] = []
+        self.grads: list[torch.Tensor] = []
+
+    def step(self, scaled: torch.Tensor) -> torch.Tensor:
+        """delta_t for every coordinate of ``scaled`` (the RNN's input s_t), in its shape."""
+        h = self.states[-1]
+        if self.share_histories:
+            # A coordinate's history code: 3 * (its row) + s_t + 1 (a NaN gradient counts as 0).
+            code = torch.nan_to_num(scaled.reshape(-1), nan=0.0).long().add_(self.rows, alpha=3).add_(1)
+            candidates = 3 * h.shape[0]
+            if candidates <= code.numel() // 64:
+                # Few possible histories: run them all, and the code is the row.
+                histories, self.rows = torch.arange(candidates, device=h.device), code
+            else:  # keep only the histories present
+                present = torch.zeros(candidates, dtype=torch.bool, device=h.device)
+                present[code] = True
+                histories = present.nonzero().squeeze(1)
+                self.rows = torch.index_select(present.cumsum(0).sub_(1), 0, code)
+            parent = histories.div(3, rounding_mode="floor")
+            row_inputs = (histories % 3 - 1).to(scaled.dtype)
+            row_deltas, h = self.net(row_inputs, torch.index_select(h, 0, parent))
+            delta = torch.index_select(row_deltas, 0, self.rows).reshape(scaled.shape)
+            if self.keep:
+                self.parents.append(parent)
+                self.inputs.append(row_inputs)
+                self.deltas.append(row_deltas)
+                self.coordinate_rows.append(self.rows)
+        else:
+            delta, h = self.net(scaled, h)
+            if self.keep:
+                self.parents.append(None)
+                self.inputs.append(scaled.reshape(-1))
+                self.deltas.append(delta.reshape(-1))
+                self.coordinate_rows.append(None)
+        if self.keep:
+            self.states.append(h)
+        else:
+            self.states[-1] = h
+        return delta
+
+
+class _UnrolledSurrogate(torch.autograd.Function):
+    """The surrogate S = sum_{t=1..T} t <g_t, x'_t> / B as a function of phi = (U, W, V), whose
+    backward is backpropagation through time written out for the coordinate-wise RNN:
+
+        x'_{t+1} = P(x'_t + c delta_t),  delta_t = tanh(V h_{t+1}),  h_{t+1} = tanh(U s_t + W h_t)
+
+    It is the gradient autograd gives through the unrolled graph with g_t held constant (tests
+    pin the two together), without recording that graph during the unroll, and it works on the
+    rows of ``_RNNUnroll`` (per history or per coordinate): a coordinate's gradient is added
+    into its row, a row's into the row it continues."""
+
+    @staticmethod
+    def forward(ctx, value, weight_ih, weight_hh, weight_out, unroll, step_scale, batch):
+        ctx.unroll, ctx.step_scale, ctx.batch = unroll, step_scale, batch
+        ctx.save_for_backward(weight_hh, weight_out)
+        return value.clone()
+
+    @staticmethod
+    def backward(ctx, grad_value):
+        unroll: _RNNUnroll = ctx.unroll
+        ctx.unroll = None  # the unroll's tensors are freed with the graph
+        weight_hh, weight_out = ctx.saved_tensors
+        dtype = weight_hh.dtype  # under autocast the states may be bf16; phi's gradient is not
+        hidden = weight_hh.shape[0]
+        v_row = weight_out.reshape(1, hidden)
+        grad_ih = torch.zeros(hidden, 1, dtype=dtype, device=weight_hh.device)
+        grad_hh, grad_out = torch.zeros_like(weight_hh), torch.zeros_like(weight_out)
+        grad_x = None  # dS / dx'_{t+1}, per coordinate
+        grad_h = None  # dS / dh_{t+1} from later steps, per row
+        for t in range(len(unroll.deltas) - 1, -1, -1):
+            weight = (t + 1) / ctx.batch
+            grad_x = unroll.grads[t].to(dtype) * weight if grad_x is None else grad_x.add_(unroll.grads[t], alpha=weight)
+            grad_z = grad_x.mul_(unroll.slopes[t].to(dtype))  # dS / d(x'_t + c delta_t)
+            flat = grad_z.reshape(-1)
+            rows = unroll.coordinate_rows[t]
+            delta = unroll.deltas[t].to(dtype)
+            grad_delta = flat if rows is None else flat.new_zeros(delta.shape[0]).index_add_(0, rows, flat)
+            # delta = tanh(o): dS/do = c dS/d(delta) (1 - delta^2)
+            grad_o = (grad_delta * ctx.step_scale * (1.0 - delta * delta)).reshape(-1, 1)
+            h_after = unroll.states[t + 1].to(dtype)
+            grad_out.add_(grad_o.T @ h_after)
+            grad_a = grad_o * v_row
+            if grad_h is not None:
+                grad_a.add_(grad_h)
+            grad_a.mul_(1.0 - h_after * h_after)  # h_after = tanh(a)
+            grad_ih.add_(grad_a.T @ unroll.inputs[t].to(dtype).reshape(-1, 1))
+            if t > 0:  # h_0 = 0: neither W's gradient nor dS/dh_0 gets anything from step 0
+                parent = unroll.parents[t]
+                h_before = unroll.states[t].to(dtype)
+                if parent is not None:
+                    h_before = torch.index_select(h_before, 0, parent)
+                grad_hh.add_(grad_a.T @ h_before)
+                grad_h = grad_a @ weight_hh
+                if parent is not None:
+                    grad_h = grad_h.new_zeros(unroll.states[t].shape).index_add_(0, parent, grad_h)
+            grad_x = grad_z  # x'_t enters z_t with slope one
+        return None, grad_ih * grad_value, grad_hh * grad_value, grad_out * grad_value, None, None, None
+
+
 class RNNOptimizer(LearnedMaximizer):
     """The learned inner maximizer (paper eqs. 5-7, 10; Algorithm 1).
 
@@ -242,8 +430,10 @@ class RNNOptimizer(LearnedMaximizer):
     gradient of L(x'_t) with respect to x'_t is g_t itself, already computed for the next step.
     So the phi-gradient comes from the surrogate sum_t w_t <g_t, x'_t> (identical gradient)
     and needs no second backward pass through the classifier: the only extra cost over PGD is
-    the gradient at x'_T. With ``second_order=True`` the whole unrolled graph, Hessian terms
-    included, is differentiated instead.
+    the gradient at x'_T and the RNN itself, whose backpropagation through time is written out
+    (``_UnrolledSurrogate``) and, with sign inputs on the CPU, runs per sign history
+    (``_RNNUnroll``). With ``second_order=True`` the whole unrolled graph, Hessian terms
+    included, is differentiated by autograd instead.
     """
 
     name = "rnn"
@@ -253,6 +443,7 @@ class RNNOptimizer(LearnedMaximizer):
                  init: str = "normal", device: torch.device | str = "cpu", rnn_init: str = "pgd"):
         self.net = CoordinateRNN(hidden, rnn_init).to(device)
         self.grad_input, self.delta_scale, self.second_order, self.init = grad_input, delta_scale, second_order, init
+        self.share_histories: bool | None = None  # None: decided per device (_share_histories)
         params = list(self.net.parameters())
         self.optimizer = torch.optim.Adam(params, lr=lr) if optimizer == "adam" else torch.optim.SGD(params, lr=lr, momentum=0.9)
 
@@ -265,29 +456,50 @@ class RNNOptimizer(LearnedMaximizer):
         return g
 
     def maximize(self, model, loss_fn, x, target, eps, steps, record=True, learn_graph: bool = False):
-        """``learn_graph`` keeps what ``learn`` needs (the graph from x'_t to phi and g_T)."""
+        """``learn_graph`` keeps what ``learn`` needs (the unrolled RNN states and g_1..g_T)."""
         if self.second_order and learn_graph:
             return self._maximize_second_order(model, loss_fn, x, target, eps, steps)
         x_adv = random_start(x, eps, self.init)
-        h = self.net.initial_state(x.numel(), x.device, x.dtype)
+        step_scale = self.delta_scale * eps
+        unroll = _RNNUnroll(self.net, x.numel(), x.device, x.dtype, self._share_histories(x.device), keep=learn_graph)
         losses, surrogate = [], x.new_zeros(())
-        with torch.set_grad_enabled(learn_graph):
+        upper, lower = (x + eps, x - eps) if learn_graph else (None, None)
+        # No autograd graph during the unroll: with learn_graph the unroll keeps what the
+        # hand-written backpropagation through time of _UnrolledSurrogate needs.
+        with torch.no_grad():
             for t in range(steps + 1):
                 need_grad = t < steps or learn_graph
                 if need_grad:
                     loss, grad = loss_and_grad(model, loss_fn, x_adv, target)
                     losses.append(loss.mean())
                     if learn_graph and t > 0:  # w_t = t; d L(x'_t) / d x'_t = g_t
-                        surrogate = surrogate + t * (grad * x_adv).sum() / x.shape[0]
+                        surrogate = surrogate + t * torch.dot(grad.flatten(), x_adv.flatten()) / x.shape[0]
+                        unroll.grads.append(grad)
                 elif record:
                     losses.append(_mean_loss(model, loss_fn, x_adv, target))
                 if t == steps:
                     break
-                delta, h = self.net(self._scale(grad), h)
-                x_adv = project(x_adv + self.delta_scale * eps * delta, x, eps)
-        trajectory = torch.stack(losses).detach() if (record or learn_graph) else None
-        info = {"phi_objective": surrogate} if learn_graph else {}
-        return MaxResult(x_adv.detach(), trajectory, info)
+                delta = unroll.step(self._scale(grad))
+                if learn_graph:
+                    x_adv, slope = project_with_slope(x_adv + step_scale * delta, upper, lower)
+                    unroll.slopes.append(slope)
+                else:
+                    x_adv = project(x_adv + step_scale * delta, x, eps)
+        trajectory = torch.stack(losses) if (record or learn_graph) else None
+        info = {}
+        if learn_graph:
+            cell = self.net.cell
+            info["phi_objective"] = _UnrolledSurrogate.apply(
+                surrogate, cell.weight_ih, cell.weight_hh, self.net.out.weight, unroll, step_scale, x.shape[0])
+        return MaxResult(x_adv, trajectory, info)
+
+    def _share_histories(self, device: torch.device) -> bool:
+        """Run the RNN per sign history (see _RNNUnroll) with sign inputs on the CPU, where it
+        saves most of the RNN's cost. On CUDA per-coordinate rows stay: finding the histories
+        present needs a device-to-host sync per step, which costs more there than it saves."""
+        if self.share_histories is not None:
+            return self.share_histories
+        return self.grad_input == "sign" and device.type == "cpu"
 
     def _maximize_second_order(self, model, loss_fn, x, target, eps, steps):
         x_adv = random_start(x, eps, self.init).requires_grad_(True)
