@@ -100,7 +100,7 @@ def child_first_paint(root: str, t_launch: float, bare: bool) -> None:
         Bare().run(headless=True, size=SIZE)
         return
 
-    import advtui.cli  # noqa: F401 - what the `advtui` command imports before opening the dashboard
+    import advtui.main  # noqa: F401 - what the `advtui` command imports before opening the dashboard
     from advtui.tui.app import AdvtuiApp
 
     app = AdvtuiApp(root)  # as `advtui` opens it: scheduler on
