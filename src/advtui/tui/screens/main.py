@@ -223,11 +223,15 @@ class MainScreen(Screen):
             try:
                 if self.dash.run_scheduler:
                     notes.extend(services.scheduler_tick())
-                queue = services.queue_state()
             except AdvtuiError as exc:  # a damaged queue file: the panel says so
                 queue_error = str(exc)
             running = [r for r in self.records.values() if r.get("status") == "running"]
             system = services.sample_system(running)
+            if queue_error is None:
+                try:
+                    queue = services.queue_state()  # after the sample: it counts the GPUs found
+                except AdvtuiError as exc:
+                    queue_error = str(exc)
             self.post_message(SideSampled(system, queue, notes, queue_error))
         finally:
             self._side_busy.release()

@@ -24,7 +24,7 @@ def inner_note(record: dict | None) -> str:
     """Why a run has no inner-loss curve to draw, when it never will."""
     spec = DEFENSE_SPECS.get((record or {}).get("defense") or "")
     if spec is not None and spec.maximizer is None:
-        return f"{record.get('defense')} training has no inner maximization"  # type: ignore[union-attr]
+        return f"{record.get('defense')}: no inner maximization"  # type: ignore[union-attr]
     return ""
 
 

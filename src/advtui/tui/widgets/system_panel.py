@@ -155,7 +155,7 @@ class QueuePanel(Static):
             slots, where = f"{state.cpu_slots}+{state.slots_per_gpu}/GPU", "its host"
         else:
             slots = str(state.cpu_slots + state.gpus * state.slots_per_gpu)
-            where = f"{state.gpus} GPU × {state.slots_per_gpu}" if state.gpus else f"{state.cpu_slots} CPU"
+            where = f"{state.gpus} GPU×{state.slots_per_gpu}" if state.gpus else f"{state.cpu_slots} CPU"
         set_titles(self, f"queue · {state.running}/{slots} slots ({where}) · {state.queued} waiting")
         lines: list[Text] = []
         if state.scheduler == "none":
