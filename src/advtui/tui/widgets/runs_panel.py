@@ -60,6 +60,7 @@ class RunsPanel(Vertical):
     def show_records(self, records: dict[str, dict]) -> None:
         """The registry's runs as just read: every row is rebuilt (lazily: cells are made for
         the rows shown)."""
+        first = not self.records and not self.rows
         self.records = records
         self.marked &= set(records)
         now, peek, marked = self._now(), self._peek, self.marked
@@ -69,6 +70,8 @@ class RunsPanel(Vertical):
         gc.disable()
         try:
             self.rows = {rid: run_row(r, peek(rid), rid in marked, now) for rid, r in records.items()}
+            if first:
+                gc.freeze()  # the first rows live as long as the first records: see _gc_paused
         finally:
             if collecting:
                 gc.enable()
