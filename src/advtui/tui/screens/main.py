@@ -79,6 +79,8 @@ def _gc_paused(freeze: bool) -> Iterator[None]:
     first paint at 10,000 runs); frozen, they are still freed by reference counting when
     dropped. Only startup objects are frozen, once, so no later garbage cycle is kept."""
     collecting = gc.isenabled()
+    if freeze:
+        gc.collect()  # cheap before the listing; no garbage cycle of the startup gets frozen
     gc.disable()
     try:
         yield

@@ -47,14 +47,18 @@ class RunsPanel(Vertical):
         self.selected: str | None = None
         self.damage: list[str] = []  # what the store said it could not read, one line each
         self._arranged: list[RunRow | GroupRow] | None = None  # the table's rows, in order
+        self._table: RunsTable | None = None
 
     def compose(self) -> ComposeResult:
         yield Static("", id="damage")
         yield Input(placeholder=FILTER_HINT, id="filter")
         yield RunsTable(id="runs")
 
-    def on_mount(self) -> None:
-        self.table = self.query_one(RunsTable)
+    @property
+    def table(self) -> RunsTable:
+        if self._table is None:
+            self._table = self.query_one(RunsTable)
+        return self._table
 
     # -- data in -----------------------------------------------------------------------------
     def show_records(self, records: dict[str, dict]) -> None:
@@ -70,8 +74,9 @@ class RunsPanel(Vertical):
         gc.disable()
         try:
             self.rows = {rid: run_row(r, peek(rid), rid in marked, now) for rid, r in records.items()}
-            if first:
-                gc.freeze()  # the first rows live as long as the first records: see _gc_paused
+            if first:  # the first rows live as long as the first records: see main._gc_paused
+                gc.collect()  # only what was made since the records were frozen
+                gc.freeze()
         finally:
             if collecting:
                 gc.enable()
