@@ -277,3 +277,18 @@ async def test_the_queue_header_shows_the_scheduling_workers_slots(fixed_runs):
             assert f"scheduled by worker pid {os.getpid()}" in static_text(panel)
     finally:
         worker.release()
+
+
+# -- opening it -----------------------------------------------------------------------------------
+def test_advtui_without_a_command_opens_the_dashboard_without_loading_the_command_line():
+    # The command line's modules are a fifth of the first paint: `advtui` alone skips them.
+    code = ("import sys\n"
+            "import advtui.tui.app as tui_app\n"
+            "tui_app.run_dashboard = lambda runs_dir: print('DASHBOARD', runs_dir, 'advtui.cli' in sys.modules)\n"
+            "from advtui.main import main\n"
+            "for args in ([], ['--runs-dir', 'elsewhere'], ['--runs-dir=there']):\n"
+            "    sys.argv = ['advtui', *args]\n"
+            "    main()\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.splitlines() == ["DASHBOARD None False", "DASHBOARD elsewhere False", "DASHBOARD there False"]
