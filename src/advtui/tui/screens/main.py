@@ -24,7 +24,7 @@ from textual.widgets import DataTable, Header
 from advtui.errors import AdvtuiError
 from advtui.tui.widgets.footer import BindingsFooter
 from advtui.tui.widgets.plots_panel import PlotsPanel
-from advtui.tui.widgets.runs_panel import RunsPanel
+from advtui.tui.widgets.runs_panel import FREEZE_MIN_RUNS, RunsPanel
 from advtui.tui.widgets.runs_table import RunsTable
 from advtui.tui.widgets.system_panel import QueuePanel, SystemPanel
 
@@ -69,24 +69,13 @@ class ActionDone(Message):
 
 
 @contextmanager
-def _gc_paused(freeze: bool) -> Iterator[None]:
-    """No cyclic garbage collection while the registry is listed; with ``freeze`` (the first
-    listing), what was loaded is then moved out of the collector's sight for good.
-
-    The first listing of a large store loads millions of objects (records, the store's read
-    cache), none in a reference cycle, that live as long as the dashboard. Left to the
-    collector, every collection of the first seconds walks all of them again (a third of the
-    first paint at 10,000 runs); frozen, they are still freed by reference counting when
-    dropped. Only startup objects are frozen, once, so no later garbage cycle is kept."""
+def _gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection while the registry is listed (see FREEZE_MIN_RUNS)."""
     collecting = gc.isenabled()
-    if freeze:
-        gc.collect()  # cheap before the listing; no garbage cycle of the startup gets frozen
     gc.disable()
     try:
         yield
     finally:
-        if freeze:
-            gc.freeze()
         if collecting:
             gc.enable()
 
@@ -209,8 +198,10 @@ class MainScreen(Screen):
             stamp = None
         if stamp == self._registry_stamp and self.loaded:
             return None, None
-        with _gc_paused(freeze=not self.loaded):
+        with _gc_paused():
             runs = registry.runs()
+            if not self.loaded and len(runs) >= FREEZE_MIN_RUNS:
+                gc.freeze()
         self._registry_stamp = stamp
         self._last_error = ""
         return {r["id"]: r for r in runs}, list(registry.damaged)
