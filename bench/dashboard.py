@@ -256,10 +256,13 @@ def main() -> None:
 
 def paint_figures(root: Path, args: argparse.Namespace) -> None:
     t = time.perf_counter()
-    if not (root / "registry.json").exists():
+    built = not (root / "registry.json").exists()
+    if built:
         build_registry(root, args.runs)
-    size = sum(p.stat().st_size for p in root.glob("*/run.json"))
-    print(f"registry: {args.runs} runs, {size / 2**20:.1f} MiB, built in {time.perf_counter() - t:.1f}s")
+    files = list(root.glob("*/run.json"))
+    size = sum(p.stat().st_size for p in files)
+    print(f"registry: {len(files)} runs, {size / 2**20:.1f} MiB, "
+          + (f"built in {time.perf_counter() - t:.1f}s" if built else f"kept in {root}"))
     bare, dash = [], []
     for _ in range(args.repeat):  # interleaved, so a change of load on the machine hits both alike
         bare.append(first_paint(root, bare=True))
