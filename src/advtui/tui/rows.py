@@ -149,12 +149,14 @@ def _row_parts(record: dict, stream: RunStream | None, marked: bool, now: float)
     if status == "finished":
         fraction = 1.0 if fraction is None else fraction
     started, ended = record.get("started"), record.get("ended")
+    # ``started`` is the latest (re)start: a resumed run adds the time it trained before.
+    earlier = stream.earlier_time if live else 0.0
     if status == "running" and started:
-        elapsed = now - started
+        elapsed = now - started + earlier
     elif record.get("train_time") is not None:
         elapsed = record["train_time"]
     elif started and ended:
-        elapsed = ended - started
+        elapsed = ended - started + earlier
     else:
         elapsed = None
     done_epochs = min(epoch, epochs) if epochs else epoch

@@ -10,6 +10,7 @@ the user's mistakes: actions return a message and a severity for a toast.
 from __future__ import annotations
 
 import os
+import socket
 import threading
 from collections import deque
 from dataclasses import dataclass, field
@@ -17,12 +18,11 @@ from typing import Any
 
 import psutil
 
-from advtui.compare import build_comparison
 from advtui.config import RunConfig
 from advtui.core.attack_specs import default_attacks, parse_attack
 from advtui.core.defenses import learned_maximizer
-from advtui.core.results import results_for_run
 from advtui.errors import AdvtuiError
+from advtui.events import EVENTS_FILE, read_events
 from advtui.jobs.launcher import Executor, LocalExecutor
 from advtui.jobs.monitor import GpuSampler, GpuSnapshot, ProcessSampler, ProcessStats, process_owners
 from advtui.jobs.queue import kill as kill_target
@@ -57,7 +57,7 @@ class QueueState:
     queued: int
     cpu_slots: int
     slots_per_gpu: int
-    gpus: int
+    gpus: int | None  # GPUs the scheduler may use; None when it runs on another host
     scheduler: str  # who schedules: "this dashboard", "worker pid N on HOST", or "none"
 
 
@@ -82,6 +82,7 @@ class Services:
                                    role="dashboard")
         self._cpu_history: deque[float] = deque(maxlen=HISTORY)
         self._has_gpus: bool | None = None  # unknown until the first sample
+        self._gpu_indices: list[int] = []  # this machine's GPUs, from the latest sample
         self._jobs: list[dict] = []
         self._jobs_stamp: tuple | None = None
         self._tick_stamp: tuple | None = None
@@ -130,6 +131,7 @@ class Services:
         owners = process_owners(self.registry) if running and self._has_gpus is not False else {}
         snapshot = self.gpu_sampler.sample(owners)
         self._has_gpus = bool(snapshot.gpus)
+        self._gpu_indices = [g.index for g in snapshot.gpus]
         history = {g.index: self.gpu_sampler.history(g.index)["utilization"] for g in snapshot.gpus}
         cpu = psutil.cpu_percent(None)
         self._cpu_history.append(cpu)
@@ -151,15 +153,27 @@ class Services:
                         key=lambda j: (-int(j.get("priority") or 0), j.get("created", 0)))
         ended = sorted((j for j in jobs if j.get("status") not in ("running", "queued")),
                        key=lambda j: j.get("ended") or 0, reverse=True)[:RECENT_JOBS]
+        cpu_slots, slots_per_gpu, allowed = self.policy.cpu_slots, self.policy.slots_per_gpu, self.policy.gpus
+        gpu_indices = self._gpu_indices
         if self.scheduler.active:
             who = "this dashboard" + (f", jobs on Ray at {self.executor.address}" if self.executor.places_jobs else "")
+            if self.scheduler.last_gpus is not None:
+                gpu_indices = [g.index for g in self.scheduler.last_gpus.gpus]
         else:
             holder = read_holder(self.registry.root)
             who = (f"{holder.get('role', '?')} pid {holder.get('pid', '?')} on {holder.get('host', '?')}"
                    if holder else "none")
-        gpus = len(self.scheduler.last_gpus.gpus) if self.scheduler.last_gpus else 0
-        return QueueState(running + queued + ended, len(running), len(queued), self.policy.cpu_slots,
-                          self.policy.slots_per_gpu, gpus, who)
+            slots = (holder or {}).get("slots")
+            if isinstance(slots, dict):
+                # Another process schedules: its slots are the queue's capacity, not ours.
+                cpu_slots = int(slots.get("cpu_slots") or 0)
+                slots_per_gpu = int(slots.get("slots_per_gpu") or 1)
+                allowed = slots.get("gpus")
+                if holder.get("host") != socket.gethostname():
+                    gpu_indices = None  # its GPUs are not the ones this machine samples
+        gpus = (len([i for i in gpu_indices if allowed is None or i in allowed])
+                if gpu_indices is not None else None)
+        return QueueState(running + queued + ended, len(running), len(queued), cpu_slots, slots_per_gpu, gpus, who)
 
     # -- actions -----------------------------------------------------------------------------
     def kill(self, run_id: str) -> tuple[str, str]:
@@ -174,9 +188,24 @@ class Services:
             queued = resume(self.registry, run_id)
         except AdvtuiError as exc:
             return str(exc), "error"
-        start = (f"epoch {queued.run.get('epoch', 0)}" if (queued.run.get("checkpoints") or {}).get("last")
-                 else "the start")
+        start = self.resume_point(queued.run) if (queued.run.get("checkpoints") or {}).get("last") else "the start"
         return f"run {run_id} queued again as job {queued.job['id']}: continues from {start}", "information"
+
+    def resume_point(self, record: dict) -> str:
+        """Where a resumed run continues: its last checkpoint's point, as the trainer wrote it in
+        the run's events (epoch counted from 1, batches done in it), else the record's epoch."""
+        last = None
+        path = self.registry.root / record["id"] / EVENTS_FILE
+        for event in read_events(path, {"checkpoint"}):
+            if event.get("name", "last.pt") == "last.pt":
+                last = event
+        if last is not None and isinstance(last.get("epoch"), int) and isinstance(last.get("batch"), int):
+            epoch, batch = last["epoch"], last["batch"]
+        else:
+            epoch, batch = int(record.get("epoch") or 0), 0
+        if batch:
+            return f"epoch {epoch + 1} batch {batch}"
+        return f"the start of epoch {epoch + 1}" if epoch else "the start"
 
     def queue_training(self, config: RunConfig, seeds: str | None, auto_eval: str | None,
                        eval_limit: int | None) -> list[dict]:
@@ -193,9 +222,15 @@ class Services:
 
     # -- evaluation results ------------------------------------------------------------------
     def results(self, run_id: str) -> dict[str, dict]:
+        # Imported here, not at the top: the results store loads numpy, which the first paint
+        # of the dashboard does not need (the detail and compare screens do).
+        from advtui.core.results import results_for_run
+
         return results_for_run(self.registry, run_id)
 
     def comparison(self, run_ids: list[str], by: str = "run"):
+        from advtui.compare import build_comparison  # see results(): numpy, only when asked
+
         runs = [r for r in (self.registry.get_run(rid) for rid in run_ids) if r is not None]
         return build_comparison(self.registry, runs, by=by)
 

@@ -16,6 +16,7 @@ from textual.containers import VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Footer, Header, Static
 
+from advtui.core.defenses import DEFENSE_SPECS
 from advtui.core.format import error_summary, fmt_duration, format_bytes, status_style
 from advtui.health import ERROR, Finding, record_findings
 from advtui.jobs.queue import jobs_of_run
@@ -24,6 +25,18 @@ from advtui.tui.live import RunStream
 CONFIG_KEYS = ("eps", "inner_steps", "step_size", "batch_size", "lr", "momentum", "weight_decay", "milestones",
                "beta", "seed", "init", "train_limit", "test_limit", "eval_limit", "preset", "device",
                "rnn_hidden", "rnn_grad_input", "rnn_delta_scale", "rnn_lr", "compare_every", "log_every")
+
+
+def config_keys(record: dict) -> list[str]:
+    """The options that apply to the record's defense: the learned RNN optimizer's only for
+    rnn-adv and rnn-trades, TRADES' beta only for the TRADES objective."""
+    spec = DEFENSE_SPECS.get(record.get("defense") or "")
+    keys = list(CONFIG_KEYS)
+    if spec is None or spec.maximizer != "rnn":
+        keys = [k for k in keys if not k.startswith("rnn_")]
+    if spec is None or spec.objective != "trades":
+        keys.remove("beta")
+    return keys
 
 
 def fmt_when(ts: float | None) -> str:
@@ -142,7 +155,10 @@ class DetailScreen(Screen):
         info.add_row("test clean %", _n(m.get("test_clean_acc")), f"test pgd-{(r.get('config') or {}).get('inner_steps', '?')} %",
                      f"{_n(m.get('test_pgd_acc'))} (n={m.get('test_n', '-')})")
         parts: list[Any] = [head, info]
-        if r.get("error"):
+        if r.get("error") and status == "killed":
+            # Stopped on purpose (a kill, a cancel): why it stopped, not an error.
+            parts += [_section("stopped"), Text(str(r["error"]).strip()[-1500:], style="yellow")]
+        elif r.get("error"):
             parts += [_section("error"), Text(str(r["error"]).strip()[-1500:], style="red")]
         parts += [_section("health"), *_health_lines(findings)]
         cfg = r.get("config") or {}
@@ -150,7 +166,7 @@ class DetailScreen(Screen):
         for _ in range(4):
             config.add_column(style="bold")
             config.add_column()
-        cells = [(k, str(cfg.get(k))) for k in CONFIG_KEYS if k in cfg]
+        cells = [(k, str(cfg.get(k))) for k in config_keys(r) if k in cfg]
         for i in range(0, len(cells), 4):
             row: list[str] = []
             for k, v in cells[i:i + 4]:

@@ -11,13 +11,17 @@ from __future__ import annotations
 
 from typing import Any
 
+from rich.segment import Segment
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
+from textual.strip import Strip
 from textual.widgets import Button, Input, Label, Select, SelectionList, Static
-from textual.widgets.selection_list import Selection
+from textual.widgets._toggle_button import ToggleButton  # the box glyph SelectionList draws
+from textual.widgets.option_list import OptionDoesNotExist
+from textual.widgets.selection_list import Selection, SelectionType
 
 from advtui.errors import AdvtuiError
 
@@ -31,6 +35,26 @@ WHITE_BOX = (
     ("pgd-bls-10", "pgd-bls-10 (backtracking line search)"),
 )
 NO_SURROGATE = "none"
+
+
+class Checklist(SelectionList[SelectionType]):
+    """A SelectionList whose boxes read ``[x]`` and ``[ ]``: checked and unchecked differ in
+    shape, not only in colour (a monochrome terminal, a colour-blind reader)."""
+
+    def render_line(self, y: int) -> Strip:
+        line = super().render_line(y)
+        segments = list(line)
+        _, scroll_y = self.scroll_offset
+        try:
+            selection = self.get_option_at_index(scroll_y + y)
+        except OptionDoesNotExist:
+            return line
+        if len(segments) < 3 or segments[1].text != ToggleButton.BUTTON_INNER:
+            return line  # not the box SelectionList draws: leave the line as it is
+        mark = "x" if selection.value in self._selected else " "
+        segments[0:3] = [Segment("[", segments[0].style), Segment(mark, segments[1].style),
+                         Segment("]", segments[2].style)]
+        return Strip(segments, line.cell_length)
 
 
 class EvaluateScreen(ModalScreen[str | None]):
@@ -55,7 +79,7 @@ class EvaluateScreen(ModalScreen[str | None]):
         with Vertical(id="dialog", classes="form"):
             yield Static(f"Evaluate {names}", classes="dialog-title")
             yield Label("attacks (space toggles; the run's default attacks are checked)", classes="muted")
-            yield SelectionList[str](id="attacks")
+            yield Checklist[str](id="attacks")
             with Horizontal(classes="field-row"):
                 yield Label("transfer from", classes="field-label")
                 yield Select([("none", NO_SURROGATE)] + [(f"{r['id']} {r.get('name', '')} ({r.get('defense')}, eps {(r.get('config') or {}).get('eps')})", r["id"])

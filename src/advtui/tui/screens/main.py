@@ -1,33 +1,32 @@
-"""The main screen: runs table, live plots of the selected run, GPU and queue panels.
+"""The main screen: the runs panel, the plots panel of the selected run, GPU and queue panels.
 
 Everything that touches the disk (registry reads, events tails, GPU sampling, the scheduler)
-runs in thread workers; results come back to the UI thread with ``call_from_thread`` and only
-changed cells or plots are redrawn.
+runs in thread workers, which post what they found as messages; the handlers run on the UI
+thread and redraw only the changed cells or plots. The event loop never waits on the disk.
 """
 
 from __future__ import annotations
 
 import gc
-import os
 import threading
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Iterator
 
-from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
+from textual.message import Message
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Header, Input, Static
+from textual.widgets import DataTable, Header
 
-from advtui.core.format import short_device, status_style
 from advtui.errors import AdvtuiError
-from advtui.health import ERROR, record_findings, worst_level
-from advtui.tui.rows import GROUP_PREFIX, GroupRow, RunRow, arrange, run_row
-from advtui.tui.widgets.plots import AccuracyPlot, InnerLossPlot, TrainingLossPlot
-from advtui.tui.widgets.runs_table import RunsTable, is_group_key
-from advtui.tui.widgets.system_panel import QueuePanel, SystemPanel, set_titles, text_key
+from advtui.tui.widgets.footer import BindingsFooter
+from advtui.tui.widgets.plots_panel import PlotsPanel
+from advtui.tui.widgets.runs_panel import FREEZE_MIN_RUNS, RunsPanel
+from advtui.tui.widgets.runs_table import RunsTable
+from advtui.tui.widgets.system_panel import QueuePanel, SystemPanel
 
 if TYPE_CHECKING:
     from advtui.tui.app import AdvtuiApp
@@ -35,8 +34,50 @@ if TYPE_CHECKING:
 ACTIVE = ("running", "queued")
 # Streams of finished runs kept in memory after they were viewed (re-reading one is cheap).
 RECENT_STREAMS = 16
-# Sorting by one of these columns reorders the table as runs progress.
-LIVE_COLUMNS = ("progress", "loss", "clean", "robust", "elapsed", "eta")
+# Seconds between the table's first paint and the start of the plots, samplers and scheduler.
+FIRST_PAINT_GRACE = 0.1
+
+
+# -- what the workers post -------------------------------------------------------------------------
+class RegistryPolled(Message):
+    """A poll's findings: the records (None: the registry did not change), the runs whose
+    streams moved, and the store's damage messages (None: unchanged)."""
+
+    def __init__(self, records: dict[str, dict] | None, changed: set[str], damage: list[str] | None) -> None:
+        super().__init__()
+        self.records, self.changed, self.damage = records, changed, damage
+
+
+class SideSampled(Message):
+    def __init__(self, system: Any, queue: Any, notes: list[str], queue_error: str | None) -> None:
+        super().__init__()
+        self.system, self.queue, self.notes, self.queue_error = system, queue, notes, queue_error
+
+
+class StreamLoaded(Message):
+    def __init__(self, run_id: str) -> None:
+        super().__init__()
+        self.run_id = run_id
+
+
+class ActionDone(Message):
+    """An action run in a worker (kill, resume) has something to say."""
+
+    def __init__(self, message: str, severity: str, reread: bool = True) -> None:
+        super().__init__()
+        self.message, self.severity, self.reread = message, severity, reread
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection while the registry is listed (see FREEZE_MIN_RUNS)."""
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if collecting:
+            gc.enable()
 
 
 class MainScreen(Screen):
@@ -56,12 +97,6 @@ class MainScreen(Screen):
 
     def __init__(self) -> None:
         super().__init__()
-        self.records: dict[str, dict] = {}
-        self.rows: dict[str, RunRow] = {}
-        self.marked: set[str] = set()
-        self.collapsed: set[str] = set()
-        self.filter_text = ""
-        self.selected: str | None = None
         self._registry_stamp: tuple | None = None
         self._poll_busy = threading.Lock()
         self._side_busy = threading.Lock()
@@ -69,45 +104,53 @@ class MainScreen(Screen):
         self.side_loaded = False  # True once the GPU and queue panels show a sample with run names
         self._last_side: tuple[Any, Any] | None = None
         self._stopping: dict[str, threading.Event] = {}  # runs whose kill is in flight
-        self._arranged: list[RunRow | GroupRow] | None = None  # the table's rows, in order
         self._recently_selected: deque[str] = deque(maxlen=RECENT_STREAMS)
         self._last_error = ""
-        self._caption_text: tuple | None = None
 
     @property
     def dash(self) -> "AdvtuiApp":
         return self.app  # type: ignore[return-value]
 
+    # The runs panel holds the table's model; these are its parts the actions and tests use.
+    @property
+    def table(self) -> RunsTable:
+        return self.runs.table
+
+    @property
+    def records(self) -> dict[str, dict]:
+        return self.runs.records
+
+    @property
+    def marked(self) -> set[str]:
+        return self.runs.marked
+
+    @property
+    def selected(self) -> str | None:
+        return self.runs.selected
+
     # -- layout ------------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
         yield Header()
-        with Vertical(id="top"):
-            yield Input(placeholder="filter: words or field:value, e.g. status:running defense:rnn (esc clears)",
-                        id="filter")
-            yield RunsTable(id="runs")
+        yield RunsPanel(self.dash.streams.peek, self.dash.now, id="top")
         with Horizontal(id="bottom"):
-            with Vertical(id="plots"):
-                yield Static(" no run selected", id="caption")
-                with Horizontal(id="plot-row"):
-                    yield InnerLossPlot(id="inner-plot")
-                    with Vertical(id="plot-col"):
-                        yield TrainingLossPlot(id="loss-plot")
-                        yield AccuracyPlot(id="acc-plot")
+            yield PlotsPanel(id="plots")
             with Vertical(id="side"):
                 yield SystemPanel(id="system")
                 yield QueuePanel(id="queue")
-        yield Footer()
+        yield BindingsFooter()
 
     def on_mount(self) -> None:
-        self.table = self.query_one(RunsTable)
-        self.table.focus()
-        # The registry is read right away (in a worker) and the table painted; the scheduler,
-        # whose first step reconciles records with live processes, and the samplers start after
-        # that first paint, so they do not compete with it.
+        self.runs = self.query_one(RunsPanel)
+        self.plots = self.query_one(PlotsPanel)
+        self.runs.table.focus()
+        # The registry is read right away (in a worker) and the table painted; the plots, the
+        # scheduler (whose first step reconciles records with live processes) and the samplers
+        # start after that first paint, so they do not compete with it.
         self.poll()
         self.set_interval(self.dash.poll_interval, self.poll)
 
-    def _start_side(self) -> None:
+    def _after_first_paint(self) -> None:
+        self.run_worker(self.plots.mount_plots(), group="plots", exit_on_error=False)
         self.side_tick()
         self.set_interval(self.dash.side_interval, self.side_tick)
 
@@ -120,11 +163,12 @@ class MainScreen(Screen):
 
     def _poll_work(self) -> None:
         try:
-            records = self._read_registry_if_changed()
+            records, damage = self._read_registry_if_changed()
             known = records if records is not None else self.records
             active = [rid for rid, r in known.items() if r.get("status") in ACTIVE]
-            if self.selected and self.selected in known and self.selected not in active:
-                active.append(self.selected)
+            selected = self.runs.selected
+            if selected and selected in known and selected not in active:
+                active.append(selected)
             for rid in list(self.marked):  # a copy: the UI thread may change the marks meanwhile
                 if rid not in active and rid in known:
                     active.append(rid)
@@ -134,96 +178,52 @@ class MainScreen(Screen):
             # Running runs' elapsed and ETA move every poll even without events: one table
             # update per poll covers both (each DataTable update repaints its visible rows).
             running = any(r.get("status") == "running" for r in known.values())
-            if records is not None or changed or running:
-                self.app.call_from_thread(self._apply, records, changed)
-        except AdvtuiError as exc:  # e.g. a corrupt registry: say so, keep showing what we have
-            if str(exc) != self._last_error:
-                self._last_error = str(exc)
-                self.app.call_from_thread(self.notify, str(exc), severity="error", timeout=10)
+            if records is not None or changed or running or damage is not None:
+                self.post_message(RegistryPolled(records, changed, damage))
+        except AdvtuiError as exc:  # e.g. a damaged registry file: say so on screen
+            message = str(exc)
+            self._registry_stamp = None  # read again next time: it may have been repaired
+            if message != self._last_error:
+                self._last_error = message
+                self.post_message(RegistryPolled({} if not self.loaded else None, set(), [message]))
         finally:
             self._poll_busy.release()
 
-    def _read_registry_if_changed(self) -> dict[str, dict] | None:
-        path = self.dash.registry.path
+    def _read_registry_if_changed(self) -> tuple[dict[str, dict] | None, list[str] | None]:
+        registry = self.dash.registry
         try:
-            st = os.stat(path)
+            st = registry.path.stat()
             stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
         except FileNotFoundError:
             stamp = None
         if stamp == self._registry_stamp and self.loaded:
-            return None
-        runs = self.dash.registry.runs()
+            return None, None
+        with _gc_paused():
+            runs = registry.runs()
+            if not self.loaded and len(runs) >= FREEZE_MIN_RUNS:
+                gc.freeze()
         self._registry_stamp = stamp
-        return {r["id"]: r for r in runs}
+        self._last_error = ""
+        return {r["id"]: r for r in runs}, list(registry.damaged)
 
-    def _apply(self, records: dict[str, dict] | None, changed: set[str]) -> None:
-        now = self.dash.now()
-        if records is not None:
-            self.records = records
-            self.marked &= set(records)
-            # Thousands of small objects, none in a cycle: the cyclic collector would walk
-            # every record again and again while they are made (as in the registry's listing).
-            collecting = gc.isenabled()
-            gc.disable()
-            try:
-                peek, marked = self.dash.streams.peek, self.marked
-                self.rows = {rid: run_row(r, peek(rid), rid in marked, now) for rid, r in records.items()}
-            finally:
-                if collecting:
-                    gc.enable()
-        else:
-            running = {rid for rid, r in self.records.items() if r.get("status") == "running"}
-            for rid in changed | running:
-                if rid in self.records:
-                    self.rows[rid] = run_row(self.records[rid], self.dash.streams.peek(rid), rid in self.marked, now)
-            changed = changed | running
-        self.refresh_table(None if records is not None else changed)
-        if records is not None:
+    @on(RegistryPolled)
+    def _registry_polled(self, message: RegistryPolled) -> None:
+        if message.damage is not None:
+            self.runs.show_damage(message.damage)
+        if message.records is not None:
+            self.runs.show_records(message.records)
             self._show_side()
+        elif message.changed or self.records:
+            self.runs.show_changed(message.changed)
         if not self.loaded:
             self.loaded = True
             self._show_side()
-            self._selection_changed()
-            self.call_after_refresh(self._start_side)
-        elif self.selected in changed or records is not None:
+            self.runs.selection_changed(force=True)
+            # A moment after the paint, not in the same frame: the deferred work must not
+            # hold up the frame that shows the table.
+            self.call_after_refresh(self.set_timer, FIRST_PAINT_GRACE, self._after_first_paint)
+        elif self.selected in message.changed or message.records is not None:
             self.draw_selected()
-
-    def refresh_table(self, changed: set[str] | None = None) -> None:
-        """Show ``self.rows`` in the table. With ``changed`` (runs whose values moved, not their
-        status or membership), the order is kept and only those rows and their group headers
-        are redrawn, unless the table is filtered or sorted by a column that moves live."""
-        if (changed is None or self._arranged is None or self.filter_text
-                or self.table.sort_column in LIVE_COLUMNS):
-            self._arranged = arrange(self.rows.values(), self.filter_text, self.table.sort_column,
-                                     self.table.sort_reverse, self.collapsed)
-            self.table.show_rows(self._arranged)
-        else:
-            groups = {self.rows[rid].group for rid in changed if rid in self.rows and self.rows[rid].group}
-            patched: list[RunRow | GroupRow] = []
-            updates: dict[str, dict] = {}
-            for item in self._arranged:
-                if isinstance(item, GroupRow):
-                    if item.name in groups:
-                        item = GroupRow(item.name, [self.rows.get(m.run_id, m) for m in item.members], item.collapsed)
-                        updates[item.key] = item.cells()
-                elif item.run_id in changed and item.run_id in self.rows:
-                    item = self.rows[item.run_id]
-                    updates[item.key] = item.cells
-                patched.append(item)
-            self._arranged = patched
-            self.table.update_rows(updates)
-        self._update_titles()
-
-    def _update_titles(self) -> None:
-        arranged = self._arranged or []
-        total = len(self.records)
-        counts: dict[str, int] = {}
-        for r in self.records.values():
-            counts[r.get("status", "-")] = counts.get(r.get("status", "-"), 0) + 1
-        summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-        shown = len([r for r in arranged if isinstance(r, RunRow)])
-        set_titles(self.table, f"runs {shown}/{total}" + (f"  filter: {self.filter_text}" if self.filter_text else ""),
-                   summary or "no runs yet: press n to start one")
 
     def side_tick(self) -> None:
         """Scheduler step (reconciliation on the first), GPU/system sample and queue listing,
@@ -236,19 +236,30 @@ class MainScreen(Screen):
         try:
             services = self.dash.services
             notes: list[str] = []
-            if self.dash.run_scheduler:
-                notes.extend(services.scheduler_tick())
+            queue, queue_error = None, None
+            try:
+                if self.dash.run_scheduler:
+                    notes.extend(services.scheduler_tick())
+            except AdvtuiError as exc:  # a damaged queue file: the panel says so
+                queue_error = str(exc)
             running = [r for r in self.records.values() if r.get("status") == "running"]
             system = services.sample_system(running)
-            queue = services.queue_state()
-            self.app.call_from_thread(self._apply_side, system, queue, notes)
+            if queue_error is None:
+                try:
+                    queue = services.queue_state()  # after the sample: it counts the GPUs found
+                except AdvtuiError as exc:
+                    queue_error = str(exc)
+            self.post_message(SideSampled(system, queue, notes, queue_error))
         finally:
             self._side_busy.release()
 
-    def _apply_side(self, system: Any, queue: Any, notes: list[str]) -> None:
-        self._last_side = (system, queue)
+    @on(SideSampled)
+    def _side_sampled(self, message: SideSampled) -> None:
+        self._last_side = (message.system, message.queue)
         self._show_side()
-        for note in notes:
+        if message.queue_error:
+            self.query_one(QueuePanel).show_error(message.queue_error)
+        for note in message.notes:
             self.notify(note, timeout=4)
 
     def _show_side(self) -> None:
@@ -261,22 +272,9 @@ class MainScreen(Screen):
         self.side_loaded = self.loaded
 
     # -- selection and plots -----------------------------------------------------------------
-    @on(DataTable.RowHighlighted, "#runs")
-    def _row_highlighted(self, event: DataTable.RowHighlighted) -> None:
-        self._selection_changed()
-
-    def _selection_changed(self) -> None:
-        key = self.table.current_key
-        run_id = None
-        if key and is_group_key(key):
-            group = key[len(GROUP_PREFIX):]
-            members = [rid for rid, r in self.records.items() if r.get("group") == group]
-            run_id = members[0] if members else None
-        elif key:
-            run_id = key
-        if run_id == self.selected and self.loaded:
-            return
-        self.selected = run_id
+    @on(RunsPanel.Selected)
+    def _run_selected(self, message: RunsPanel.Selected) -> None:
+        run_id = message.run_id
         if run_id:
             self._recently_selected.append(run_id)
         if run_id and self.dash.streams.peek(run_id) is None:
@@ -286,96 +284,29 @@ class MainScreen(Screen):
 
     def _load_stream(self, run_id: str) -> None:
         self.dash.streams.get(run_id).poll()
-        self.app.call_from_thread(self.draw_selected)
+        self.post_message(StreamLoaded(run_id))
+
+    @on(StreamLoaded)
+    def _stream_loaded(self, message: StreamLoaded) -> None:
+        if message.run_id == self.selected:
+            self.draw_selected()
 
     def draw_selected(self) -> None:
         run_id = self.selected
         record = self.records.get(run_id) if run_id else None
         stream = self.dash.streams.peek(run_id) if run_id else None
-        text = (Text(" no run selected" if self.records else " no runs yet: press n to start one")
-                if record is None else self._caption(record, stream))
-        if text_key(text) != self._caption_text:  # an update re-lays out the screen: only on change
-            self._caption_text = text_key(text)
-            self.query_one("#caption", Static).update(text, layout=False)
-        for plot in (self.query_one(InnerLossPlot), self.query_one(TrainingLossPlot), self.query_one(AccuracyPlot)):
-            plot.show(run_id, stream, "")
-
-    def _caption(self, record: dict, stream) -> Text:
-        status = record.get("status", "-")
-        text = Text(" ")
-        text.append(record["id"], style="bold")
-        text.append(f"  {record.get('name', '-')}  ")
-        text.append(status, style=status_style(status))
-        cfg = record.get("config") or {}
-        text.append(f"  {record.get('defense')} eps {cfg.get('eps', '-')} T={cfg.get('inner_steps', '-')}"
-                    f"  {short_device(record.get('device'))}", style="dim")
-        findings = record_findings(record)
-        if findings:  # the row's marker, spelt out for the selected run
-            text.append(f"  ! {len(findings)} health finding{'s' if len(findings) > 1 else ''} (d: details)",
-                        style="bold red" if worst_level(findings) == ERROR else "bold yellow")
-        step = stream.last_step if stream else None
-        if step and status == "running":
-            text.append(f"  epoch {step['epoch'] + 1}/{record.get('epochs')} batch {step['batch']}/{step['batches']}"
-                        f"  {step.get('images_per_s', 0):,.0f} img/s  lr {step.get('lr', 0):.3g}")
-        return text
+        self.plots.show(run_id, record, stream, any_runs=bool(self.records))
 
     # -- filter ------------------------------------------------------------------------------
     def action_filter(self) -> None:
-        box = self.query_one("#filter", Input)
-        box.display = True
-        box.focus()
-
-    @on(Input.Changed, "#filter")
-    def _filter_changed(self, event: Input.Changed) -> None:
-        self.filter_text = event.value.strip()
-        self.refresh_table()
-
-    @on(Input.Submitted, "#filter")
-    def _filter_submitted(self, event: Input.Submitted) -> None:
-        self.table.focus()
-        if not event.value.strip():
-            event.input.display = False
+        self.runs.open_filter()
 
     def action_clear_filter(self) -> None:
-        box = self.query_one("#filter", Input)
-        box.value = ""
-        box.display = False
-        self.filter_text = ""
-        self.refresh_table()
-        self.table.focus()
+        self.runs.clear_filter()
 
     # -- marks, groups -----------------------------------------------------------------------
-    def _selected_run_ids(self) -> list[str]:
-        """Marked runs if any, else the run (or the group's runs) under the cursor."""
-        if self.marked:
-            return [rid for rid in self.records if rid in self.marked]
-        key = self.table.current_key
-        if key and is_group_key(key):
-            group = key[len(GROUP_PREFIX):]
-            return [rid for rid, r in self.records.items() if r.get("group") == group]
-        return [key] if key else []
-
     def action_toggle_mark(self) -> None:
-        key = self.table.current_key
-        if not key:
-            return
-        if is_group_key(key):
-            group = key[len(GROUP_PREFIX):]
-            members = {rid for rid, r in self.records.items() if r.get("group") == group}
-            if members <= self.marked:
-                self.marked -= members
-            else:
-                self.marked |= members
-            changed = members
-        else:
-            self.marked ^= {key}
-            changed = {key}
-        now = self.dash.now()
-        for rid in changed:
-            self.rows[rid] = run_row(self.records[rid], self.dash.streams.peek(rid), rid in self.marked, now)
-        self.refresh_table(changed)
-        if self.table.cursor_row < self.table.row_count - 1:
-            self.table.move_cursor(row=self.table.cursor_row + 1)
+        self.runs.toggle_mark()
 
     @on(DataTable.RowSelected, "#runs")
     def _row_selected(self, event: DataTable.RowSelected) -> None:
@@ -383,27 +314,10 @@ class MainScreen(Screen):
 
     def action_open(self) -> None:
         """Enter: a group header collapses or expands; a run opens its detail."""
-        key = self.table.current_key
-        if key and is_group_key(key):
-            group = key[len(GROUP_PREFIX):]
-            self.collapsed ^= {group}
-            self.refresh_table()
-        elif key:
+        if not self.runs.toggle_group() and self.table.current_key:
             self.action_detail()
 
-    @on(RunsTable.SortChanged)
-    def _sort_changed(self, event: RunsTable.SortChanged) -> None:
-        self.refresh_table()
-
     # -- actions -----------------------------------------------------------------------------
-    def _current_run(self) -> dict | None:
-        key = self.table.current_key
-        if key and not is_group_key(key):
-            return self.records.get(key)
-        if self.selected:
-            return self.records.get(self.selected)
-        return None
-
     def action_new_run(self) -> None:
         from advtui.tui.screens.new_run import NewRunScreen
 
@@ -414,7 +328,7 @@ class MainScreen(Screen):
     def action_evaluate(self) -> None:
         from advtui.tui.screens.evaluate import EvaluateScreen
 
-        ids = self._selected_run_ids()
+        ids = self.runs.selected_run_ids()
         runs = [self.records[rid] for rid in ids if rid in self.records]
         if not runs:
             self.notify("select or mark a run to evaluate", severity="warning")
@@ -429,9 +343,12 @@ class MainScreen(Screen):
     def _after_queue(self, message: str | None) -> None:
         if message:
             self.notify(message, timeout=5)
-            self._registry_stamp = None
-            self.side_tick()
-            self.poll()
+            self._reread()
+
+    def _reread(self) -> None:
+        self._registry_stamp = None
+        self.side_tick()
+        self.poll()
 
     def action_compare(self) -> None:
         from advtui.tui.screens.compare import CompareScreen
@@ -445,7 +362,7 @@ class MainScreen(Screen):
     def action_detail(self) -> None:
         from advtui.tui.screens.detail import DetailScreen
 
-        record = self._current_run()
+        record = self.runs.current_run()
         if record is None:
             self.notify("no run selected", severity="warning")
             return
@@ -454,7 +371,7 @@ class MainScreen(Screen):
     def action_log(self) -> None:
         from advtui.tui.screens.log import LogScreen
 
-        record = self._current_run()
+        record = self.runs.current_run()
         if record is None:
             self.notify("no run selected", severity="warning")
             return
@@ -463,11 +380,20 @@ class MainScreen(Screen):
     def action_kill(self) -> None:
         from advtui.tui.screens.confirm import ConfirmScreen
 
-        ids = [rid for rid in self._selected_run_ids() if self.records.get(rid, {}).get("status") in ACTIVE]
+        chosen = self.runs.selected_run_ids()
+        ids = [rid for rid in chosen if self.records.get(rid, {}).get("status") in ACTIVE]
         if not ids:
             self.notify("only running or queued runs can be killed", severity="warning")
             return
         names = ", ".join(f"{rid} ({self.records[rid].get('name')})" for rid in ids)
+        if self.marked:
+            # Marks win over the cursor: say so, so the run under the cursor is not assumed.
+            skipped = len(chosen) - len(ids)
+            question = f"Kill the {len(ids)} marked run{'s' if len(ids) > 1 else ''}: {names}?"
+            detail = (f"The marks decide, not the cursor ({skipped} marked run{'s' if skipped > 1 else ''} "
+                      "not running or queued left alone). " if skipped else "The marks decide, not the cursor. ")
+        else:
+            question, detail = f"Kill {names}?", ""
 
         def done(confirmed: bool | None) -> None:
             if confirmed:
@@ -476,8 +402,7 @@ class MainScreen(Screen):
                 self.notify(f"stopping {', '.join(ids)}: SIGTERM, the run saves a checkpoint…", timeout=4)
                 self.run_worker(lambda: self._kill_work(ids), thread=True, group="action", exit_on_error=False)
 
-        self.app.push_screen(ConfirmScreen(f"Kill {names}?",
-                                           "It checkpoints and ends as killed; r resumes it."), done)
+        self.app.push_screen(ConfirmScreen(question, detail + "It checkpoints and ends as killed; r resumes it."), done)
 
     def _kill_work(self, ids: list[str]) -> None:
         for rid in ids:
@@ -485,11 +410,11 @@ class MainScreen(Screen):
                 message, severity = self.dash.services.kill(rid)
             finally:
                 self._stopping.pop(rid, threading.Event()).set()
-            self.app.call_from_thread(self.notify, message, severity=severity, timeout=5)
-        self._registry_stamp = None
+            self.post_message(ActionDone(message, severity))
 
     def action_resume(self) -> None:
-        ids = [rid for rid in self._selected_run_ids() if self.records.get(rid, {}).get("status") in ("killed", "failed")]
+        ids = [rid for rid in self.runs.selected_run_ids()
+               if self.records.get(rid, {}).get("status") in ("killed", "failed")]
         if not ids:
             self.notify("only killed or failed runs can be resumed", severity="warning")
             return
@@ -503,6 +428,10 @@ class MainScreen(Screen):
                 # returns (the process has exited): resume after that, not before.
                 stopping.wait(timeout=120)
             message, severity = self.dash.services.resume(rid)
-            self.app.call_from_thread(self.notify, message, severity=severity, timeout=5)
-        self._registry_stamp = None
-        self.app.call_from_thread(self.side_tick)
+            self.post_message(ActionDone(message, severity))
+
+    @on(ActionDone)
+    def _action_done(self, message: ActionDone) -> None:
+        self.notify(message.message, severity=message.severity, timeout=5)  # type: ignore[arg-type]
+        if message.reread:
+            self._reread()

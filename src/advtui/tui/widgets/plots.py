@@ -64,7 +64,9 @@ class InnerLossPlot(RunPlot):
         plt = self.plt
         recent = list(stream.recent_inner) if stream else []
         if not recent:
-            plt.title("inner loss vs step t · no inner trajectories yet" + (f" ({title_hint})" if title_hint else ""))
+            # A run without inner maximization (plain) never has any: the hint says so (short:
+            # plotext drops a title wider than the plot).
+            plt.title(f"inner loss · {title_hint}" if title_hint else "inner loss vs step t · no inner trajectories yet")
             return
         latest = recent[-1]
         maximizer = latest.get("maximizer") or "inner"

@@ -122,6 +122,20 @@ class SystemPanel(Static):
         show_if_changed(self, Text("\n").join(lines))
 
 
+# Wide enough for the longest job status ("cancelled"), plus a space before the kind.
+STATUS_WIDTH = 10
+KILLED_BY_USER = "killed by user"
+
+
+def job_status(job: dict) -> str:
+    """What the queue panel calls a job's end: a job stopped by a kill is "killed", not one of
+    the cancelled (never started) or failed ones."""
+    status = job.get("status", "?")
+    if status == "cancelled" and str(job.get("error") or "").startswith(KILLED_BY_USER):
+        return "killed"
+    return status
+
+
 class QueuePanel(Static):
     """Running and queued jobs, slots in use, and who is scheduling."""
 
@@ -129,11 +143,19 @@ class QueuePanel(Static):
         self.border_title = "queue"
         self.update(Text("reading the queue…", style="dim"))
 
+    def show_error(self, message: str) -> None:
+        """The queue could not be read (a damaged queue file): say why instead of a stale list."""
+        set_titles(self, "queue · unreadable")
+        show_if_changed(self, Text(message, style="red"))
+
     def show(self, state, records: dict[str, dict]) -> None:
         if state is None:
             return
-        slots = state.cpu_slots + state.gpus * state.slots_per_gpu
-        where = (f"{state.gpus} GPU × {state.slots_per_gpu}" if state.gpus else f"{state.cpu_slots} CPU")
+        if state.gpus is None:  # a scheduler on another host: its GPUs are not sampled here
+            slots, where = f"{state.cpu_slots}+{state.slots_per_gpu}/GPU", "its host"
+        else:
+            slots = str(state.cpu_slots + state.gpus * state.slots_per_gpu)
+            where = f"{state.gpus} GPU×{state.slots_per_gpu}" if state.gpus else f"{state.cpu_slots} CPU"
         set_titles(self, f"queue · {state.running}/{slots} slots ({where}) · {state.queued} waiting")
         lines: list[Text] = []
         if state.scheduler == "none":
@@ -143,9 +165,9 @@ class QueuePanel(Static):
         if not state.jobs:
             lines.append(Text("no jobs: n queues a run, e an evaluation", style="dim"))
         for job in state.jobs:
-            status = job.get("status", "?")
+            status = job_status(job)
             row = Text(f"{job['id']} ", style="bold" if status in ("running", "queued") else "dim")
-            row.append(f"{status:<9}", style=status_style(status))
+            row.append(f"{status:<{STATUS_WIDTH}}", style=status_style(status))
             row.append(f"{job.get('kind', '?'):<5} {job.get('run_id', '?')} ")
             name = (records.get(job.get("run_id")) or {}).get("name", "")
             detail = name
