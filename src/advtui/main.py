@@ -28,12 +28,28 @@ def _build_app() -> Any:
         ctx: typer.Context,
         runs_dir: Optional[Path] = typer.Option(
             None, RUNS_DIR_OPTION, help="Runs directory for the dashboard (default $ADVTUI_RUNS or ./runs)."),
+        executor_name: str = typer.Option(
+            "local", "--executor", help="Where the dashboard runs queued jobs: local (processes here) or ray."),
+        address: Optional[str] = typer.Option(
+            None, "--address", help="Ray cluster address HOST:PORT (with --executor ray; default: $RAY_ADDRESS, else the cluster this machine runs)."),
+        gpus_per_job: float = typer.Option(
+            1.0, "--gpus-per-job", min=0.0, help="GPUs each job asks Ray for (fractions share a GPU)."),
+        cpus_per_job: float = typer.Option(1.0, "--cpus-per-job", min=0.0, help="CPUs each job asks Ray for."),
     ) -> None:
         """With no command, open the dashboard."""
         if ctx.invoked_subcommand is None:
             from advtui.tui.app import run_dashboard  # Textual loads for the dashboard only
 
-            run_dashboard(runs_dir)
+            executor = None
+            if executor_name != "local" or address is not None:
+                from advtui.cli.jobs import check_runs_dir_on_cluster
+                from advtui.core.paths import runs_dir as resolve_runs_dir
+                from advtui.jobs.launcher import build_executor
+
+                executor = build_executor(executor_name, address, gpus_per_job, cpus_per_job)
+                if executor.places_jobs:
+                    check_runs_dir_on_cluster(executor, resolve_runs_dir(runs_dir))
+            run_dashboard(runs_dir, executor)
 
     program.add_typer(cli.app)
     return program

@@ -292,3 +292,22 @@ def test_advtui_without_a_command_opens_the_dashboard_without_loading_the_comman
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.splitlines() == ["DASHBOARD None False", "DASHBOARD elsewhere False", "DASHBOARD there False"]
+
+
+def test_the_dashboard_schedules_through_the_executor_it_is_given(tmp_path):
+    # `advtui --executor ray --address ...` hands its executor to the dashboard's services: the
+    # scheduler places jobs through it (Ray's own placement is tested in tests/test_ray.py).
+    from advtui.jobs.launcher import LocalExecutor
+    from advtui.tui.app import AdvtuiApp
+
+    executor = LocalExecutor()
+    app = AdvtuiApp(tmp_path / "runs", executor=executor)
+    assert app.services.executor is executor
+    assert app.services.scheduler.executor is executor
+
+
+def test_a_bad_executor_for_the_dashboard_is_one_line():
+    for args in (["--executor", "nope"], ["--address", "127.0.0.1:1"]):
+        out = subprocess.run([sys.executable, "-m", "advtui", *args], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 2, out
+        assert out.stderr.count("\n") == 1 and out.stderr.startswith("error: "), out.stderr

@@ -24,6 +24,7 @@ from advtui.tui.live import StreamSet
 from advtui.tui.screens.main import MainScreen
 
 if TYPE_CHECKING:
+    from advtui.jobs.launcher import Executor
     from advtui.tui.services import Services
 
 
@@ -42,6 +43,7 @@ class AdvtuiApp(App):
         side_interval: float = 2.0,
         run_scheduler: bool = True,
         services: Services | None = None,
+        executor: Executor | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         super().__init__()
@@ -50,6 +52,7 @@ class AdvtuiApp(App):
         self.registry = Registry(self.runs_root)
         self.streams = StreamSet(self.runs_root)
         self._services = services
+        self._executor = executor  # where queued jobs run (jobs.launcher.Executor); None: here
         self._services_lock = threading.Lock()  # workers of several threads may ask first
         self.poll_interval = poll_interval
         self.side_interval = side_interval
@@ -65,7 +68,7 @@ class AdvtuiApp(App):
             if self._services is None:
                 from advtui.tui.services import Services
 
-                self._services = Services(self.registry)
+                self._services = Services(self.registry, executor=self._executor)
             return self._services
 
     def get_default_screen(self) -> Screen:
@@ -92,6 +95,7 @@ class AdvtuiApp(App):
                 yield SystemCommand(title, help_text, getattr(screen, f"action_{action}"))
 
 
-def run_dashboard(runs_dir: Path | str | None = None) -> None:
-    """Open the dashboard on ``runs_dir`` (default: $ADVTUI_RUNS or ./runs)."""
-    AdvtuiApp(runs_dir).run()
+def run_dashboard(runs_dir: Path | str | None = None, executor: Executor | None = None) -> None:
+    """Open the dashboard on ``runs_dir`` (default: $ADVTUI_RUNS or ./runs); queued jobs run
+    through ``executor`` (a ``jobs.launcher.Executor``: a Ray cluster), else as processes here."""
+    AdvtuiApp(runs_dir, executor=executor).run()
