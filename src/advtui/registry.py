@@ -1022,8 +1022,14 @@ class Registry:
         return self._runs()
 
     def _runs(self) -> list[dict]:
+        first_listing = self._dir not in _LISTING_CACHES_READ
         with _no_cyclic_gc():
             records = [r.copy() for _, data in self._scan() for r in (data.get(RUNS) or _EMPTY).values()]
+            if first_listing and len(records) >= LISTING_CACHE_MIN_RUNS:
+                # The read cache this first listing filled lives as long as the process: out of
+                # the collector's sight (gc.freeze), the full collection that re-enabling it would
+                # start next does not walk it all for nothing (a sixth of `advtui ls` at 10,000).
+                gc.freeze()
         records.sort(key=_created)
         return records
 
