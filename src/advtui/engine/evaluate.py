@@ -141,7 +141,7 @@ class _Evaluation:
         return self.split.images[idx].float().div_(255.0), self.split.labels[idx]
 
     def chunks(self, idx: torch.Tensor) -> Iterable[torch.Tensor]:
-        return idx.split(self.batch_size)
+        return [chunk for chunk in idx.split(self.batch_size) if chunk.numel()]
 
     def sync(self) -> None:
         if self.device.type == "cuda":
@@ -197,16 +197,20 @@ class _Evaluation:
         total = int(idx.numel())
         start = time.perf_counter()
         todo = idx
-        for restart in range(attack.spec.restarts):
-            if restart > 0:  # a restart only needs the examples that survived so far
+        # Restarts and a cascade's pieces alike: each pass needs only the examples that
+        # survived every earlier one (AutoAttack's run_standard_evaluation does the same).
+        # A cascade's x' comes from several attacks, so it records no loss trajectory.
+        record_first = not attack.stages
+        for stage in range(attack.passes):
+            if stage > 0:
                 todo = todo[robust[todo]]
                 total += int(todo.numel())
             for chunk in self.chunks(todo):
                 x, y = self.batch(chunk)
-                result = attack.perturb(self.model, x, y, self.eps, record=restart == 0)
+                result = attack.perturb(self.model, x, y, self.eps, record=record_first and stage == 0, stage=stage)
                 with torch.no_grad():
                     robust[chunk] = self.model(result.x_adv).argmax(1) == y
-                if restart == 0 and result.trajectory is not None:
+                if stage == 0 and result.trajectory is not None:
                     weighted = result.trajectory.detach().double() * len(chunk)
                     trajectory_sum = weighted if trajectory_sum is None else trajectory_sum + weighted
                 done += len(chunk)
@@ -321,7 +325,7 @@ def evaluate_run(
     split = _test_split(target.config, limit, data_root).to(torch_device)
     model = build_run_model(target, torch_device)
     built = build_attacks(specs, registry, record, eps=eval_eps, step_size=step, device=torch_device,
-                          target_config=target.config)
+                          target_config=target.config, seed=seed)
 
     folder = run_folder(registry, record)
     settings = {
