@@ -9,6 +9,8 @@ separately, piece by piece.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -130,3 +132,45 @@ def test_a_single_piece_runs_and_is_stored_like_any_attack(trained_runs):
         assert doc["accuracy"] <= doc["clean_accuracy"] and doc["n"] == 16 and doc["wall_time"] > 0
         assert len(doc["trajectory"]) == 2  # CE at x and at x'
     assert apgd["gradient"]["checked"] > 0 and square["gradient"] is None  # Square never reads gradients
+
+
+# -- export for the ecosystem -----------------------------------------------------------------------------
+def test_export_robustbench_writes_a_loadable_state_dict_and_a_zoo_card(trained_runs, monkeypatch, tmp_path):
+    from typer.testing import CliRunner
+
+    from advtui.cli import app
+    from advtui.engine.models import build_model
+
+    runner = CliRunner()
+    out = tmp_path / "zoo"
+    refused = runner.invoke(app, ["export", "advtrain", "--format", "robustbench", "--out", str(out)])
+    assert refused.exit_code != 0 and "-a natural,aa" in str(refused.exception) and not out.exists()
+    assert runner.invoke(app, ["export", "advtrain", "plain", "--format", "robustbench"]).exit_code != 0
+
+    monkeypatch.setattr(engine_attacks, "AA_STANDARD", AutoAttackSettings(iterations=5, target_classes=2, square_queries=20))
+    registry = Registry(trained_runs)
+    aa = evaluate_run(registry, "advtrain", "aa", limit=20, device="cpu").results[0]
+    done = runner.invoke(app, ["export", "advtrain", "--format", "robustbench", "--out", str(out)])
+    assert done.exit_code == 0, done.output
+
+    card = json.loads((out / "model_info" / "mnist" / "Linf" / "advtrain.json").read_text())
+    assert set(card) >= {"link", "name", "authors", "additional_data", "number_forward_passes", "dataset", "venue",
+                         "architecture", "eps", "clean_acc", "reported", "autoattack_acc"}
+    assert (card["dataset"], card["architecture"], card["eps"]) == ("mnist", "SmallCNN", "0.1")
+    assert card["autoattack_acc"] == f"{aa['accuracy']:.2f}" and card["clean_acc"] == f"{aa['clean_accuracy']:.2f}"
+    assert card["additional_data"] is False and card["number_forward_passes"] == 1
+
+    state = torch.load(out / "models" / "mnist" / "Linf" / "advtrain.pt", weights_only=True)
+    model = build_model("smallcnn", "mnist")
+    model.load_state_dict(state)
+    stored = build_run_model(load_run_checkpoint(registry, registry.resolve_run("advtrain")), "cpu")
+    x = torch.rand(4, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(model.eval()(x), stored(x))
+
+
+def test_eps_is_written_as_the_zoo_writes_it():
+    from advtui.engine.export import architecture_name, eps_text
+
+    assert (eps_text(8 / 255), eps_text(0.3), eps_text(0.1)) == ("8/255", "0.3", "0.1")
+    assert (architecture_name("wrn-34-10"), architecture_name("vgg16")) == ("WideResNet-34-10", "VGG-16")
