@@ -112,6 +112,10 @@ def test_aa_equals_the_torchattacks_cascade_and_is_not_weaker_than_pgd100(traine
     assert 0 < aa["robust"] < natural["robust"]  # a comparison of something, not 0 = 0
     assert aa["robust"] <= pgd100["robust"]
     assert aa["wall_time"] > 0 and aa["trajectory"] == []  # a cascade has no single loss curve
+    pieces = aa["passes"]
+    assert [p["attack"] for p in pieces] == ["apgd-ce", "apgd-t", "fab-t", "square"]
+    assert all(a["robust"] >= b["robust"] for a, b in zip(pieces, pieces[1:])) and pieces[-1]["robust"] == aa["robust"]
+    assert sum(p["wall_time"] for p in pieces) <= aa["wall_time"] + 1e-6
 
     record = registry.resolve_run("advtrain")
     model = build_run_model(load_run_checkpoint(registry, record), "cpu")
@@ -174,3 +178,25 @@ def test_eps_is_written_as_the_zoo_writes_it():
 
     assert (eps_text(8 / 255), eps_text(0.3), eps_text(0.1)) == ("8/255", "0.3", "0.1")
     assert (architecture_name("wrn-34-10"), architecture_name("vgg16")) == ("WideResNet-34-10", "VGG-16")
+
+
+def _doc(attack, family, robust, n=100, passes=None):
+    return {"attack": attack, "label": attack, "family": family, "steps": 100, "restarts": 1, "source_run": None,
+            "accuracy": float(robust), "robust": robust, "n": n, "accuracy_kind": "attack", "gradient": None,
+            "trajectory": [], "settings": {"eps": 0.3}, "clean_robust": n, "passes": passes}
+
+
+def test_square_beating_the_gradient_attacks_is_flagged_as_autoattack_does():
+    from advtui.core.results import compute_flags
+
+    cascade = [{"attack": "apgd-ce", "robust": 60}, {"attack": "apgd-t", "robust": 58},
+               {"attack": "fab-t", "robust": 58}, {"attack": "square", "robust": 50}]
+    flags = compute_flags([_doc("aa", "aa", 50, passes=cascade), _doc("pgd-100", "pgd", 60),
+                           _doc("square-5000", "square", 40)])
+    assert [f["code"] for f in flags["aa"]] == ["square-stronger"] and "8 more of 100" in flags["aa"][0]["message"]
+    assert [f["code"] for f in flags["square-5000"]] == ["square-stronger"]
+    assert flags["pgd-100"] == []
+    cascade[-1]["robust"] = 58  # Square broke nothing more: no warning
+    quiet = compute_flags([_doc("aa", "aa", 58, passes=cascade), _doc("square-5000", "square", 60),
+                           _doc("pgd-100", "pgd", 60)])
+    assert quiet == {"aa": [], "square-5000": [], "pgd-100": []}

@@ -185,11 +185,12 @@ class _Evaluation:
         return self.gradient_checks[loss]
 
     def run_attack(self, index: int, attack: Attack, attack_set: torch.Tensor):
-        """Robust mask over all n examples, mean trajectory, examples attacked, wall time."""
+        """Robust mask over all n examples, mean trajectory, examples attacked, wall time, and
+        for a cascade each piece's robust count after it and its time."""
         label = attack.label
         if attack.maximizer is None:  # natural: the clean pass already measured it
             self.progress(index, label, self.n, self.n, self.clean_robust, force=True)
-            return self.clean_correct.clone(), [self.clean_ce], self.n, self.clean_time
+            return self.clean_correct.clone(), [self.clean_ce], self.n, self.clean_time, None
         torch.manual_seed(self.seed)  # an attack's randomness does not depend on what ran before it
         idx = torch.nonzero(attack_set).flatten()
         robust = torch.zeros(self.n, dtype=torch.bool, device=self.device)
@@ -201,7 +202,9 @@ class _Evaluation:
         # survived every earlier one (AutoAttack's run_standard_evaluation does the same).
         # A cascade's x' comes from several attacks, so it records no loss trajectory.
         record_first = not attack.stages
+        passes = []
         for stage in range(attack.passes):
+            stage_start = time.perf_counter()
             if stage > 0:
                 todo = todo[robust[todo]]
                 total += int(todo.numel())
@@ -215,11 +218,15 @@ class _Evaluation:
                     trajectory_sum = weighted if trajectory_sum is None else trajectory_sum + weighted
                 done += len(chunk)
                 self.progress(index, label, done, total, int(robust[idx].sum()))
+            if attack.stages:
+                self.sync()
+                passes.append({"attack": attack.stages[stage].name, "robust": int(robust[idx].sum()),
+                               "wall_time": time.perf_counter() - stage_start})
         self.sync()
         wall = time.perf_counter() - start
         trajectory = (trajectory_sum / max(int(idx.numel()), 1)).tolist() if trajectory_sum is not None else []
         self.progress(index, label, done, total, int(robust.sum()), force=True)
-        return robust, trajectory, int(idx.numel()), wall
+        return robust, trajectory, int(idx.numel()), wall, passes or None
 
     def progress(self, index, label, done, total, robust, force=False) -> None:
         now = time.monotonic()
@@ -230,7 +237,8 @@ class _Evaluation:
         if self.on_progress:
             self.on_progress(EvalProgress(label, index, len(self.attacks), done, total, robust))
 
-    def result_doc(self, attack: Attack, robust, trajectory, n_attacked, wall, exact: bool) -> dict[str, Any]:
+    def result_doc(self, attack: Attack, robust, trajectory, n_attacked, wall, exact: bool,
+                   passes: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         spec = attack.spec
         count = int(robust.sum())
         return {
@@ -246,6 +254,7 @@ class _Evaluation:
             "trajectory": [v if math.isfinite(v) else None for v in trajectory],
             "trajectory_model": "surrogate" if attack.surrogate is not None else "target",
             "gradient": self.gradient_health(attack), "robust_mask": mask_to_hex(robust), "flags": [],
+            "passes": passes,
         }
 
     def run(self) -> EvalReport:
@@ -263,9 +272,9 @@ class _Evaluation:
             for index, attack in enumerate(self.attacks):
                 attack_set = alive if self.cascade else self.clean_correct
                 exact = attack.maximizer is None or torch.equal(attack_set, self.clean_correct)
-                robust, trajectory, n_attacked, wall = self.run_attack(index, attack, attack_set)
+                robust, trajectory, n_attacked, wall, passes = self.run_attack(index, attack, attack_set)
                 alive &= robust
-                doc = self.result_doc(attack, robust, trajectory, n_attacked, wall, exact)
+                doc = self.result_doc(attack, robust, trajectory, n_attacked, wall, exact, passes)
                 doc["flags"], report.summaries = store_result(self.registry, doc)
                 report.results.append(doc)
                 self.emit("attack", attack=doc["attack"], label=doc["label"], index=index,
