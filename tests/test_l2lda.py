@@ -146,3 +146,24 @@ def test_inputs_of_another_dataset_are_refused_in_one_line():
     model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 10)).eval()
     with pytest.raises(ConfigError, match="1-channel images"):
         gen.maximize(model, ce_per_example, torch.rand(2, 3, 32, 32), torch.tensor([0, 1]), 8 / 255, 2)
+
+
+def test_checkpointed_steps_learn_exactly_as_the_full_graph_does():
+    """Activation checkpointing of the generator's steps (the memory fix) changes no number: the
+    same phi update, the same adversarial examples, and batch-norm statistics folded in once."""
+    model = _linear_mnist_model()
+    x, y = _batch(6)
+    states = {}
+    for checkpointed in (False, True):
+        torch.manual_seed(0)
+        gen = L2LDAGenerator(1, width=8, lr=1e-2, diversity_weight=0.3)
+        gen.checkpoint_steps = checkpointed
+        for _ in range(2):
+            result = gen.maximize(model, ce_per_example, x, y, 0.3, 4, learn_graph=True)
+            gen.learn(result)
+        states[checkpointed] = ({k: v.clone() for k, v in gen.net.state_dict().items()}, result.x_adv)
+    (plain, plain_adv), (ckpt, ckpt_adv) = states[False], states[True]
+    assert torch.equal(plain_adv, ckpt_adv)
+    for key in plain:
+        assert torch.allclose(plain[key], ckpt[key], rtol=1e-5, atol=1e-7), key
+    assert int(ckpt["down1.norm.num_batches_tracked"]) == 2 * 4  # once per step, not once more per recompute

@@ -171,3 +171,30 @@ def test_epoch_events_skip_damaged_lines_and_keep_the_last_of_a_repeated_epoch(t
                                          ([], "no epochs recorded"), ([None], "no epochs recorded")])
 def test_the_chance_flag(clean, flag):
     assert Curve("r", "advtrain", 0, "r", "finished", 2, list(range(1, len(clean) + 1)), clean, clean).flag == flag
+
+
+def test_autoattack_is_an_extra_column_beyond_the_paper_with_no_paper_number(runs_root, tmp_path):
+    registry = Registry(runs_root)
+    plan = apply_reproduction(registry, plan_reproduction(registry, "table1", "tiny", device="cpu", autoattack=True))
+    (doc,) = registry.all(REPRODUCTIONS)
+    assert doc["extra_columns"] == [{"label": "AA", "attack": "aa", "beyond_paper": True}]
+    jobs = {j["run_id"]: j for j in registry.all("jobs") if j["kind"] == "eval"}
+    assert all(j["attacks"][-1] == "aa" for j in jobs.values()) and len(jobs) == 2
+    ids = {p.role: p.run["id"] for p in plan.runs}
+    for role, values in {"advtrain": (95.0, 80.0, 75.0, 70.0), "advtrain-bls": (95.0, 85.0, 80.0, 60.0)}.items():
+        for attack, value in zip(["natural", "pgd-10", "pgd-bls-10", "aa"], values):
+            _store(registry, ids[role], attack, value)
+    # Without --autoattack a later reproduce keeps the column.
+    apply_reproduction(registry, plan_reproduction(registry, "table1", "tiny", device="cpu"))
+    assert registry.all(REPRODUCTIONS)[0]["extra_columns"][0]["attack"] == "aa"
+
+    text = build_report(registry, ["table1"], tmp_path / "report", device="cpu", analyses=False).path.read_text()
+    assert "| Defense | Natural | PGD | PGD+BLS | AA (beyond the paper) |" in text
+    row = next(line for line in text.splitlines() if line.startswith("| AdvTrain+BLS |"))
+    assert row.endswith("| **80.00** (88.00) | 60.00 |")  # AA has no paper number
+    assert next(line for line in text.splitlines() if line.startswith("| AdvTrain |")).endswith("| **70.00** |")
+    assert "AA (beyond the paper): AutoAttack's standard version" in text
+    table3 = apply_reproduction(registry, plan_reproduction(registry, "table3", "tiny", device="cpu", autoattack=True))
+    assert table3.extra_columns == (("AA", "aa"),)
+    with pytest.raises(Exception, match="white-box"):
+        plan_reproduction(registry, "table7", "tiny", device="cpu", autoattack=True)

@@ -98,10 +98,24 @@ def _comparison(registry: Registry, plan: dict[str, Any]):
     return comparison, runs
 
 
-def _measured(plan: dict[str, Any], comparison) -> dict[str, dict[str, Any]]:
-    """defense -> paper column label -> the comparison's cell (lowest over seeds) or None."""
+def _extra_comparison(registry: Registry, plan: dict[str, Any], runs: list[dict[str, Any]]):
+    """The columns beyond the paper's (AutoAttack), compared apart so that they stay out of the
+    paper's Min; None when there are none or none has a result yet."""
+    extra = [c["attack"] for c in plan.get("extra_columns") or []]
+    if not extra or not runs:
+        return None
+    try:
+        return build_comparison(registry, runs, by="defense", attacks=extra)
+    except ConfigError:
+        return None
+
+
+def _measured(plan: dict[str, Any], comparison, extra=None) -> dict[str, dict[str, Any]]:
+    """defense -> paper column label (then the extra columns' labels) -> the comparison's cell
+    (lowest over seeds) or None."""
     spec = TABLES[plan["table"]]
     by_key = {row.key: row for row in comparison.rows} if comparison is not None else {}
+    extra_by_key = {row.key: row for row in extra.rows} if extra is not None else {}
     out: dict[str, dict[str, Any]] = {}
     for defense in spec.rows:
         row = by_key.get(defense)
@@ -110,6 +124,9 @@ def _measured(plan: dict[str, Any], comparison) -> dict[str, dict[str, Any]]:
             cells[column["label"]] = row.cells.get(column["attack"]) if row else None
         if spec.has_min:
             cells["Min"] = row.cells.get("min") if row else None
+        extra_row = extra_by_key.get(defense)
+        for column in plan.get("extra_columns") or []:
+            cells[column["label"]] = extra_row.cells.get(column["attack"]) if extra_row else None
         out[defense] = cells
     return out
 
@@ -125,18 +142,20 @@ def _fmt(value: float | None) -> str:
 def _table_markdown(plan: dict[str, Any], measured: dict[str, dict[str, Any]]) -> list[str]:
     spec = TABLES[plan["table"]]
     labels = spec.labels
-    lines = ["| Defense | " + " | ".join(labels) + " |", "|:---|" + "---:|" * len(labels)]
+    extra = [c["label"] for c in plan.get("extra_columns") or []]
+    heads = labels + [f"{label} (beyond the paper)" for label in extra]
+    lines = ["| Defense | " + " | ".join(heads) + " |", "|:---|" + "---:|" * len(heads)]
     for defense in spec.rows:
         paper = dict(zip(labels, spec.paper[defense]))
         cells = []
-        for label in labels:
+        for label in labels + extra:
             cell = measured[defense][label]
             text = _fmt(_value(cell))
             if cell is not None and cell.best:
                 text = f"**{text}**"
             if cell is not None and getattr(cell, "flags", None):
                 text += "!"
-            cells.append(f"{text} ({paper[label]:.2f})")
+            cells.append(f"{text} ({paper[label]:.2f})" if label in paper else text)
         lines.append(f"| {ROW_LABELS[defense]} | " + " | ".join(cells) + " |")
     return lines
 
@@ -569,7 +588,7 @@ def build_report(registry: Registry, tables: list[str] | None = None, out_dir: P
         if comparison is None:
             pending.append(f"{title}: {_pending_jobs(registry, plan)} job(s) queued or running")
             continue
-        measured = _measured(plan, comparison)
+        measured = _measured(plan, comparison, _extra_comparison(registry, plan, runs))
         values = {d: {k: _value(c) for k, c in cells.items()} for d, cells in measured.items()}
         filled = sum(v is not None for cells in values.values() for v in cells.values())
         cells = sum(len(cells) for cells in values.values())
@@ -593,6 +612,10 @@ def build_report(registry: Registry, tables: list[str] | None = None, out_dir: P
         notes = [n for n in comparison.notes if not n.startswith(("min = ", "Per defense"))]
         if spec.has_min:
             notes.append("Min = the lowest attack column (the paper's Min).")
+        if plan.get("extra_columns"):
+            notes.append("AA (beyond the paper): AutoAttack's standard version (APGD-CE, APGD-T, FAB-T, Square as a "
+                         "cascade, built from torchattacks' pieces with the original settings) on the same examples; "
+                         "the paper reports no AutoAttack numbers, and AA is not part of its Min.")
         chance = [ROW_LABELS[d] for d in spec.rows
                   if (values[d].get("Natural") is not None and values[d]["Natural"] < CHANCE_ACCURACY)]
         if chance:

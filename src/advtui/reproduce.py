@@ -120,6 +120,11 @@ TABLES: dict[str, TableSpec] = {
              "(Plain-Net: natural training; PGD-Net: 10-step PGD adversarial training).",
     ),
 }
+# Beyond the paper: AutoAttack (standard version) as an optional extra column of the white-box
+# tables (``reproduce --autoattack``). It is not part of the paper's Min.
+AUTOATTACK_COLUMN = ("AA", "aa")
+AUTOATTACK_TABLES = ("table1", "table3", "table4", "table5")
+
 # Table 2: trainable parameters of the inner maximizer and training time per epoch (s).
 PAPER_TABLE2 = {"rnn-adv": (120, 268.50), "rnn-trades": (120, 443.52), "l2lda": (500944, 1972.41)}
 
@@ -224,6 +229,7 @@ class Reproduction:
     runs: list[PlannedRun]
     evals: list[PlannedEval]
     eval_options: dict[str, Any]
+    extra_columns: tuple[tuple[str, str], ...] = ()  # (label, spec) beyond the paper's columns
 
     def rows(self) -> dict[str, list[PlannedRun]]:
         out: dict[str, list[PlannedRun]] = {}
@@ -264,10 +270,14 @@ def _find_reusable(registry: Registry, config: RunConfig, runs: list[dict[str, A
 
 def plan_reproduction(registry: Registry, table_name: str, scale_name: str = "quick", seeds: int | None = None, *,
                       device: str = "auto", data_root: str | None = None,
-                      overrides: dict[str, Any] | None = None) -> Reproduction:
+                      overrides: dict[str, Any] | None = None, autoattack: bool = False) -> Reproduction:
     """What ``table_name`` needs at ``scale_name``: the row runs (one per defense and seed), the
-    surrogates, and one evaluation per row run; each marked to queue or reuse."""
+    surrogates, and one evaluation per row run; each marked to queue or reuse. ``autoattack``
+    adds AutoAttack (``aa``) as an extra column beyond the paper's (white-box tables only)."""
     table, scale = table_spec(table_name), scale_spec(scale_name)
+    if autoattack and table.name not in AUTOATTACK_TABLES:
+        raise ConfigError(f"--autoattack adds a white-box column: it goes with {', '.join(AUTOATTACK_TABLES)}, "
+                          f"not {table.name}")
     n_seeds = scale.seeds if seeds is None else seeds
     if n_seeds < 1:
         raise ConfigError(f"--seeds must be at least 1, got {n_seeds}")
@@ -294,7 +304,7 @@ def plan_reproduction(registry: Registry, table_name: str, scale_name: str = "qu
     for p in planned:
         p.run, p.action, p.train_job = _find_reusable(registry, p.config, runs_now, jobs_now)
     reproduction = Reproduction(table, scale, seed_list, planned, [],
-                                {"limit": scale.eval_limit[dataset]})
+                                {"limit": scale.eval_limit[dataset]}, (AUTOATTACK_COLUMN,) if autoattack else ())
     for p in planned:
         if not p.role.startswith("surrogate:") and p.role in table.rows:
             reproduction.evals.append(PlannedEval(p, []))
@@ -317,7 +327,7 @@ def resolve_attacks(reproduction: Reproduction) -> list[str]:
                 raise ConfigError(f"attacker run for {role} is not planned yet")
             text = text.replace("{" + role + "}", run["id"])
         specs.append(parse_attack(text).text)
-    return specs
+    return specs + [parse_attack(spec).text for _, spec in reproduction.extra_columns]
 
 
 def _stored_attacks(registry: Registry, run_id: str, limit: int | None) -> set[str]:
@@ -378,8 +388,14 @@ def _record(registry: Registry, reproduction: Reproduction, specs: list[str]) ->
     rows = {defense: [p.run["id"] for p in planned] for defense, planned in reproduction.rows().items()}
     surrogates = {p.role: p.run["id"] for p in reproduction.runs if p.role.startswith("surrogate:")}
     columns = [{"label": label, "attack": spec} for (label, _), spec in zip(table.columns, specs)]
+    extra = [{"label": label, "attack": spec, "beyond_paper": True}
+             for (label, _), spec in zip(reproduction.extra_columns, specs[len(table.columns):])]
+    previous = [d for d in registry.all(REPRODUCTIONS) if d.get("table") == table.name and d.get("scale") == scale.name]
+    if previous and not extra:  # a later reproduce without --autoattack keeps the column it had
+        extra = previous[-1].get("extra_columns") or []
     doc = {"table": table.name, "scale": scale.name, "preset": table.preset, "seeds": reproduction.seeds,
-           "rows": rows, "surrogates": surrogates, "columns": columns, "eval_options": reproduction.eval_options,
+           "rows": rows, "surrogates": surrogates, "columns": columns, "extra_columns": extra,
+           "eval_options": reproduction.eval_options,
            "attackers": {role: reproduction.role_run(role).run["id"]
                          for _, t in table.columns for role in _roles(t)},
            "updated": time.time()}

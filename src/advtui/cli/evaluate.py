@@ -21,7 +21,8 @@ from advtui.errors import ConfigError
 app = typer.Typer()  # eval, compare, export: commands of the root, no group of their own
 
 ATTACKS_HELP = ("Attack specs, comma-separated: natural, fgsm, pgd-K, cw-K, pgd-bls-K, rnn-K[:RUN], l2lda-K[:RUN], "
-                "transfer:RUN, transfer-pgd-K:RUN; xR adds R random restarts (pgd-100x5). "
+                "transfer:RUN, transfer-pgd-K:RUN; beyond the paper, AutoAttack: aa (standard: APGD-CE, APGD-T, "
+                "FAB-T, Square), apgd-ce-K, apgd-t-K, square-K. xR adds R random restarts (pgd-100x5). "
                 "Default: natural,pgd-10,pgd-100,cw-100 (+ rnn-10 of the run itself if it learned one).")
 
 
@@ -195,6 +196,20 @@ def compare(
     out.print("[dim][bold green]bold green[/]: best in its column.[/]")
 
 
+EXPORT_FORMATS = (*FORMATS, "robustbench")
+
+
+def _export_robustbench(refs, group, defense, out, checkpoint, runs_dir) -> None:
+    if group or defense or len(refs or []) != 1:
+        raise ConfigError("--format robustbench exports one run: name exactly one RUN (no --group or --defense)")
+    from advtui.engine.export import export_robustbench  # torch: loaded by this format only
+
+    done = export_robustbench(open_registry(runs_dir), refs[0], out or Path("robustbench"), checkpoint)
+    card = done.card
+    err_console.print(f"wrote {done.weights} (state dict) and {done.card_path} (model card: {card['architecture']}, "
+                      f"eps {card['eps']}, clean {card['clean_acc']}%, AutoAttack {card['autoattack_acc']}%)")
+
+
 @app.command()
 def export(
     refs: Optional[list[str]] = RefsArgument,
@@ -202,13 +217,22 @@ def export(
     defense: Optional[list[str]] = DefenseOption,
     by: str = ByOption,
     attacks: Optional[str] = ColumnsOption,
-    fmt: str = typer.Option("md", "--format", "-f", help=f"One of: {', '.join(FORMATS)}."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write to this file (default: standard output)."),
+    fmt: str = typer.Option("md", "--format", "-f", help=f"One of: {', '.join(EXPORT_FORMATS)}."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write to this file (default: standard output); "
+                                                                "robustbench: this folder (default ./robustbench)."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="robustbench: export this checkpoint file of "
+                                                                         "RUN instead of its final one."),
     runs_dir: Optional[Path] = RunsDirOption,
 ) -> None:
-    """Write the comparison table as Markdown, CSV, LaTeX or JSON."""
-    if fmt not in FORMATS:
-        raise ConfigError(f"unknown format {fmt!r}; choose one of: {', '.join(FORMATS)}")
+    """Write the comparison table as Markdown, CSV, LaTeX or JSON; or, with [bold]--format robustbench[/],
+    one run's model (state dict) and model card in RobustBench's model-zoo layout."""
+    if fmt not in EXPORT_FORMATS:
+        raise ConfigError(f"unknown format {fmt!r}; choose one of: {', '.join(EXPORT_FORMATS)}")
+    if fmt == "robustbench":
+        _export_robustbench(refs, group, defense, out, checkpoint, runs_dir)
+        return
+    if checkpoint is not None:
+        raise ConfigError("--checkpoint goes with --format robustbench only")
     text = render(_comparison(runs_dir, refs, group, defense, by, attacks), fmt)
     if out is None:
         sys.stdout.write(text)

@@ -112,6 +112,8 @@ def reproduce(
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Override the scale's epochs."),
     priority: int = typer.Option(0, help="Priority of the queued jobs (higher starts first)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan, queue nothing."),
+    autoattack: bool = typer.Option(False, "--autoattack", help="Also evaluate AutoAttack (aa, standard version), an "
+                                                                "extra column beyond the paper's (white-box tables)."),
     data_root: Optional[str] = DataRootOption,
     runs_dir: Optional[Path] = RunsDirOption,
 ) -> None:
@@ -120,7 +122,8 @@ def reproduce(
     overrides = {"train_limit": train_limit, "epochs": epochs}
     if epochs is not None:
         overrides["milestones"] = []  # the preset's decay epochs do not fit a changed length
-    plan = plan_reproduction(registry, table, scale, seeds, device=device, data_root=data_root, overrides=overrides)
+    plan = plan_reproduction(registry, table, scale, seeds, device=device, data_root=data_root, overrides=overrides,
+                             autoattack=autoattack)
     if not dry_run:
         plan = apply_reproduction(registry, plan, priority=priority)
     listing = Table(box=None, header_style="bold", title=f"{plan.table.name} at {plan.scale.name} scale "

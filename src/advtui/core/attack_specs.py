@@ -19,6 +19,15 @@ Grammar, parsed and validated here and nowhere else::
     transfer:RUN         black box: pgd-20 on RUN's model (the surrogate), evaluated on the target
     transfer-pgd-K:RUN   the same with K steps
 
+Beyond the paper, AutoAttack (Croce & Hein 2020), built from torchattacks' pieces with the
+original package's standard settings (``advtui.engine.attacks`` says which and why)::
+
+    aa                   standard AutoAttack: APGD-CE, APGD-T, FAB-T, Square, each run only on
+                         the examples every earlier one left robust
+    apgd-ce-K            APGD on the cross-entropy, K iterations
+    apgd-t-K             targeted APGD on the DLR loss, K iterations per target (9 targets)
+    square-K             Square Attack (black box, margin loss), K queries
+
 ``xR`` repeats a randomized attack R times from fresh random starts; an example counts as
 robust only if it survives every restart (e.g. ``pgd-100x5``). Specs are case-insensitive
 except for the run reference. Canonical spec text (the key results are stored under) always
@@ -50,14 +59,36 @@ _FAMILIES: dict[str, tuple[str, str, bool]] = {
     "l2lda": ("required", "optional", True),
     "transfer": ("no", "required", True),
     "transfer-pgd": ("required", "required", True),
+    "apgd-ce": ("required", "no", True),
+    "apgd-t": ("required", "no", True),
+    "square": ("required", "no", True),
+    "aa": ("no", "no", False),
 }
-FAMILY_ORDER = ("natural", "fgsm", "pgd", "cw", "pgd-bls", "rnn", "l2lda", "transfer-pgd")
+# The paper's attacks first, then AutoAttack's ("beyond the paper").
+FAMILY_ORDER = ("natural", "fgsm", "pgd", "cw", "pgd-bls", "rnn", "l2lda", "transfer-pgd",
+                "apgd-ce", "apgd-t", "square", "aa")
+AUTOATTACK_FAMILIES = ("apgd-ce", "apgd-t", "square", "aa")
+AA_ITERATIONS = 100  # what the spec "aa" stores as its steps: the standard version's APGD/FAB iterations
 LEARNED_FAMILIES = LEARNED_MAXIMIZERS  # the attacker is a maximizer learned by a training run
 _SPEC = re.compile(
-    r"^(?P<family>pgd-bls|transfer-pgd|natural|fgsm|pgd|cw|rnn|l2lda|transfer)"
+    r"^(?P<family>pgd-bls|transfer-pgd|apgd-ce|apgd-t|natural|fgsm|pgd|cw|rnn|l2lda|transfer|square|aa)"
     r"(?:-(?P<steps>\d+))?(?:x(?P<restarts>\d+))?(?::(?P<source>.*))?$"
 )
-KNOWN_ATTACKS = "natural, fgsm, pgd-K, cw-K, pgd-bls-K, rnn-K[:RUN], l2lda-K[:RUN], transfer:RUN, transfer-pgd-K:RUN"
+KNOWN_ATTACKS = ("natural, fgsm, pgd-K, cw-K, pgd-bls-K, rnn-K[:RUN], l2lda-K[:RUN], transfer:RUN, transfer-pgd-K:RUN, "
+                 "aa, apgd-ce-K, apgd-t-K, square-K")
+
+# The dashboard's evaluation checklist: (spec, label), the paper's white-box attacks, then
+# AutoAttack beyond the paper. Learned attackers and transfer sources are added per run.
+EVALUATION_CHECKLIST = (
+    ("natural", "natural (clean accuracy)"),
+    ("fgsm", "fgsm"),
+    ("pgd-10", "pgd-10"),
+    ("pgd-20", "pgd-20"),
+    ("pgd-100", "pgd-100"),
+    ("cw-100", "cw-100 (CW margin loss, kappa 50)"),
+    ("pgd-bls-10", "pgd-bls-10 (backtracking line search)"),
+    ("aa", "aa (AutoAttack, standard: APGD-CE, APGD-T, FAB-T, Square; beyond the paper)"),
+)
 
 
 class AttackSpecError(ConfigError):
@@ -76,7 +107,7 @@ class AttackSpec:
     @property
     def text(self) -> str:
         """The canonical spec (with ``source`` as it currently stands: an id once resolved)."""
-        head = self.family if self.family in ("natural", "fgsm") else f"{self.family}-{self.steps}"
+        head = self.family if self.family in ("natural", "fgsm", "aa") else f"{self.family}-{self.steps}"
         if self.restarts > 1:
             head += f"x{self.restarts}"
         return f"{head}:{self.source}" if self.source else head
@@ -93,9 +124,15 @@ class AttackSpec:
         return self.family == "transfer-pgd"
 
     @property
+    def autoattack(self) -> bool:
+        """AutoAttack or one of its pieces (run through torchattacks)."""
+        return self.family in AUTOATTACK_FAMILIES
+
+    @property
     def white_box_gradient(self) -> bool:
-        """Attacks that follow the target model's own input gradients."""
-        return self.family not in ("natural", "transfer-pgd")
+        """Attacks that follow the target model's own input gradients (Square only queries
+        the model's scores)."""
+        return self.family not in ("natural", "transfer-pgd", "square")
 
     @property
     def loss(self) -> str:
@@ -126,8 +163,11 @@ def parse_attack(spec: str) -> AttackSpec:
     if source_rule == "required" and source is None:
         raise AttackSpecError(f"attack {raw!r}: {family} needs a source run, e.g. {family}:RUN")
     if restarts is not None and not restarts_ok:
+        if family == "aa":
+            raise AttackSpecError(f"attack {raw!r}: aa is AutoAttack's standard version (one restart per piece); "
+                                  f"for more restarts use its pieces, e.g. apgd-ce-100x5")
         raise AttackSpecError(f"attack {raw!r}: {family} is deterministic, restarts (xR) make no sense")
-    n_steps = int(steps) if steps is not None else (1 if family == "fgsm" else 0)
+    n_steps = int(steps) if steps is not None else {"fgsm": 1, "aa": AA_ITERATIONS}.get(family, 0)
     if steps is not None and not 1 <= n_steps <= MAX_STEPS:
         raise AttackSpecError(f"attack {raw!r}: the step count must be between 1 and {MAX_STEPS}")
     n_restarts = int(restarts) if restarts is not None else 1
@@ -163,7 +203,8 @@ def default_attacks(record: dict[str, Any]) -> list[AttackSpec]:
 
 
 def attack_sort_key(spec_text: str) -> tuple:
-    """Table order: natural, fgsm, pgd, cw, pgd-bls, rnn, l2lda, transfer; then steps."""
+    """Table order: natural, fgsm, pgd, cw, pgd-bls, rnn, l2lda, transfer, then AutoAttack's
+    (apgd-ce, apgd-t, square, aa); within a family by steps."""
     try:
         spec = parse_attack(spec_text)
     except AttackSpecError:

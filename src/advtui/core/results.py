@@ -24,11 +24,15 @@ Key: (``run_id``, ``attack``, ``checkpoint_hash``); re-evaluating replaces only 
 - ``gradient``: {checked, zero, nonfinite}: input gradients of the attack loss at clean x
   (white-box gradient attacks only, else null)
 - ``robust_mask``: hex of the packed per-example robust bits (what worst-case is built from)
+- ``passes``: for a cascade (``aa``), [{attack, robust, wall_time}] per piece in order: the robust
+  count after it (among all n) and its time; null otherwise
 - ``flags``: [{code, message}]: sanity checks, recomputed whenever a result of the same run,
   checkpoint, example set and eps is stored. Codes: ``steps-up`` (more steps of the same attack
   gave higher robust accuracy beyond noise), ``transfer-stronger`` (a transfer attack beat
   every white-box one: masked gradients?), ``zero-gradient``, ``nonfinite-gradient``,
-  ``nonfinite-loss``, ``eps0-mismatch`` (at eps 0 an attack's accuracy differs from natural).
+  ``nonfinite-loss``, ``eps0-mismatch`` (at eps 0 an attack's accuracy differs from natural),
+  ``square-stronger`` (AutoAttack's own check: the black-box Square broke more than 0.2% of the
+  examples after the gradient attacks, or square-K beat every gradient attack: masked gradients?).
 
 Summary documents, same key with ``attack`` = "min" or "worst-case" and ``kind: "summary"``:
 accuracy, n, robust (worst-case), argmin / argmin_label (min), ``over`` (the specs included),
@@ -112,6 +116,8 @@ def compute_flags(docs: list[dict[str, Any]]) -> dict[str, list[dict[str, str]]]
             own.append(_flag("eps0-mismatch", f"at eps 0 accuracy {d['accuracy']:.2f}% differs from natural "
                                               f"{d.get('clean_accuracy', float('nan')):.2f}%"))
 
+        _square_check(d, own)
+
     exact = [d for d in docs if d.get("accuracy_kind") == "attack" and d["family"] != "natural"]
     families: dict[tuple, list[dict[str, Any]]] = {}
     for d in exact:
@@ -125,6 +131,15 @@ def compute_flags(docs: list[dict[str, Any]]) -> dict[str, list[dict[str, str]]]
                     "steps-up", f"robust accuracy rises with more steps: {more['label']} {more['accuracy']:.2f}% > "
                                 f"{fewer['label']} {fewer['accuracy']:.2f}% (attack not converged or randomized defense?)"))
 
+    gradient = [d for d in exact if d["family"] not in ("transfer-pgd", "square")]
+    if gradient:
+        strongest = min(gradient, key=lambda d: d["accuracy"])
+        for d in exact:
+            if d["family"] == "square" and _significantly_above(strongest, d):
+                flags[d["attack"]].append(_flag(
+                    "square-stronger", f"{d['label']} ({d['accuracy']:.2f}%) beats every gradient attack "
+                                       f"(best {strongest['label']} {strongest['accuracy']:.2f}%): masked gradients?"))
+
     white_box = [d for d in exact if d["family"] != "transfer-pgd"]
     if white_box:
         strongest = min(white_box, key=lambda d: d["accuracy"])
@@ -134,6 +149,22 @@ def compute_flags(docs: list[dict[str, Any]]) -> dict[str, list[dict[str, str]]]
                     "transfer-stronger", f"{d['label']} ({d['accuracy']:.2f}%) beats every white-box attack "
                                          f"(best {strongest['label']} {strongest['accuracy']:.2f}%): masked gradients?"))
     return flags
+
+
+SQUARE_ALPHA = 0.002  # AutoAttack's checks.check_square_sr: 0.2% of the examples
+
+
+def _square_check(doc: dict[str, Any], own: list[dict[str, str]]) -> None:
+    """AutoAttack's own warning (autoattack/checks.py, check_square_sr): in the cascade, Square
+    lowering robust accuracy by more than 0.2% after the gradient attacks hints that those were
+    masked, so the evaluation is unreliable."""
+    passes = doc.get("passes") or []
+    if len(passes) < 3 or passes[-1]["attack"] != "square":
+        return
+    before, after = passes[-2]["robust"], passes[-1]["robust"]
+    if (before - after) / max(doc["n"], 1) > SQUARE_ALPHA:
+        own.append(_flag("square-stronger", f"Square broke {before - after} more of {doc['n']} examples after the "
+                                            "gradient attacks: their gradients may be masked (AutoAttack's check)"))
 
 
 def summarize(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:

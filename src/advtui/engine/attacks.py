@@ -8,9 +8,9 @@ its canonical names live in ``advtui.core.attack_specs``, which needs no torch.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 from torch import nn
@@ -60,6 +60,108 @@ class FGSM(Maximizer):
             with torch.no_grad():
                 trajectory = torch.stack([loss.mean(), loss_fn(model(x_adv), target).mean()])
         return MaxResult(x_adv.detach(), trajectory)
+
+
+# -- AutoAttack, from torchattacks' pieces ---------------------------------------------------------
+@dataclass(frozen=True)
+class AutoAttackSettings:
+    """The standard version of the original AutoAttack (Croce & Hein 2020), as its reference code
+    sets it: fra31/auto-attack, ``autoattack/autoattack.py``, ``AutoAttack.__init__`` and
+    ``set_version('standard')``: APGD-CE with 100 iterations and 1 restart; APGD-T on the
+    targeted DLR loss, 9 target classes, 100 iterations, 1 restart; FAB-T, 9 target classes,
+    100 iterations, 1 restart (alpha_max 0.1, eta 1.05, beta 0.9); Square, 5,000 queries,
+    p_init 0.8, margin loss, ``resc_schedule=False``; rho 0.75 and one EOT iteration for APGD.
+
+    The original package is not installable here, so the pieces are torchattacks' ports. Its
+    own ``torchattacks.AutoAttack`` is not used because its defaults differ from the original
+    (10 iterations, ``n_classes - 1`` targets, Square's ``resc_schedule=True``, clock seeds)."""
+
+    iterations: int = 100
+    target_classes: int = 9
+    square_queries: int = 5000
+    square_p_init: float = 0.8
+    rho: float = 0.75
+
+
+AA_STANDARD = AutoAttackSettings()
+
+# The standard cascade, in the original's order (attacks_to_run of version 'standard').
+AA_PIECES = ("apgd-ce", "apgd-t", "fab-t", "square")
+
+
+def autoattack_piece(name: str, model: nn.Module, eps: float, seed: int, *, iterations: int | None = None,
+                     queries: int | None = None, restarts: int = 1,
+                     settings: AutoAttackSettings | None = None):
+    """One of AutoAttack's pieces as a torchattacks attack with the original's settings:
+    ``apgd-ce``, ``apgd-t``, ``fab-t`` (``iterations`` default 100) or ``square`` (``queries``
+    default 5,000). Every piece seeds torch's generator with ``seed`` at each call, as the
+    original does with a fixed seed, so results repeat."""
+    import torchattacks  # only evaluations with these attacks need it
+
+    settings = settings or AA_STANDARD
+    iterations = iterations or settings.iterations
+    if name == "apgd-ce":
+        return torchattacks.APGD(model, norm="Linf", eps=eps, steps=iterations, n_restarts=restarts, seed=seed,
+                                 loss="ce", eot_iter=1, rho=settings.rho)
+    if name == "apgd-t":
+        piece = torchattacks.APGDT(model, norm="Linf", eps=eps, steps=iterations, n_restarts=restarts, seed=seed,
+                                   eot_iter=1, rho=settings.rho)
+        piece.n_target_classes = settings.target_classes  # torchattacks' default is n_classes - 1
+        return piece
+    if name == "fab-t":
+        piece = torchattacks.FAB(model, norm="Linf", eps=eps, steps=iterations, n_restarts=restarts, seed=seed,
+                                 alpha_max=0.1, eta=1.05, beta=0.9, multi_targeted=True)
+        piece.n_target_classes = settings.target_classes
+        return piece
+    if name == "square":
+        return torchattacks.Square(model, norm="Linf", eps=eps, n_queries=queries or settings.square_queries,
+                                   n_restarts=restarts, p_init=settings.square_p_init, loss="margin",
+                                   resc_schedule=False, seed=seed)
+    raise ValueError(f"unknown AutoAttack piece {name!r}")
+
+
+class TorchattacksPiece(Maximizer):
+    """A torchattacks attack as a maximizer: x' is what the attack returns, kept inside the eps
+    ball and [0, 1] (a no-op for these attacks, which project themselves: a guard so that no
+    example can count as broken from outside the threat model). The pieces carry the model they
+    attack, so each is built for the model it is first handed. The trajectory is the CE at x
+    and at x' (the pieces do not expose their per-iteration losses)."""
+
+    def __init__(self, name: str, build: Callable[[nn.Module], Any]):
+        self.name = name
+        self._build = build
+        self._built: dict[int, Any] = {}
+
+    def attack_for(self, model: nn.Module):
+        if id(model) not in self._built:
+            self._built[id(model)] = self._build(model)
+        return self._built[id(model)]
+
+    def maximize(self, model, loss_fn, x, target, eps, steps=0, record=True):
+        x_adv = project(self.attack_for(model)(x, target).detach(), x, eps)
+        trajectory = None
+        if record:
+            with torch.no_grad():
+                trajectory = torch.stack([loss_fn(model(x), target).mean(), loss_fn(model(x_adv), target).mean()])
+        return MaxResult(x_adv, trajectory)
+
+
+def autoattack_maximizers(spec: AttackSpec, eps: float, seed: int,
+                          settings: AutoAttackSettings | None = None) -> list[TorchattacksPiece]:
+    """The passes of an AutoAttack spec: the four pieces of ``aa`` (each run on what the
+    earlier ones left robust), or the one piece of ``apgd-ce-K``, ``apgd-t-K``, ``square-K``
+    (restarts xR are the piece's own ``n_restarts``)."""
+    settings = settings or AA_STANDARD
+    if spec.family == "aa":
+        return [TorchattacksPiece(name, lambda model, name=name: autoattack_piece(name, model, eps, seed, settings=settings))
+                for name in AA_PIECES]
+    if spec.family == "square":
+        build = lambda model: autoattack_piece("square", model, eps, seed, queries=spec.steps,  # noqa: E731
+                                               restarts=spec.restarts, settings=settings)
+    else:
+        build = lambda model: autoattack_piece(spec.family, model, eps, seed, iterations=spec.steps,  # noqa: E731
+                                               restarts=spec.restarts, settings=settings)
+    return [TorchattacksPiece(spec.family, build)]
 
 
 # -- checkpoints of runs -------------------------------------------------------------------------
@@ -129,14 +231,26 @@ class Attack:
     maximizer: Maximizer | None  # None for natural
     surrogate: nn.Module | None = None  # transfer: where the adversarial examples are crafted
     source: RunCheckpoint | None = None
+    # Cascades (AutoAttack): pass k runs stages[k] on the examples every earlier pass left robust.
+    stages: list[Maximizer] = field(default_factory=list)
 
     @property
     def text(self) -> str:
         return self.spec.text
 
+    @property
+    def passes(self) -> int:
+        """How many times the evaluation runs the attack on the still-robust examples: the
+        restarts of a randomized attack, or the pieces of a cascade."""
+        if self.stages:
+            return len(self.stages)
+        if self.maximizer is None or self.spec.autoattack:  # AutoAttack's pieces restart inside
+            return 1
+        return self.spec.restarts
+
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
-                record: bool = True) -> MaxResult:
-        """x' for one batch (one restart). The trajectory is the mean attack loss at
+                record: bool = True, stage: int = 0) -> MaxResult:
+        """x' for one batch (one pass). The trajectory is the mean attack loss at
         x'_0..x'_K, on the surrogate for transfer attacks, on ``model`` otherwise."""
         if self.maximizer is None:
             trajectory = None
@@ -144,8 +258,9 @@ class Attack:
                 with torch.no_grad():
                     trajectory = self.loss_fn(model(x), y).mean().reshape(1)
             return MaxResult(x, trajectory)
+        maximizer = self.stages[stage] if self.stages else self.maximizer
         crafted_on = self.surrogate if self.surrogate is not None else model
-        return self.maximizer.maximize(crafted_on, self.loss_fn, x, y, eps, self.spec.steps, record=record)
+        return maximizer.maximize(crafted_on, self.loss_fn, x, y, eps, self.spec.steps, record=record)
 
 
 def _source_label(record: dict[str, Any]) -> str:
@@ -154,7 +269,7 @@ def _source_label(record: dict[str, Any]) -> str:
 
 def build_attack(spec: AttackSpec, registry: Registry, target: dict[str, Any], *, eps: float,
                  step_size: float | None = None, device: torch.device | str = "cpu",
-                 target_config: RunConfig | None = None) -> Attack:
+                 target_config: RunConfig | None = None, seed: int = 0) -> Attack:
     """Everything an attack needs, loaded and checked: a bad source run, a checkpoint without the
     right learned maximizer, or a surrogate of another dataset or eps raises here, before any
     example is attacked."""
@@ -167,6 +282,10 @@ def build_attack(spec: AttackSpec, registry: Registry, target: dict[str, Any], *
         return Attack(spec, spec.text, loss_fn, FGSM())
     if spec.family in ("pgd", "cw"):
         return Attack(spec, spec.text, loss_fn, PGD(step, init="uniform"))
+    if spec.autoattack:
+        stages = autoattack_maximizers(spec, eps, seed)
+        # One stage records a trajectory only for a single piece: a cascade's x' comes from several.
+        return Attack(spec, spec.text, loss_fn, stages[0], stages=stages if len(stages) > 1 else [])
     if spec.family == "pgd-bls":
         # The line search starts each step at alpha_0 = eps (the training default) and halves.
         return Attack(spec, spec.text, loss_fn,

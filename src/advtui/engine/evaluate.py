@@ -141,7 +141,7 @@ class _Evaluation:
         return self.split.images[idx].float().div_(255.0), self.split.labels[idx]
 
     def chunks(self, idx: torch.Tensor) -> Iterable[torch.Tensor]:
-        return idx.split(self.batch_size)
+        return [chunk for chunk in idx.split(self.batch_size) if chunk.numel()]
 
     def sync(self) -> None:
         if self.device.type == "cuda":
@@ -185,11 +185,12 @@ class _Evaluation:
         return self.gradient_checks[loss]
 
     def run_attack(self, index: int, attack: Attack, attack_set: torch.Tensor):
-        """Robust mask over all n examples, mean trajectory, examples attacked, wall time."""
+        """Robust mask over all n examples, mean trajectory, examples attacked, wall time, and
+        for a cascade each piece's robust count after it and its time."""
         label = attack.label
         if attack.maximizer is None:  # natural: the clean pass already measured it
             self.progress(index, label, self.n, self.n, self.clean_robust, force=True)
-            return self.clean_correct.clone(), [self.clean_ce], self.n, self.clean_time
+            return self.clean_correct.clone(), [self.clean_ce], self.n, self.clean_time, None
         torch.manual_seed(self.seed)  # an attack's randomness does not depend on what ran before it
         idx = torch.nonzero(attack_set).flatten()
         robust = torch.zeros(self.n, dtype=torch.bool, device=self.device)
@@ -197,25 +198,35 @@ class _Evaluation:
         total = int(idx.numel())
         start = time.perf_counter()
         todo = idx
-        for restart in range(attack.spec.restarts):
-            if restart > 0:  # a restart only needs the examples that survived so far
+        # Restarts and a cascade's pieces alike: each pass needs only the examples that
+        # survived every earlier one (AutoAttack's run_standard_evaluation does the same).
+        # A cascade's x' comes from several attacks, so it records no loss trajectory.
+        record_first = not attack.stages
+        passes = []
+        for stage in range(attack.passes):
+            stage_start = time.perf_counter()
+            if stage > 0:
                 todo = todo[robust[todo]]
                 total += int(todo.numel())
             for chunk in self.chunks(todo):
                 x, y = self.batch(chunk)
-                result = attack.perturb(self.model, x, y, self.eps, record=restart == 0)
+                result = attack.perturb(self.model, x, y, self.eps, record=record_first and stage == 0, stage=stage)
                 with torch.no_grad():
                     robust[chunk] = self.model(result.x_adv).argmax(1) == y
-                if restart == 0 and result.trajectory is not None:
+                if stage == 0 and result.trajectory is not None:
                     weighted = result.trajectory.detach().double() * len(chunk)
                     trajectory_sum = weighted if trajectory_sum is None else trajectory_sum + weighted
                 done += len(chunk)
                 self.progress(index, label, done, total, int(robust[idx].sum()))
+            if attack.stages:
+                self.sync()
+                passes.append({"attack": attack.stages[stage].name, "robust": int(robust[idx].sum()),
+                               "wall_time": time.perf_counter() - stage_start})
         self.sync()
         wall = time.perf_counter() - start
         trajectory = (trajectory_sum / max(int(idx.numel()), 1)).tolist() if trajectory_sum is not None else []
         self.progress(index, label, done, total, int(robust.sum()), force=True)
-        return robust, trajectory, int(idx.numel()), wall
+        return robust, trajectory, int(idx.numel()), wall, passes or None
 
     def progress(self, index, label, done, total, robust, force=False) -> None:
         now = time.monotonic()
@@ -226,7 +237,8 @@ class _Evaluation:
         if self.on_progress:
             self.on_progress(EvalProgress(label, index, len(self.attacks), done, total, robust))
 
-    def result_doc(self, attack: Attack, robust, trajectory, n_attacked, wall, exact: bool) -> dict[str, Any]:
+    def result_doc(self, attack: Attack, robust, trajectory, n_attacked, wall, exact: bool,
+                   passes: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         spec = attack.spec
         count = int(robust.sum())
         return {
@@ -242,6 +254,7 @@ class _Evaluation:
             "trajectory": [v if math.isfinite(v) else None for v in trajectory],
             "trajectory_model": "surrogate" if attack.surrogate is not None else "target",
             "gradient": self.gradient_health(attack), "robust_mask": mask_to_hex(robust), "flags": [],
+            "passes": passes,
         }
 
     def run(self) -> EvalReport:
@@ -259,9 +272,9 @@ class _Evaluation:
             for index, attack in enumerate(self.attacks):
                 attack_set = alive if self.cascade else self.clean_correct
                 exact = attack.maximizer is None or torch.equal(attack_set, self.clean_correct)
-                robust, trajectory, n_attacked, wall = self.run_attack(index, attack, attack_set)
+                robust, trajectory, n_attacked, wall, passes = self.run_attack(index, attack, attack_set)
                 alive &= robust
-                doc = self.result_doc(attack, robust, trajectory, n_attacked, wall, exact)
+                doc = self.result_doc(attack, robust, trajectory, n_attacked, wall, exact, passes)
                 doc["flags"], report.summaries = store_result(self.registry, doc)
                 report.results.append(doc)
                 self.emit("attack", attack=doc["attack"], label=doc["label"], index=index,
@@ -321,7 +334,7 @@ def evaluate_run(
     split = _test_split(target.config, limit, data_root).to(torch_device)
     model = build_run_model(target, torch_device)
     built = build_attacks(specs, registry, record, eps=eval_eps, step_size=step, device=torch_device,
-                          target_config=target.config)
+                          target_config=target.config, seed=seed)
 
     folder = run_folder(registry, record)
     settings = {

@@ -38,8 +38,11 @@ three image-shaped inputs are O(1) whatever the dataset and eps.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from advtui.engine.maximizers import LearnedMaximizer, MaxResult, loss_and_grad, project
 from advtui.errors import ConfigError
@@ -118,6 +121,24 @@ def _init_weights(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
+@contextlib.contextmanager
+def _running_stats_kept(net: nn.Module):
+    """While activation checkpointing recomputes a generator step for the backward pass, the
+    batch norms normalize with the same batch statistics as in the forward pass (train mode)
+    but must not fold that batch into their running statistics a second time."""
+    norms = [(m, m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone())
+             for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for m, _, _ in norms:
+        m.momentum = 0.0  # running = (1 - 0) * running + 0 * batch: unchanged
+    try:
+        yield
+    finally:
+        for m, momentum, tracked in norms:
+            m.momentum = momentum
+            if tracked is not None:
+                m.num_batches_tracked.copy_(tracked)
+
+
 def normalize_per_channel(grad: torch.Tensor) -> torch.Tensor:
     """The gradient divided by its RMS over each image plane (per example and channel)."""
     rms = grad.pow(2).mean(dim=(2, 3), keepdim=True).sqrt()
@@ -136,6 +157,13 @@ class L2LDAGenerator(LearnedMaximizer):
 
     name = "l2lda"
     grad_clip = GRAD_CLIP_NORM
+    # Training backpropagates through all T generator steps (the authors' code does too), which
+    # kept every U-Net activation of 2 x batch x T images alive: 4.9 GiB above the process's own
+    # at batch 128, T = 10 on MNIST. With checkpointing each step keeps only its inputs and is
+    # recomputed during phi's backward pass: the same numbers in 1.4 GiB, for about 30% more time
+    # per generator step (bench/l2lda_memory.py). None: checkpoint on the CPU, where the memory
+    # is the machine's own; on a GPU keep the faster full graph. True / False force either.
+    checkpoint_steps: bool | None = None
 
     def __init__(self, image_channels: int = 1, latent: int = 8, diversity_weight: float = 0.1,
                  lr: float = 1e-4, width: int = 64, step_fraction: float = STEP_FRACTION,
@@ -186,7 +214,7 @@ class L2LDAGenerator(LearnedMaximizer):
                 losses.append(loss[:batch].mean())
                 for t in range(1, steps + 1):
                     inputs = torch.cat([x, normalize_per_channel(grad), perturbation / eps], 1)
-                    step = self.net(inputs, z)
+                    step = self._step(inputs, z, learn_graph)
                     perturbation = (perturbation + self.step_fraction * eps * step).clamp(-eps, eps)
                     x_adv = project(x + perturbation, x, eps)
                     if learn_graph:
@@ -211,6 +239,13 @@ class L2LDAGenerator(LearnedMaximizer):
         trajectory = torch.stack(losses).detach() if (record or learn_graph) else None
         info = {"phi_objective": objective} if learn_graph else {}
         return MaxResult(x_adv[:batch].detach(), trajectory, info)
+
+    def _step(self, inputs: torch.Tensor, z: torch.Tensor | None, learn_graph: bool) -> torch.Tensor:
+        wanted = self.checkpoint_steps if self.checkpoint_steps is not None else inputs.device.type == "cpu"
+        if not (learn_graph and wanted):
+            return self.net(inputs, z)
+        return checkpoint(self.net, inputs, z, use_reentrant=False,
+                          context_fn=lambda: (contextlib.nullcontext(), _running_stats_kept(self.net)))
 
     def _check_inputs(self, x: torch.Tensor) -> None:
         """The generator is convolutional over one image shape: refuse others in one line."""

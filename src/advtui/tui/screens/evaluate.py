@@ -23,17 +23,10 @@ from textual.widgets._toggle_button import ToggleButton  # the box glyph Selecti
 from textual.widgets.option_list import OptionDoesNotExist
 from textual.widgets.selection_list import Selection, SelectionType
 
+from advtui.core.attack_specs import EVALUATION_CHECKLIST
 from advtui.errors import AdvtuiError
 
-WHITE_BOX = (
-    ("natural", "natural (clean accuracy)"),
-    ("fgsm", "fgsm"),
-    ("pgd-10", "pgd-10"),
-    ("pgd-20", "pgd-20"),
-    ("pgd-100", "pgd-100"),
-    ("cw-100", "cw-100 (CW margin loss, kappa 50)"),
-    ("pgd-bls-10", "pgd-bls-10 (backtracking line search)"),
-)
+WHITE_BOX = EVALUATION_CHECKLIST  # the paper's white-box attacks, then AutoAttack (core.attack_specs)
 NO_SURROGATE = "none"
 
 
