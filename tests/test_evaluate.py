@@ -230,7 +230,7 @@ def test_eval_command_prints_the_table(trained_runs):
     (["advtrain", "--attacks", "transfer:plain"], "ConfigError", "trained at eps 0.3"),
     (["nosuchrun"], "RunNotFoundError", "no run 'nosuchrun'"),
     (["plain", "--eps", "1.5"], "ConfigError", "--eps must be in [0, 1]"),
-    (["plain", "--checkpoint", "CORRUPT"], "CheckpointError", "corrupt or unreadable"),
+    (["plain", "--checkpoint", "CORRUPT"], "CheckpointError", "is corrupt or not a checkpoint"),
     (["plain", "--checkpoint", "MISSING"], "CheckpointError", "does not exist"),
 ])
 def test_bad_input_changes_nothing(trained_runs, args, error, message):
