@@ -171,6 +171,16 @@ class Scheduler:
             return {"pid": os.getpid(), "host": self.host, "role": self.role}
         return read_holder(self.registry.root)
 
+    def _holder_note(self, wait_s: float = 1.0) -> dict[str, Any]:
+        """The lock holder's note, waiting a moment for it: the holder writes it just after
+        taking the lock, so a scheduler that just lost the race may look before it exists."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            holder = self.holder()
+            if holder is not None or time.monotonic() >= deadline:
+                return holder or {}
+            time.sleep(0.05)
+
     # -- reconciliation -----------------------------------------------------------------------------
     def reconcile(self) -> list[str]:
         """Match 'running' records with live processes on this host: adopt the living (they were
@@ -286,7 +296,7 @@ class Scheduler:
                 if not wait_for_lock:
                     return
                 if not said_waiting and say is not None:
-                    holder = self.holder() or {}
+                    holder = self._holder_note()
                     say(f"another scheduler ({holder.get('role', '?')} pid {holder.get('pid', '?')} on "
                         f"{holder.get('host', '?')}) is active; waiting for it to finish")
                     said_waiting = True
