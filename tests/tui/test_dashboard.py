@@ -311,3 +311,20 @@ def test_a_bad_executor_for_the_dashboard_is_one_line():
         out = subprocess.run([sys.executable, "-m", "advtui", *args], capture_output=True, text=True, timeout=60)
         assert out.returncode == 2, out
         assert out.stderr.count("\n") == 1 and out.stderr.startswith("error: "), out.stderr
+
+
+@pilot_test
+async def test_the_footer_lists_the_keys_and_a_click_on_one_presses_it(fixed_runs):
+    from advtui.tui.widgets.footer import BindingsFooter
+    from textual.widgets import Input
+
+    app = fixed_app(fixed_runs)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        footer = app.screen.query_one(BindingsFooter)
+        line = footer.render().plain
+        for shown in ("n New run", "e Eval", "k Kill", "/ Filter", "q Quit", "^p palette"):
+            assert shown in line, line
+        start = line.index("/ Filter")
+        await pilot.click(BindingsFooter, offset=(start + 1, 0))
+        await wait_until(pilot, lambda: isinstance(app.focused, Input), what="the filter input focused by the click")
