@@ -36,7 +36,6 @@ Metrics are not stored here (they stream to each run's events.jsonl); only metad
 
 from __future__ import annotations
 
-import gc
 import hashlib
 import json
 import math
@@ -57,6 +56,7 @@ from tinydb.storages import Storage
 from tinydb.table import Document
 
 from advtui.core.atomic import atomic_write_json, backup_path
+from advtui.core.memory import FREEZE_MIN_RUNS, cyclic_gc_paused, freeze_long_lived
 from advtui.errors import AmbiguousRunError, RegistryError, RunNotFoundError
 
 REGISTRY_FILE = "registry.json"
@@ -259,20 +259,6 @@ def _write_error(path: str, exc: OSError) -> RegistryError:
     where = exc.filename if exc.filename else path
     return RegistryError(f"cannot write the registry file {path} ({exc.strerror or exc}: {where}); "
                          "it was left as it was")
-
-
-@contextmanager
-def _no_cyclic_gc() -> Iterator[None]:
-    """Listing thousands of runs allocates millions of objects, none in a reference cycle: the
-    cyclic collector would only walk the growing cache again and again (a third of a cold
-    listing at 10,000 runs). Reference counting still frees whatever is dropped."""
-    collecting = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if collecting:
-            gc.enable()
 
 
 def _decode_json(raw: bytes) -> Any:
@@ -925,7 +911,7 @@ class Registry:
         found, damaged = [], {}
         suffix = os.sep + RUN_FILE
         cache, stat = _CACHE, os.stat
-        with _no_cyclic_gc():
+        with cyclic_gc_paused():
             racy = 0
             if self._dir not in _LISTING_CACHES_READ:
                 _LISTING_CACHES_READ.add(self._dir)
@@ -1023,13 +1009,13 @@ class Registry:
 
     def _runs(self) -> list[dict]:
         first_listing = self._dir not in _LISTING_CACHES_READ
-        with _no_cyclic_gc():
+        with cyclic_gc_paused():
             records = [r.copy() for _, data in self._scan() for r in (data.get(RUNS) or _EMPTY).values()]
-            if first_listing and len(records) >= LISTING_CACHE_MIN_RUNS:
-                # The read cache this first listing filled lives as long as the process: out of
-                # the collector's sight (gc.freeze), the full collection that re-enabling it would
-                # start next does not walk it all for nothing (a sixth of `advtui ls` at 10,000).
-                gc.freeze()
+            if first_listing and len(records) >= FREEZE_MIN_RUNS:
+                # The read cache this first listing filled lives as long as the process: frozen,
+                # the full collection that re-enabling the collector would start next does not
+                # walk it all for nothing (a sixth of `advtui ls` at 10,000 runs).
+                freeze_long_lived()
         records.sort(key=_created)
         return records
 

@@ -7,11 +7,9 @@ thread and redraw only the changed cells or plots. The event loop never waits on
 
 from __future__ import annotations
 
-import gc
 import threading
 from collections import deque
-from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 from textual import on
 from textual.app import ComposeResult
@@ -24,7 +22,7 @@ from textual.widgets import DataTable, Header
 from advtui.errors import AdvtuiError
 from advtui.tui.widgets.footer import BindingsFooter
 from advtui.tui.widgets.plots_panel import PlotsPanel
-from advtui.tui.widgets.runs_panel import FREEZE_MIN_RUNS, RunsPanel
+from advtui.tui.widgets.runs_panel import RunsPanel
 from advtui.tui.widgets.runs_table import RunsTable
 from advtui.tui.widgets.system_panel import QueuePanel, SystemPanel
 
@@ -66,18 +64,6 @@ class ActionDone(Message):
     def __init__(self, message: str, severity: str, reread: bool = True) -> None:
         super().__init__()
         self.message, self.severity, self.reread = message, severity, reread
-
-
-@contextmanager
-def _gc_paused() -> Iterator[None]:
-    """No cyclic garbage collection while the registry is listed (see FREEZE_MIN_RUNS)."""
-    collecting = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if collecting:
-            gc.enable()
 
 
 class MainScreen(Screen):
@@ -198,10 +184,7 @@ class MainScreen(Screen):
             stamp = None
         if stamp == self._registry_stamp and self.loaded:
             return None, None
-        with _gc_paused():
-            runs = registry.runs()
-            if not self.loaded and len(runs) >= FREEZE_MIN_RUNS:
-                gc.freeze()
+        runs = registry.runs()  # the store pauses the cyclic GC, and freezes a large first listing
         self._registry_stamp = stamp
         self._last_error = ""
         return {r["id"]: r for r in runs}, list(registry.damaged)

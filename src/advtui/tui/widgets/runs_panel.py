@@ -8,7 +8,6 @@ the results to ``show_records`` / ``show_changed`` on the UI thread. Moving the 
 
 from __future__ import annotations
 
-import gc
 from typing import Any, Callable
 
 from rich.text import Text
@@ -18,6 +17,7 @@ from textual.containers import Vertical
 from textual.message import Message
 from textual.widgets import DataTable, Input, Static
 
+from advtui.core.memory import FREEZE_MIN_RUNS, cyclic_gc_paused, freeze_long_lived
 from advtui.tui.live import RunStream
 from advtui.tui.rows import GROUP_PREFIX, GroupRow, RunRow, arrange, run_row
 from advtui.tui.widgets.runs_table import RunsTable, is_group_key
@@ -25,13 +25,6 @@ from advtui.tui.widgets.system_panel import set_titles
 
 # Sorting by one of these columns reorders the table as runs progress.
 LIVE_COLUMNS = ("progress", "loss", "clean", "robust", "elapsed", "eta")
-# The first listing of a large store loads millions of objects (records, the store's read
-# cache, then these rows), none in a reference cycle, that live as long as the dashboard. Left
-# to the cyclic collector, every collection of the first seconds walks all of them again (a
-# third of the first paint at 10,000 runs); frozen (gc.freeze) they are out of its sight, and
-# still freed by reference counting when dropped. Done at startup only, and only for a store
-# this large: a garbage cycle that exists at that moment is kept for good.
-FREEZE_MIN_RUNS = 1000
 FILTER_HINT = "filter: words or field:value, e.g. status:running defense:rnn (esc clears)"
 
 
@@ -75,17 +68,12 @@ class RunsPanel(Vertical):
         self.records = records
         self.marked &= set(records)
         now, peek, marked = self._now(), self._peek, self.marked
-        # Thousands of small objects, none in a cycle: the cyclic collector would walk every
-        # record again and again while they are made (as in the registry's listing).
-        collecting = gc.isenabled()
-        gc.disable()
-        try:
+        # Thousands of small objects, none in a cycle (see core.memory); the first rows of a
+        # large store live as long as its first records, frozen with them.
+        with cyclic_gc_paused():
             self.rows = {rid: run_row(r, peek(rid), rid in marked, now) for rid, r in records.items()}
-            if first and len(records) >= FREEZE_MIN_RUNS:  # they live as long as the first records
-                gc.freeze()
-        finally:
-            if collecting:
-                gc.enable()
+            if first and len(records) >= FREEZE_MIN_RUNS:
+                freeze_long_lived()
         self.refresh_table()
 
     def show_changed(self, changed: set[str]) -> None:
