@@ -1,6 +1,6 @@
 """Live run state folded from events streams, independent of any widget.
 
-Each ``RunStream`` tails one run's ``events.jsonl`` with ``LineTail`` (only new bytes are read)
+Each ``RunStream`` tails one run's ``events.jsonl`` with ``EventTail`` (only new bytes are read)
 and folds the events into the series the dashboard draws: outer loss and inner loss at step T
 over training, the latest inner trajectories (with PGD's on the same batch for learned
 maximizers), per-epoch accuracies, and what the progress and ETA columns need. Polling happens
@@ -10,7 +10,6 @@ in worker threads; widgets read the folded state on the UI thread, so every muta
 
 from __future__ import annotations
 
-import json
 import math
 import threading
 import time
@@ -19,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from advtui.events import EVENTS_FILE, LineTail
+from advtui.events import EVENTS_FILE, EventTail
 from advtui.health import HealthMonitor
 
 # How many recent inner trajectories the inner-loss plot overlays.
@@ -87,7 +86,7 @@ class RunStream:
 
     def __init__(self, run_dir: Path):
         self.path = Path(run_dir) / EVENTS_FILE
-        self._tail = LineTail(self.path)
+        self._tail = EventTail(self.path)
         self._lock = threading.Lock()
         self.version = 0
         self.outer_loss = Series()  # x: global step
@@ -101,34 +100,22 @@ class RunStream:
         self.end: dict | None = None
         self.health = HealthMonitor()  # the health checks replayed over the stream as it grows
         self.events_read = 0
-        self.damaged_lines = 0  # lines that are not a JSON object (a crashed writer, a damaged disk)
         # Seconds trained before the latest start (a resumed run): each earlier start to its end
         # (or, for a process that died without one, to its last event).
         self.earlier_time = 0.0
         self._last_time: float | None = None
 
-    def _read_new(self) -> list[dict]:
-        # Parsed here rather than by EventTail so the lines skipped are counted: the caption says
-        # how many, instead of a damaged stream quietly looking shorter than it is.
-        events = []
-        for line in self._tail.read_lines():
-            if not line.strip():
-                continue
-            try:
-                event = json.loads(line)
-            except ValueError:  # JSONDecodeError and UnicodeDecodeError alike
-                event = None
-            if isinstance(event, dict):
-                events.append(event)
-            else:
-                self.damaged_lines += 1
-        return events
+    @property
+    def damaged_lines(self) -> int:
+        """Lines skipped as damaged (a crashed writer, a damaged disk): the caption says how
+        many, instead of a damaged stream quietly looking shorter than it is."""
+        return self._tail.damaged
 
     def poll(self) -> bool:
         """Fold new events in; True if anything changed."""
         with self._lock:
             damaged_before = self.damaged_lines
-            events = self._read_new()
+            events = self._tail.read_new()
             if not events:
                 if self.damaged_lines != damaged_before:
                     self.version += 1

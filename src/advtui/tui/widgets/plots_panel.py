@@ -15,6 +15,7 @@ from textual.widgets import Static
 
 from advtui.core.defenses import DEFENSE_SPECS
 from advtui.core.format import short_device, status_style
+from advtui.events import EVENTS_FILE, damaged_note
 from advtui.health import ERROR, record_findings, worst_level
 from advtui.tui.live import RunStream
 from advtui.tui.widgets.system_panel import text_key
@@ -43,8 +44,7 @@ def caption(record: dict, stream: RunStream | None) -> Text:
         text.append(f"  ! {len(findings)} health finding{'s' if len(findings) > 1 else ''} (d: details)",
                     style="bold red" if worst_level(findings) == ERROR else "bold yellow")
     if stream is not None and stream.damaged_lines:
-        n = stream.damaged_lines
-        text.append(f"  {n} damaged line{'s' if n > 1 else ''} skipped in events.jsonl", style="bold yellow")
+        text.append(f"  {damaged_note(stream.damaged_lines)} in {EVENTS_FILE}", style="bold yellow")
     step = stream.last_step if stream else None
     if step and status == "running":
         text.append(f"  epoch {step['epoch'] + 1}/{record.get('epochs')} batch {step['batch']}/{step['batches']}"
