@@ -131,24 +131,25 @@ def compute_flags(docs: list[dict[str, Any]]) -> dict[str, list[dict[str, str]]]
                     "steps-up", f"robust accuracy rises with more steps: {more['label']} {more['accuracy']:.2f}% > "
                                 f"{fewer['label']} {fewer['accuracy']:.2f}% (attack not converged or randomized defense?)"))
 
-    gradient = [d for d in exact if d["family"] not in ("transfer-pgd", "square")]
-    if gradient:
-        strongest = min(gradient, key=lambda d: d["accuracy"])
-        for d in exact:
-            if d["family"] == "square" and _significantly_above(strongest, d):
-                flags[d["attack"]].append(_flag(
-                    "square-stronger", f"{d['label']} ({d['accuracy']:.2f}%) beats every gradient attack "
-                                       f"(best {strongest['label']} {strongest['accuracy']:.2f}%): masked gradients?"))
-
-    white_box = [d for d in exact if d["family"] != "transfer-pgd"]
-    if white_box:
-        strongest = min(white_box, key=lambda d: d["accuracy"])
-        for d in exact:
-            if d["family"] == "transfer-pgd" and _significantly_above(strongest, d):
-                flags[d["attack"]].append(_flag(
-                    "transfer-stronger", f"{d['label']} ({d['accuracy']:.2f}%) beats every white-box attack "
-                                         f"(best {strongest['label']} {strongest['accuracy']:.2f}%): masked gradients?"))
+    # An attack that needs no gradient beating every one that does: masked gradients?
+    _flag_stronger(flags, exact, "square", [d for d in exact if d["family"] not in ("transfer-pgd", "square")],
+                   "square-stronger", "gradient")
+    _flag_stronger(flags, exact, "transfer-pgd", [d for d in exact if d["family"] != "transfer-pgd"],
+                   "transfer-stronger", "white-box")
     return flags
+
+
+def _flag_stronger(flags: dict[str, list[dict[str, str]]], exact: list[dict[str, Any]], family: str,
+                   rivals: list[dict[str, Any]], code: str, rivals_are: str) -> None:
+    """Flag each result of ``family`` significantly below the strongest of ``rivals``."""
+    if not rivals:
+        return
+    strongest = min(rivals, key=lambda d: d["accuracy"])
+    for d in exact:
+        if d["family"] == family and _significantly_above(strongest, d):
+            flags[d["attack"]].append(_flag(
+                code, f"{d['label']} ({d['accuracy']:.2f}%) beats every {rivals_are} attack "
+                      f"(best {strongest['label']} {strongest['accuracy']:.2f}%): masked gradients?"))
 
 
 SQUARE_ALPHA = 0.002  # AutoAttack's checks.check_square_sr: 0.2% of the examples
