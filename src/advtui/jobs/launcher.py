@@ -184,6 +184,29 @@ class Executor(ABC):
         return handle.log_path
 
 
+def spawn_logged(argv: list[str], log_path: Path, env: dict[str, str], cwd: str | None = None,
+                 launched_by: str = "", preexec_fn=None) -> tuple[subprocess.Popen, float]:
+    """Start ``argv`` in its own session (so it outlives whoever started it, and a Ctrl-C in
+    that terminal does not reach it), its output appended to ``log_path`` after one header line
+    per launch (a resumed run appends to the same log). Returns the child and its start time."""
+    log_path = Path(log_path)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        header = f"==== {time.strftime('%Y-%m-%d %H:%M:%S')} launched{launched_by}: {' '.join(argv)}\n"
+        log.write(header.encode())
+        log.flush()
+        child = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **env}, cwd=cwd, start_new_session=True, close_fds=True,
+            preexec_fn=preexec_fn,
+        )
+    try:
+        create_time = psutil.Process(child.pid).create_time()
+    except psutil.Error:  # already exited and reaped: it cannot be confused with anything
+        create_time = time.time()
+    return child, create_time
+
+
 class LocalExecutor(Executor):
     """Subprocesses on this machine, each in its own session so it outlives the scheduler (and
     a Ctrl-C in the scheduler's terminal does not reach it)."""
@@ -194,22 +217,8 @@ class LocalExecutor(Executor):
         self._children: dict[int, subprocess.Popen] = {}
 
     def start(self, spec: LaunchSpec) -> ProcessHandle:
-        spec.log_path.parent.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", **spec.env}
-        with open(spec.log_path, "ab") as log:
-            # One header line per launch: a resumed run appends to the same log.
-            header = f"==== {time.strftime('%Y-%m-%d %H:%M:%S')} launched: {' '.join(spec.argv)}\n"
-            log.write(header.encode())
-            log.flush()
-            child = subprocess.Popen(
-                spec.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                env=env, cwd=spec.cwd, start_new_session=True, close_fds=True,
-            )
+        child, create_time = spawn_logged(spec.argv, spec.log_path, spec.env, spec.cwd)
         self._children[child.pid] = child
-        try:
-            create_time = psutil.Process(child.pid).create_time()
-        except psutil.Error:  # already exited and reaped: it cannot be confused with anything
-            create_time = time.time()
         return ProcessHandle(child.pid, create_time, socket.gethostname(), spec.log_path, self.name)
 
     def poll(self, handle: ProcessHandle) -> ExitStatus | None:

@@ -35,11 +35,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from advtui.errors import ConfigError
 from advtui.jobs.launcher import (
-    DEFAULT_GRACE_S, ExitStatus, Executor, LaunchSpec, ProcessHandle, stop_process,
+    DEFAULT_GRACE_S, ExitStatus, Executor, LaunchSpec, ProcessHandle, spawn_logged, stop_process,
 )
 
 NAMESPACE = "advtui"
@@ -110,24 +108,13 @@ class JobProcess:
         import ray
 
         gpu_ids = [str(g) for g in ray.get_gpu_ids()]
-        child_env = {**os.environ, "PYTHONUNBUFFERED": "1", **env,
+        child_env = {**env,
                      # The GPUs Ray gave this actor, in NVML's (PCI bus) order as Ray counts them.
                      "CUDA_VISIBLE_DEVICES": ",".join(gpu_ids), "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
-        log = Path(log_path)
-        log.parent.mkdir(parents=True, exist_ok=True)
         node_ip = ray.util.get_node_ip_address()
-        with open(log, "ab") as out:
-            header = (f"==== {time.strftime('%Y-%m-%d %H:%M:%S')} launched by Ray on {socket.gethostname()} "
-                      f"({node_ip}, GPUs {','.join(gpu_ids) or 'none'}): {' '.join(argv)}\n")
-            out.write(header.encode())
-            out.flush()
-            self._child = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=child_env, cwd=cwd,
-                start_new_session=True, close_fds=True, preexec_fn=_die_with_parent)
-        try:
-            self._create_time = psutil.Process(self._child.pid).create_time()
-        except psutil.Error:
-            self._create_time = time.time()
+        self._child, self._create_time = spawn_logged(
+            argv, Path(log_path), child_env, cwd, preexec_fn=_die_with_parent,
+            launched_by=f" by Ray on {socket.gethostname()} ({node_ip}, GPUs {','.join(gpu_ids) or 'none'})")
         return {"pid": self._child.pid, "create_time": self._create_time, "host": socket.gethostname(),
                 "node_ip": node_ip, "node_id": ray.get_runtime_context().get_node_id(), "gpus": gpu_ids,
                 "actor_pid": os.getpid()}
