@@ -6,6 +6,7 @@ Plain strings (and rich markup, which both front ends render); no widget or cons
 from __future__ import annotations
 
 import datetime as dt
+import re
 from typing import Union
 
 Number = Union[int, float]
@@ -82,3 +83,17 @@ def format_bytes(value: Number | str) -> str:
 
 def format_number(value: Number | str, unit: str = "", digits: int = 0) -> str:
     return f"{value:.{digits}f}{unit}" if isinstance(value, (int, float)) else NA
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")  # colour and cursor escapes (CSI sequences)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def plain_line(text: str, limit: int = 160) -> str:
+    """The first non-empty line of ``text`` without terminal escapes or control characters
+    (torch's and Ray's messages carry colours and several paragraphs)."""
+    for line in _ANSI.sub("", text).splitlines():
+        line = " ".join(_CONTROL.sub(" ", line).split())
+        if line:
+            return line[:limit]
+    return ""

@@ -8,7 +8,6 @@ line: torch's messages carry ANSI escapes and several paragraphs, which are drop
 from __future__ import annotations
 
 import pickle
-import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -16,11 +15,10 @@ from typing import Any
 import torch
 
 from advtui.core.atomic import atomic_open
+from advtui.core.format import plain_line
 from advtui.errors import CheckpointError
 
 CHECKPOINT_FORMAT = 1
-_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")  # colour and cursor escapes (CSI sequences)
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class _Writes:
@@ -53,15 +51,6 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> Path:
                 raise writes.error from None
             raise
     return path
-
-
-def plain_line(text: str, limit: int = 160) -> str:
-    """The first non-empty line of ``text`` without terminal escapes or control characters."""
-    for line in _ANSI.sub("", text).splitlines():
-        line = " ".join(_CONTROL.sub(" ", line).split())
-        if line:
-            return line[:limit]
-    return ""
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

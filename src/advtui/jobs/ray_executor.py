@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from advtui.core.format import plain_line
 from advtui.errors import ConfigError
 from advtui.jobs.launcher import (
     DEFAULT_GRACE_S, ExitStatus, Executor, LaunchSpec, ProcessHandle, spawn_logged, stop_process,
@@ -352,8 +353,7 @@ def _read_probe(path: str) -> str | None:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines() or [type(exc).__name__])[0][:200]
+    return plain_line(str(exc), limit=200) or type(exc).__name__
 
 
 # -- GPUs of every node ------------------------------------------------------------------------------
