@@ -165,10 +165,7 @@ def _train(registry: Registry, record: dict[str, Any], config: RunConfig, device
 
         events = EventWriter(folder / EVENTS_FILE)
         trainer = Trainer(config, folder, device, train, test, events, on_progress, epoch_done, health, ranks)
-        if state is not None:
-            trainer.load_state(state)
-        elif warm_start is not None:
-            _apply_warm_start(trainer, warm_start)
+        _start_from(trainer, state, warm_start)
     except BaseException as exc:
         if events is not None:
             events.close()
@@ -311,10 +308,7 @@ def _train_as_helper_rank(config: RunConfig, ranks, device, train, test, state, 
     folder = run_dir(Path(runs_root), plan.record["id"]) if plan.record else Path(runs_root)
     trainer = Trainer(config, folder, device, train, test, NullEvents(), health=HealthMonitor(config.to_dict()),
                       ranks=ranks)
-    if state is not None:
-        trainer.load_state(state)
-    elif warm_start is not None:
-        _apply_warm_start(trainer, warm_start)
+    _start_from(trainer, state, warm_start)
     try:
         trainer.fit()
     except StopRequested as stop:
@@ -353,6 +347,14 @@ def _load_warm_start(registry: Registry, config: RunConfig, device) -> dict[str,
             f"--init-from {source['id']} trained {src.get('model')} on {src.get('dataset')}, "
             f"not {config.model} on {config.dataset}")
     return state
+
+
+def _start_from(trainer, state: dict[str, Any] | None, warm_start: dict[str, Any] | None) -> None:
+    """A resumed run continues from its checkpoint; a new one may start from another run's weights."""
+    if state is not None:
+        trainer.load_state(state)
+    elif warm_start is not None:
+        _apply_warm_start(trainer, warm_start)
 
 
 def _apply_warm_start(trainer, state: dict[str, Any]) -> None:
