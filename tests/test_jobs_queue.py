@@ -13,7 +13,7 @@ from advtui.config import build_config
 from advtui.errors import ConfigError, RunNotFoundError
 from advtui.jobs.queue import (
     JobNotFoundError, cancel_job, kill, list_jobs, parse_seeds, queue_eval, queue_train, resolve_job, resume,
-    seed_configs,
+    resume_point, seed_configs,
 )
 from advtui.jobs.scheduler import Scheduler
 from advtui.registry import JOBS, Registry
@@ -203,3 +203,20 @@ def test_queue_commands(tmp_path):
         assert message in (proc.stdout + proc.stderr), (args, proc.stdout, proc.stderr)
         if message.startswith("error"):
             assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_resume_point_names_the_last_checkpoints_epoch_and_batch(tmp_path):
+    # What `advtui resume` and the dashboard both say: where the last checkpoint was written
+    # (the trainer's events count epochs from 0), not the record's count of finished epochs.
+    registry = Registry(tmp_path)
+    run = queue_train(registry, tiny()).run
+    assert resume_point(registry, run) == "the start"  # no checkpoint yet
+    run = {**run, "epoch": 1, "checkpoints": {"last": "checkpoints/last.pt"}}
+    events = tmp_path / run["id"] / "events.jsonl"
+    events.parent.mkdir(exist_ok=True)
+    events.write_text(json.dumps({"kind": "checkpoint", "epoch": 0, "batch": 0, "name": "last.pt"}) + "\n"
+                      + json.dumps({"kind": "checkpoint", "epoch": 1, "batch": 3, "name": "last.pt"}) + "\n"
+                      + json.dumps({"kind": "checkpoint", "epoch": 1, "batch": 0, "name": "final.pt"}) + "\n")
+    assert resume_point(registry, run) == "epoch 2 batch 3"
+    events.write_text(json.dumps({"kind": "checkpoint", "epoch": 1, "batch": 0, "name": "last.pt"}) + "\n")
+    assert resume_point(registry, run) == "the start of epoch 2"

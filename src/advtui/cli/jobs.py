@@ -22,7 +22,7 @@ from advtui.jobs.launcher import DEFAULT_GRACE_S, describe_exit, build_executor
 from advtui.jobs.monitor import GpuSampler, GpuSnapshot, ProcessSampler, process_owners
 from advtui.jobs.queue import (
     cancel_job, kill as kill_target, list_jobs, parse_seeds, queue_eval as add_eval, queue_train as add_train,
-    resume as resume_run, seed_configs,
+    resume as resume_run, resume_point, seed_configs,
 )
 from advtui.jobs.scheduler import Scheduler, SchedulerPolicy, read_holder
 from advtui.registry import RUNS
@@ -99,7 +99,6 @@ def queue_ls(
     for column in ("job", "kind", "run", "name", "status", "prio", "slot", "after", "pid", "started", "note"):
         table.add_column(column, overflow="fold" if column == "note" else "ellipsis")
     for job in jobs:
-        slot = job.get("slot") or {}
         where = _where(job)
         note = (job.get("error") or "").splitlines()[0][:80] if job.get("error") else ""
         if job.get("kind") == "eval" and not note:
@@ -252,7 +251,7 @@ def resume_command(
     """Queue a killed or failed run again; it continues from its last checkpoint."""
     registry = open_registry(runs_dir)
     queued = resume_run(registry, run_ref, epochs=epochs, priority=priority)
-    start = f"epoch {queued.run.get('epoch', 0)}" if (queued.run.get("checkpoints") or {}).get("last") else "the start"
+    start = resume_point(registry, queued.run)
     evals = f"; eval job(s) {', '.join(e['id'] for e in queued.evals)} queued again" if queued.evals else ""
     console.print(f"queued run [bold]{queued.run['id']}[/] ({queued.run.get('name')}) as job {queued.job['id']}: "
                   f"continues from {start}{evals}")

@@ -36,8 +36,10 @@ from typing import Any
 from advtui.config import RunConfig
 from advtui.core import lifecycle
 from advtui.core.attack_specs import parse_attack
+from advtui.core.paths import run_dir
 from advtui.core.process import record_alive
 from advtui.errors import AdvtuiError, AmbiguousRunError, ConfigError, RunNotFoundError
+from advtui.events import EVENTS_FILE, read_events
 from advtui.jobs.launcher import DEFAULT_GRACE_S, stop_process
 from advtui.registry import JOBS, Registry
 
@@ -357,6 +359,25 @@ def _kill_target(registry: Registry, ref: str) -> tuple[dict | None, dict | None
     if evals:
         return evals[-1], None
     raise ConfigError(f"run {run['id']} is not running (status {run.get('status')})")
+
+
+def resume_point(registry: Registry, record: dict[str, Any]) -> str:
+    """Where a resumed run continues: its last checkpoint's point, as the trainer wrote it in
+    the run's events (epoch counted from 1, batches done in it), else the record's epoch; "the
+    start" for a run without a checkpoint."""
+    if not (record.get("checkpoints") or {}).get("last"):
+        return "the start"
+    last = None
+    for event in read_events(run_dir(registry.root, record["id"]) / EVENTS_FILE, {"checkpoint"}):
+        if event.get("name", "last.pt") == "last.pt":
+            last = event
+    if last is not None and isinstance(last.get("epoch"), int) and isinstance(last.get("batch"), int):
+        epoch, batch = last["epoch"], last["batch"]
+    else:
+        epoch, batch = int(record.get("epoch") or 0), 0
+    if batch:
+        return f"epoch {epoch + 1} batch {batch}"
+    return f"the start of epoch {epoch + 1}" if epoch else "the start"
 
 
 def resume(registry: Registry, ref: str, *, epochs: int | None = None, priority: int = 0) -> QueuedTraining:

@@ -22,11 +22,10 @@ from advtui.config import RunConfig
 from advtui.core.attack_specs import default_attacks, parse_attack
 from advtui.core.defenses import learned_maximizer
 from advtui.errors import AdvtuiError
-from advtui.events import EVENTS_FILE, read_events
 from advtui.jobs.launcher import Executor, LocalExecutor
 from advtui.jobs.monitor import GpuSampler, GpuSnapshot, ProcessSampler, ProcessStats, process_owners
 from advtui.jobs.queue import kill as kill_target
-from advtui.jobs.queue import list_jobs, parse_seeds, queue_eval, queue_train, resume, seed_configs
+from advtui.jobs.queue import list_jobs, parse_seeds, queue_eval, queue_train, resume, resume_point, seed_configs
 from advtui.jobs.scheduler import Scheduler, SchedulerPolicy, read_holder
 from advtui.registry import RUNS, Registry
 
@@ -188,24 +187,8 @@ class Services:
             queued = resume(self.registry, run_id)
         except AdvtuiError as exc:
             return str(exc), "error"
-        start = self.resume_point(queued.run) if (queued.run.get("checkpoints") or {}).get("last") else "the start"
+        start = resume_point(self.registry, queued.run)
         return f"run {run_id} queued again as job {queued.job['id']}: continues from {start}", "information"
-
-    def resume_point(self, record: dict) -> str:
-        """Where a resumed run continues: its last checkpoint's point, as the trainer wrote it in
-        the run's events (epoch counted from 1, batches done in it), else the record's epoch."""
-        last = None
-        path = self.registry.root / record["id"] / EVENTS_FILE
-        for event in read_events(path, {"checkpoint"}):
-            if event.get("name", "last.pt") == "last.pt":
-                last = event
-        if last is not None and isinstance(last.get("epoch"), int) and isinstance(last.get("batch"), int):
-            epoch, batch = last["epoch"], last["batch"]
-        else:
-            epoch, batch = int(record.get("epoch") or 0), 0
-        if batch:
-            return f"epoch {epoch + 1} batch {batch}"
-        return f"the start of epoch {epoch + 1}" if epoch else "the start"
 
     def queue_training(self, config: RunConfig, seeds: str | None, auto_eval: str | None,
                        eval_limit: int | None) -> list[dict]:
