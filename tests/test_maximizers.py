@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
 from advtui.engine.maximizers import PGD, PGDBLS, CoordinateRNN, RNNOptimizer, project
 from advtui.engine.models import SmallCNN

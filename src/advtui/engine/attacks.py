@@ -185,8 +185,8 @@ def load_run_checkpoint(registry: Registry, record: dict[str, Any], path: Path |
     if not isinstance(state.get("config"), dict):
         raise CheckpointError(f"checkpoint {file} has no run config: it was not written by advtui")
     config = RunConfig.from_dict(state["config"])
-    for field in ("dataset", "model"):
-        if record.get(field) is not None and getattr(config, field) != record[field]:
+    for key in ("dataset", "model"):
+        if record.get(key) is not None and getattr(config, key) != record[key]:
             raise CheckpointError(
                 f"checkpoint {file} holds a {config.dataset}/{config.model} model but run {record['id']} is "
                 f"{record['dataset']}/{record['model']}: pass a checkpoint of this run")
