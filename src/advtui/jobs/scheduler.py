@@ -160,7 +160,8 @@ class Scheduler:
     def _write_holder(self) -> None:
         # The slots it schedules on, so a dashboard shows this scheduler's capacity, not its own.
         slots = {"cpu_slots": self.policy.cpu_slots, "slots_per_gpu": self.policy.slots_per_gpu,
-                 "gpus": list(self.policy.gpus) if self.policy.gpus is not None else None}
+                 "gpus": list(self.policy.gpus) if self.policy.gpus is not None else None,
+                 "threads_per_job": self.policy.threads_per_job}
         info = {"pid": os.getpid(), "host": self.host, "role": self.role, "since": time.time(), "slots": slots}
         atomic_write_json(self.registry.root / SCHEDULER_HOLDER, info)
 

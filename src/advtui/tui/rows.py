@@ -59,6 +59,21 @@ def progress_bar(fraction: float | None, width: int = BAR_WIDTH) -> str:
     return bar.ljust(width)
 
 
+# How the queue words the end of a run stopped while it waited (jobs.queue cancel_job and kill,
+# through core.lifecycle.mark_killed): the store keeps it "killed", so that ``resume`` queues
+# it again, but it never trained, and the dashboard calls it what it was.
+NOT_STARTED = "before it started"
+
+
+def shown_status(record: dict) -> str:
+    """The status the dashboard shows: the record's, except "cancelled" for a run that was
+    cancelled (or killed) while still queued."""
+    status = record.get("status") or "-"
+    if status == "killed" and NOT_STARTED in str(record.get("error") or ""):
+        return "cancelled"
+    return status
+
+
 def health_marker(level: str | None) -> Text | str:
     """``!`` on a run with health findings (red for an error, yellow for warnings)."""
     if level is None:
@@ -127,7 +142,7 @@ def run_row(record: dict, stream: RunStream | None, marked: bool, now: float | N
 
 
 def _row_parts(record: dict, stream: RunStream | None, marked: bool, now: float) -> tuple:
-    status = record.get("status") or "-"
+    status = shown_status(record)
     metrics = record.get("metrics") or _NO_METRICS
     epochs = record.get("epochs") or (record.get("config") or {}).get("epochs")
     epoch = record.get("epoch") or 0

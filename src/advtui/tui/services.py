@@ -26,7 +26,7 @@ from advtui.jobs.launcher import Executor, LocalExecutor
 from advtui.jobs.monitor import GpuSampler, GpuSnapshot, ProcessSampler, ProcessStats, process_owners
 from advtui.jobs.queue import kill as kill_target
 from advtui.jobs.queue import list_jobs, parse_seeds, queue_eval, queue_train, resume, resume_point, seed_configs
-from advtui.jobs.scheduler import Scheduler, SchedulerPolicy, read_holder
+from advtui.jobs.scheduler import Scheduler, SchedulerPolicy, read_holder, threads_per_job
 from advtui.registry import RUNS, Registry
 
 # Finished jobs listed in the queue panel below the active ones.
@@ -58,6 +58,7 @@ class QueueState:
     slots_per_gpu: int
     gpus: int | None  # GPUs the scheduler may use; None when it runs on another host
     scheduler: str  # who schedules: "this dashboard", "worker pid N on HOST", or "none"
+    threads: int | None = None  # math threads each job gets (OMP_NUM_THREADS); None: not known here
 
 
 class Services:
@@ -149,10 +150,11 @@ class Services:
             self._jobs, self._jobs_stamp = jobs, stamp
         running = [j for j in jobs if j.get("status") == "running"]
         queued = sorted((j for j in jobs if j.get("status") == "queued"),
-                        key=lambda j: (-int(j.get("priority") or 0), j.get("created", 0)))
+                        key=lambda j: (-_number(j.get("priority")), _number(j.get("created"))))
         ended = sorted((j for j in jobs if j.get("status") not in ("running", "queued")),
-                       key=lambda j: j.get("ended") or 0, reverse=True)[:RECENT_JOBS]
+                       key=lambda j: _number(j.get("ended")), reverse=True)[:RECENT_JOBS]
         cpu_slots, slots_per_gpu, allowed = self.policy.cpu_slots, self.policy.slots_per_gpu, self.policy.gpus
+        threads = self.policy.threads_per_job
         gpu_indices = self._gpu_indices
         if self.scheduler.active:
             who = "this dashboard" + (f", jobs on Ray at {self.executor.address}" if self.executor.places_jobs else "")
@@ -168,11 +170,18 @@ class Services:
                 cpu_slots = int(slots.get("cpu_slots") or 0)
                 slots_per_gpu = int(slots.get("slots_per_gpu") or 1)
                 allowed = slots.get("gpus")
+                threads = slots.get("threads_per_job") if isinstance(slots.get("threads_per_job"), int) else None
                 if holder.get("host") != socket.gethostname():
                     gpu_indices = None  # its GPUs are not the ones this machine samples
         gpus = (len([i for i in gpu_indices if allowed is None or i in allowed])
                 if gpu_indices is not None else None)
-        return QueueState(running + queued + ended, len(running), len(queued), cpu_slots, slots_per_gpu, gpus, who)
+        # The threads the scheduler gives each job, worked out as it does (its cores shared by
+        # its slots); a scheduler on another host has cores this machine cannot count.
+        per_job = (threads_per_job(SchedulerPolicy(cpu_slots=cpu_slots, slots_per_gpu=slots_per_gpu,
+                                                   threads_per_job=threads), gpus)
+                   if gpus is not None else threads)
+        return QueueState(running + queued + ended, len(running), len(queued), cpu_slots, slots_per_gpu, gpus, who,
+                          per_job)
 
     # -- actions -----------------------------------------------------------------------------
     def kill(self, run_id: str) -> tuple[str, str]:
@@ -236,6 +245,12 @@ class Services:
             if learned is not None and (run.get("checkpoints") or {}):
                 found.append((learned, run))
         return found
+
+
+def _number(value: Any) -> float:
+    """A job's priority or time as a sort key; a damaged value (``priority: "high"``) sorts as 0,
+    so the panel still lists every job (the scheduler's own error about it shows above them)."""
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
 
 
 def _stamp(path) -> tuple | None:

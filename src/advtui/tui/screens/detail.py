@@ -16,11 +16,14 @@ from textual.containers import VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Footer, Header, Static
 
+from advtui.config import values_in_force
 from advtui.core.defenses import DEFENSE_SPECS
 from advtui.core.format import error_summary, fmt_duration, format_bytes, status_style
 from advtui.health import ERROR, Finding, record_findings
 from advtui.jobs.queue import jobs_of_run
+from advtui.tui.failures import one_line
 from advtui.tui.live import RunStream
+from advtui.tui.rows import shown_status
 
 CONFIG_KEYS = ("eps", "inner_steps", "step_size", "batch_size", "lr", "momentum", "weight_decay", "milestones",
                "beta", "seed", "init", "train_limit", "test_limit", "eval_limit", "preset", "device",
@@ -45,6 +48,12 @@ def fmt_when(ts: float | None) -> str:
 
 def _n(value: Any, fmt: str = ".2f") -> str:
     return format(value, fmt) if isinstance(value, (int, float)) else "-"
+
+
+def _config_value(value: Any) -> str:
+    """A config value as ``advtui show`` prints it: a float to 6 significant digits (eps/4 of
+    8/255 is 0.00784314, not 0.00784313725490196)."""
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
 
 
 def _section(title: str) -> Text:
@@ -101,6 +110,17 @@ class DetailScreen(Screen):
         self.run_worker(self._load, thread=True, group="detail", exclusive=True, exit_on_error=False)
 
     def _load(self) -> None:
+        try:
+            self._load_parts()
+        except Exception as exc:  # noqa: BLE001 - a damaged record or file: say so, try again next tick
+            self.app.call_from_thread(self._show_error, f"cannot read run {self.run_id}: {one_line(exc)} "
+                                                        f"(tried again every {self.interval:g}s)")
+
+    def _show_error(self, message: str) -> None:
+        self.query_one("#detail-run", Static).update(Text(message, style="red"))
+        self.results_loaded = True
+
+    def _load_parts(self) -> None:
         app = self.app
         record = app.registry.get_run(self.run_id)  # type: ignore[attr-defined]
         stream = app.streams.get(self.run_id)  # type: ignore[attr-defined]
@@ -117,7 +137,7 @@ class DetailScreen(Screen):
         if record is None:
             self.query_one("#detail-run", Static).update(Text(f"run {self.run_id} is no longer in the registry", style="red"))
             return
-        self.sub_title = f"{record.get('name', '')} · {record.get('status')}"
+        self.sub_title = f"{record.get('name', '')} · {shown_status(record)}"
         self.query_one("#detail-run", Static).update(self._run_part(record, self._findings(record, stream)))
         self.query_one("#detail-epochs", Static).update(self._epochs_part(stream))
         self.query_one("#detail-results", Static).update(self._results_part(results, error, jobs))
@@ -133,7 +153,7 @@ class DetailScreen(Screen):
 
     # -- parts --------------------------------------------------------------------------------
     def _run_part(self, r: dict, findings: list[Finding]) -> Group:
-        status = r.get("status", "-")
+        status = shown_status(r)
         head = Text()
         head.append(f"{r['id']}  ", style="bold")
         head.append(f"{r.get('name', '-')}  ")
@@ -155,18 +175,19 @@ class DetailScreen(Screen):
         info.add_row("test clean %", _n(m.get("test_clean_acc")), f"test pgd-{(r.get('config') or {}).get('inner_steps', '?')} %",
                      f"{_n(m.get('test_pgd_acc'))} (n={m.get('test_n', '-')})")
         parts: list[Any] = [head, info]
-        if r.get("error") and status == "killed":
+        if r.get("error") and r.get("status") == "killed":
             # Stopped on purpose (a kill, a cancel): why it stopped, not an error.
             parts += [_section("stopped"), Text(str(r["error"]).strip()[-1500:], style="yellow")]
         elif r.get("error"):
             parts += [_section("error"), Text(str(r["error"]).strip()[-1500:], style="red")]
         parts += [_section("health"), *_health_lines(findings)]
-        cfg = r.get("config") or {}
+        # The values the run trained with, as ``advtui show`` prints them (eps/4 for an unset step).
+        cfg = values_in_force(r.get("config") or {})
         config = Table.grid(padding=(0, 2))
         for _ in range(4):
             config.add_column(style="bold")
             config.add_column()
-        cells = [(k, str(cfg.get(k))) for k in config_keys(r) if k in cfg]
+        cells = [(k, _config_value(cfg.get(k))) for k in config_keys(r) if k in cfg]
         for i in range(0, len(cells), 4):
             row: list[str] = []
             for k, v in cells[i:i + 4]:

@@ -18,8 +18,10 @@ from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import DataTable, Header
+from textual.worker import Worker, WorkerState
 
 from advtui.errors import AdvtuiError
+from advtui.tui.failures import one_line, runs_one_by_one, vet_records
 from advtui.tui.widgets.footer import BindingsFooter
 from advtui.tui.widgets.plots_panel import PlotsPanel
 from advtui.tui.widgets.runs_panel import RunsPanel
@@ -32,6 +34,9 @@ if TYPE_CHECKING:
 ACTIVE = ("running", "queued")
 # Streams of finished runs kept in memory after they were viewed (re-reading one is cheap).
 RECENT_STREAMS = 16
+# What each worker group does, for the line that says it failed.
+WORKER_WHAT = {"plots": "drawing the plots", "load": "reading the run's events", "action": "the action",
+               "poll": "reading the runs", "side": "sampling and scheduling"}
 # Seconds between the table's first paint and the start of the plots, samplers and scheduler.
 FIRST_PAINT_GRACE = 0.1
 
@@ -47,9 +52,14 @@ class RegistryPolled(Message):
 
 
 class SideSampled(Message):
-    def __init__(self, system: Any, queue: Any, notes: list[str], queue_error: str | None) -> None:
+    """A side tick's findings; each ``*_error`` is the one line of a part that failed (None: it
+    worked), shown in its panel in place of the data."""
+
+    def __init__(self, system: Any, queue: Any, notes: list[str], queue_error: str | None,
+                 system_error: str | None = None, scheduler_error: str | None = None) -> None:
         super().__init__()
         self.system, self.queue, self.notes, self.queue_error = system, queue, notes, queue_error
+        self.system_error, self.scheduler_error = system_error, scheduler_error
 
 
 class StreamLoaded(Message):
@@ -92,6 +102,8 @@ class MainScreen(Screen):
         self._stopping: dict[str, threading.Event] = {}  # runs whose kill is in flight
         self._recently_selected: deque[str] = deque(maxlen=RECENT_STREAMS)
         self._last_error = ""
+        # The one lines of the side tick's parts that failed: sampling, the queue, scheduling.
+        self._side_problems: tuple[str | None, str | None, str | None] = (None, None, None)
 
     @property
     def dash(self) -> "AdvtuiApp":
@@ -166,8 +178,10 @@ class MainScreen(Screen):
             running = any(r.get("status") == "running" for r in known.values())
             if records is not None or changed or running or damage is not None:
                 self.post_message(RegistryPolled(records, changed, damage))
-        except AdvtuiError as exc:  # e.g. a damaged registry file: say so on screen
-            message = str(exc)
+        except Exception as exc:  # noqa: BLE001 - a damaged registry file, or worse: say so on screen
+            message = one_line(exc)
+            if not isinstance(exc, AdvtuiError):
+                message = f"reading the runs failed: {message} (tried again every {self.dash.poll_interval:g}s)"
             self._registry_stamp = None  # read again next time: it may have been repaired
             if message != self._last_error:
                 self._last_error = message
@@ -184,10 +198,24 @@ class MainScreen(Screen):
             stamp = None
         if stamp == self._registry_stamp and self.loaded:
             return None, None
-        runs = registry.runs()  # the store pauses the cyclic GC, and freezes a large first listing
+        try:
+            runs = registry.runs()  # the store pauses the cyclic GC, and freezes a large first listing
+            damage = list(registry.damaged)
+        except AdvtuiError:
+            raise  # the store's own one line (a damaged registry.json): shown as it is
+        except Exception as exc:  # noqa: BLE001 - one odd record must not hide every run
+            runs, damage = runs_one_by_one(registry)
+            stamp = None  # read again next poll: the record may be repaired by then
+            failure = f"listing the runs failed ({one_line(exc)}); they were read one by one"
+        else:
+            failure = None
+        records, problems = vet_records(runs)
+        damage += problems
+        if failure and not damage:  # no record to blame: the listing's own error is the news
+            damage.append(failure)
         self._registry_stamp = stamp
         self._last_error = ""
-        return {r["id"]: r for r in runs}, list(registry.damaged)
+        return records, damage
 
     @on(RegistryPolled)
     def _registry_polled(self, message: RegistryPolled) -> None:
@@ -216,32 +244,50 @@ class MainScreen(Screen):
         self.run_worker(self._side_work, thread=True, group="side", exit_on_error=False)
 
     def _side_work(self) -> None:
+        """Each part fails on its own: its panel shows the one line, the others still draw, and
+        the next tick tries again (a scheduler step that raised is retried, not abandoned)."""
         try:
-            services = self.dash.services
-            notes: list[str] = []
-            queue, queue_error = None, None
-            try:
-                if self.dash.run_scheduler:
-                    notes.extend(services.scheduler_tick())
-            except AdvtuiError as exc:  # a damaged queue file: the panel says so
-                queue_error = str(exc)
-            running = [r for r in self.records.values() if r.get("status") == "running"]
-            system = services.sample_system(running)
-            if queue_error is None:
-                try:
-                    queue = services.queue_state()  # after the sample: it counts the GPUs found
-                except AdvtuiError as exc:
-                    queue_error = str(exc)
-            self.post_message(SideSampled(system, queue, notes, queue_error))
+            self.post_message(self._side_sample())
         finally:
             self._side_busy.release()
 
+    def _side_sample(self) -> SideSampled:
+        notes: list[str] = []
+        system = queue = None
+        system_error = queue_error = scheduler_error = None
+        every = f"tried again every {self.dash.side_interval:g}s"
+        try:
+            services = self.dash.services
+        except Exception as exc:  # noqa: BLE001 - e.g. the job runtime failed to load
+            message = f"the job runtime could not start: {one_line(exc)} ({every})"
+            return SideSampled(None, None, notes, message, message)
+        try:
+            if self.dash.run_scheduler:
+                notes.extend(services.scheduler_tick())
+        except AdvtuiError as exc:  # a damaged queue file: the panel says so
+            queue_error = one_line(exc)
+        except Exception as exc:  # noqa: BLE001 - a job or record the scheduler cannot handle
+            scheduler_error = f"scheduling failed: {one_line(exc)}; no job starts meanwhile ({every})"
+        try:
+            running = [r for r in self.records.values() if r.get("status") == "running"]
+            system = services.sample_system(running)
+        except Exception as exc:  # noqa: BLE001
+            system_error = f"sampling failed: {one_line(exc)} ({every})"
+        if queue_error is None:
+            try:
+                queue = services.queue_state()  # after the sample: it counts the GPUs found
+            except Exception as exc:  # noqa: BLE001 - a damaged queue file, or a job of the wrong shape
+                queue_error = one_line(exc)
+        return SideSampled(system, queue, notes, queue_error, system_error, scheduler_error)
+
     @on(SideSampled)
     def _side_sampled(self, message: SideSampled) -> None:
-        self._last_side = (message.system, message.queue)
+        previous = self._last_side or (None, None)
+        # A part that failed shows its error line, not its previous (stale) sample.
+        self._last_side = (message.system if message.system_error is None else previous[0],
+                           message.queue if message.queue_error is None else previous[1])
+        self._side_problems = (message.system_error, message.queue_error, message.scheduler_error)
         self._show_side()
-        if message.queue_error:
-            self.query_one(QueuePanel).show_error(message.queue_error)
         for note in message.notes:
             self.notify(note, timeout=4)
 
@@ -250,8 +296,15 @@ class MainScreen(Screen):
         if self._last_side is None:
             return
         system, queue = self._last_side
-        self.query_one(SystemPanel).show(system, self.records)
-        self.query_one(QueuePanel).show(queue, self.records)
+        system_error, queue_error, scheduler_error = self._side_problems
+        if system_error:
+            self.query_one(SystemPanel).show_error(system_error)
+        else:
+            self.query_one(SystemPanel).show(system, self.records)
+        if queue_error:
+            self.query_one(QueuePanel).show_error(queue_error)
+        else:
+            self.query_one(QueuePanel).show(queue, self.records, scheduler_error)
         self.side_loaded = self.loaded
 
     # -- selection and plots -----------------------------------------------------------------
@@ -363,20 +416,14 @@ class MainScreen(Screen):
     def action_kill(self) -> None:
         from advtui.tui.screens.confirm import ConfirmScreen
 
-        chosen = self.runs.selected_run_ids()
-        ids = [rid for rid in chosen if self.records.get(rid, {}).get("status") in ACTIVE]
+        ids, detail = self._kill_targets()
         if not ids:
             self.notify("only running or queued runs can be killed", severity="warning")
             return
         names = ", ".join(f"{rid} ({self.records[rid].get('name')})" for rid in ids)
-        if self.marked:
-            # Marks win over the cursor: say so, so the run under the cursor is not assumed.
-            skipped = len(chosen) - len(ids)
-            question = f"Kill the {len(ids)} marked run{'s' if len(ids) > 1 else ''}: {names}?"
-            detail = (f"The marks decide, not the cursor ({skipped} marked run{'s' if skipped > 1 else ''} "
-                      "not running or queued left alone). " if skipped else "The marks decide, not the cursor. ")
-        else:
-            question, detail = f"Kill {names}?", ""
+        from_marks = bool(self.marked) and set(ids) <= self.marked
+        question = (f"Kill the {len(ids)} marked run{'s' if len(ids) > 1 else ''}: {names}?" if from_marks
+                    else f"Kill {names}?")
 
         def done(confirmed: bool | None) -> None:
             if confirmed:
@@ -386,6 +433,28 @@ class MainScreen(Screen):
                 self.run_worker(lambda: self._kill_work(ids), thread=True, group="action", exit_on_error=False)
 
         self.app.push_screen(ConfirmScreen(question, detail + "It checkpoints and ends as killed; r resumes it."), done)
+
+    def _killable(self, ids: list[str]) -> list[str]:
+        return [rid for rid in ids if self.records.get(rid, {}).get("status") in ACTIVE]
+
+    def _kill_targets(self) -> tuple[list[str], str]:
+        """The runs ``k`` stops, and what the question adds about the marks: the marked runs
+        that can be stopped; when none of them can (finished runs left marked for a compare),
+        the run under the cursor, as ``space`` users expect."""
+        if self.marked:
+            chosen = self.runs.selected_run_ids()
+            ids = self._killable(chosen)
+            if ids:
+                # Marks win over the cursor: say so, so the run under the cursor is not assumed.
+                skipped = len(chosen) - len(ids)
+                if not skipped:
+                    return ids, "The marks decide, not the cursor. "
+                return ids, (f"The marks decide, not the cursor ({skipped} marked run{'s' if skipped > 1 else ''} "
+                             "not running or queued left alone). ")
+        ids = self._killable(self.runs.cursor_run_ids())
+        if ids and self.marked:
+            return ids, "No marked run is running or queued: the run under the cursor is meant. "
+        return ids, ""
 
     def _kill_work(self, ids: list[str]) -> None:
         for rid in ids:
@@ -399,7 +468,7 @@ class MainScreen(Screen):
         ids = [rid for rid in self.runs.selected_run_ids()
                if self.records.get(rid, {}).get("status") in ("killed", "failed")]
         if not ids:
-            self.notify("only killed or failed runs can be resumed", severity="warning")
+            self.notify("only killed, cancelled or failed runs can be resumed", severity="warning")
             return
         self.run_worker(lambda: self._resume_work(ids), thread=True, group="action", exit_on_error=False)
 
@@ -412,6 +481,14 @@ class MainScreen(Screen):
                 stopping.wait(timeout=120)
             message, severity = self.dash.services.resume(rid)
             self.post_message(ActionDone(message, severity))
+
+    @on(Worker.StateChanged)
+    def _worker_state_changed(self, event: Worker.StateChanged) -> None:
+        """A worker that raised (the polls catch their own errors; this is for the rest: kill,
+        resume, loading a stream, mounting the plots) says so instead of ending silently."""
+        if event.state == WorkerState.ERROR and event.worker.error is not None:
+            what = WORKER_WHAT.get(event.worker.group, event.worker.group)
+            self.notify(f"{what} failed: {one_line(event.worker.error)}", severity="error", timeout=8)
 
     @on(ActionDone)
     def _action_done(self, message: ActionDone) -> None:

@@ -18,6 +18,7 @@ from advtui.core.format import short_device, status_style
 from advtui.events import EVENTS_FILE, damaged_note
 from advtui.health import ERROR, record_findings, worst_level
 from advtui.tui.live import RunStream
+from advtui.tui.rows import shown_status
 from advtui.tui.widgets.system_panel import text_key
 
 
@@ -30,7 +31,7 @@ def inner_note(record: dict | None) -> str:
 
 
 def caption(record: dict, stream: RunStream | None) -> Text:
-    status = record.get("status", "-")
+    status = shown_status(record)
     text = Text(" ")
     text.append(record["id"], style="bold")
     text.append(f"  {record.get('name', '-')}  ")

@@ -20,6 +20,7 @@ from textual.widgets import DataTable, Input, Static
 from advtui.core.memory import FREEZE_MIN_RUNS, cyclic_gc_paused, freeze_long_lived
 from advtui.tui.live import RunStream
 from advtui.tui.rows import GROUP_PREFIX, GroupRow, RunRow, arrange, run_row
+from advtui.tui.rows import shown_status
 from advtui.tui.widgets.runs_table import RunsTable, is_group_key
 from advtui.tui.widgets.system_panel import set_titles
 
@@ -145,7 +146,7 @@ class RunsPanel(Vertical):
         # The counts describe what the table lists: with a filter, the runs it lets through.
         counts: dict[str, int] = {}
         for rid in shown:
-            status = self.records.get(rid, {}).get("status", "-")
+            status = shown_status(self.records.get(rid, {}))
             counts[status] = counts.get(status, 0) + 1
         summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
         if self.filter_text:
@@ -181,6 +182,10 @@ class RunsPanel(Vertical):
         """Marked runs if any, else the run (or the group's runs) under the cursor."""
         if self.marked:
             return [rid for rid in self.records if rid in self.marked]
+        return self.cursor_run_ids()
+
+    def cursor_run_ids(self) -> list[str]:
+        """The run (or the group's runs) under the cursor, whatever is marked."""
         key = self.table.current_key
         if key and is_group_key(key):
             return self.group_members(key)

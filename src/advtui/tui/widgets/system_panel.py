@@ -68,6 +68,11 @@ class SystemPanel(Static):
         self.border_title = "GPUs"
         self.update(Text("sampling…", style="dim"))
 
+    def show_error(self, message: str) -> None:
+        """Sampling failed: say why instead of "sampling…" or a stale sample."""
+        set_titles(self, "GPUs · sampling failed")
+        show_if_changed(self, Text(message, style="red"))
+
     def show(self, sample, records: dict[str, dict]) -> None:
         if sample is None:
             return
@@ -148,16 +153,27 @@ class QueuePanel(Static):
         set_titles(self, "queue · unreadable")
         show_if_changed(self, Text(message, style="red"))
 
-    def show(self, state, records: dict[str, dict]) -> None:
+    def show(self, state, records: dict[str, dict], scheduler_error: str | None = None) -> None:
+        """The jobs; ``scheduler_error``: why the last scheduling step failed, on top."""
         if state is None:
+            if scheduler_error:  # no listing yet, but the scheduler's failure is news
+                set_titles(self, "queue · scheduling failed")
+                show_if_changed(self, Text(scheduler_error, style="red"))
             return
         if state.gpus is None:  # a scheduler on another host: its GPUs are not sampled here
             slots, where = f"{state.cpu_slots}+{state.slots_per_gpu}/GPU", "its host"
         else:
             slots = str(state.cpu_slots + state.gpus * state.slots_per_gpu)
-            where = f"{state.gpus} GPU×{state.slots_per_gpu}" if state.gpus else f"{state.cpu_slots} CPU"
+            where = (f"{state.gpus} GPU×{state.slots_per_gpu}" if state.gpus
+                     else f"{state.cpu_slots} CPU slot{'s' if state.cpu_slots != 1 else ''}")
         set_titles(self, f"queue · {state.running}/{slots} slots ({where}) · {state.queued} waiting")
         lines: list[Text] = []
+        if scheduler_error:
+            lines.append(Text(scheduler_error, style="bold red"))
+        if state.threads is not None:
+            # A slot is one job, not one core: each job gets this many math threads (the
+            # "cpu (N threads)" its record shows).
+            lines.append(Text(f"each job: {state.threads} thread{'s' if state.threads != 1 else ''}", style="dim"))
         if state.scheduler == "none":
             lines.append(Text("no scheduler holds the lock", style="yellow"))
         elif state.scheduler != "this dashboard":
