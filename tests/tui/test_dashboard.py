@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -327,3 +328,146 @@ async def test_the_footer_lists_the_keys_and_a_click_on_one_presses_it(fixed_run
         start = line.index("/ Filter")
         await pilot.click(BindingsFooter, offset=(start + 1, 0))
         await wait_until(pilot, lambda: isinstance(app.focused, Input), what="the filter input focused by the click")
+
+
+# -- the 80x24 terminal, k under the cursor, the values a run trained with ------------------------
+NARROW = (80, 24)
+
+
+@pilot_test
+async def test_at_80x24_the_footer_keeps_quit_filter_and_the_palette_and_v_cycles_one_chart(fixed_runs):
+    from advtui.tui.widgets.footer import BindingsFooter
+
+    app = fixed_app(fixed_runs)
+    async with app.run_test(size=NARROW) as pilot:
+        screen = await ready(pilot)
+        assert screen.has_class("narrow")
+        line = app.screen.query_one(BindingsFooter).render().plain
+        assert len(line) <= NARROW[0]
+        assert line.startswith(" q Quit  / Filter  v Chart "), line
+        assert line.rstrip().endswith("^p palette"), line
+        # The table keeps the columns that fit, through robust accuracy.
+        table = screen.table
+        assert [str(c.value) for c in table.columns] == ["mark", "id", "name", "status", "health", "progress",
+                                                          "clean", "robust"]
+        assert table.virtual_size.width <= NARROW[0] - 2  # inside the panel's border: no horizontal scroll
+        await select_run(pilot, "d4e5f6")
+        await wait_until(pilot, lambda: screen.plots.plots, what="the plots")
+        inner, loss, accuracy = screen.plots.plots
+        shown = lambda: [p.display and p.parent.display for p in (inner, loss, accuracy)]  # noqa: E731
+        assert shown() == [True, False, False]
+        assert inner.size.width >= NARROW[0] - 2  # the whole width, not a third of it
+        await pilot.press("v")
+        assert shown() == [False, True, False]
+        await pilot.press("v")
+        assert shown() == [False, False, True]
+        await pilot.press("v")
+        assert shown() == [True, False, False]
+        # Every panel fits the screen: nothing scrolls it (the stray scrollbar of the wide layout).
+        assert screen.virtual_size.height <= NARROW[1] and not screen.show_vertical_scrollbar
+        await pilot.press("q")
+        await wait_until(pilot, lambda: app.return_code is not None, what="q to quit")
+
+
+@pilot_test
+async def test_a_wide_terminal_shows_every_chart_and_column_and_hides_v(fixed_runs):
+    from advtui.tui.rows import COLUMNS
+    from advtui.tui.widgets.footer import BindingsFooter
+
+    app = fixed_app(fixed_runs)
+    async with app.run_test(size=NARROW) as pilot:
+        screen = await ready(pilot)
+        await wait_until(pilot, lambda: screen.plots.plots, what="the plots")
+        await pilot.resize_terminal(*SIZE)
+        await wait_until(pilot, lambda: not screen.has_class("narrow"), what="the wide layout after a resize")
+        assert [str(c.value) for c in screen.table.columns] == [c.key for c in COLUMNS]
+        assert all(p.display for p in screen.plots.plots)
+        line = app.screen.query_one(BindingsFooter).render().plain
+        assert "v Chart" not in line and line.startswith(" n New run  e Eval "), line
+
+
+@pilot_test
+async def test_k_acts_on_the_cursor_row_when_no_marked_run_can_be_killed(fixed_runs):
+    app = fixed_app(fixed_runs)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        for run_id in ("a1b2c3", "b2c3d4"):  # finished runs marked for a compare
+            await select_run(pilot, run_id)
+            await pilot.press("space")
+        await select_run(pilot, "e5f6a7")  # the running run
+        await pilot.press("k")
+        confirm = await wait_until(pilot, lambda: isinstance(app.screen, ConfirmScreen) and app.screen, what="a question")
+        assert confirm.question == "Kill e5f6a7 (rnn-adv-mnist-s1)?"
+        assert confirm.detail.startswith("No marked run is running or queued: the run under the cursor is meant.")
+        await pilot.press("n")
+        # On a finished run, with only finished runs marked, there is nothing to kill.
+        await select_run(pilot, "d4e5f6")
+        await pilot.press("k")
+        assert isinstance(app.screen, MainScreen)
+        assert "only running or queued runs can be killed" in notifications(app)
+    assert Registry(fixed_runs).get_run("e5f6a7")["status"] == "running"
+
+
+@pilot_test
+async def test_the_detail_screen_shows_the_step_size_in_force_as_show_does(fixed_runs):
+    from typer.testing import CliRunner
+
+    from advtui.cli import app as cli
+
+    record = Registry(fixed_runs).get_run("b2c3d4")
+    assert record["config"]["step_size"] is None and record["config"]["eps"] == 0.1
+    shown = CliRunner().invoke(cli, ["show", "b2c3d4", "--runs-dir", str(fixed_runs)], env={"COLUMNS": "250"})
+    assert shown.exit_code == 0 and "step_size=0.025" in shown.output, shown.output
+    app = fixed_app(fixed_runs)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        detail = await detail_of(pilot, "b2c3d4")
+        text = static_text(detail.query_one("#detail-run"))
+        assert re.search(r"step_size +0\.025 ", text) and "None" not in text, text
+
+
+@pilot_test
+async def test_a_run_cancelled_before_it_started_reads_cancelled_not_killed(fixed_runs):
+    from advtui.jobs.queue import cancel_job
+
+    registry = Registry(fixed_runs)
+    cancel_job(registry, "j0f6a7b")  # f6a7b8's train job, still queued
+    stored = registry.get_run("f6a7b8")
+    assert stored["status"] == "killed" and "before it started" in stored["error"]  # the store keeps its word
+    before = (fixed_runs / "f6a7b8" / "run.json").read_bytes()
+    app = fixed_app(fixed_runs)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await ready(pilot)
+        assert screen.table.get_cell("f6a7b8", "status").plain == "cancelled"
+        assert str(screen.table.border_subtitle) == "1 cancelled, 1 failed, 4 finished, 1 running"
+        await pilot.press("slash", *"status:cancelled", "enter")
+        assert screen.table.row_keys == ["f6a7b8"]
+        await pilot.press("escape")
+        await select_run(pilot, "f6a7b8")
+        assert " cancelled " in static_text(screen.query_one("#caption"))
+        detail = await detail_of(pilot, "f6a7b8")
+        text = static_text(detail.query_one("#detail-run"))
+        assert text.startswith("f6a7b8  trades-mnist-s0  cancelled") and "killed" not in text.split("\n")[0]
+        assert "cancelled by user before it started" in text
+    assert (fixed_runs / "f6a7b8" / "run.json").read_bytes() == before  # display only
+
+
+@pilot_test
+async def test_the_queue_panel_counts_cpu_slots_and_the_threads_each_job_gets(fixed_runs):
+    from advtui.jobs.monitor import GpuSampler
+    from advtui.jobs.scheduler import describe_slot, threads_per_job
+    from advtui.tui.app import AdvtuiApp
+    from advtui.tui.services import Services
+    from tui_support import StandInNvml
+
+    registry = Registry(fixed_runs)
+    services = Services(registry, gpu_sampler=GpuSampler(nvml=StandInNvml([])))  # a machine without a GPU
+    threads = threads_per_job(services.policy, 0)  # what the scheduler gives each job here
+    app = AdvtuiApp(fixed_runs, services=services, run_scheduler=False, side_interval=3600.0, clock=lambda: NOW)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await ready(pilot)
+        panel = screen.query_one(QueuePanel)
+        assert str(panel.border_title) == "queue · 0/1 slots (1 CPU slot) · 2 waiting"
+        assert static_text(panel).startswith(f"each job: {threads} thread")
+        # The same count the scheduler's start line and the run's device say ("cpu (N threads)").
+        assert describe_slot({"slot": {"cpu": 1}}, threads) == f"CPU slot ({threads} threads)"

@@ -1,5 +1,6 @@
-"""Snapshots of the main, detail and compare screens at 160x48 on fixed data (conftest's
-``fixed_runs``: fixed records, events, results, a pinned clock and two stand-in GPUs).
+"""Snapshots of the main, detail and compare screens at 160x48, and of the main screen at
+80x24 (the default terminal: the narrow layout), on fixed data (conftest's ``fixed_runs``:
+fixed records, events, results, a pinned clock and two stand-in GPUs).
 
 Review changes with ``pytest tests/tui --snapshot-update`` and the generated report."""
 
@@ -25,6 +26,12 @@ async def _main_ready(pilot) -> None:
 
 def test_main_screen(snap_compare, fixed_runs):
     assert snap_compare(fixed_app(fixed_runs), terminal_size=SIZE, run_before=_main_ready)
+
+
+def test_main_screen_at_80x24(snap_compare, fixed_runs):
+    # Stacked panels, one chart (the rnn run's inner loss beside PGD's, with its legend), the
+    # columns that fit, and the footer's essential keys with the palette's.
+    assert snap_compare(fixed_app(fixed_runs), terminal_size=(80, 24), run_before=_main_ready)
 
 
 async def _detail_ready(pilot) -> None:

@@ -16,6 +16,7 @@ import numpy as np
 from advtui.config import build_config
 from advtui.events import EVENTS_FILE
 from advtui.jobs.monitor import GpuSampler
+from advtui.jobs.scheduler import SchedulerPolicy
 from advtui.registry import JOBS, RUNS, Registry
 from advtui.tui.app import AdvtuiApp
 from advtui.tui.services import Services
@@ -70,7 +71,10 @@ def fixed_app(root: Path, **kwargs: Any) -> AdvtuiApp:
     """The dashboard on ``root`` with two stand-in GPUs, a pinned clock and no scheduler (the
     snapshot data's queued job must stay queued)."""
     registry = Registry(root)
-    services = Services(registry, gpu_sampler=GpuSampler(nvml=StandInNvml(FIXED_GPUS)))
+    # Threads per job pinned: the queue panel shows them, and the snapshots must not depend on
+    # this machine's cores.
+    services = Services(registry, policy=SchedulerPolicy(threads_per_job=2),
+                        gpu_sampler=GpuSampler(nvml=StandInNvml(FIXED_GPUS)))
     kwargs.setdefault("side_interval", 3600.0)  # one GPU sample: a fixed sparkline
     return AdvtuiApp(root, services=services, run_scheduler=False, clock=lambda: NOW, **kwargs)
 

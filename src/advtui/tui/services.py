@@ -128,7 +128,12 @@ class Services:
         if running is None:
             running = self.registry.search(RUNS, status="running") if self.registry.path.exists() else []
         # Mapping GPU processes to runs reads the registry: only worth it where there are GPUs.
-        owners = process_owners(self.registry) if running and self._has_gpus is not False else {}
+        try:
+            owners = process_owners(self.registry) if running and self._has_gpus is not False else {}
+        except (TypeError, ValueError, KeyError):
+            # A record of the wrong shape (the runs panel names it): the GPUs are still worth
+            # drawing, without the run names on them.
+            owners = {}
         snapshot = self.gpu_sampler.sample(owners)
         self._has_gpus = bool(snapshot.gpus)
         self._gpu_indices = [g.index for g in snapshot.gpus]

@@ -11,7 +11,7 @@ import threading
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from textual import on
+from textual import events, on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
@@ -22,6 +22,7 @@ from textual.worker import Worker, WorkerState
 
 from advtui.errors import AdvtuiError
 from advtui.tui.failures import one_line, runs_one_by_one, vet_records
+from advtui.tui.rows import COLUMNS, NARROW_COLUMNS
 from advtui.tui.widgets.footer import BindingsFooter
 from advtui.tui.widgets.plots_panel import PlotsPanel
 from advtui.tui.widgets.runs_panel import RunsPanel
@@ -37,6 +38,9 @@ RECENT_STREAMS = 16
 # What each worker group does, for the line that says it failed.
 WORKER_WHAT = {"plots": "drawing the plots", "load": "reading the run's events", "action": "the action",
                "poll": "reading the runs", "side": "sampling and scheduling"}
+# Below either size the layout is the narrow one (see MainScreen._fit_layout): at 80x24, the
+# default terminal, the wide one cut off the footer, the table and the charts.
+NARROW_WIDTH, NARROW_HEIGHT = 110, 32
 # Seconds between the table's first paint and the start of the plots, samplers and scheduler.
 FIRST_PAINT_GRACE = 0.1
 
@@ -88,8 +92,12 @@ class MainScreen(Screen):
         Binding("r", "resume", "Resume"),
         Binding("slash", "filter", "Filter"),
         Binding("escape", "clear_filter", "Clear filter", show=False),
+        Binding("v", "next_chart", "Chart"),  # a narrow terminal's one chart: the next one
         Binding("q", "app.quit", "Quit"),
     ]
+    # When the footer cannot show every key (an 80-column terminal), these come first.
+    FOOTER_FIRST = ("app.quit", "filter", "next_chart", "new_run", "detail", "kill", "toggle_mark", "resume",
+                    "evaluate", "compare", "log")
 
     def __init__(self) -> None:
         super().__init__()
@@ -140,12 +148,38 @@ class MainScreen(Screen):
     def on_mount(self) -> None:
         self.runs = self.query_one(RunsPanel)
         self.plots = self.query_one(PlotsPanel)
+        self._fit_layout(self.app.size.width, self.app.size.height)
         self.runs.table.focus()
         # The registry is read right away (in a worker) and the table painted; the plots, the
         # scheduler (whose first step reconciles records with live processes) and the samplers
         # start after that first paint, so they do not compete with it.
         self.poll()
         self.set_interval(self.dash.poll_interval, self.poll)
+
+    def on_resize(self, event: events.Resize) -> None:
+        self._fit_layout(event.size.width, event.size.height)
+
+    def _fit_layout(self, width: int, height: int) -> None:
+        """Below NARROW_WIDTH x NARROW_HEIGHT the panels stack (the plots above the GPU and
+        queue panels) and one chart shows at a time; below NARROW_WIDTH the table also keeps
+        only the columns that fit."""
+        narrow = width < NARROW_WIDTH or height < NARROW_HEIGHT
+        if narrow != self.has_class("narrow"):
+            self.set_class(narrow, "narrow")
+            self.plots.set_narrow(narrow)
+            self.query_one(SystemPanel).compact = narrow
+            self._show_side()
+            self.refresh_bindings()  # v (next chart) shows only then
+        self.table.use_columns(NARROW_COLUMNS if width < NARROW_WIDTH else COLUMNS)
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "next_chart":
+            return self.has_class("narrow")  # hidden (and inert) while every chart shows
+        return True
+
+    def action_next_chart(self) -> None:
+        self.plots.next_chart()
+        self.draw_selected()
 
     def _after_first_paint(self) -> None:
         self.run_worker(self.plots.mount_plots(), group="plots", exit_on_error=False)

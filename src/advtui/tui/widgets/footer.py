@@ -10,6 +10,12 @@ from textual.widget import Widget
 
 
 DISABLED = Style(dim=True)  # a binding whose action cannot run now
+PALETTE_ROOM = 14  # columns kept for the command palette's key on the right ("│ ^p palette ")
+
+
+def _entry_width(entry: tuple[str, str, str, bool]) -> int:
+    """Columns one binding takes: " key description "."""
+    return len(entry[1]) + len(entry[2]) + 3
 
 
 class BindingsFooter(Widget, can_focus=False):
@@ -54,16 +60,31 @@ class BindingsFooter(Widget, can_focus=False):
 
     def _shown(self) -> tuple[list[tuple[str, str, str, bool]], tuple[str, str, str, bool] | None]:
         """(key, its display, description, enabled) of each shown binding, once per action as
-        Textual's Footer does, and the command palette's binding apart."""
+        Textual's Footer does, and the command palette's binding apart. When they do not all
+        fit, the screen's ``FOOTER_FIRST`` actions come first and the rest as far as they fit
+        (a narrow terminal must still show how to quit)."""
         app = self.app
         active = self.screen.active_bindings
         palette_key = app.COMMAND_PALETTE_BINDING if app.ENABLE_COMMAND_PALETTE else None
-        shown, actions = [], set()
+        shown, actions, order = [], set(), []
         for key, (_node, binding, enabled, _tooltip) in active.items():
             if not binding.show or binding.action in actions or key == palette_key:
                 continue
             actions.add(binding.action)
             shown.append((binding.key, app.get_key_display(binding), binding.description, enabled))
+            order.append(binding.action)
+        first = getattr(self.screen, "FOOTER_FIRST", ())
+        if first and sum(_entry_width(e) for e in shown) > self.size.width - PALETTE_ROOM:
+            rank = {action: i for i, action in enumerate(first)}
+            shown = [e for _, e in sorted(zip(order, shown), key=lambda pair: rank.get(pair[0], len(rank)))]
+            room = self.size.width - PALETTE_ROOM
+            fitting = []
+            for entry in shown:
+                room -= _entry_width(entry)
+                if room < 0:
+                    break
+                fitting.append(entry)
+            shown = fitting
         palette = None
         if palette_key is not None and palette_key in active:
             _node, binding, enabled, _tooltip = active[palette_key]

@@ -53,12 +53,43 @@ def caption(record: dict, stream: RunStream | None) -> Text:
     return text
 
 
+# The charts in the order ``v`` cycles through them on a narrow terminal.
+CHART_NAMES = ("inner loss", "loss over training", "accuracy per epoch")
+
+
 class PlotsPanel(Vertical):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._caption_key: tuple | None = None
         self._shown: tuple[str | None, dict | None, RunStream | None] = (None, None, None)
         self.plots: tuple = ()  # mounted by ``mount_plots``
+        # On a narrow terminal one chart takes the whole panel (three side by side would be
+        # ten columns each, too narrow for their axes and legends); ``chart`` is its index.
+        self.narrow = False
+        self.chart = 0
+
+    def set_narrow(self, narrow: bool) -> None:
+        self.narrow = narrow
+        self._show_charts()
+
+    def next_chart(self) -> str:
+        """The next chart on a narrow terminal; returns its name."""
+        self.chart = (self.chart + 1) % len(CHART_NAMES)
+        self._show_charts()
+        return CHART_NAMES[self.chart]
+
+    def _show_charts(self) -> None:
+        if not self.plots:
+            return
+        inner, loss, accuracy = self.plots
+        column = self.query_one("#plot-col", Vertical)
+        if not self.narrow:
+            inner.display = column.display = loss.display = accuracy.display = True
+            return
+        chosen = self.plots[self.chart]
+        inner.display = chosen is inner
+        column.display = chosen is not inner
+        loss.display, accuracy.display = chosen is loss, chosen is accuracy
 
     def compose(self) -> ComposeResult:
         yield Static(" no run selected", id="caption")
@@ -74,6 +105,7 @@ class PlotsPanel(Vertical):
         row = self.query_one("#plot-row", Horizontal)
         await row.mount(inner, Vertical(loss, accuracy, id="plot-col"))
         self.plots = (inner, loss, accuracy)
+        self._show_charts()
         self.show(*self._shown)
 
     def show(self, run_id: str | None, record: dict | None, stream: RunStream | None, any_runs: bool = True) -> None:

@@ -9,7 +9,7 @@ from textual.binding import Binding
 from textual.message import Message
 from textual.widgets import DataTable
 
-from advtui.tui.rows import COLUMNS, GROUP_PREFIX, GroupRow, RunRow
+from advtui.tui.rows import COLUMNS, GROUP_PREFIX, Column, GroupRow, RunRow
 
 
 FIRST_ROWS = 60  # rows added before the first paint (or the terminal's height, if taller)
@@ -38,10 +38,27 @@ class RunsTable(DataTable):
         self._generation = 0
         self.sort_column: str | None = None
         self.sort_reverse = False
+        self.shown_columns: tuple[Column, ...] = COLUMNS
 
     def on_mount(self) -> None:
-        for column in COLUMNS:
-            self.add_column(column.label, key=column.key, width=column.width)
+        self._add_columns()
+
+    def _add_columns(self) -> None:
+        for column in self.shown_columns:
+            self.add_column(self._label(column), key=column.key, width=column.width)
+
+    def use_columns(self, columns: tuple[Column, ...]) -> None:
+        """Show these columns (all of them, or a narrow terminal's few), keeping rows and cursor."""
+        if columns == self.shown_columns:
+            return
+        current = self.current_key
+        self.shown_columns = columns
+        self.clear(columns=True)
+        self._add_columns()
+        self._cells = {}
+        self._added = 0
+        self._generation += 1
+        self._add_first_rows(current)
 
     # -- content ---------------------------------------------------------------------------
     @property
@@ -62,12 +79,7 @@ class RunsTable(DataTable):
         rows = dict(zip(keys, arranged))
         if keys == self._row_keys:
             for key in keys[: self._added]:  # rows still to be added take the new cells then
-                old = self._cells.get(key, {})
-                cells = _cells_of(rows[key])
-                for column, value in cells.items():
-                    if not _same(old.get(column), value):
-                        self.update_cell(key, column, value, update_width=False)
-                self._cells[key] = cells
+                self._update_cells(key, self._cells.get(key, {}), _cells_of(rows[key]))
             self._rows = rows
             return
         current = self.current_key
@@ -77,6 +89,10 @@ class RunsTable(DataTable):
         self._cells = {}
         self._added = 0
         self._generation += 1
+        self._add_first_rows(current)
+
+    def _add_first_rows(self, current: str | None) -> None:
+        keys = self._row_keys
         # DataTable measures every cell of every added row; with a thousand runs that is most
         # of the time to first paint. Rows past the first screenfuls are added in chunks after
         # the paint (the model behind the table, its filter and sort, always has every run).
@@ -97,13 +113,17 @@ class RunsTable(DataTable):
             if old is None:  # not added yet: it shows these cells when it is
                 self._rows[key] = _Shown(key, cells)
                 continue
-            for column, value in cells.items():
-                if not _same(old.get(column), value):
-                    self.update_cell(key, column, value, update_width=False)
-            self._cells[key] = cells
+            self._update_cells(key, old, cells)
+
+    def _update_cells(self, key: str, old: dict[str, Any], cells: dict[str, Any]) -> None:
+        shown = self.columns
+        for column, value in cells.items():
+            if column in shown and not _same(old.get(column), value):
+                self.update_cell(key, column, value, update_width=False)
+        self._cells[key] = cells
 
     def _add_rows(self, upto: int) -> None:
-        order = [c.key for c in COLUMNS]
+        order = [c.key for c in self.shown_columns]
         upto = min(upto, len(self._row_keys))
         for key in self._row_keys[self._added:upto]:
             cells = self._cells[key] = _cells_of(self._rows[key])
@@ -138,13 +158,15 @@ class RunsTable(DataTable):
     # -- sorting ---------------------------------------------------------------------------
     def set_sort(self, column: str | None, reverse: bool) -> None:
         self.sort_column, self.sort_reverse = column, reverse
-        for c in COLUMNS:
-            label = c.label
-            if c.key == column:
-                label = f"{c.label}{'▼' if reverse else '▲'}"
-            self.columns[c.key].label = Text(label)
+        for c in self.shown_columns:
+            self.columns[c.key].label = Text(self._label(c))
         self.refresh()
         self.post_message(self.SortChanged(column, reverse))
+
+    def _label(self, column: Column) -> str:
+        if column.key == self.sort_column:
+            return f"{column.label}{'▼' if self.sort_reverse else '▲'}"
+        return column.label
 
     def on_data_table_header_selected(self, event: DataTable.HeaderSelected) -> None:
         event.stop()
@@ -155,7 +177,7 @@ class RunsTable(DataTable):
         self.set_sort(column, reverse)
 
     def action_cycle_sort(self) -> None:
-        order = [c.key for c in COLUMNS if c.key != "mark"]
+        order = [c.key for c in self.shown_columns if c.key != "mark"]
         nxt = order[0] if self.sort_column not in order else order[(order.index(self.sort_column) + 1) % len(order)]
         self.set_sort(nxt, self.sort_reverse)
 

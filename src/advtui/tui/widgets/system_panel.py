@@ -62,7 +62,10 @@ def _bar_row(label: str, fraction: float | None, right: str, width: int) -> Text
 
 
 class SystemPanel(Static):
-    """Per GPU: utilization with its history, memory, temperature, power and the runs on it."""
+    """Per GPU: utilization with its history, memory, temperature, power and the runs on it;
+    ``compact`` (a narrow terminal's short panel): one line per GPU."""
+
+    compact = False
 
     def on_mount(self) -> None:
         self.border_title = "GPUs"
@@ -79,7 +82,9 @@ class SystemPanel(Static):
         width = max(8, self.content_size.width - LABEL - 15) if self.content_size.width else 24
         snapshot = sample.gpus
         lines: list[Text] = []
-        if snapshot.gpus:
+        if self.compact:
+            lines = self._compact_lines(sample, records)
+        elif snapshot.gpus:
             set_titles(self, f"GPUs · {snapshot.message}")
             for gpu in snapshot.gpus:
                 lines.append(Text(f"{gpu.index} {gpu.name}"[: width + LABEL + 12], style="bold cyan"))
@@ -116,7 +121,7 @@ class SystemPanel(Static):
             lines.append(_bar_row("mem", _fraction(sample.memory_used, sample.memory_total),
                                   _memory(sample.memory_used, sample.memory_total),
                                   width))
-        if sample.runs:
+        if sample.runs and not self.compact:
             lines.append(Text("running runs: cpu, memory", style="bold"))
             for run_id, stats in sorted(sample.runs.items()):
                 name = (records.get(run_id) or {}).get("name", "")
@@ -125,6 +130,38 @@ class SystemPanel(Static):
                 row.append(name, style="dim")
                 lines.append(row)
         show_if_changed(self, Text("\n").join(lines))
+
+
+    def _compact_lines(self, sample, records: dict[str, dict]) -> list[Text]:
+        """One line per GPU (utilization, memory, temperature, the runs on it), or the CPU and
+        memory where there is none, then one line per running run."""
+        width = max(6, (self.content_size.width or 38) - 28)
+        snapshot = sample.gpus
+        lines: list[Text] = []
+        if snapshot.gpus:
+            set_titles(self, f"GPUs · {snapshot.message}")
+            for gpu in snapshot.gpus:
+                line = Text(f"{gpu.index} ", style="bold cyan")
+                util = _fraction(gpu.utilization)
+                line.append_text(hbar(util, width, level_style(util)))
+                temp = f" {gpu.temperature:.0f}°C" if isinstance(gpu.temperature, (int, float)) else ""
+                line.append(f" {_pct(gpu.utilization)} {_memory(gpu.memory_used, gpu.memory_total)}{temp}")
+                runs = [p.run_id for p in gpu.processes if p.run_id]
+                if runs:
+                    line.append(" " + ",".join(runs), style="magenta")
+                lines.append(line)
+        else:
+            set_titles(self, "system · no NVIDIA GPU")
+            lines.append(_bar_row("cpu", sample.cpu_percent / 100.0, f"{sample.cpu_percent:3.0f}% of {sample.cpu_count}",
+                                  width))
+            lines.append(_bar_row("mem", _fraction(sample.memory_used, sample.memory_total),
+                                  _memory(sample.memory_used, sample.memory_total), width))
+        for run_id, stats in sorted(sample.runs.items()):
+            row = Text(f"{run_id} ", style="magenta")
+            row.append(f"{stats.cpu_percent:4.0f}% {format_bytes(stats.memory_rss):>9} ")
+            row.append((records.get(run_id) or {}).get("name", ""), style="dim")
+            lines.append(row)
+        return lines
 
 
 # Wide enough for the longest job status ("cancelled"), plus a space before the kind.
