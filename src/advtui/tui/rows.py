@@ -29,7 +29,7 @@ COLUMNS: tuple[Column, ...] = (
     Column("name", "name", None),
     Column("defense", "defense", None),
     Column("data", "data/model", None),
-    Column("status", "status", 8),
+    Column("status", "status", 9),
     Column("health", "!", 1),
     Column("progress", "progress", 16, numeric=True),
     Column("loss", "loss", 6, numeric=True),
@@ -41,7 +41,7 @@ COLUMNS: tuple[Column, ...] = (
 )
 # A narrow terminal (80 columns) shows what a run is and how it is doing; the defense, device
 # and times are in its detail screen (d). Name and progress get fixed widths so the row fits.
-NARROW_WIDTHS = {"mark": 1, "id": 6, "name": 18, "status": 8, "health": 1, "progress": 12, "clean": 6, "robust": 7}
+NARROW_WIDTHS = {"mark": 1, "id": 6, "name": 17, "status": 9, "health": 1, "progress": 12, "clean": 6, "robust": 7}
 NARROW_COLUMNS: tuple[Column, ...] = tuple(
     Column(c.key, c.label, NARROW_WIDTHS[c.key], c.numeric) for c in COLUMNS if c.key in NARROW_WIDTHS)
 COLUMN_KEYS = tuple(c.key for c in COLUMNS)

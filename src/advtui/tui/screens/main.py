@@ -168,6 +168,7 @@ class MainScreen(Screen):
             self.set_class(narrow, "narrow")
             self.plots.set_narrow(narrow)
             self.query_one(SystemPanel).compact = narrow
+            self.query_one(QueuePanel).compact = narrow
             self._show_side()
             self.refresh_bindings()  # v (next chart) shows only then
         self.table.use_columns(NARROW_COLUMNS if width < NARROW_WIDTH else COLUMNS)

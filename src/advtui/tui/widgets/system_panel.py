@@ -158,8 +158,9 @@ class SystemPanel(Static):
                                   _memory(sample.memory_used, sample.memory_total), width))
         for run_id, stats in sorted(sample.runs.items()):
             row = Text(f"{run_id} ", style="magenta")
-            row.append(f"{stats.cpu_percent:4.0f}% {format_bytes(stats.memory_rss):>9} ")
+            row.append(f"cpu {stats.cpu_percent:3.0f}% mem {format_bytes(stats.memory_rss)} ")
             row.append((records.get(run_id) or {}).get("name", ""), style="dim")
+            row.truncate(self.content_size.width or 38, overflow="ellipsis")
             lines.append(row)
         return lines
 
@@ -179,7 +180,10 @@ def job_status(job: dict) -> str:
 
 
 class QueuePanel(Static):
-    """Running and queued jobs, slots in use, and who is scheduling."""
+    """Running and queued jobs, slots in use, and who is scheduling; ``compact`` (a narrow
+    terminal's half-width panel): where the slots are moves from the title to the first line."""
+
+    compact = False
 
     def on_mount(self) -> None:
         self.border_title = "queue"
@@ -203,14 +207,19 @@ class QueuePanel(Static):
             slots = str(state.cpu_slots + state.gpus * state.slots_per_gpu)
             where = (f"{state.gpus} GPU×{state.slots_per_gpu}" if state.gpus
                      else f"{state.cpu_slots} CPU slot{'s' if state.cpu_slots != 1 else ''}")
-        set_titles(self, f"queue · {state.running}/{slots} slots ({where}) · {state.queued} waiting")
+        counts = f"{state.running}/{slots} slots" + ("" if self.compact else f" ({where})")
+        set_titles(self, f"queue · {counts} · {state.queued} waiting")
         lines: list[Text] = []
         if scheduler_error:
             lines.append(Text(scheduler_error, style="bold red"))
-        if state.threads is not None:
-            # A slot is one job, not one core: each job gets this many math threads (the
-            # "cpu (N threads)" its record shows).
-            lines.append(Text(f"each job: {state.threads} thread{'s' if state.threads != 1 else ''}", style="dim"))
+        # A slot is one job, not one core: each job gets this many math threads (the
+        # "cpu (N threads)" its record shows).
+        threads = (f"each job: {state.threads} thread{'s' if state.threads != 1 else ''}"
+                   if state.threads is not None else "")
+        if self.compact:
+            lines.append(Text(f"{where}" + (f", {threads}" if threads else ""), style="dim"))
+        elif threads:
+            lines.append(Text(threads, style="dim"))
         if state.scheduler == "none":
             lines.append(Text("no scheduler holds the lock", style="yellow"))
         elif state.scheduler != "this dashboard":
