@@ -467,7 +467,7 @@ async def test_the_queue_panel_counts_cpu_slots_and_the_threads_each_job_gets(fi
     async with app.run_test(size=SIZE) as pilot:
         screen = await ready(pilot)
         panel = screen.query_one(QueuePanel)
-        assert str(panel.border_title) == "queue · 0/1 slots (1 CPU slot) · 2 waiting"
+        assert str(panel.border_title) == "queue · 0/1 CPU slot · 2 waiting"
         assert static_text(panel).startswith(f"each job: {threads} thread")
         # The same count the scheduler's start line and the run's device say ("cpu (N threads)").
         assert describe_slot({"slot": {"cpu": 1}}, threads) == f"CPU slot ({threads} threads)"

@@ -205,9 +205,11 @@ class QueuePanel(Static):
             slots, where = f"{state.cpu_slots}+{state.slots_per_gpu}/GPU", "its host"
         else:
             slots = str(state.cpu_slots + state.gpus * state.slots_per_gpu)
-            where = (f"{state.gpus} GPU×{state.slots_per_gpu}" if state.gpus
-                     else f"{state.cpu_slots} CPU slot{'s' if state.cpu_slots != 1 else ''}")
-        counts = f"{state.running}/{slots} slots" + ("" if self.compact else f" ({where})")
+            where = f"{state.gpus} GPU×{state.slots_per_gpu}" if state.gpus else ""
+        # Slots, not cores: "1 CPU" read as one core beside jobs of 2 threads.
+        counts = f"{state.running}/{slots} " + ("slots" if where else f"CPU slot{'s' if slots != '1' else ''}")
+        if where and not self.compact:
+            counts += f" ({where})"
         set_titles(self, f"queue · {counts} · {state.queued} waiting")
         lines: list[Text] = []
         if scheduler_error:
@@ -216,7 +218,7 @@ class QueuePanel(Static):
         # "cpu (N threads)" its record shows).
         threads = (f"each job: {state.threads} thread{'s' if state.threads != 1 else ''}"
                    if state.threads is not None else "")
-        if self.compact:
+        if self.compact and where:
             lines.append(Text(f"{where}" + (f", {threads}" if threads else ""), style="dim"))
         elif threads:
             lines.append(Text(threads, style="dim"))
