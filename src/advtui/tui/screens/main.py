@@ -254,6 +254,12 @@ class MainScreen(Screen):
 
     @on(RegistryPolled)
     def _registry_polled(self, message: RegistryPolled) -> None:
+        try:
+            self._show_polled(message)
+        except Exception as exc:  # noqa: BLE001 - a record the checks let through: a line, not a crash
+            self.runs.show_damage([f"drawing the runs failed: {one_line(exc)}"])
+
+    def _show_polled(self, message: RegistryPolled) -> None:
         if message.damage is not None:
             self.runs.show_damage(message.damage)
         if message.records is not None:
