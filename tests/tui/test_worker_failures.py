@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import json
 
-from tui_support import SIZE, fixed_app, pilot_test, static_text, wait_until
-
 from advtui.jobs.monitor import GpuSampler
 from advtui.jobs.scheduler import Scheduler
 from advtui.registry import Registry
 from advtui.tui.widgets.system_panel import QueuePanel, SystemPanel
+from tui_support import SIZE, fixed_app, pilot_test, static_text, wait_until
 
 OTHER_RUNS = {"b2c3d4", "c3d4e5", "d4e5f6", "e5f6a7", "f6a7b8", "0a1b2c"}
 
