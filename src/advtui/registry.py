@@ -271,7 +271,12 @@ def _decode_json(raw: bytes) -> Any:
 
 
 def _created(record: dict) -> float:
-    return record.get("created", 0)
+    created = record.get("created", 0)
+    return created if type(created) in (int, float) else 0
+
+
+def _job_created(job: dict) -> float:
+    return _created(job) or 0
 
 
 def _docs(data: dict | None, table: str) -> Iterable[dict]:
@@ -1102,22 +1107,25 @@ class Registry:
                 results.setdefault(doc["run_id"], []).append(doc)
             else:
                 stray_results.append(doc)
+        # A file of the store that exists already is newer than the legacy file (written by an
+        # interrupted migration of it, or by later use of a store whose registry.json was lost):
+        # it is kept as it is, and only what is missing is written. Nothing is ever replaced or
+        # deleted, so a second migration cannot lose results, backups or queued jobs.
+        kept: list[str] = []
         for run_id in sorted(set(runs) | set(results)):
             folder = self.root / run_id
+            if os.path.lexists(folder / RUN_FILE) or os.path.islink(folder):
+                kept.append(f"{run_id}/{RUN_FILE}")
+                continue
             folder.mkdir(parents=True, exist_ok=True)
             content = {RUNS: {"1": runs[run_id]} if run_id in runs else {},
                        RESULTS: {str(i): d for i, d in enumerate(results.get(run_id, []), 1)}}
             atomic_write_json(folder / RUN_FILE, content, fsync=False)
-        jobs = sorted(_docs(data, JOBS), key=lambda j: j.get("created") or 0)
-        live = [j for j in jobs if j.get("status") not in ENDED_JOB_STATUSES]
-        ended = [j for j in jobs if j.get("status") in ENDED_JOB_STATUSES]
-        for stale in self._archive_files():  # from an interrupted migration
-            os.unlink(stale)
-        for start in range(0, len(ended), ARCHIVE_CHUNK):
-            part = ended[start:start + ARCHIVE_CHUNK]
-            self._write_archive(os.path.join(self._archive, f"{start // ARCHIVE_CHUNK + 1:08d}.json"),
-                                {str(i): d for i, d in enumerate(part, 1)})
-        atomic_write_json(self.queue_path, {JOBS: {str(i): d for i, d in enumerate(live, 1)}}, fsync=False)
+        jobs = sorted(_docs(data, JOBS), key=_job_created)
+        if os.path.lexists(self._queue_file):
+            kept.append(QUEUE_FILE)  # written after the archive: the jobs were migrated already
+        else:
+            self._migrate_jobs(jobs)
         os.sync()  # every file is on disk before registry.json says the migration is done
         small = {name: table for name, table in data.items() if name not in (RUNS, JOBS, RESULTS, META)}
         if stray_results:
@@ -1126,10 +1134,26 @@ class Registry:
                              "migrated": {"from": LEGACY_FILE, "at": time.time(), "sha256": digest,
                                           "runs": len(runs), "jobs": len(jobs),
                                           "results": sum(map(len, results.values())) + len(stray_results),
-                                          "duplicate_runs_dropped": duplicates}}}
+                                          "duplicate_runs_dropped": duplicates, "kept_newer": kept}}}
         for path in (self.path, backup_path(self.path)):
             _CACHE.pop(str(path), None)
         atomic_write_json(self.path, small)
+
+    def _migrate_jobs(self, jobs: list[dict]) -> None:
+        """The legacy jobs into queue.json (live ones) and archive files (ended ones), but for
+        those an existing archive file already holds (an interrupted migration wrote them):
+        new archive files are numbered after the existing ones, which stay as they are."""
+        archived = {doc.get("id") for _, data in self._archived() for doc in _docs(data, JOBS)}
+        jobs = [j for j in jobs if j.get("id") not in archived]
+        live = [j for j in jobs if j.get("status") not in ENDED_JOB_STATUSES]
+        ended = [j for j in jobs if j.get("status") in ENDED_JOB_STATUSES]
+        files = self._archive_files()
+        first = int(os.path.basename(files[-1])[:-5]) + 1 if files else 1
+        for start in range(0, len(ended), ARCHIVE_CHUNK):
+            part = ended[start:start + ARCHIVE_CHUNK]
+            self._write_archive(os.path.join(self._archive, f"{first + start // ARCHIVE_CHUNK:08d}.json"),
+                                {str(i): d for i, d in enumerate(part, 1)})
+        atomic_write_json(self.queue_path, {JOBS: {str(i): d for i, d in enumerate(live, 1)}}, fsync=False)
 
     def _keep_legacy(self) -> None:
         """Rename advtui.json (and its .bak) out of the way: advtui.json.migrated[.N]."""
