@@ -22,7 +22,7 @@ from advtui.registry import (
     ARCHIVE_DIR, JOBS, LEGACY_FILE, QUEUE_FILE, REGISTRY_FILE, RESULTS, RUN_FILE, RUNS, Registry,
 )
 from store_support import store_snapshot
-from test_faults import cli, one_error_line
+from test_faults import _tiny_runs, cli, ids, one_error_line  # noqa: F401 - _tiny_runs is a fixture
 
 LEGACY = Path(__file__).parent / "data" / "advtui-v1.json"
 
@@ -91,3 +91,159 @@ def test_a_migration_interrupted_before_the_queue_finishes_the_archive_without_t
     assert sorted(j["id"] for j in registry.all(JOBS)) == sorted(j["id"] for j in jobs.values())
     assert (root / ARCHIVE_DIR / "00000001.json").read_bytes() == first_chunk
     assert len(registry.all(JOBS)) == 7  # no job twice
+
+
+# == damaged field types: one record hidden with one line ==========================================
+@pytest.fixture
+def runs(_tiny_runs, tmp_path, monkeypatch, mnist_root) -> Path:
+    """A private copy of two finished tiny runs (a, b), as $ADVTUI_RUNS."""
+    root = tmp_path / "runs"
+    shutil.copytree(_tiny_runs, root)
+    monkeypatch.setenv("ADVTUI_RUNS", str(root))
+    monkeypatch.setenv("ADVTUI_DATA", str(mnist_root))
+    return root
+
+
+def edit_run(root: Path, run_id: str, change) -> Path:
+    path = root / run_id / RUN_FILE
+    data = json.loads(path.read_bytes())
+    change(data["runs"]["1"])
+    path.write_text(json.dumps(data))
+    return path
+
+
+@pytest.mark.parametrize("field, value, what", [
+    ("created", "yesterday", "created is str, not a number"),
+    ("pid", "1234", "pid is str, not int"),
+    ("started", [1], "started is list, not a number"),
+    ("epoch", True, "epoch is bool, not int"),
+    ("checkpoints", {"final": 3}, "final checkpoint is int, not a path"),
+])
+def test_a_run_field_of_the_wrong_type_hides_that_run_with_one_line(runs, monkeypatch, capsys, field, value, what):
+    names = ids(runs)
+    path = edit_run(runs, names["a"], lambda doc: doc.__setitem__(field, value))
+    before = store_snapshot(runs)
+    code, out, err = cli(monkeypatch, capsys, "ls")
+    assert code == 0 and names["b"] in out and names["a"] not in out
+    assert err.count("\n") == 1 and err.startswith(f"warning: the registry file {path}") and what in err
+    code, _, err = cli(monkeypatch, capsys, "show", names["a"])
+    assert code == 2
+    one_error_line(err, str(path), what)
+    assert store_snapshot(runs) == before
+
+
+@pytest.mark.parametrize("change, what", [
+    (lambda doc: doc.pop("config"), "has no recorded config to start from"),
+    (lambda doc: doc["config"].__setitem__("eps", "big"), "recorded config is damaged (eps must be a number, got 'big')"),
+    (lambda doc: doc["config"].__setitem__("epochs", "3"), "recorded config is damaged (epochs must be an integer"),
+])
+def test_a_run_whose_config_is_lost_or_damaged_is_not_resumed_and_nothing_changes(runs, monkeypatch, capsys,
+                                                                                   change, what):
+    names = ids(runs)
+    edit_run(runs, names["a"], change)
+    before = store_snapshot(runs)
+    for args in (["resume", names["a"], "--epochs", "2"], ["run", "--resume", names["a"], "--epochs", "2"]):
+        code, _, err = cli(monkeypatch, capsys, *args)
+        assert code == 2, args
+        one_error_line(err, f"run {names['a']}", what)
+    assert store_snapshot(runs) == before  # no job queued, the record as it was
+    assert Registry(runs).get_run(names["a"])["status"] == "finished"
+
+
+def add_jobs(root: Path, *jobs: dict) -> None:
+    """Jobs written into queue.json by hand (as an editor, or another program, would)."""
+    path = root / QUEUE_FILE
+    data = json.loads(path.read_bytes()) if path.exists() else {"jobs": {}}
+    for job in jobs:
+        data["jobs"][str(len(data["jobs"]) + 1)] = {"status": "queued", "priority": 0, "created": time.time(),
+                                                    "needs": "cpu", "depends_on": [], **job}
+    path.write_text(json.dumps(data))
+
+
+BAD_JOBS = [
+    ({"id": "jbad001", "kind": "eval", "priority": "high"}, "Expected `int | null`, got `str` - at `$.priority`"),
+    ({"id": "jbad002", "kind": "eval", "eval_options": {"limit": 8, "bogus": 1}},
+     "Object contains unknown field `bogus` - at `$.eval_options`"),
+    ({"id": "jbad003", "kind": "eval", "attacks": "natural"}, "Expected `array | null`, got `str` - at `$.attacks`"),
+]
+
+
+def test_damaged_jobs_are_hidden_with_one_line_each_and_the_worker_runs_the_others(runs, monkeypatch, capsys):
+    names = ids(runs)
+    code, out, err = cli(monkeypatch, capsys, "queue", "eval", names["b"], "--attacks", "natural", "--limit", "16")
+    assert code == 0, err
+    good = out.split("job ")[1].split()[0].strip("():,")
+    add_jobs(runs, *[{**job, "run_id": names["a"]} for job, _ in BAD_JOBS])
+    bad_docs = {d["id"]: d for d in json.loads((runs / QUEUE_FILE).read_bytes())["jobs"].values()
+                if d["id"].startswith("jbad")}
+
+    code, out, err = cli(monkeypatch, capsys, "queue", "ls")
+    assert code == 0 and good in out and "jbad" not in out
+    lines = err.strip().splitlines()
+    assert len(lines) == len(BAD_JOBS)
+    for line, (job, what) in zip(lines, BAD_JOBS):
+        assert line.startswith(f"warning: the registry file {runs / QUEUE_FILE} has a damaged job {job['id']}")
+        assert what in line and "hidden" in line
+
+    code, out, err = cli(monkeypatch, capsys, "worker", "--once", "--cpu-slots", "1", "--poll", "0.2")
+    assert code == 0, err
+    assert "Traceback" not in out + err and out.count("skipped: ") == len(BAD_JOBS)
+    registry = Registry(runs)
+    assert [j["status"] for j in registry.all(JOBS) if j["id"] == good] == ["done"]
+    kept = {d["id"]: d for d in json.loads((runs / QUEUE_FILE).read_bytes())["jobs"].values()
+            if d["id"].startswith("jbad")}
+    assert kept == bad_docs  # kept as they were, for a person to mend
+    assert registry.get_run(names["a"])["status"] == "finished"
+
+
+def test_a_damaged_run_file_fails_its_own_jobs_only_and_the_worker_runs_the_rest(runs, monkeypatch, capsys):
+    names = ids(runs)
+    for name in ("a", "b"):
+        code, _, err = cli(monkeypatch, capsys, "queue", "eval", names[name], "--attacks", "natural", "--limit", "16")
+        assert code == 0, err
+    path = edit_run(runs, names["a"], lambda doc: doc.__setitem__("created", "yesterday"))
+    damaged_bytes = path.read_bytes()
+    code, out, err = cli(monkeypatch, capsys, "worker", "--once", "--poll", "0.2")
+    assert code == 0, err
+    assert "Traceback" not in out + err
+    jobs = {j["run_id"]: j for j in Registry(runs).all(JOBS)}
+    assert jobs[names["b"]]["status"] == "done"
+    assert jobs[names["a"]]["status"] == "failed"
+    assert jobs[names["a"]]["error"].startswith(f"the registry file {path} has a run whose created is str")
+    assert f"`advtui resume {names['a']}`" in jobs[names["a"]]["error"] and "\n" not in jobs[names["a"]]["error"]
+    assert path.read_bytes() == damaged_bytes  # never overwritten
+
+
+def test_a_reproduction_plan_with_a_damaged_field_is_left_out_of_the_report_with_one_line(runs, monkeypatch, capsys):
+    registry = Registry(runs)
+    registry.insert("reproductions", {"table": "table3", "scale": "smoke", "rows": {"plain": "abc"}, "columns": [],
+                                      "eval_options": {}})
+    before = store_snapshot(runs)
+    code, _, err = cli(monkeypatch, capsys, "report")
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 2 and "Traceback" not in err
+    assert lines[0].startswith(f"warning: the registry file {runs / REGISTRY_FILE} has a damaged plan table3")
+    assert "Expected `array`, got `str` - at `$.rows[...]`" in lines[0]
+    assert lines[1].startswith("error: no reproduction recorded in")
+    assert store_snapshot(runs) == before
+
+
+def test_an_earlier_versions_registry_with_a_schema_of_the_wrong_type_is_one_line(tmp_path, monkeypatch, capsys):
+    root = tmp_path / "runs"
+    root.mkdir()
+    monkeypatch.setenv("ADVTUI_RUNS", str(root))
+    (root / LEGACY_FILE).write_text(json.dumps({"_meta": {"1": {"schema": "1"}}, "runs": {}}))
+    before = every_file(root)
+    for args in (["ls"], ["queue", "ls"], ["queue", "train", "--defense", "plain"]):
+        code, _, err = cli(monkeypatch, capsys, *args)
+        assert code == 2, args
+        one_error_line(err, str(root / LEGACY_FILE), "has a schema that is str, not int", "left untouched")
+    assert every_file(root) == before and not (root / REGISTRY_FILE).exists()
+
+
+def test_the_store_knows_every_eval_option_the_queue_passes_on():
+    from advtui.jobs.queue import EVAL_OPTION_FLAGS
+    from advtui.registry import EVAL_OPTION_KEYS
+
+    assert set(EVAL_OPTION_KEYS) == set(EVAL_OPTION_FLAGS)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from advtui.config import RunConfig
+from advtui.config import RunConfig, recorded_config
 from advtui.core import lifecycle
 from advtui.core.defenses import DEFENSE_SPECS
 from advtui.core.paths import DATA_ENV, FINAL_CHECKPOINT, LAST_CHECKPOINT, checkpoint_path, data_root, run_dir
@@ -49,9 +49,10 @@ def plan_resume(registry: Registry, ref: str, overrides: dict[str, Any]) -> RunP
     record = lifecycle.settle_vanished(registry, registry.resolve_run(ref))
     if record.get("status") == "running":
         raise ConfigError(f"run {record['id']} is still running (pid {record.get('pid')}): kill it first")
+    stored = recorded_config(record)
     if record.get("status") == "finished" and not overrides.get("epochs"):
         raise ConfigError(f"run {record['id']} already finished: pass --epochs N (more than "
-                          f"{record['config']['epochs']}) to train it further")
+                          f"{stored.epochs}) to train it further")
     if overrides.get("epochs") is not None and overrides["epochs"] <= (record.get("epoch") or 0):
         done = record.get("epoch") or 0
         raise ConfigError(f"--epochs must be more than the {done} epoch{'' if done == 1 else 's'} run {record['id']} "
@@ -62,7 +63,7 @@ def plan_resume(registry: Registry, ref: str, overrides: dict[str, Any]) -> RunP
     given = {k: v for k, v in overrides.items() if v is not None}
     if not given.get("data_root") and os.environ.get(DATA_ENV):
         given["data_root"] = None  # $ADVTUI_DATA wins over the recorded root; --data-root over both
-    config = RunConfig.from_dict({**record["config"], **given})
+    config = RunConfig.from_dict({**stored.to_dict(), **given})
     return RunPlan(config.validate(), record, checkpoint)
 
 
@@ -70,7 +71,7 @@ def plan_queued(registry: Registry, run_id: str) -> RunPlan:
     """Attach to a record created by the queue (status 'queued')."""
     record = registry.resolve_run(run_id)
     has_checkpoint = bool((record.get("checkpoints") or {}).get("last"))
-    return RunPlan(RunConfig.from_dict(record["config"]).validate(), record,
+    return RunPlan(recorded_config(record), record,
                    checkpoint_path(registry, record, "last") if has_checkpoint else None)
 
 

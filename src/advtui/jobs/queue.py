@@ -33,7 +33,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from advtui.config import RunConfig
+from advtui.config import RunConfig, recorded_config
 from advtui.core import lifecycle
 from advtui.core.attack_specs import parse_attack
 from advtui.core.paths import run_dir
@@ -392,7 +392,8 @@ def resume(registry: Registry, ref: str, *, epochs: int | None = None, priority:
         raise ConfigError(f"run {run['id']} already has {active[-1]['status']} job {active[-1]['id']}")
     if status == "running" and record_alive(run):
         raise ConfigError(f"run {run['id']} is running (pid {run.get('pid')}): `advtui kill {run['id']}` first")
-    config = dict(run.get("config") or {})
+    recorded_config(run)  # a config lost or damaged is refused before anything is written
+    config = dict(run["config"])
     if epochs is not None:
         if epochs <= run.get("epoch", 0):
             raise ConfigError(f"--epochs must exceed the {run.get('epoch', 0)} epochs run {run['id']} has done")
@@ -400,8 +401,6 @@ def resume(registry: Registry, ref: str, *, epochs: int | None = None, priority:
     elif status == "finished":
         raise ConfigError(f"run {run['id']} already finished: pass --epochs N (more than "
                           f"{config.get('epochs')}) to train it further")
-    elif status == "queued":
-        raise ConfigError(f"run {run['id']} is already queued")
     needs, gpu_index = device_needs(config.get("device", "auto"))
     # Only a run that never started from its source still needs it (later it has its own checkpoint).
     after = [] if (run.get("checkpoints") or {}).get("last") else warm_start_dependencies(registry, config)
