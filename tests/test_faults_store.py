@@ -17,12 +17,19 @@ import time
 from pathlib import Path
 
 import pytest
-
-from advtui.registry import (
-    ARCHIVE_DIR, JOBS, LEGACY_FILE, QUEUE_FILE, REGISTRY_FILE, RESULTS, RUN_FILE, RUNS, Registry,
-)
 from store_support import store_snapshot
 from test_faults import _tiny_runs, cli, ids, one_error_line  # noqa: F401 - _tiny_runs is a fixture
+
+from advtui.registry import (
+    ARCHIVE_DIR,
+    JOBS,
+    LEGACY_FILE,
+    QUEUE_FILE,
+    REGISTRY_FILE,
+    RESULTS,
+    RUN_FILE,
+    Registry,
+)
 
 LEGACY = Path(__file__).parent / "data" / "advtui-v1.json"
 
@@ -95,7 +102,7 @@ def test_a_migration_interrupted_before_the_queue_finishes_the_archive_without_t
 
 # == damaged field types: one record hidden with one line ==========================================
 @pytest.fixture
-def runs(_tiny_runs, tmp_path, monkeypatch, mnist_root) -> Path:
+def runs(_tiny_runs, tmp_path, monkeypatch, mnist_root) -> Path:  # noqa: F811 - the fixture imported above
     """A private copy of two finished tiny runs (a, b), as $ADVTUI_RUNS."""
     root = tmp_path / "runs"
     shutil.copytree(_tiny_runs, root)
@@ -247,3 +254,159 @@ def test_the_store_knows_every_eval_option_the_queue_passes_on():
     from advtui.registry import EVAL_OPTION_KEYS
 
     assert set(EVAL_OPTION_KEYS) == set(EVAL_OPTION_FLAGS)
+
+
+# == a run folder, or a file in it, that is a symbolic link ========================================
+def plant_outside(tmp_path: Path, content: bytes = b"someone else's file\n") -> Path:
+    outside = tmp_path / "outside"
+    outside.mkdir(exist_ok=True)
+    victim = outside / "victim"
+    victim.write_bytes(content)
+    return victim
+
+
+def test_a_run_folder_linked_out_of_the_runs_folder_is_hidden_and_never_written(runs, tmp_path, monkeypatch, capsys):
+    names = ids(runs)
+    code, _, err = cli(monkeypatch, capsys, "queue", "eval", names["a"], "--attacks", "natural", "--limit", "16")
+    assert code == 0, err
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    shutil.move(runs / names["a"], outside / names["a"])
+    os.symlink(outside / names["a"], runs / names["a"])
+    outside_before, before = every_file(outside), every_file(runs)
+    names_outside = sorted(p.name for p in outside.rglob("*"))
+    what = f"the run folder {runs / names['a']} is a symbolic link (to {outside / names['a']})"
+
+    code, out, err = cli(monkeypatch, capsys, "ls")
+    assert code == 0 and names["b"] in out and names["a"] not in out
+    assert err.count("\n") == 1 and err.startswith(f"warning: {what}")
+    for args in (["show", names["a"]], ["resume", names["a"], "--epochs", "2"], ["kill", names["a"]],
+                 ["run", "--resume", names["a"], "--epochs", "2"], ["eval", names["a"], "--attacks", "natural"],
+                 ["queue", "eval", names["a"], "--attacks", "natural"]):
+        code, _, err = cli(monkeypatch, capsys, *args)
+        assert code == 2, args
+        one_error_line(err, what, "nothing is written through it")
+    code, out, err = cli(monkeypatch, capsys, "worker", "--once", "--poll", "0.2")
+    assert code == 0 and "Traceback" not in out + err
+    (job,) = Registry(runs).all(JOBS)
+    assert job["status"] == "failed" and job["error"].startswith(what)
+    assert every_file(outside) == outside_before and sorted(p.name for p in outside.rglob("*")) == names_outside
+    assert every_file(runs, skip=(QUEUE_FILE,)) == {k: v for k, v in before.items() if not k.startswith(QUEUE_FILE)}
+
+
+@pytest.mark.parametrize("planted, what", [
+    ("checkpoints/final.pt", "is a symbolic link: a run's files are never written or read through a link"),
+    ("events.jsonl", "is a symbolic link: a run's files are never written or read through a link"),
+    ("log.txt", "is a symbolic link: a run's files are never written or read through a link"),
+    ("checkpoints", "last checkpoint path 'checkpoints/last.pt' leads outside its folder"),  # its read is refused first
+])
+def test_a_resume_over_a_planted_link_is_refused_before_anything_is_written(runs, tmp_path, monkeypatch, capsys,
+                                                                            planted, what):
+    names = ids(runs)
+    victim = plant_outside(tmp_path)
+    link = runs / names["a"] / planted
+    if link.is_dir():
+        shutil.rmtree(link)
+    else:
+        link.unlink(missing_ok=True)
+    os.symlink(victim.parent if planted == "checkpoints" else victim, link)
+    before = store_snapshot(runs)
+    code, _, err = cli(monkeypatch, capsys, "run", "--resume", names["a"], "--epochs", "2")
+    assert code == 2
+    one_error_line(err, what)
+    assert victim.read_bytes() == b"someone else's file\n" and sorted(p.name for p in victim.parent.iterdir()) == [
+        "victim"]
+    assert store_snapshot(runs) == before and Registry(runs).get_run(names["a"])["status"] == "finished"
+
+
+def test_eval_over_a_linked_event_stream_is_refused_and_writes_nothing(runs, tmp_path, monkeypatch, capsys):
+    names = ids(runs)
+    victim = plant_outside(tmp_path)
+    events = runs / names["a"] / "events.jsonl"
+    events.unlink()
+    os.symlink(victim, events)
+    before = store_snapshot(runs)
+    code, _, err = cli(monkeypatch, capsys, "eval", names["a"], "--attacks", "natural", "--limit", "16")
+    assert code == 2
+    one_error_line(err, f"{events} is a symbolic link")
+    assert victim.read_bytes() == b"someone else's file\n"
+    assert store_snapshot(runs) == before
+
+
+def test_a_job_whose_log_is_a_planted_link_fails_with_one_line_and_the_outside_file_is_untouched(runs, tmp_path,
+                                                                                                monkeypatch, capsys):
+    names = ids(runs)
+    code, out, err = cli(monkeypatch, capsys, "queue", "eval", names["b"], "--attacks", "natural", "--limit", "16")
+    assert code == 0, err
+    (job,) = Registry(runs).all(JOBS)
+    victim = plant_outside(tmp_path)
+    os.symlink(victim, runs / names["b"] / f"eval-{job['id']}.log")
+    code, out, err = cli(monkeypatch, capsys, "worker", "--once", "--poll", "0.2")
+    assert code == 0 and "Traceback" not in out + err
+    (job,) = Registry(runs).all(JOBS)
+    assert job["status"] == "failed" and "is a symbolic link: it is never written or read through" in job["error"]
+    assert victim.read_bytes() == b"someone else's file\n"
+
+
+def test_the_final_checkpoint_copy_replaces_a_link_planted_meanwhile_and_never_writes_through_it(tmp_path):
+    from advtui.core.atomic import atomic_copy
+
+    victim = plant_outside(tmp_path)
+    source, target = tmp_path / "last.pt", tmp_path / "final.pt"
+    source.write_bytes(b"weights" * 1000)
+    os.symlink(victim, target)
+    atomic_copy(source, target)
+    assert not target.is_symlink() and target.read_bytes() == b"weights" * 1000
+    assert victim.read_bytes() == b"someone else's file\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["final.pt", "last.pt", "outside"]  # no temporary left
+
+
+# == a kill that could reach another process ======================================================
+def test_kill_never_signals_a_pid_recorded_without_its_start_time(runs, monkeypatch, capsys):
+    import socket
+
+    names = ids(runs)
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        registry = Registry(runs)
+        registry.update_run(names["a"], status="running", pid=sleeper.pid, pid_start_time=None,
+                            host=socket.gethostname())
+        code, _, err = cli(monkeypatch, capsys, "kill", names["a"], "--grace", "1")
+        assert code == 2
+        one_error_line(err, f"run {names['a']} is not running (status failed): process vanished (no start time "
+                            f"was recorded with pid {sleeper.pid}")
+        assert Registry(runs).get_run(names["a"])["status"] == "failed"
+        registry.insert(JOBS, {"id": "jnostart", "kind": "eval", "run_id": names["b"], "status": "running",
+                               "pid": sleeper.pid, "created": time.time()})
+        code, out, err = cli(monkeypatch, capsys, "kill", "jnostart", "--grace", "1")
+        assert code == 0, err
+        assert f"pid {sleeper.pid} was not signalled: no start time was recorded with it" in out
+        time.sleep(0.3)
+        assert sleeper.poll() is None  # never signalled
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+# == what a kill in the middle of a checkpoint save leaves =========================================
+def test_a_resume_sweeps_stale_checkpoint_temporaries_and_ends_each_epoch_once(runs, monkeypatch, capsys):
+    names = ids(runs)
+    folder = runs / names["a"]
+    stale = [".last.pt.k2j4_x9q.tmp", ".final.pt.0abcdefg.tmp"]
+    others = [".other.pt.abcdefgh.tmp", "notes.tmp", ".last.pt.tmp"]  # not what a killed save leaves
+    for name in stale + others:
+        (folder / "checkpoints" / name).write_bytes(b"\x00" * 100)
+    # As if the process that redoes epoch 2 had been killed once before, while saving after that
+    # epoch's event: the stream already ends epoch 2.
+    stream = (folder / "events.jsonl").read_bytes().splitlines()
+    epoch_one = json.loads(next(line for line in stream if b'"kind":"epoch"' in line))
+    with open(folder / "events.jsonl", "ab") as f:
+        f.write(json.dumps({**epoch_one, "epoch": 2}).encode() + b"\n")
+    code, _, err = cli(monkeypatch, capsys, "run", "--resume", names["a"], "--epochs", "2")
+    assert code == 0, err
+    left = sorted(p.name for p in (folder / "checkpoints").iterdir())
+    assert left == sorted(["last.pt", "final.pt", *others])
+    from advtui.events import read_events
+
+    assert [e["epoch"] for e in read_events(folder / "events.jsonl", {"epoch"})] == [1, 2]
+    assert Registry(runs).get_run(names["a"])["status"] == "finished"

@@ -36,6 +36,7 @@ Metrics are not stored here (they stream to each run's events.jsonl); only metad
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
@@ -315,7 +316,7 @@ def _load(path: str, want_raw: bool = False) -> Any:
     """Read and parse ``path`` now (and cache it): its data, None if missing, or _Damaged."""
     read_at = time.time_ns()
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)  # a link planted at a store file is not read through
         try:
             st = os.fstat(fd)
             raw = os.read(fd, st.st_size + 1)  # plain syscalls: this runs once per file per listing
@@ -330,6 +331,9 @@ def _load(path: str, want_raw: bool = False) -> Any:
         _CACHE.pop(path, None)
         return (None, b"") if want_raw else None
     except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise RegistryError(f"the registry file {path} is a symbolic link: it is not read or written through; "
+                                "put the file itself there") from None
         raise RegistryError(f"cannot read the registry file {path}: {exc.strerror or exc}") from exc
     data = _parse(path, raw)
     _CACHE[path] = (_stat_key(st), read_at, data)
@@ -477,6 +481,20 @@ def _expand_configs(runs: Any, configs: dict, bases: list, n_bases: int) -> bool
             return False
         doc["config"] = {**base, **delta}
     return True
+
+
+def _linked_folder_message(folder: str) -> str:
+    try:
+        target = os.readlink(folder)
+    except OSError:
+        target = "?"
+    return (f"the run folder {folder} is a symbolic link (to {target}): a run folder is never followed out of "
+            "the runs folder, so that run is hidden and nothing is written through it; move the folder itself here")
+
+
+def _refuse_linked_folder(folder: str) -> None:
+    if os.path.islink(folder):
+        raise RegistryError(_linked_folder_message(folder))
 
 
 # -- writing files: one lock per file, in a fixed order ------------------------------------------
@@ -681,6 +699,8 @@ class Registry:
                 if other.shard.order >= shard.order:
                     raise RuntimeError(f"lock order: {shard.path} taken while holding {other.shard.path} "
                                        "(take the queue, then run files in id order, then registry.json)")
+            if shard.kind == "run":
+                _refuse_linked_folder(os.path.dirname(shard.path))  # before its lock file is made in it
             lock = _lock_for(shard.path)
             try:
                 os.makedirs(os.path.dirname(shard.path), exist_ok=True)
@@ -1032,6 +1052,8 @@ class Registry:
     def get_run(self, run_id: str) -> dict | None:
         self._ensure_ready(write=False)
         path = self._run_file(run_id)
+        if path is not None:
+            _refuse_linked_folder(os.path.dirname(path))
         record = _first(_read(path), RUNS) if path is not None else None
         return dict(record) if record is not None else None
 
@@ -1114,7 +1136,13 @@ class Registry:
     def _scan_entries(entries, suffix, cache, stat, found, damaged) -> None:
         for entry in entries:
             name = entry.name
-            if not entry.is_dir() or not _safe_id(name):
+            if not _safe_id(name):
+                continue
+            if entry.is_symlink():
+                if entry.is_dir():
+                    damaged[name] = _linked_folder_message(entry.path)
+                continue
+            if not entry.is_dir():
                 continue
             path = entry.path + suffix
             try:

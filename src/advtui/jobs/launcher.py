@@ -24,6 +24,7 @@ from pathlib import Path
 
 import psutil
 
+from advtui.core.atomic import open_append
 from advtui.core.process import live_process
 
 DEFAULT_GRACE_S = 30.0
@@ -191,7 +192,7 @@ def spawn_logged(argv: list[str], log_path: Path, env: dict[str, str], cwd: str 
     per launch (a resumed run appends to the same log). Returns the child and its start time."""
     log_path = Path(log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "ab") as log:
+    with open_append(log_path) as log:  # a link planted at the log is refused (UnsafePathError, an OSError)
         header = f"==== {time.strftime('%Y-%m-%d %H:%M:%S')} launched{launched_by}: {' '.join(argv)}\n"
         log.write(header.encode())
         log.flush()

@@ -303,14 +303,18 @@ def kill(registry: Registry, ref: str, grace_s: float = DEFAULT_GRACE_S, executo
         from advtui.jobs.ray_executor import RayExecutor
 
         executor = RayExecutor(job.get("ray_address"))
-    if executor is not None and job is not None and pid:
+    if pid and started is None:
+        outcome = "unverified"  # any process may have that pid now: it is never signalled
+    elif executor is not None and job is not None and pid:
         handle = executor.attach(pid, started, job=job)
         outcome = executor.stop(handle, grace_s) if handle is not None else "gone"
     else:
         outcome = stop_process(pid, started, grace_s) if pid else "gone"
     run_id = run["id"] if run else (job or {}).get("run_id")
     note = {"terminated": "stopped by SIGTERM", "killed": f"did not stop within {grace_s:g}s of SIGTERM: SIGKILL",
-            "gone": "its process had already ended"}[outcome]
+            "gone": "its process had already ended",
+            "unverified": f"pid {pid} was not signalled: no start time was recorded with it, so it cannot be told "
+                          "from another process that took the pid"}[outcome]
     if run is not None and (job is None or job["kind"] == "train"):
         # The run records 'killed' itself on SIGTERM; after a SIGKILL (or if it never got that
         # far) record it here. Its last checkpoint (if any) stays, so `resume` continues it.
@@ -358,7 +362,8 @@ def _kill_target(registry: Registry, ref: str) -> tuple[dict | None, dict | None
     evals = [j for j in active if j["kind"] == "eval" and j["status"] == "running"]
     if evals:
         return evals[-1], None
-    raise ConfigError(f"run {run['id']} is not running (status {run.get('status')})")
+    why = f": {run['error'].splitlines()[0]}" if str(run.get("error") or "").startswith("process vanished") else ""
+    raise ConfigError(f"run {run['id']} is not running (status {run.get('status')}){why}")
 
 
 def resume_point(registry: Registry, record: dict[str, Any]) -> str:
