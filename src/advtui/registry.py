@@ -28,8 +28,12 @@ order, then registry.json. Locks are always taken in that order (the other order
 two processes never wait on each other. A damaged file is reported in one line and never
 overwritten; a damaged run file hides only that run (listings report it in ``damaged``). A file
 that parses but is not what its name says (``{}``, ``[]``, a registry.json without ``_meta``, a
-run.json with other tables) is damaged too: taken as empty, the next write would replace it and
-its ``.bak``. ``store_problems()`` lists every damaged file in one line each (the dashboard).
+run.json with other tables, a run field of the wrong type) is damaged too: taken as empty, the
+next write would replace it and its ``.bak``. A job or reproduction plan whose fields do not
+have their types is hidden alone and kept as it is in its file (``record_problems()``).
+``store_problems()`` lists every damaged file and record in one line each (the dashboard).
+A run folder that is a symbolic link is never followed (hidden, and refused before any write),
+and no store file is read through a link. A migration never replaces an existing file.
 
 Metrics are not stored here (they stream to each run's events.jsonl); only metadata is.
 """
