@@ -361,6 +361,19 @@ def test_the_final_checkpoint_copy_replaces_a_link_planted_meanwhile_and_never_w
     assert sorted(p.name for p in tmp_path.iterdir()) == ["final.pt", "last.pt", "outside"]  # no temporary left
 
 
+def test_readers_of_a_stream_or_a_log_do_not_follow_a_planted_link(tmp_path):
+    from advtui.events import read_stream
+    from advtui.jobs.launcher import log_tail
+
+    victim = plant_outside(tmp_path, b'{"kind":"epoch","time":1.0,"epoch":1}\nsecret line\n')
+    for name in ("events.jsonl", "log.txt"):
+        os.symlink(victim, tmp_path / name)
+    assert read_stream(tmp_path / "events.jsonl").events == []  # the dashboard's and show's reader
+    assert log_tail(tmp_path / "log.txt") == ""  # what a failed job's record quotes
+    (tmp_path / "real.log").write_bytes(b"own line\n")
+    assert log_tail(tmp_path / "real.log") == "own line"
+
+
 # == a kill that could reach another process ======================================================
 def test_kill_never_signals_a_pid_recorded_without_its_start_time(runs, monkeypatch, capsys):
     import socket

@@ -116,11 +116,11 @@ class LineTail:
             self.offset, self._partial = 0, b""
         if size == self.offset:
             return []
-        try:
-            with open(self.path, "rb") as f:
+        try:  # never through a link planted at the stream's name (O_NOFOLLOW), as it is never written through
+            with os.fdopen(os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC), "rb") as f:
                 f.seek(self.offset)
                 chunk = f.read(size - self.offset)
-        except OSError:  # not a readable file (a folder in its place, no permission): nothing to read
+        except OSError:  # not a readable file (a folder in its place, no permission, a link): nothing to read
             return []
         self.offset += len(chunk)
         lines = (self._partial + chunk).split(b"\n")

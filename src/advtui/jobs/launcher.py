@@ -137,8 +137,8 @@ def log_tail(path: Path | None, lines: int = LOG_TAIL_LINES, max_bytes: int = 16
     """The last ``lines`` lines of a log file ('' when there is none)."""
     if path is None:
         return ""
-    try:
-        with open(path, "rb") as f:
+    try:  # not through a link planted at the log's name: its target is not the job's output
+        with os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC), "rb") as f:
             f.seek(0, os.SEEK_END)
             size = f.tell()
             f.seek(max(0, size - max_bytes))
