@@ -344,7 +344,9 @@ def test_a_job_whose_log_is_a_planted_link_fails_with_one_line_and_the_outside_f
     code, out, err = cli(monkeypatch, capsys, "worker", "--once", "--poll", "0.2")
     assert code == 0 and "Traceback" not in out + err
     (job,) = Registry(runs).all(JOBS)
-    assert job["status"] == "failed" and "is a symbolic link: it is never written or read through" in job["error"]
+    assert job["status"] == "failed" and job["error"].startswith(
+        f"could not start {sys.executable}: {runs / names['b'] / ('eval-' + job['id'] + '.log')} is a symbolic link: "
+        "it is never written or read through")
     assert victim.read_bytes() == b"someone else's file\n"
 
 

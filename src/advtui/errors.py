@@ -40,3 +40,6 @@ class UnsafePathError(AdvtuiError, OSError):
     """A file of a run folder that is a symbolic link, or a path that leads out of the folder:
     never written (or read) through. An OSError too, so code that handles a file it cannot
     open (a launcher, a full disk) handles this one the same way."""
+
+    def __str__(self) -> str:
+        return self.strerror or super().__str__()  # the message alone, as every AdvtuiError, no "[Errno 40]"

@@ -38,7 +38,7 @@ from advtui.core import lifecycle
 from advtui.core.attack_specs import parse_attack
 from advtui.core.paths import run_dir
 from advtui.core.process import record_alive
-from advtui.errors import AdvtuiError, AmbiguousRunError, ConfigError, RunNotFoundError
+from advtui.errors import AdvtuiError, AmbiguousRunError, ConfigError, RegistryError, RunNotFoundError
 from advtui.events import EVENTS_FILE, read_events
 from advtui.jobs.launcher import DEFAULT_GRACE_S, stop_process
 from advtui.registry import JOBS, Registry
@@ -251,7 +251,10 @@ def cancel_dependents(registry: Registry, job: dict[str, Any], reason: str) -> l
             if finish_job(registry, other, "cancelled", blocked_by=job["id"], error=why):
                 cancelled.append(other["id"])
                 if other["kind"] == "train":  # its run would otherwise stay queued forever
-                    lifecycle.mark_failed(registry, other["run_id"], why, only_from=lifecycle.QUEUED)
+                    try:
+                        lifecycle.mark_failed(registry, other["run_id"], why, only_from=lifecycle.QUEUED)
+                    except RegistryError:
+                        pass  # a damaged run file is never overwritten: the cancelled job says why
                 cancelled += cancel_dependents(registry, other, "was cancelled")
     return cancelled
 
