@@ -425,3 +425,26 @@ def test_a_resume_sweeps_stale_checkpoint_temporaries_and_ends_each_epoch_once(r
 
     assert [e["epoch"] for e in read_events(folder / "events.jsonl", {"epoch"})] == [1, 2]
     assert Registry(runs).get_run(names["a"])["status"] == "finished"
+
+
+def test_the_temporary_a_save_killed_with_sigkill_leaves_is_what_the_sweep_removes(tmp_path):
+    """A real kill -9 in the middle of an atomic write, then the sweep a run's start does."""
+    from advtui.core.atomic import remove_stale_temporaries
+
+    script = ("import sys, time; from advtui.core.atomic import atomic_open\n"
+              "with atomic_open(sys.argv[1], 'wb') as f:\n"
+              "    f.write(b'half a checkpoint'); f.flush(); print('writing', flush=True); time.sleep(60)\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    writer = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "last.pt")], stdout=subprocess.PIPE,
+                              text=True, env=env)
+    try:
+        assert writer.stdout.readline().strip() == "writing"
+        writer.kill()
+        writer.wait()
+    finally:
+        writer.kill()
+    (left,) = [p.name for p in tmp_path.iterdir()]
+    assert left.startswith(".last.pt.") and left.endswith(".tmp")  # no last.pt: the rename never happened
+    (tmp_path / "notes.txt").write_text("kept")
+    assert remove_stale_temporaries(tmp_path, ("last.pt", "final.pt")) == [left]
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
