@@ -38,7 +38,13 @@ from advtui.core import lifecycle
 from advtui.core.attack_specs import parse_attack
 from advtui.core.paths import run_dir
 from advtui.core.process import record_alive
-from advtui.errors import AdvtuiError, AmbiguousRunError, ConfigError, RegistryError, RunNotFoundError
+from advtui.errors import (
+    AdvtuiError,
+    AmbiguousRunError,
+    ConfigError,
+    RegistryError,
+    RunNotFoundError,
+)
 from advtui.events import EVENTS_FILE, read_events
 from advtui.jobs.launcher import DEFAULT_GRACE_S, stop_process
 from advtui.registry import JOBS, Registry
