@@ -117,7 +117,11 @@ def test_resume_refuses_what_cannot_be_resumed(tmp_path):
     alive = reg.create_run({"name": "alive", "status": "running", "pid": me.pid, "pid_start_time": me.create_time()})
     with pytest.raises(ConfigError, match="is running"):
         resume(reg, alive["id"])
-    finished = reg.create_run({"name": "fin", "status": "finished", "epoch": 2, "config": {"epochs": 2}})
+    finished = reg.create_run({"name": "fin", "status": "finished", "epoch": 2,
+                               "config": {**tiny(name="fin").to_dict(), "epochs": 2}})
+    lost = reg.create_run({"name": "lost", "status": "failed", "epoch": 1})
+    with pytest.raises(ConfigError, match="has no recorded config to start from"):
+        resume(reg, lost["id"])
     with pytest.raises(ConfigError, match="already finished"):
         resume(reg, finished["id"])
     with pytest.raises(ConfigError, match="must exceed"):

@@ -124,10 +124,11 @@ def test_a_child_that_dies_before_recording_its_run_fails_it_with_its_log(tmp_pa
     run = reg.get_run(queued.run["id"])
     assert job["status"] == "failed" and job["exit_code"] == 2
     assert run["status"] == "failed" and "ended (exit 2) before recording its end" in run["error"]
-    assert run["error"].splitlines()[-1].startswith("error: unknown model 'resnet9000'")
+    assert run["error"].splitlines()[-1].startswith(
+        f"error: run {queued.run['id']}'s recorded config is damaged (unknown model 'resnet9000'")
     assert job["error"] == run["error"]
     log = (tmp_path / queued.run["id"] / "log.txt").read_text()
-    assert log.startswith("==== ") and "error: unknown model" in log
+    assert log.startswith("==== ") and "(unknown model 'resnet9000'" in log
 
 
 def test_a_hand_edited_run_id_is_never_launched(tmp_path):

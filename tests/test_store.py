@@ -55,7 +55,12 @@ def test_a_registry_written_by_the_single_file_version_is_migrated_whole_and_kep
     assert sorted(map(_key, runs)) == sorted(map(_key, _docs(old, RUNS)))
     assert sorted(map(_key, registry.all(JOBS))) == sorted(map(_key, _docs(old, JOBS)))
     assert sorted(map(_key, registry.all(RESULTS))) == sorted(map(_key, _docs(old, RESULTS)))
-    assert registry.all("reproductions") == _docs(old, "reproductions")
+    # The plan kept its earlier shape (runs, evals and attacks, no rows or columns): moved whole,
+    # and hidden with one line, since `advtui report` reads plans by their rows and columns.
+    assert _docs(json.loads((root / REGISTRY_FILE).read_text()), "reproductions") == _docs(old, "reproductions")
+    assert registry.all("reproductions") == []
+    (problem,) = registry.record_problems()
+    assert "has a damaged plan table3 (Object missing required field `rows`)" in problem
     # each run in its own file, with its results
     for run in runs:
         data = json.loads(registry.run_path(run["id"]).read_text())

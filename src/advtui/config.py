@@ -257,3 +257,18 @@ def build_config(defense: str, preset: str | None = None, **overrides: Any) -> R
     values.update({k: v for k, v in overrides.items() if v is not None})
     config = RunConfig(defense=defense, preset=preset, **values)
     return config.validate()
+
+
+def recorded_config(record: dict[str, Any]) -> RunConfig:
+    """The validated config a run's record holds, to start it again (``resume``, a queued run's
+    process): a record without one, or with a value of the wrong type (``eps: "big"``, edited
+    by hand), is one ConfigError line, before anything is written or loaded."""
+    config, run_id = record.get("config"), record.get("id")
+    if type(config) is not dict or type(config.get("defense")) is not str:
+        raise ConfigError(f"run {run_id} has no recorded config to start from (its {run_id}/run.json lost it): "
+                          "start a new run with `advtui run`")
+    try:
+        return RunConfig.from_dict(config).validate()
+    except ConfigError as exc:
+        raise ConfigError(f"run {run_id}'s recorded config is damaged ({exc}): fix {run_id}/run.json by hand "
+                          "or start a new run") from None

@@ -34,3 +34,12 @@ class CheckpointError(AdvtuiError):
 
 class AmbiguousRunError(RunNotFoundError):
     """A reference that matches several runs (an id prefix or a name): the message lists them."""
+
+
+class UnsafePathError(AdvtuiError, OSError):
+    """A file of a run folder that is a symbolic link, or a path that leads out of the folder:
+    never written (or read) through. An OSError too, so code that handles a file it cannot
+    open (a launcher, a full disk) handles this one the same way."""
+
+    def __str__(self) -> str:
+        return self.strerror or super().__str__()  # the message alone, as every AdvtuiError, no "[Errno 40]"

@@ -25,7 +25,9 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
+
+from advtui.core.atomic import open_append
 
 EVENTS_FILE = "events.jsonl"
 
@@ -42,18 +44,25 @@ def _clean(value: Any) -> Any:
 
 
 class EventWriter:
-    """Appends events to a run's stream; each line is flushed so tailers see it at once."""
+    """Appends events to a run's stream; each line is flushed so tailers see it at once.
 
-    def __init__(self, path: Path):
+    ``skip_epochs``: epochs whose ``epoch`` event the stream has already (a run killed while
+    saving the checkpoint after that event redoes the epoch's end when resumed): not written
+    again, so each epoch ends once in the stream however often it was retried."""
+
+    def __init__(self, path: Path, skip_epochs: Iterable[int] = ()):
         self.path = Path(path)
+        self.skip_epochs = frozenset(skip_epochs)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.path, "a", encoding="utf-8", buffering=1)
+        self._file = open_append(self.path, text=True)  # a link planted at events.jsonl is refused
         if _ends_torn(self.path):
             # A writer killed mid-line left a partial last line: start on a new one, so the
             # first event of this writer is not glued to it (and lost with it).
             self._file.write("\n")
 
     def emit(self, kind: str, **fields: Any) -> None:
+        if kind == "epoch" and fields.get("epoch") in self.skip_epochs:
+            return
         record = {"kind": kind, "time": round(time.time(), 3), **_clean(fields)}
         # One write call per line: with O_APPEND, concurrent writers (a run and an eval
         # of the same run) never interleave within a line.
@@ -107,11 +116,11 @@ class LineTail:
             self.offset, self._partial = 0, b""
         if size == self.offset:
             return []
-        try:
-            with open(self.path, "rb") as f:
+        try:  # never through a link planted at the stream's name (O_NOFOLLOW), as it is never written through
+            with os.fdopen(os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC), "rb") as f:
                 f.seek(self.offset)
                 chunk = f.read(size - self.offset)
-        except OSError:  # not a readable file (a folder in its place, no permission): nothing to read
+        except OSError:  # not a readable file (a folder in its place, no permission, a link): nothing to read
             return []
         self.offset += len(chunk)
         lines = (self._partial + chunk).split(b"\n")
@@ -197,3 +206,8 @@ def read_events(path: Path, kinds: set[str] | None = None) -> Iterator[dict]:
     for event in read_stream(path).events:
         if kinds is None or event.get("kind") in kinds:
             yield event
+
+
+def ended_epochs(path: Path) -> set[int]:
+    """The epochs (counted from 1) whose ``epoch`` event a stream holds."""
+    return {event["epoch"] for event in read_events(path, {"epoch"})}

@@ -28,14 +28,19 @@ order, then registry.json. Locks are always taken in that order (the other order
 two processes never wait on each other. A damaged file is reported in one line and never
 overwritten; a damaged run file hides only that run (listings report it in ``damaged``). A file
 that parses but is not what its name says (``{}``, ``[]``, a registry.json without ``_meta``, a
-run.json with other tables) is damaged too: taken as empty, the next write would replace it and
-its ``.bak``. ``store_problems()`` lists every damaged file in one line each (the dashboard).
+run.json with other tables, a run field of the wrong type) is damaged too: taken as empty, the
+next write would replace it and its ``.bak``. A job or reproduction plan whose fields do not
+have their types is hidden alone and kept as it is in its file (``record_problems()``).
+``store_problems()`` lists every damaged file and record in one line each (the dashboard).
+A run folder that is a symbolic link is never followed (hidden, and refused before any write),
+and no store file is read through a link. A migration never replaces an existing file.
 
 Metrics are not stored here (they stream to each run's events.jsonl); only metadata is.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
@@ -47,7 +52,7 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Literal
 
 import msgspec
 from filelock import FileLock, Timeout
@@ -141,12 +146,123 @@ def _tables_of_documents(data: Any) -> bool:
     return True
 
 
-# The fields of a run record that every reader uses, and their types (when present and not null):
-# a record edited into another shape is a damaged file, not a traceback in `ls`.
-_RUN_FIELD_TYPES: dict[str, tuple[type, ...]] = {
-    "status": (str,), "name": (str,), "config": (dict,), "checkpoints": (dict,), "metrics": (dict,),
-    "epoch": (int,), "epochs": (int,), "error": (str,), "defense": (str,), "dataset": (str,), "model": (str,),
+# The fields of a run record that readers use, and their types (when present and not null): a
+# record edited into another shape or type (``created: "yesterday"``) is a damaged file, one run
+# hidden with one line, not a traceback in `ls`, `compare` or the worker.
+_NUMBER = (int, float)  # not bool: type() is checked, and json gives True/False as bool
+_RUN_FIELD_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    **{name: ((str,), "str") for name in ("status", "name", "error", "defense", "dataset", "model", "host", "group",
+                                          "device")},
+    **{name: ((dict,), "dict") for name in ("config", "checkpoints", "metrics")},
+    **{name: ((int,), "int") for name in ("epoch", "epochs", "pid")},
+    **{name: (_NUMBER, "a number") for name in ("created", "started", "ended", "pid_start_time")},
 }
+
+
+def _run_problem(doc: dict) -> str | None:
+    for name, (types, label) in _RUN_FIELD_TYPES.items():
+        value = doc.get(name)
+        if value is not None and type(value) not in types:
+            return f"has a run whose {name} is {type(value).__name__}, not {label}"
+    if doc.get("status") is not None and doc["status"] not in RUN_STATUSES:
+        return f"has a run whose status {doc['status']!r} is none of {', '.join(RUN_STATUSES)}"
+    for which, rel in (doc.get("checkpoints") or {}).items():
+        if rel is not None and type(rel) is not str:
+            return f"has a run whose {which} checkpoint is {type(rel).__name__}, not a path"
+    return None
+
+
+# -- typed records that live many to a file (jobs, reproduction plans) ----------------------------
+# One damaged record must not take its neighbours with it: it is hidden from every reader (with
+# one line in ``record_problems()``) and kept, as it is, in its file.
+JOB_STATUSES = ("queued", "running", "done", "failed", "cancelled")
+EVAL_OPTION_KEYS = ("limit", "batch_size", "eps", "step_size", "seed")  # what `advtui eval` takes from a job
+_Number = float  # msgspec takes ints for a float field, and refuses bool and str
+
+
+class _EvalOptions(msgspec.Struct, forbid_unknown_fields=True):
+    limit: int | None = None
+    batch_size: int | None = None
+    eps: _Number | None = None
+    step_size: _Number | None = None
+    seed: int | None = None
+
+
+class _Job(msgspec.Struct):
+    """The fields of a job the queue and the scheduler read (others are kept, unchecked)."""
+
+    id: str | None = None
+    kind: Literal["train", "eval"] | None = None
+    run_id: str | None = None
+    status: Literal[JOB_STATUSES] | None = None  # type: ignore[valid-type]
+    priority: int | None = None
+    needs: Literal["gpu", "cpu", "auto"] | None = None
+    gpu_index: int | None = None
+    nproc: int | None = None
+    depends_on: list[str] | None = None
+    attacks: list[str] | None = None
+    eval_options: _EvalOptions | None = None
+    created: _Number | None = None
+    started: _Number | None = None
+    ended: _Number | None = None
+    pid: int | None = None
+    pid_start_time: _Number | None = None
+    host: str | None = None
+    slot: dict[str, Any] | None = None
+    exit_code: int | None = None
+    error: str | None = None
+    blocked_by: str | None = None
+    kill_requested: _Number | None = None
+
+
+class _Plan(msgspec.Struct):
+    """A reproduction plan (``advtui reproduce``), as ``advtui report`` reads it."""
+
+    table: str
+    scale: str
+    rows: dict[str, list[str]]
+    columns: list[dict[str, Any]]
+    eval_options: dict[str, Any]
+    extra_columns: list[dict[str, Any]] | None = None
+    surrogates: dict[str, str] | None = None
+    attackers: dict[str, str] | None = None
+    seeds: list[int] | None = None
+
+
+_RECORD_SCHEMAS: dict[str, tuple[type[msgspec.Struct], str]] = {JOBS: (_Job, "job"), "reproductions": (_Plan, "plan")}
+
+
+class _BadDoc(dict):
+    """A record whose fields do not have their types: kept in its file as it is (it is a dict,
+    so TinyDB and json write it back unchanged) and left out of every read (``_docs``)."""
+
+    __slots__ = ("problem",)
+
+
+def _record_problem(schema: type[msgspec.Struct], doc: dict) -> str | None:
+    try:
+        msgspec.convert(doc, schema, strict=True)
+    except msgspec.ValidationError as exc:
+        return " ".join(str(exc).split())[:200]
+    for column in (doc.get("columns") or []) if schema is _Plan else ():
+        if type(column.get("attack")) is not str:
+            return "a column without an attack"
+    return None
+
+
+def _mark_bad_records(path: str, data: dict) -> None:
+    """Wrap each record of ``data`` that does not fit its table's schema in ``_BadDoc``."""
+    for table, (schema, what) in _RECORD_SCHEMAS.items():
+        docs = data.get(table)
+        if not docs:
+            continue
+        for key, doc in docs.items():
+            problem = _record_problem(schema, doc)
+            if problem is not None:
+                bad = docs[key] = _BadDoc(doc)
+                name = doc.get("id") or doc.get("table") or f"#{key}"
+                bad.problem = (f"the registry file {path} has a damaged {what} {name!s:.40} ({problem}); it is "
+                               "hidden, and kept as it is: fix or remove it by hand")
 
 
 def _shape_problem(path: str, data: dict) -> str | None:
@@ -160,6 +276,10 @@ def _shape_problem(path: str, data: dict) -> str | None:
     if name == REGISTRY_FILE:
         if not any(type(doc.get("schema")) is int for doc in data.get(META, {}).values()):
             return f"has no {META} table with a schema, so it is not a registry"
+    elif name == LEGACY_FILE:
+        for doc in data.get(META, {}).values():
+            if "schema" in doc and type(doc["schema"]) is not int:
+                return f"has a schema that is {type(doc['schema']).__name__}, not int"
     elif name == RUN_FILE:
         if not tables <= {RUNS, RESULTS}:
             return f"has tables {', '.join(sorted(tables - {RUNS, RESULTS}))}, not a run's ({RUNS}, {RESULTS})"
@@ -167,12 +287,9 @@ def _shape_problem(path: str, data: dict) -> str | None:
         if len(runs) > 1 or any(type(doc.get("id")) is not str for doc in runs.values()):
             return f"does not hold one run with an id in its {RUNS} table"
         for doc in runs.values():
-            for name, types in _RUN_FIELD_TYPES.items():
-                value = doc.get(name)
-                if value is not None and type(value) not in types:
-                    return f"has a run whose {name} is {type(value).__name__}, not {types[0].__name__}"
-            if doc.get("status") is not None and doc["status"] not in RUN_STATUSES:
-                return f"has a run whose status {doc['status']!r} is none of {', '.join(RUN_STATUSES)}"
+            problem = _run_problem(doc)
+            if problem is not None:
+                return problem
     elif name == QUEUE_FILE or os.path.basename(os.path.dirname(path)) == ARCHIVE_DIR:
         if tables != {JOBS}:
             return f"does not hold the {JOBS} table alone, so it is not a job queue"
@@ -194,6 +311,8 @@ def _parse(path: str, raw: bytes) -> Any:
     problem = _shape_problem(path, data)
     if problem is not None:
         return _Damaged(_damage_message(path, problem))
+    if os.path.basename(path) != RUN_FILE:
+        _mark_bad_records(path, data)
     return data
 
 
@@ -201,7 +320,7 @@ def _load(path: str, want_raw: bool = False) -> Any:
     """Read and parse ``path`` now (and cache it): its data, None if missing, or _Damaged."""
     read_at = time.time_ns()
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)  # a link planted at a store file is not read through
         try:
             st = os.fstat(fd)
             raw = os.read(fd, st.st_size + 1)  # plain syscalls: this runs once per file per listing
@@ -216,6 +335,9 @@ def _load(path: str, want_raw: bool = False) -> Any:
         _CACHE.pop(path, None)
         return (None, b"") if want_raw else None
     except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise RegistryError(f"the registry file {path} is a symbolic link: it is not read or written through; "
+                                "put the file itself there") from None
         raise RegistryError(f"cannot read the registry file {path}: {exc.strerror or exc}") from exc
     data = _parse(path, raw)
     _CACHE[path] = (_stat_key(st), read_at, data)
@@ -271,11 +393,21 @@ def _decode_json(raw: bytes) -> Any:
 
 
 def _created(record: dict) -> float:
-    return record.get("created", 0)
+    created = record.get("created", 0)
+    return created if type(created) in (int, float) else 0
+
+
+def _job_created(job: dict) -> float:
+    return _created(job) or 0
 
 
 def _docs(data: dict | None, table: str) -> Iterable[dict]:
-    return ((data or {}).get(table) or {}).values()
+    """The table's records, less those whose fields are damaged (``_BadDoc``)."""
+    return [d for d in ((data or {}).get(table) or {}).values() if d.__class__ is not _BadDoc]
+
+
+def _bad_docs(data: dict | None) -> Iterable[_BadDoc]:
+    return (d for table in (data or {}).values() for d in table.values() if d.__class__ is _BadDoc)
 
 
 def _first(data: dict | None, table: str) -> dict | None:
@@ -353,6 +485,20 @@ def _expand_configs(runs: Any, configs: dict, bases: list, n_bases: int) -> bool
             return False
         doc["config"] = {**base, **delta}
     return True
+
+
+def _linked_folder_message(folder: str) -> str:
+    try:
+        target = os.readlink(folder)
+    except OSError:
+        target = "?"
+    return (f"the run folder {folder} is a symbolic link (to {target}): a run folder is never followed out of "
+            "the runs folder, so that run is hidden and nothing is written through it; move the folder itself here")
+
+
+def _refuse_linked_folder(folder: str) -> None:
+    if os.path.islink(folder):
+        raise RegistryError(_linked_folder_message(folder))
 
 
 # -- writing files: one lock per file, in a fixed order ------------------------------------------
@@ -470,7 +616,18 @@ class Registry:
                 _read(path)
             except RegistryError as exc:
                 problems.append(str(exc))
-        return problems + list(self.damaged)
+        return problems + list(self.damaged) + self.record_problems()
+
+    def record_problems(self) -> list[str]:
+        """One line per job or reproduction plan hidden because its fields are damaged (a
+        ``priority: "high"``, an unknown eval option): the records beside it are read as usual."""
+        lines = []
+        for path in (self._queue_file, *self._archive_files(), self._registry_file):
+            try:
+                lines += [doc.problem for doc in _bad_docs(_read(path))]
+            except RegistryError:
+                continue  # a damaged file: store_problems says so in its own line
+        return lines
 
     # -- files ------------------------------------------------------------------------------
     def run_path(self, run_id: str) -> Path:
@@ -546,6 +703,8 @@ class Registry:
                 if other.shard.order >= shard.order:
                     raise RuntimeError(f"lock order: {shard.path} taken while holding {other.shard.path} "
                                        "(take the queue, then run files in id order, then registry.json)")
+            if shard.kind == "run":
+                _refuse_linked_folder(os.path.dirname(shard.path))  # before its lock file is made in it
             lock = _lock_for(shard.path)
             try:
                 os.makedirs(os.path.dirname(shard.path), exist_ok=True)
@@ -625,7 +784,8 @@ class Registry:
 
     def _archive_ended(self, opened: _Open) -> None:
         jobs = opened.data.get(JOBS) or {}
-        ended = [(key, doc) for key, doc in jobs.items() if doc.get("status") in ENDED_JOB_STATUSES]
+        ended = [(key, doc) for key, doc in jobs.items()
+                 if doc.get("status") in ENDED_JOB_STATUSES and doc.__class__ is not _BadDoc]  # a damaged one stays
         if len(ended) <= ARCHIVE_AFTER:
             return
         ended.sort(key=lambda kd: (kd[1].get("ended") or 0, kd[1].get("created") or 0))
@@ -645,7 +805,8 @@ class Registry:
             docs[str(next_id)] = doc
             next_id += 1
         self._write_archive(path, docs)
-        opened.data[JOBS] = {key: doc for key, doc in jobs.items() if doc.get("status") not in ENDED_JOB_STATUSES}
+        moved = {key for key, _ in ended}
+        opened.data[JOBS] = {key: doc for key, doc in jobs.items() if key not in moved}
 
     def _write_archive(self, path: str, docs: dict) -> None:
         os.makedirs(self._archive, exist_ok=True)
@@ -895,6 +1056,8 @@ class Registry:
     def get_run(self, run_id: str) -> dict | None:
         self._ensure_ready(write=False)
         path = self._run_file(run_id)
+        if path is not None:
+            _refuse_linked_folder(os.path.dirname(path))
         record = _first(_read(path), RUNS) if path is not None else None
         return dict(record) if record is not None else None
 
@@ -977,7 +1140,13 @@ class Registry:
     def _scan_entries(entries, suffix, cache, stat, found, damaged) -> None:
         for entry in entries:
             name = entry.name
-            if not entry.is_dir() or not _safe_id(name):
+            if not _safe_id(name):
+                continue
+            if entry.is_symlink():
+                if entry.is_dir():
+                    damaged[name] = _linked_folder_message(entry.path)
+                continue
+            if not entry.is_dir():
                 continue
             path = entry.path + suffix
             try:
@@ -1102,22 +1271,25 @@ class Registry:
                 results.setdefault(doc["run_id"], []).append(doc)
             else:
                 stray_results.append(doc)
+        # A file of the store that exists already is newer than the legacy file (written by an
+        # interrupted migration of it, or by later use of a store whose registry.json was lost):
+        # it is kept as it is, and only what is missing is written. Nothing is ever replaced or
+        # deleted, so a second migration cannot lose results, backups or queued jobs.
+        kept: list[str] = []
         for run_id in sorted(set(runs) | set(results)):
             folder = self.root / run_id
+            if os.path.lexists(folder / RUN_FILE) or os.path.islink(folder):
+                kept.append(f"{run_id}/{RUN_FILE}")
+                continue
             folder.mkdir(parents=True, exist_ok=True)
             content = {RUNS: {"1": runs[run_id]} if run_id in runs else {},
                        RESULTS: {str(i): d for i, d in enumerate(results.get(run_id, []), 1)}}
             atomic_write_json(folder / RUN_FILE, content, fsync=False)
-        jobs = sorted(_docs(data, JOBS), key=lambda j: j.get("created") or 0)
-        live = [j for j in jobs if j.get("status") not in ENDED_JOB_STATUSES]
-        ended = [j for j in jobs if j.get("status") in ENDED_JOB_STATUSES]
-        for stale in self._archive_files():  # from an interrupted migration
-            os.unlink(stale)
-        for start in range(0, len(ended), ARCHIVE_CHUNK):
-            part = ended[start:start + ARCHIVE_CHUNK]
-            self._write_archive(os.path.join(self._archive, f"{start // ARCHIVE_CHUNK + 1:08d}.json"),
-                                {str(i): d for i, d in enumerate(part, 1)})
-        atomic_write_json(self.queue_path, {JOBS: {str(i): d for i, d in enumerate(live, 1)}}, fsync=False)
+        jobs = sorted(_docs(data, JOBS), key=_job_created)
+        if os.path.lexists(self._queue_file):
+            kept.append(QUEUE_FILE)  # written after the archive: the jobs were migrated already
+        else:
+            self._migrate_jobs(jobs)
         os.sync()  # every file is on disk before registry.json says the migration is done
         small = {name: table for name, table in data.items() if name not in (RUNS, JOBS, RESULTS, META)}
         if stray_results:
@@ -1126,10 +1298,26 @@ class Registry:
                              "migrated": {"from": LEGACY_FILE, "at": time.time(), "sha256": digest,
                                           "runs": len(runs), "jobs": len(jobs),
                                           "results": sum(map(len, results.values())) + len(stray_results),
-                                          "duplicate_runs_dropped": duplicates}}}
+                                          "duplicate_runs_dropped": duplicates, "kept_newer": kept}}}
         for path in (self.path, backup_path(self.path)):
             _CACHE.pop(str(path), None)
         atomic_write_json(self.path, small)
+
+    def _migrate_jobs(self, jobs: list[dict]) -> None:
+        """The legacy jobs into queue.json (live ones) and archive files (ended ones), but for
+        those an existing archive file already holds (an interrupted migration wrote them):
+        new archive files are numbered after the existing ones, which stay as they are."""
+        archived = {doc.get("id") for _, data in self._archived() for doc in _docs(data, JOBS)}
+        jobs = [j for j in jobs if j.get("id") not in archived]
+        live = [j for j in jobs if j.get("status") not in ENDED_JOB_STATUSES]
+        ended = [j for j in jobs if j.get("status") in ENDED_JOB_STATUSES]
+        files = self._archive_files()
+        first = int(os.path.basename(files[-1])[:-5]) + 1 if files else 1
+        for start in range(0, len(ended), ARCHIVE_CHUNK):
+            part = ended[start:start + ARCHIVE_CHUNK]
+            self._write_archive(os.path.join(self._archive, f"{first + start // ARCHIVE_CHUNK:08d}.json"),
+                                {str(i): d for i, d in enumerate(part, 1)})
+        atomic_write_json(self.queue_path, {JOBS: {str(i): d for i, d in enumerate(live, 1)}}, fsync=False)
 
     def _keep_legacy(self) -> None:
         """Rename advtui.json (and its .bak) out of the way: advtui.json.migrated[.N]."""

@@ -407,5 +407,6 @@ def reproductions(registry: Registry, tables: list[str] | None = None) -> list[d
     order = {name: i for i, name in enumerate(TABLES)}
     scales = {name: i for i, name in enumerate(SCALES)}
     wanted = None if not tables else {table_spec(t).name for t in tables}
-    docs = [d for d in registry.all(REPRODUCTIONS) if wanted is None or d.get("table") in wanted]
+    docs = [d for d in registry.all(REPRODUCTIONS) if (wanted is None or d.get("table") in wanted)
+            and d.get("table") in TABLES and d.get("scale") in SCALES]  # another version's tables: not readable here
     return sorted(docs, key=lambda d: (order.get(d.get("table"), 99), scales.get(d.get("scale"), 99)))

@@ -7,18 +7,20 @@ through ``execute_run``, so a run is recorded the same way whoever started it.
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from advtui.config import RunConfig
+from advtui.config import RunConfig, recorded_config
 from advtui.core import lifecycle
+from advtui.core.atomic import atomic_copy, remove_stale_temporaries
 from advtui.core.defenses import DEFENSE_SPECS
-from advtui.core.paths import DATA_ENV, FINAL_CHECKPOINT, LAST_CHECKPOINT, checkpoint_path, data_root, run_dir
+from advtui.core.paths import (
+    DATA_ENV, FINAL_CHECKPOINT, LAST_CHECKPOINT, checkpoint_path, data_root, refuse_planted_links, run_dir,
+)
 from advtui.errors import AdvtuiError, CheckpointError, ConfigError
-from advtui.events import EVENTS_FILE, EventWriter, read_events
+from advtui.events import EVENTS_FILE, EventWriter, ended_epochs, read_events
 from advtui.health import HealthMonitor, RunUnhealthy, replay
 from advtui.registry import Registry
 
@@ -49,9 +51,10 @@ def plan_resume(registry: Registry, ref: str, overrides: dict[str, Any]) -> RunP
     record = lifecycle.settle_vanished(registry, registry.resolve_run(ref))
     if record.get("status") == "running":
         raise ConfigError(f"run {record['id']} is still running (pid {record.get('pid')}): kill it first")
+    stored = recorded_config(record)
     if record.get("status") == "finished" and not overrides.get("epochs"):
         raise ConfigError(f"run {record['id']} already finished: pass --epochs N (more than "
-                          f"{record['config']['epochs']}) to train it further")
+                          f"{stored.epochs}) to train it further")
     if overrides.get("epochs") is not None and overrides["epochs"] <= (record.get("epoch") or 0):
         done = record.get("epoch") or 0
         raise ConfigError(f"--epochs must be more than the {done} epoch{'' if done == 1 else 's'} run {record['id']} "
@@ -62,7 +65,7 @@ def plan_resume(registry: Registry, ref: str, overrides: dict[str, Any]) -> RunP
     given = {k: v for k, v in overrides.items() if v is not None}
     if not given.get("data_root") and os.environ.get(DATA_ENV):
         given["data_root"] = None  # $ADVTUI_DATA wins over the recorded root; --data-root over both
-    config = RunConfig.from_dict({**record["config"], **given})
+    config = RunConfig.from_dict({**stored.to_dict(), **given})
     return RunPlan(config.validate(), record, checkpoint)
 
 
@@ -70,7 +73,7 @@ def plan_queued(registry: Registry, run_id: str) -> RunPlan:
     """Attach to a record created by the queue (status 'queued')."""
     record = registry.resolve_run(run_id)
     has_checkpoint = bool((record.get("checkpoints") or {}).get("last"))
-    return RunPlan(RunConfig.from_dict(record["config"]).validate(), record,
+    return RunPlan(recorded_config(record), record,
                    checkpoint_path(registry, record, "last") if has_checkpoint else None)
 
 
@@ -113,6 +116,8 @@ def execute_run(
     state = load_checkpoint(plan.checkpoint, map_location=device) if plan.checkpoint else None
 
     registry = Registry(runs_root)
+    if plan.record is not None:
+        refuse_planted_links(run_dir(registry.root, plan.record["id"]))
     warm_start = _load_warm_start(registry, config, device) if state is None and config.init_from else None
     if state is not None:
         check_model_state(_model_shapes(config), state.get("model"), plan.checkpoint,
@@ -163,7 +168,10 @@ def _train(registry: Registry, record: dict[str, Any], config: RunConfig, device
             registry.update_run(run_id, epoch=metrics["epoch"], metrics=metrics,
                                 checkpoints={"last": LAST_CHECKPOINT}, health=health.active_dicts())
 
-        events = EventWriter(folder / EVENTS_FILE)
+        # This process owns the run now: what a killed save of an earlier one left can go.
+        remove_stale_temporaries(folder / "checkpoints", (Path(LAST_CHECKPOINT).name, Path(FINAL_CHECKPOINT).name))
+        ended = ended_epochs(folder / EVENTS_FILE) if state is not None else set()
+        events = EventWriter(folder / EVENTS_FILE, skip_epochs=ended)
         trainer = Trainer(config, folder, device, train, test, events, on_progress, epoch_done, health, ranks)
         _start_from(trainer, state, warm_start)
     except BaseException as exc:
@@ -201,7 +209,7 @@ def _train(registry: Registry, record: dict[str, Any], config: RunConfig, device
             _emit_end(events, "failed", error=_describe(exc))
             raise
         final = trainer.ckpt_dir / "final.pt"
-        shutil.copyfile(trainer.ckpt_dir / "last.pt", final)
+        atomic_copy(trainer.ckpt_dir / "last.pt", final)  # a link planted at final.pt is replaced, not followed
         events.emit("checkpoint", path=str(final), epoch=trainer.epoch, batch=0, name="final.pt")
         events.emit("end", status="finished", metrics=metrics, elapsed=trainer.elapsed)
         lifecycle.mark_finished(registry, run_id, metrics=metrics, train_time=trainer.elapsed,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -88,6 +89,8 @@ def queue_ls(
     """List jobs, oldest first."""
     registry = open_registry(runs_dir)
     jobs = list_jobs(registry, status)
+    for problem in registry.record_problems():  # a damaged job is left out of the queue: say which
+        print(f"warning: {problem}", file=sys.stderr)
     if as_json:
         console.print_json(json.dumps(jobs))
         return

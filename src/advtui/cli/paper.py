@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -163,6 +164,8 @@ def report(
 ) -> None:
     """A Markdown report: each reproduced table beside the paper's numbers, with figures."""
     registry = open_registry(runs_dir)
+    for problem in registry.record_problems():  # a damaged plan is left out of the report: say which
+        print(f"warning: {problem}", file=sys.stderr)
     names = [t for value in tables or [] for t in value.split(",") if t.strip()]
     if names:
         for name in names:

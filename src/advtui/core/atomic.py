@@ -8,8 +8,10 @@ copy survives a bad write. No torch here: the store, the reports and the checkpo
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 import secrets
 import shutil
 import tempfile
@@ -17,6 +19,8 @@ import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, Iterator
+
+from advtui.errors import UnsafePathError
 
 BACKUP_SUFFIX = ".bak"
 
@@ -108,3 +112,56 @@ def atomic_write_json(path: str | os.PathLike, obj: Any, *, fsync: bool = True, 
     separators = (",", ":") if indent is None else None
     atomic_write_bytes(path, json.dumps(obj, separators=separators, indent=indent).encode("utf-8"),
                        fsync=fsync, backup=backup)
+
+
+def _refused_link(path: str | os.PathLike, exc: OSError) -> OSError:
+    if exc.errno == errno.ELOOP:  # what O_NOFOLLOW says of a link at the last component
+        return UnsafePathError(errno.ELOOP, f"{os.fspath(path)} is a symbolic link: it is never written or read "
+                                            "through; remove the link (the run recreates the file)")
+    return exc
+
+
+def open_append(path: str | os.PathLike, text: bool = False) -> IO[Any]:
+    """``path`` opened to append to it (created 0666 less the umask when missing), never
+    through a symbolic link planted at its name: UnsafePathError then. Each write is one
+    O_APPEND write, so concurrent writers of one stream never interleave within a line."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+    except OSError as exc:
+        raise _refused_link(path, exc) from None
+    if text:
+        return os.fdopen(fd, "a", encoding="utf-8", buffering=1)  # line-buffered: tailers see each line at once
+    return os.fdopen(fd, "ab")
+
+
+def atomic_copy(source: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Copy ``source`` over ``target`` atomically: a reader sees the old target or the whole
+    copy. Neither name is followed if it is a symbolic link: the rename replaces a link at
+    ``target`` itself, so a link planted there never redirects the write."""
+    try:
+        fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise _refused_link(source, exc) from None
+    with os.fdopen(fd, "rb") as src, atomic_open(target, "wb") as dst:
+        shutil.copyfileobj(src, dst, 1 << 20)
+
+
+def remove_stale_temporaries(folder: str | os.PathLike, names: tuple[str, ...]) -> list[str]:
+    """Remove the temporary files ``atomic_open`` left for ``names`` in ``folder`` (named
+    ``.NAME.XXXXXXXX.tmp`` by mkstemp) when its process was killed mid-write; returns their
+    names. Call it only while no other process can be writing those files (a run's process,
+    once its record says it is the one running the run): a temporary in use would go."""
+    patterns = [re.compile(rf"\.{re.escape(name)}\.[a-z0-9_]{{8}}\.tmp") for name in names]
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        if entry.is_file(follow_symlinks=False) and any(p.fullmatch(entry.name) for p in patterns):
+            try:
+                os.unlink(entry.path)
+                removed.append(entry.name)
+            except OSError:
+                pass  # gone meanwhile, or not ours to remove: it costs disk space only
+    return removed

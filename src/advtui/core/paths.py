@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 from pathlib import Path
@@ -9,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from platformdirs import user_cache_dir
 
-from advtui.errors import CheckpointError, ConfigError
+from advtui.errors import CheckpointError, ConfigError, UnsafePathError
 
 if TYPE_CHECKING:  # the registry stores records; these functions only need its root
     from advtui.registry import Registry
@@ -58,6 +59,21 @@ def run_dir(root: Path, run_id: str) -> Path:
     if path.parent != root.resolve():
         raise ConfigError(f"run id {run_id!r} would escape the runs directory")
     return path
+
+
+# What a run writes in its folder: a symbolic link planted at one of these would redirect a
+# write (an append, a checkpoint) out of the folder, so a run refuses to start over one.
+RUN_FOLDER_ENTRIES = ("checkpoints", LAST_CHECKPOINT, FINAL_CHECKPOINT, "events.jsonl", "log.txt")
+
+
+def refuse_planted_links(folder: Path) -> None:
+    """UnsafePathError, before anything is written, when a file or folder the run writes in
+    ``folder`` is a symbolic link."""
+    for name in RUN_FOLDER_ENTRIES:
+        path = Path(folder) / name
+        if path.is_symlink():
+            raise UnsafePathError(errno.ELOOP, f"{path} is a symbolic link: a run's files are never written or read "
+                                               "through a link; remove it (the run recreates the file)")
 
 
 def run_folder(registry: Registry, record: dict[str, Any]) -> Path:

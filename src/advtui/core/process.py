@@ -41,6 +41,8 @@ def why_not_alive(pid: int | None, create_time: float | None) -> str:
     """A short explanation for a process that ``live_process`` found gone."""
     if not pid:
         return "no pid was recorded"
+    if create_time is None:
+        return f"no start time was recorded with pid {pid}, so it cannot be told from a process that reused the pid"
     try:
         proc = psutil.Process(int(pid))
         if proc.status() == psutil.STATUS_ZOMBIE:
@@ -51,7 +53,11 @@ def why_not_alive(pid: int | None, create_time: float | None) -> str:
 
 
 def record_alive(record: dict[str, Any]) -> bool:
-    """Whether the process a run or job record names (``pid``, ``pid_start_time``) is alive."""
+    """Whether the process a run or job record names (``pid``, ``pid_start_time``) is alive.
+    A record without the start time (edited by hand, or of another program) names no process
+    that can be trusted: any process may have the pid now, so it is never taken for the run."""
+    if record.get("pid_start_time") is None:
+        return False
     return live_process(record.get("pid"), record.get("pid_start_time")) is not None
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import psutil
 
+from advtui.core.atomic import open_append
 from advtui.core.process import live_process
 
 DEFAULT_GRACE_S = 30.0
@@ -136,8 +137,8 @@ def log_tail(path: Path | None, lines: int = LOG_TAIL_LINES, max_bytes: int = 16
     """The last ``lines`` lines of a log file ('' when there is none)."""
     if path is None:
         return ""
-    try:
-        with open(path, "rb") as f:
+    try:  # not through a link planted at the log's name: its target is not the job's output
+        with os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC), "rb") as f:
             f.seek(0, os.SEEK_END)
             size = f.tell()
             f.seek(max(0, size - max_bytes))
@@ -191,7 +192,7 @@ def spawn_logged(argv: list[str], log_path: Path, env: dict[str, str], cwd: str 
     per launch (a resumed run appends to the same log). Returns the child and its start time."""
     log_path = Path(log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "ab") as log:
+    with open_append(log_path) as log:  # a link planted at the log is refused (UnsafePathError, an OSError)
         header = f"==== {time.strftime('%Y-%m-%d %H:%M:%S')} launched{launched_by}: {' '.join(argv)}\n"
         log.write(header.encode())
         log.flush()

@@ -33,12 +33,18 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from advtui.config import RunConfig
+from advtui.config import RunConfig, recorded_config
 from advtui.core import lifecycle
 from advtui.core.attack_specs import parse_attack
 from advtui.core.paths import run_dir
 from advtui.core.process import record_alive
-from advtui.errors import AdvtuiError, AmbiguousRunError, ConfigError, RunNotFoundError
+from advtui.errors import (
+    AdvtuiError,
+    AmbiguousRunError,
+    ConfigError,
+    RegistryError,
+    RunNotFoundError,
+)
 from advtui.events import EVENTS_FILE, read_events
 from advtui.jobs.launcher import DEFAULT_GRACE_S, stop_process
 from advtui.registry import JOBS, Registry
@@ -251,7 +257,10 @@ def cancel_dependents(registry: Registry, job: dict[str, Any], reason: str) -> l
             if finish_job(registry, other, "cancelled", blocked_by=job["id"], error=why):
                 cancelled.append(other["id"])
                 if other["kind"] == "train":  # its run would otherwise stay queued forever
-                    lifecycle.mark_failed(registry, other["run_id"], why, only_from=lifecycle.QUEUED)
+                    try:
+                        lifecycle.mark_failed(registry, other["run_id"], why, only_from=lifecycle.QUEUED)
+                    except RegistryError:
+                        pass  # a damaged run file is never overwritten: the cancelled job says why
                 cancelled += cancel_dependents(registry, other, "was cancelled")
     return cancelled
 
@@ -303,14 +312,18 @@ def kill(registry: Registry, ref: str, grace_s: float = DEFAULT_GRACE_S, executo
         from advtui.jobs.ray_executor import RayExecutor
 
         executor = RayExecutor(job.get("ray_address"))
-    if executor is not None and job is not None and pid:
+    if pid and started is None:
+        outcome = "unverified"  # any process may have that pid now: it is never signalled
+    elif executor is not None and job is not None and pid:
         handle = executor.attach(pid, started, job=job)
         outcome = executor.stop(handle, grace_s) if handle is not None else "gone"
     else:
         outcome = stop_process(pid, started, grace_s) if pid else "gone"
     run_id = run["id"] if run else (job or {}).get("run_id")
     note = {"terminated": "stopped by SIGTERM", "killed": f"did not stop within {grace_s:g}s of SIGTERM: SIGKILL",
-            "gone": "its process had already ended"}[outcome]
+            "gone": "its process had already ended",
+            "unverified": f"pid {pid} was not signalled: no start time was recorded with it, so it cannot be told "
+                          "from another process that took the pid"}[outcome]
     if run is not None and (job is None or job["kind"] == "train"):
         # The run records 'killed' itself on SIGTERM; after a SIGKILL (or if it never got that
         # far) record it here. Its last checkpoint (if any) stays, so `resume` continues it.
@@ -358,7 +371,8 @@ def _kill_target(registry: Registry, ref: str) -> tuple[dict | None, dict | None
     evals = [j for j in active if j["kind"] == "eval" and j["status"] == "running"]
     if evals:
         return evals[-1], None
-    raise ConfigError(f"run {run['id']} is not running (status {run.get('status')})")
+    why = f": {run['error'].splitlines()[0]}" if str(run.get("error") or "").startswith("process vanished") else ""
+    raise ConfigError(f"run {run['id']} is not running (status {run.get('status')}){why}")
 
 
 def resume_point(registry: Registry, record: dict[str, Any]) -> str:
@@ -392,7 +406,8 @@ def resume(registry: Registry, ref: str, *, epochs: int | None = None, priority:
         raise ConfigError(f"run {run['id']} already has {active[-1]['status']} job {active[-1]['id']}")
     if status == "running" and record_alive(run):
         raise ConfigError(f"run {run['id']} is running (pid {run.get('pid')}): `advtui kill {run['id']}` first")
-    config = dict(run.get("config") or {})
+    recorded_config(run)  # a config lost or damaged is refused before anything is written
+    config = dict(run["config"])
     if epochs is not None:
         if epochs <= run.get("epoch", 0):
             raise ConfigError(f"--epochs must exceed the {run.get('epoch', 0)} epochs run {run['id']} has done")
@@ -400,8 +415,6 @@ def resume(registry: Registry, ref: str, *, epochs: int | None = None, priority:
     elif status == "finished":
         raise ConfigError(f"run {run['id']} already finished: pass --epochs N (more than "
                           f"{config.get('epochs')}) to train it further")
-    elif status == "queued":
-        raise ConfigError(f"run {run['id']} is already queued")
     needs, gpu_index = device_needs(config.get("device", "auto"))
     # Only a run that never started from its source still needs it (later it has its own checkpoint).
     after = [] if (run.get("checkpoints") or {}).get("last") else warm_start_dependencies(registry, config)

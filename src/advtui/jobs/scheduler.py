@@ -49,7 +49,7 @@ from advtui.core import lifecycle
 from advtui.core.atomic import atomic_write_json
 from advtui.core.paths import check_safe_name, run_dir
 from advtui.core.process import live_process, record_alive, why_not_alive
-from advtui.errors import ConfigError
+from advtui.errors import ConfigError, RegistryError
 from advtui.jobs.launcher import ExitStatus, Executor, LaunchSpec, LocalExecutor, ProcessHandle, describe_exit, log_tail
 from advtui.jobs.monitor import NA, GpuSampler, GpuSnapshot, GpuState
 from advtui.jobs.queue import EVAL_OPTION_FLAGS, cancel_dependents, finish_job
@@ -208,6 +208,10 @@ class Scheduler:
                     if lifecycle.mark_failed(self.registry, run["id"], error, only_from=lifecycle.RUNNING):
                         messages.append(f"run {run['id']}: {reason}: marked failed")
                         self._emit("reconciled", {}, messages[-1])
+            for problem in self.registry.damaged + self.registry.record_problems():
+                # Said once: what it hides is left out of scheduling, and everything else runs.
+                messages.append(f"skipped: {problem}")
+                self._emit("reconciled", {}, messages[-1])
             self._reconciled = True
             return messages
 
@@ -341,14 +345,14 @@ class Scheduler:
         tail = log_tail(self._log_path(job))
         gone = exit_status.reason or why_not_alive(job.get("pid"), job.get("pid_start_time"))
         if job["kind"] == "train":
-            run = self.registry.get_run(job["run_id"]) or {}
+            run = self._run_of(job)[0] or {}  # a damaged run file: the job alone is recorded
             run_status = run.get("status", "failed")
             if run_status in lifecycle.ACTIVE:
                 reason = (f"process vanished ({gone})" if code is None
                           else f"the process ended ({describe_exit(code)}) before recording its end")
                 error = reason + (f"; last output:\n{tail}" if tail else "")
                 lifecycle.mark_failed(self.registry, job["run_id"], error, only_from=run_status)
-                run = self.registry.get_run(job["run_id"]) or {}
+                run = self._run_of(job)[0] or {}
                 run_status = "failed"
             if code is None:
                 status = {"finished": "done", "killed": "cancelled"}.get(run_status, "failed")
@@ -375,10 +379,21 @@ class Scheduler:
                    f"job {job['id']} ({job['kind']} of run {job['run_id']}) {status}: {detail}")
         return status
 
+    def _run_of(self, job: dict) -> tuple[dict | None, str | None]:
+        """(the job's run, None), or (None, the one line that says why) when its run file is
+        damaged: one bad record fails its own jobs, never the scheduler and the whole queue."""
+        try:
+            return self.registry.get_run(job["run_id"]), None
+        except RegistryError as exc:
+            return None, str(exc)
+
     def _fail_unstartable(self, job: dict, reason: str) -> None:
         if finish_job(self.registry, job, "failed", error=reason):
             if job["kind"] == "train":
-                lifecycle.mark_failed(self.registry, job["run_id"], reason, only_from=lifecycle.QUEUED)
+                try:
+                    lifecycle.mark_failed(self.registry, job["run_id"], reason, only_from=lifecycle.QUEUED)
+                except RegistryError:
+                    pass  # its run file is damaged and is never overwritten: the job says why
             cancel_dependents(self.registry, job, "failed")
             self._emit("finished", {**job, "status": "failed", "error": reason}, f"job {job['id']} failed: {reason}")
 
@@ -402,8 +417,11 @@ class Scheduler:
                 continue
             if any(d["status"] != "done" for d in deps):
                 continue  # still waiting
-            run = self.registry.get_run(job["run_id"])
-            if run is None:
+            run, damaged = self._run_of(job)
+            if damaged is not None:
+                self._fail_unstartable(job, f"{damaged}; once it is mended, `advtui resume {job['run_id']}` "
+                                            "queues the run again")
+            elif run is None:
                 self._fail_unstartable(job, f"run {job['run_id']} is not in the registry")
             elif job["kind"] == "train" and run.get("status") != "queued":
                 self._fail_unstartable(job, f"run {run['id']} is {run.get('status')}, not queued")
