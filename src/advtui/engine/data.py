@@ -109,15 +109,18 @@ def train_val_indices(labels: torch.Tensor, train_limit: int | None, val_size: i
 
     With a --train-limit that leaves room, the training subset is the one ``load_split`` gives
     for that limit (the same images as without a validation split) and the validation images
-    are drawn from the rest of the split; otherwise they are drawn first and the run trains on
-    all the others (at most ``train_limit`` of them, class-balanced)."""
+    are drawn from the rest of the split (when it holds enough of every class); otherwise they
+    are drawn first and the run trains on all the others (at most ``train_limit`` of them,
+    class-balanced)."""
     n = labels.shape[0]
     everything = torch.arange(n)
     gen = torch.Generator().manual_seed(_mix(seed, val_size, 0x7A1))  # not the training subset's stream
     train = balanced_subset(labels, train_limit, seed=0)
     if train is not None and train.numel() + val_size <= n:
         rest = everything[~_member(everything, train)]
-        return train, rest[_balanced_pick(labels[rest], val_size, gen)].sort().values
+        val = rest[_balanced_pick(labels[rest], val_size, gen)]
+        if val.numel() == val_size:  # the rest held enough of every class
+            return train, val.sort().values
     val = _balanced_pick(labels, val_size, gen).sort().values
     rest = everything[~_member(everything, val)]
     if train_limit is not None and train_limit < rest.numel():
