@@ -111,7 +111,8 @@ def execute_run(
     config = replace(config, nproc=ranks.world)
     device = ranks.device(resolve_device(config.device))
     data = load_data(config)
-    config = _real_sizes(config, data, on_warning)
+    config = _real_sizes(config, len(data.train), data.test_split_size, on_warning, len(data.val_ids),
+                         data.train_split_size)
     state = load_checkpoint(plan.checkpoint, map_location=device) if plan.checkpoint else None
 
     registry = Registry(runs_root)
@@ -276,13 +277,15 @@ def _put_back(registry: Registry, run_id: str, before: dict[str, Any], exc: Exce
     raise _Restored(f"cannot resume run {run_id}: {message}{note}") from exc
 
 
-def _real_sizes(config: RunConfig, data, on_warning: Callable[[str], None] | None) -> RunConfig:
+def _real_sizes(config: RunConfig, n_train: int, n_test: int, on_warning: Callable[[str], None] | None,
+                n_val: int = 0, train_split_size: int | None = None) -> RunConfig:
     """A limit above a split's size trains on the whole split: say so, and record the real size
-    (and the validation split's size, which the default rule or the data decided)."""
-    changes: dict[str, Any] = {"val_size": len(data.val_ids)}
-    held_out = f" left after the {len(data.val_ids)} validation images" if data.val_ids else ""
-    for name, size, total in (("train_limit", len(data.train), data.train_split_size),
-                              ("test_limit", data.test_split_size, data.test_split_size)):
+    (and the validation split's size, which the default rule decided). ``n_train`` is what the
+    run trains on: the training split less its ``n_val`` validation images."""
+    changes: dict[str, Any] = {"val_size": n_val}
+    held_out = f" left after the {n_val} validation images" if n_val else ""
+    total_train = train_split_size if train_split_size is not None else n_train
+    for name, size, total in (("train_limit", n_train, total_train), ("test_limit", n_test, n_test)):
         limit = getattr(config, name)
         if limit is not None and limit > size:
             changes[name] = size
