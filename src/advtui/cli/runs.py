@@ -251,7 +251,7 @@ def show(
         console.print(f"  [red]error[/]: {r['error'].splitlines()[-1] if r['error'] else ''}")
     cfg = values_in_force(r.get("config") or {})
     keys = ("eps", "inner_steps", "step_size", "batch_size", "lr", "momentum", "weight_decay", "milestones",
-            "beta", "seed", "train_limit", "test_limit", "preset")
+            "beta", "seed", "train_limit", "test_limit", "val_size", "early_stop", "preset")
     console.print("  config: " + "  ".join(f"{k}={_config_value(cfg[k])}" for k in keys if k in cfg))
     m = r.get("metrics") or {}
     if m:

@@ -26,7 +26,8 @@ from advtui.jobs.queue import jobs_of_run
 from advtui.tui.live import RunStream
 
 CONFIG_KEYS = ("eps", "inner_steps", "step_size", "batch_size", "lr", "momentum", "weight_decay", "milestones",
-               "beta", "seed", "init", "train_limit", "test_limit", "eval_limit", "preset", "device",
+               "beta", "seed", "init", "train_limit", "test_limit", "val_size", "eval_limit", "early_stop", "preset",
+               "device",
                "rnn_hidden", "rnn_grad_input", "rnn_delta_scale", "rnn_lr", "compare_every", "log_every")
 
 

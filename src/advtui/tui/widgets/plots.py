@@ -132,7 +132,8 @@ class AccuracyPlot(RunPlot):
             else:
                 plt.plot(list(px), list(py), color=color, marker="braille", label=label)
         last = accuracies[-1]
-        plt.title(f"{last.label} accuracy % per epoch · clean {_fmt(last.clean)} robust {_fmt(last.robust)}")
+        # The split in one word (the detail screen says that test numbers are for monitoring only).
+        plt.title(f"{last.split} accuracy % per epoch · clean {_fmt(last.clean)} robust {_fmt(last.robust)}")
         plt.xlabel("epoch")
         plt.xticks(xs if len(xs) <= 12 else None)
         plt.ylim(0, 100)
