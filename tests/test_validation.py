@@ -399,3 +399,20 @@ def test_the_live_monitor_raises_each_alarm_once():
     for event in [start(), val_epoch(1, 40.0), val_epoch(2, 50.0), *[val_epoch(e, 40.0) for e in range(3, 8)]]:
         raised += monitor.feed(event)
     assert [f.code for f in raised] == ["robust-overfitting"]
+
+
+def test_a_run_recorded_before_validation_splits_resumes_on_the_data_it_had(runs_root, monkeypatch, capsys):
+    code, _, err = cli(monkeypatch, capsys, "run", "--defense", "plain", "--name", "old", *TINY[:-4],
+                       "--epochs", "1", "--device", "cpu", "--val-size", "0", "--test-limit", "64")
+    assert code == 0, err
+    run_id = _run_id(runs_root, "old")
+    path = runs_root / run_id / "run.json"
+    stored = json.loads(path.read_text())
+    for record in stored["runs"].values():  # as an earlier version wrote it: no val_size
+        del record["config"]["val_size"]
+    path.write_text(json.dumps(stored))
+    code, out, err = cli(monkeypatch, capsys, "run", "--resume", run_id, "--epochs", "2")
+    assert code == 0, err
+    record = Registry(runs_root).get_run(run_id)
+    assert record["epoch"] == 2 and record["config"]["val_size"] == 0 and record["metrics"]["eval_split"] == "test"
+    assert not (runs_root / run_id / "validation.json").exists() and "best" not in record["checkpoints"]

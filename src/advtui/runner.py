@@ -62,6 +62,8 @@ def plan_resume(registry: Registry, ref: str, overrides: dict[str, Any]) -> RunP
         raise CheckpointError(f"run {record['id']} has no checkpoint to resume from: start it again instead")
     checkpoint = checkpoint_path(registry, record, "last")
     given = {k: v for k, v in overrides.items() if v is not None}
+    if "val_size" not in (record.get("config") or {}):
+        given["val_size"] = 0  # recorded before validation splits: it goes on with the data it had
     if not given.get("data_root") and os.environ.get(DATA_ENV):
         given["data_root"] = None  # $ADVTUI_DATA wins over the recorded root; --data-root over both
     config = RunConfig.from_dict({**record["config"], **given})
