@@ -362,6 +362,8 @@ class Trainer:
         patience = self.config.early_stop
         if patience is None or self.best_epoch is None or self.epoch - self.best_epoch < patience:
             return False
+        if self.epoch >= self.config.epochs:
+            return False  # it ends here anyway: not a stop
         self.stopped_early = {"epoch": self.epoch, "best_epoch": self.best_epoch, "patience": patience}
         self.events.emit("early_stop", **self.stopped_early)
         return True
