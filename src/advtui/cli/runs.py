@@ -16,7 +16,7 @@ from rich.text import Text
 
 from advtui.cli.common import RunsDirOption, console, err_console, open_registry
 from advtui.cli.train_options import build_config_from_options, with_train_options
-from advtui.config import values_in_force
+from advtui.config import default_val_size, values_in_force
 from advtui.core import lifecycle
 from advtui.core.format import fmt_duration, fmt_pct, fmt_seconds, fmt_time, short_device, styled_status
 from advtui.core.checkpoints import describe as describe_checkpoint
@@ -279,9 +279,15 @@ def show(
 
 def _validation_line(r: dict) -> str:
     """What the per-epoch numbers were measured on, and the best epoch they chose."""
-    a = epoch_accuracy(r.get("metrics"))
-    size = r.get("val_size") if isinstance(r.get("val_size"), int) else (r.get("config") or {}).get("val_size")
-    if a.split == "val" and size:
+    config = r.get("config") or {}
+    split = r.get("eval_split") or (epoch_accuracy(r.get("metrics")).split if has_epoch_accuracy(r.get("metrics"))
+                                     else None)
+    size = r.get("val_size") if isinstance(r.get("val_size"), int) else config.get("val_size")
+    if split is None:  # not started: what it will hold out (a record without val_size predates them)
+        if "val_size" in config and size is None:
+            size = default_val_size(config.get("train_limit"))
+        split = "val" if size else "test"
+    if split == "val":
         where = f"per-epoch accuracy on a validation split of {size} training images ({VAL_IDS_FILE} holds their ids)"
     else:
         where = f"per-epoch accuracy on the test split, {MONITOR_NOTE}: no validation split, no best checkpoint"

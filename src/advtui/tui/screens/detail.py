@@ -19,7 +19,7 @@ from textual.widgets import Footer, Header, Static
 from advtui.core.checkpoints import describe as describe_checkpoint
 from advtui.core.checkpoints import kept_epoch, kind_from_path
 from advtui.core.defenses import DEFENSE_SPECS
-from advtui.core.epochs import MONITOR_NOTE, epoch_accuracy
+from advtui.core.epochs import MONITOR_NOTE, epoch_accuracy, has_epoch_accuracy
 from advtui.core.format import error_summary, fmt_duration, format_bytes, status_style
 from advtui.health import ERROR, Finding, record_findings
 from advtui.jobs.queue import jobs_of_run
@@ -161,8 +161,9 @@ class DetailScreen(Screen):
                      f"{_n(a.robust)} (n={a.n if a.n is not None else '-'})"
                      + ("" if a.split == "val" else f", {MONITOR_NOTE}"))
         best = r.get("best_epoch")
+        split = r.get("eval_split") or (a.split if has_epoch_accuracy(m) else None)  # None: not started
         best_text = f"{best} (best.pt)" if isinstance(best, int) else (
-            "none: no validation split" if a.split == "test" else "-")
+            "none: no validation split" if split == "test" else "-")
         info.add_row("best epoch", best_text, "", "")
         parts: list[Any] = [head, info]
         if r.get("error") and status == "killed":
