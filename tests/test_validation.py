@@ -89,7 +89,6 @@ def test_a_train_limit_that_leaves_room_keeps_the_same_training_images():
 
 def test_the_default_size_is_a_thousand_or_a_tenth_of_a_small_train_limit():
     assert [default_val_size(limit) for limit in (None, 60000, 10000, 5000, 256, 50)] == [1000, 1000, 1000, 500, 25, 10]
-    assert build_config("plain").held_out == 1000 and build_config("plain", val_size=0).held_out == 0
 
 
 def test_a_run_records_its_validation_ids_and_never_reads_the_test_split(runs_root, monkeypatch, capsys):

@@ -186,11 +186,6 @@ class RunConfig:
             if self.val_size == 0:
                 raise ConfigError("--early-stop watches the validation split: drop --val-size 0 or --early-stop")
 
-    @property
-    def held_out(self) -> int:
-        """The validation examples this run asks for (before the data is loaded)."""
-        return default_val_size(self.train_limit) if self.val_size is None else self.val_size
-
 
 # A validation split of 1,000 examples, as Rice et al. (2020) hold out of CIFAR-10's training
 # set; with a --train-limit below 10,000, a tenth of it (the per-epoch evaluation then costs
@@ -200,6 +195,7 @@ MIN_VAL_SIZE = 10
 
 
 def default_val_size(train_limit: int | None) -> int:
+    """1,000, or a tenth of ``train_limit`` (the training images asked for, or a split's size)."""
     if train_limit is None:
         return DEFAULT_VAL_SIZE
     return max(MIN_VAL_SIZE, min(DEFAULT_VAL_SIZE, train_limit // 10))

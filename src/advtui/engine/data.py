@@ -17,7 +17,8 @@ import numpy as np
 import torch
 import torchvision
 
-from advtui.errors import DataMissingError
+from advtui.config import default_val_size
+from advtui.errors import ConfigError, DataMissingError
 
 NUM_CLASSES = 10
 DATASET_SHAPES = {"mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
@@ -232,14 +233,19 @@ class TrainAndValidation:
     split_size: int  # images in the whole training split
 
 
-def load_train_and_val(dataset: str, root: Path, train_limit: int | None, val_size: int,
+def load_train_and_val(dataset: str, root: Path, train_limit: int | None, val_size: int | None,
                        seed: int) -> TrainAndValidation:
     """Load the training split once and cut it into training images and a validation split
-    (``train_val_indices``). ``val_size`` must be smaller than the split: the caller checks."""
+    (``train_val_indices``) of ``val_size`` images (None: ``default_val_size``, of
+    ``train_limit`` or of the split)."""
     loader = _load_mnist if dataset == "mnist" else _load_cifar10
     images, labels = loader(Path(root), True, True)
-    if val_size >= labels.shape[0]:
-        raise ValueError(f"val_size {val_size} leaves no training images")
+    n = labels.shape[0]
+    if val_size is None:
+        val_size = min(default_val_size(train_limit if train_limit is not None else n), n - 1)
+    if val_size >= n:
+        raise ConfigError(f"--val-size {val_size} is not smaller than the {n} training images of {dataset}: "
+                          f"hold out fewer (default {default_val_size(None)}), or pass --val-size 0")
     train_idx, val_idx = train_val_indices(labels, train_limit, val_size, seed)
     return TrainAndValidation(
         Split(images[train_idx], labels[train_idx], augment=dataset == "cifar10"),

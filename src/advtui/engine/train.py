@@ -22,7 +22,7 @@ import torchvision
 from torch import nn
 
 import advtui
-from advtui.config import DEFAULT_VAL_SIZE, RunConfig
+from advtui.config import RunConfig
 from advtui.core.defenses import DEFENSE_SPECS
 from advtui.core.paths import data_root
 from advtui.engine.checkpoint import load_checkpoint, save_checkpoint
@@ -78,15 +78,11 @@ def load_data(config: RunConfig) -> TrainingData:
     to ``advtui eval``, so nothing chosen during training (best.pt, early stopping) saw it."""
     root = data_root(config.data_root)
     sizes = SPLIT_SIZES[config.dataset]
-    held_out = config.held_out
-    if held_out == 0:
+    if config.val_size == 0:
         train = load_split(config.dataset, root, True, config.train_limit, seed=0)
         test = load_split(config.dataset, root, False, config.test_limit, seed=0)
-        return TrainingData(train, test, "test", [], sizes["train"], sizes["test"])
-    if held_out >= sizes["train"]:
-        raise ConfigError(f"--val-size {held_out} is not smaller than the {sizes['train']} training images of "
-                          f"{config.dataset}: hold out fewer (default {DEFAULT_VAL_SIZE}), or pass --val-size 0")
-    data = load_train_and_val(config.dataset, root, config.train_limit, held_out, config.seed)
+        return TrainingData(train, test, "test", [], sizes["train"], len(test))
+    data = load_train_and_val(config.dataset, root, config.train_limit, config.val_size, config.seed)
     return TrainingData(data.train, data.val, "val", data.val_ids, data.split_size, sizes["test"])
 
 
