@@ -76,8 +76,9 @@ def _trainer(defense: str, root: Path, ranks, events):
     config = build_config(defense, device="cpu", train_limit=120, test_limit=20, eval_limit=20, batch_size=20,
                           epochs=1, log_every=1, compare_every=1, inner_steps=2, eps=0.1,
                           data_root=os.environ["ADVTUI_DATA"], nproc=(ranks or Ranks()).world)
-    train, test = load_data(config)
-    trainer = Trainer(config, root, torch.device("cpu"), train, test, events, ranks=ranks)
+    data = load_data(config)
+    trainer = Trainer(config, root, torch.device("cpu"), data.train, data.monitor, events, ranks=ranks,
+                      monitor_split=data.monitor_split)
     for module in trainer.model.modules():
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.0

@@ -154,9 +154,9 @@ def test_zero_input_gradients_are_flagged_and_cw_still_moves(trained_runs):
     # Logits scaled by 1e4: softmax saturates to exactly one-hot, so the CE gradient is exactly 0.
     for key in ("classifier.5.weight", "classifier.5.bias"):
         state["model"][key] = state["model"][key] * 1e4
-    saturated = trained_runs / "saturated.pt"
+    saturated = trained_runs / run["id"] / "checkpoints" / "last.pt"  # only a run's own checkpoints are the run
     save_checkpoint(saturated, state)
-    report = _eval(trained_runs, "plain", "natural,pgd-5,cw-5", limit=50, checkpoint=saturated)
+    report = _eval(trained_runs, "plain", "natural,pgd-5,cw-5", limit=50, checkpoint="last")
     natural, pgd, cw = report.results
     codes = {d["attack"]: [f["code"] for f in d["flags"]] for d in report.results}
     assert "zero-gradient" in codes["pgd-5"] and pgd["gradient"]["zero"] > 0
@@ -232,10 +232,14 @@ def test_eval_command_prints_the_table(trained_runs):
     (["plain", "--eps", "1.5"], "ConfigError", "--eps must be in [0, 1]"),
     (["plain", "--checkpoint", "CORRUPT"], "CheckpointError", "is corrupt or not a checkpoint"),
     (["plain", "--checkpoint", "MISSING"], "CheckpointError", "does not exist"),
+    (["plain", "--checkpoint", "OTHER"], "CheckpointError", "is not one of run"),
+    (["plain", "--checkpoint", "epoch:99"], "ConfigError", "has trained 3 epochs: pass an epoch from 1 to 3"),
 ])
 def test_bad_input_changes_nothing(trained_runs, args, error, message):
-    corrupt = trained_runs / "corrupt.pt"
+    plain, other = (Registry(trained_runs).resolve_run(name)["id"] for name in ("plain", "advtrain"))
+    corrupt = trained_runs / plain / "checkpoints" / "last.pt"  # the run's own file, damaged
     corrupt.write_bytes(b"not a checkpoint at all")
+    args = [str(trained_runs / other / "checkpoints" / "final.pt") if a == "OTHER" else a for a in args]
     args = [str(corrupt) if a == "CORRUPT" else str(trained_runs / "missing.pt") if a == "MISSING" else a for a in args]
     _eval(trained_runs, "plain", "natural", limit=20)  # something stored that must survive
     before = store_snapshot(trained_runs)

@@ -37,7 +37,9 @@ def test_advtrain_from_scratch_leaves_chance_in_its_first_epoch(runs_root):
     epochs = [json.loads(line) for line in (runs_root / record["id"] / "events.jsonl").read_text().splitlines()
               if '"kind":"epoch"' in line]
     assert len(epochs) == 1
-    clean, robust = epochs[0]["test_clean_acc"], epochs[0]["test_pgd_acc"]
+    # On the 500 validation images held out of the training split (a tenth of --train-limit).
+    assert epochs[0]["eval_split"] == "val" and epochs[0]["val_n"] == 500
+    clean, robust = epochs[0]["val_clean_acc"], epochs[0]["val_pgd_acc"]
     assert clean >= CHANCE_ACCURACY + 5, f"still at chance after one epoch: clean {clean}%, PGD {robust}%"
     assert robust > 10.0, f"PGD accuracy {robust}% is not above chance"
     assert not any(f["code"] == "stuck-at-chance" for f in record.get("health") or [])

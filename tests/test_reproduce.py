@@ -155,7 +155,11 @@ def test_a_finished_run_with_the_same_settings_is_reused(runs_root):
     # A different number of epochs is a different run.
     other = plan_reproduction(registry, "table1", "quick", device="cpu", overrides={"epochs": 3})
     assert {p.role: p.action for p in other.runs}["advtrain"] == "queue"
-    assert run_identity({"name": "a", "device": "cpu", "seed": 1}) == {"seed": 1}
+    # A record without val_size (written before validation splits) held out nothing; a planned
+    # run's default is the size its record will say once started.
+    assert run_identity({"name": "a", "device": "cpu", "seed": 1}) == {"seed": 1, "val_size": 0}
+    assert run_identity({"seed": 1, "train_limit": 5000, "val_size": None}) == run_identity(
+        {"seed": 1, "train_limit": 5000, "val_size": 500})
 
 
 def test_bad_input_is_one_clear_line(runs_root):

@@ -39,7 +39,7 @@ def test_every_defense_runs_end_to_end(runs_root, defense):
     assert "finished" in proc.stdout
     (record,) = Registry(runs_root).runs()
     assert record["status"] == "finished" and record["defense"] == defense
-    assert record["epoch"] == 1 and 0 <= record["metrics"]["test_clean_acc"] <= 100
+    assert record["epoch"] == 1 and 0 <= record["metrics"]["val_clean_acc"] <= 100
     assert (runs_root / record["id"] / "checkpoints" / "final.pt").exists()
     events = events_of(runs_root, record["id"])
     kinds = [e["kind"] for e in events]
@@ -132,7 +132,7 @@ def test_sigterm_then_resume_matches_an_uninterrupted_run(tmp_path, mnist_root):
     a, b = _final_weights(straight, ref["id"]), _final_weights(stopped, run_id)
     for key in a:
         assert torch.allclose(a[key].float(), b[key].float(), atol=1e-5), key
-    assert record["metrics"]["test_pgd_acc"] == pytest.approx(ref["metrics"]["test_pgd_acc"])
+    assert record["metrics"]["val_pgd_acc"] == pytest.approx(ref["metrics"]["val_pgd_acc"])
 
 
 def test_ls_and_show(trained_runs):

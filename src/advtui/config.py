@@ -97,7 +97,12 @@ class RunConfig:
     data_root: str | None = None
     train_limit: int | None = None
     test_limit: int | None = None
-    eval_limit: int = 1000  # test examples used for the per-epoch clean/PGD accuracy
+    eval_limit: int = 1000  # validation (or, with val_size 0, test) examples of the per-epoch clean/PGD accuracy
+    # Held out of the training split for the per-epoch evaluation and the best checkpoint
+    # (Rice et al. 2020 hold out 1,000). None: default_val_size(train_limit); 0: no validation
+    # split, and the per-epoch numbers are test numbers, for monitoring only.
+    val_size: int | None = None
+    early_stop: int | None = None  # stop after this many epochs without a better validation PGD accuracy
     device: str = "auto"
     nproc: int = 1  # processes (one per GPU) training this run with DistributedDataParallel
     init_from: str | None = None  # a run whose final weights start this one (Algorithm 1, line 3)
@@ -137,6 +142,7 @@ class RunConfig:
         check_model_name(self.model)
         for name, (low, high) in INT_RANGES.items():
             _check_int(name, getattr(self, name), low, high)
+        self._check_validation()
         for name in ("train_limit", "test_limit"):
             value = getattr(self, name)
             if value is not None:
@@ -166,6 +172,33 @@ class RunConfig:
         if self.name is not None:
             check_safe_name(self.name)
         return self
+
+    def _check_validation(self) -> None:
+        """--val-size 0 or at least one example per class (its upper bound, the training split,
+        is checked when the data is loaded); --early-stop needs a validation split to watch."""
+        if self.val_size is not None:
+            _check_int("val_size", self.val_size, 0, MAX_INT)
+            if 0 < self.val_size < MIN_VAL_SIZE:
+                raise ConfigError(f"val-size must be 0 (no validation split) or at least {MIN_VAL_SIZE} "
+                                  f"(one example per class), got {self.val_size}")
+        if self.early_stop is not None:
+            _check_int("early_stop", self.early_stop, 1, 100_000)
+            if self.val_size == 0:
+                raise ConfigError("--early-stop watches the validation split: drop --val-size 0 or --early-stop")
+
+
+# A validation split of 1,000 examples, as Rice et al. (2020) hold out of CIFAR-10's training
+# set; with a --train-limit below 10,000, a tenth of it (the per-epoch evaluation then costs
+# about a tenth of an epoch), and never under one example per class.
+DEFAULT_VAL_SIZE = 1000
+MIN_VAL_SIZE = 10
+
+
+def default_val_size(train_limit: int | None) -> int:
+    """1,000, or a tenth of ``train_limit`` (the training images asked for, or a split's size)."""
+    if train_limit is None:
+        return DEFAULT_VAL_SIZE
+    return max(MIN_VAL_SIZE, min(DEFAULT_VAL_SIZE, train_limit // 10))
 
 
 # Integer options: (smallest, largest). Every one is checked, so a negative, zero or absurd

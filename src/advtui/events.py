@@ -5,12 +5,16 @@ writes here (never to the registry); the dashboard tails the file, reading only 
 
 Kinds written by the engine: ``start`` (config, parameter counts, device, versions), ``inner``
 (inner-loss trajectories, for rnn runs beside PGD's on the same batch), ``step`` (outer loss,
-batch accuracies, lr, images/s), ``epoch`` (train and test metrics, epoch time),
-``checkpoint``, ``eval`` (attack progress and results) and ``end``.
+batch accuracies, lr, images/s), ``val_inner`` (at an epoch end, a learned maximizer's and PGD's
+trajectories on a held-out batch), ``epoch`` (train metrics, the clean and PGD accuracy on the
+validation split, or on the test split with ``--val-size 0``: ``eval_split`` says which, and
+``best_epoch``, epoch time), ``early_stop`` (epoch, best_epoch, patience), ``checkpoint``
+(last.pt, best.pt, final.pt), ``eval`` (attack progress and results) and ``end``.
 
 ``health`` events carry the findings of the training process's health checks
 (``advtui.health``): ``code`` (``nan-loss``, ``stuck-at-chance``, ``rnn-behind-pgd``,
-``robust-above-natural``), ``level`` (``warning`` or ``error``), ``epoch`` (1-based, where the
+``rnn-behind-pgd-val``, ``robust-above-natural``, ``robust-overfitting``,
+``catastrophic-overfitting``), ``level`` (``warning`` or ``error``), ``epoch`` (1-based, where the
 condition began), ``message`` (what went wrong and what to try) and ``cleared`` (null when the
 finding is raised; the epoch at which the condition ended, in a second event, when it clears).
 A ``nan-loss`` error is followed by an ``end`` event with ``status`` ``failed`` and the message
@@ -133,9 +137,10 @@ class LineTail:
 _NUMBER = (int, float, type(None))  # NaN and infinities are written as null
 _REQUIRED: dict[str, dict[str, tuple[type, ...]]] = {
     "inner": {"losses": (list,)},
+    "val_inner": {"losses": (list,)},
     "epoch": {"epoch": (int,)},
 }
-_OPTIONAL_LISTS = {"inner": ("pgd",)}
+_OPTIONAL_LISTS = {"inner": ("pgd",), "val_inner": ("pgd",)}
 
 
 def _well_formed(event: Any) -> bool:

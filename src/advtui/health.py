@@ -12,13 +12,25 @@ began in, and a one-line ``message`` that says what to try next.
 - ``nan-loss`` (error): a step's loss (or an epoch's train loss) is NaN or infinite. The
   training process fails the run with the message. A stream read back holds ``null`` where the
   float was not finite (JSON has no NaN), and that counts too.
-- ``stuck-at-chance`` (warning): test clean accuracy under ``CHANCE_ACCURACY`` (chance is 10%
-  for 10 classes) at ``chance_patience`` epoch ends in a row (RunConfig, default 2).
+- ``stuck-at-chance`` (warning): the epoch end's clean accuracy (validation, or test with
+  ``--val-size 0``: ``advtui.core.epochs``) under ``CHANCE_ACCURACY`` (chance is 10% for 10
+  classes) at ``chance_patience`` epoch ends in a row (RunConfig, default 2).
 - ``rnn-behind-pgd`` (warning): in one epoch, on every batch where the learned maximizer was
-  compared with PGD (``inner`` events with a ``pgd`` trajectory; at least one), its final inner
-  loss was below PGD's.
+  compared with PGD (``inner`` events with a ``pgd`` trajectory; at least
+  ``MIN_COMPARED_BATCHES``), its final inner loss was below PGD's, and its mean by at least
+  ``MIN_LOSS_GAP`` of PGD's (a tie to three decimals is no finding).
+- ``rnn-behind-pgd-val`` (warning): the same on held-out batches (``val_inner`` events, written
+  at each epoch end on the validation split): a maximizer that fits the training batches only.
 - ``robust-above-natural`` (warning): PGD accuracy above clean accuracy by more than
   ``ROBUST_MARGIN`` points at an epoch end: gradient masking or an evaluation bug.
+- ``robust-overfitting`` (warning): the epoch-end PGD accuracy has stayed more than a margin
+  (``OVERFIT_MARGIN`` points, or two standard errors of the best on its n examples when that
+  is more) below its best for ``OVERFIT_PATIENCE`` epoch ends in a row (Rice et al. 2020).
+  The message names the best epoch, which best.pt holds.
+- ``catastrophic-overfitting`` (warning): the epoch-end PGD accuracy fell by ``COLLAPSE_DROP``
+  points or more in one epoch while the training attack's accuracy (``train_acc``) did not fall
+  by more than ``TRAIN_ATTACK_HELD``: the model resists its own training attack but no longer
+  PGD (Wong et al. 2020, whose ``fast_adversarial`` code stops on a 20-point drop).
 
 A condition that persists is one finding, raised once when it starts (``feed`` returns it) and
 not again at every epoch it holds. When the condition ends, the finding is cleared: ``feed``
@@ -33,6 +45,7 @@ import math
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Iterable
 
+from advtui.core.epochs import EpochAccuracy, epoch_accuracy
 from advtui.errors import AdvtuiError
 
 WARNING, ERROR = "warning", "error"
@@ -44,7 +57,20 @@ DEFAULT_CHANCE_PATIENCE = 2
 # a few hundred; more than a point above it means the attack is not finding the model's worst case.
 ROBUST_MARGIN = 1.0
 
-CODES = ("nan-loss", "stuck-at-chance", "rnn-behind-pgd", "robust-above-natural")
+# A learned maximizer is "behind" PGD only on enough compared batches and by a real margin: one
+# batch, or means equal to three decimals ("mean 2.310 vs 2.310"), say nothing.
+MIN_COMPARED_BATCHES = 3
+MIN_LOSS_GAP = 0.01  # of PGD's mean final loss
+# Robust overfitting: how far below its best, and for how many epoch ends in a row.
+OVERFIT_MARGIN = 3.0
+OVERFIT_PATIENCE = 3
+# Catastrophic overfitting (Wong et al. 2020, fast_adversarial: ``if robust_acc - prev_robust_acc
+# < -0.2: break``): a one-epoch drop of the PGD accuracy, while the training attack's accuracy holds.
+COLLAPSE_DROP = 20.0
+TRAIN_ATTACK_HELD = 5.0
+
+CODES = ("nan-loss", "stuck-at-chance", "rnn-behind-pgd", "rnn-behind-pgd-val", "robust-above-natural",
+         "robust-overfitting", "catastrophic-overfitting")
 
 
 @dataclass(frozen=True)
@@ -121,8 +147,15 @@ class HealthMonitor:
         self.findings: list[Finding] = []  # every finding so far, in its latest state
         self._chance_since: int | None = None  # first epoch of the current run of chance-level epochs
         # 1-based epoch -> [batches where the learned maximizer was behind, batches compared,
-        # sum of its final losses, sum of PGD's final losses]
+        # sum of its final losses, sum of PGD's final losses]; on training and on held-out batches
         self._compared: dict[int, list[float]] = {}
+        self._compared_val: dict[int, list[float]] = {}
+        # The epoch-end PGD accuracy: its best and the epoch of it, the first epoch of the current
+        # stretch below it, and the previous epoch end's PGD and training-attack accuracies.
+        self._best: tuple[float, int] | None = None
+        self._below_since: int | None = None
+        self._previous: tuple[float, float | None] | None = None
+        self._collapsed_from: float | None = None
 
     # -- state ----------------------------------------------------------------------------------
     @property
@@ -156,7 +189,7 @@ class HealthMonitor:
         """Take one event; the findings it raised or cleared (usually none)."""
         handler = {
             "start": self._on_start, "step": self._on_step, "inner": self._on_inner,
-            "epoch": self._on_epoch, "health": self._on_recorded,
+            "val_inner": self._on_val_inner, "epoch": self._on_epoch, "health": self._on_recorded,
         }.get(event.get("kind"))
         return handler(event) if handler else []
 
@@ -168,6 +201,7 @@ class HealthMonitor:
             # The epoch restarts from its first batch: comparisons recorded in it before (by a
             # process that died mid-epoch) were made on weights that no longer exist.
             self._compared.pop(epoch + 1, None)
+            self._compared_val.pop(epoch + 1, None)
         cleared = []
         for finding in [f for f in self.active if f.level == ERROR]:
             cleared += self._clear(finding.code, epoch + 1)
@@ -185,13 +219,20 @@ class HealthMonitor:
         return f"lower --lr{_now(self.config.get('lr'))} or check the data"
 
     def _on_inner(self, event: dict[str, Any]) -> list[Finding]:
+        return self._count_comparison(event, self._compared)
+
+    def _on_val_inner(self, event: dict[str, Any]) -> list[Finding]:
+        return self._count_comparison(event, self._compared_val)
+
+    @staticmethod
+    def _count_comparison(event: dict[str, Any], compared: dict[int, list[float]]) -> list[Finding]:
         losses, pgd = event.get("losses"), event.get("pgd")
         if not (isinstance(losses, list) and isinstance(pgd, list) and losses and pgd):
             return []
         learned_final, pgd_final = losses[-1], pgd[-1]
         if not (_finite(learned_final) and _finite(pgd_final)):
             return []  # nothing to compare; a non-finite outer loss is caught at the next step
-        counts = self._compared.setdefault(_epoch_of_batch(event), [0, 0, 0.0, 0.0])
+        counts = compared.setdefault(_epoch_of_batch(event), [0, 0, 0.0, 0.0])
         counts[0] += learned_final < pgd_final
         counts[1] += 1
         counts[2] += learned_final
@@ -207,9 +248,14 @@ class HealthMonitor:
             found += self._raise("nan-loss", ERROR, epoch,
                                  f"train loss of epoch {epoch} is {_describe_non_finite(event['train_loss'])}: "
                                  f"{self._nan_advice()}")
-        found += self._check_chance(epoch, event.get("test_clean_acc"))
-        found += self._check_robust_above_natural(epoch, event.get("test_clean_acc"), event.get("test_pgd_acc"))
+        accuracy = epoch_accuracy(event)
+        found += self._check_chance(epoch, accuracy.clean)
+        found += self._check_robust_above_natural(epoch, accuracy.clean, accuracy.robust)
         found += self._check_learned_vs_pgd(epoch)
+        found += self._check_learned_vs_pgd_held_out(epoch)
+        if _finite(accuracy.robust):
+            found += self._check_catastrophic(epoch, accuracy, event.get("train_acc"))
+            found += self._check_robust_overfitting(epoch, accuracy)
         return found
 
     def _on_recorded(self, event: dict[str, Any]) -> list[Finding]:
@@ -261,15 +307,78 @@ class HealthMonitor:
 
     def _check_learned_vs_pgd(self, epoch: int) -> list[Finding]:
         counts = self._compared.pop(epoch, None)
-        if not counts or not counts[1]:
-            return []  # no compared batch in this epoch: nothing learned either way
-        behind, compared, learned_sum, pgd_sum = counts
-        if behind < compared:
+        if not counts or counts[1] < MIN_COMPARED_BATCHES:
+            return []  # too few compared batches in this epoch to say anything either way
+        if not _behind(counts):
             return self._clear("rnn-behind-pgd", epoch)
+        _, compared, learned_sum, pgd_sum = counts
         return self._raise("rnn-behind-pgd", WARNING, epoch,
                            f"{self._learned_name()} behind PGD in epoch {epoch}: its final inner loss was below "
                            f"PGD's on all {int(compared)} compared batches (mean {learned_sum / compared:.3f} vs "
                            f"{pgd_sum / compared:.3f}); {self._learned_advice()}")
+
+    def _check_learned_vs_pgd_held_out(self, epoch: int) -> list[Finding]:
+        counts = self._compared_val.pop(epoch, None)
+        if not counts or counts[1] < MIN_COMPARED_BATCHES:
+            return []
+        if not _behind(counts):
+            return self._clear("rnn-behind-pgd-val", epoch)
+        _, compared, learned_sum, pgd_sum = counts
+        return self._raise("rnn-behind-pgd-val", WARNING, epoch,
+                           f"{self._learned_name()} behind PGD on held-out data in epoch {epoch}: its final inner "
+                           f"loss was below PGD's on all {int(compared)} validation batches (mean "
+                           f"{learned_sum / compared:.3f} vs {pgd_sum / compared:.3f}), so it attacks the training "
+                           f"batches better than new ones; {self._learned_advice()}")
+
+    def _check_robust_overfitting(self, epoch: int, accuracy: EpochAccuracy) -> list[Finding]:
+        robust = accuracy.robust
+        if self._best is None or robust > self._best[0]:
+            self._best, self._below_since = (robust, epoch), None
+            return self._clear("robust-overfitting", epoch)
+        best, best_epoch = self._best
+        margin = max(OVERFIT_MARGIN, 2 * _standard_error(best, accuracy.n))
+        if robust >= best - margin:
+            self._below_since = None
+            return self._clear("robust-overfitting", epoch)
+        if self._below_since is None:
+            self._below_since = epoch
+        below = epoch - self._below_since + 1
+        if below < OVERFIT_PATIENCE:
+            return []
+        return self._raise("robust-overfitting", WARNING, self._below_since,
+                           f"robust overfitting since epoch {self._below_since}: {accuracy.label} PGD accuracy "
+                           f"{robust:.1f}% has stayed more than {margin:.1f} points below its best, {best:.1f}% at "
+                           f"epoch {best_epoch}, for {below} epochs; {self._best_advice(accuracy, best_epoch)}, "
+                           f"and stop sooner (--early-stop {OVERFIT_PATIENCE}) or lower the lr earlier (--milestones)")
+
+    def _best_advice(self, accuracy: EpochAccuracy, best_epoch: int) -> str:
+        if accuracy.split == "val":
+            return f"best.pt holds epoch {best_epoch}: evaluate it with `advtui eval RUN --checkpoint best`"
+        return ("no best checkpoint is kept on test numbers (--val-size 0): train with a validation split "
+                "(the default) to keep one")
+
+    def _check_catastrophic(self, epoch: int, accuracy: EpochAccuracy, train_acc: Any) -> list[Finding]:
+        previous, self._previous = self._previous, (accuracy.robust, train_acc if _finite(train_acc) else None)
+        robust = accuracy.robust
+        if self._collapsed_from is not None and robust > self._collapsed_from - COLLAPSE_DROP:
+            self._collapsed_from = None
+            return self._clear("catastrophic-overfitting", epoch)
+        if previous is None or self.config.get("defense") == "plain":  # plain trains on no attack
+            return []
+        before, train_before = previous
+        attack_held = _finite(train_acc) and train_before is not None and train_acc >= train_before - TRAIN_ATTACK_HELD
+        if robust > before - COLLAPSE_DROP or not attack_held:
+            return []
+        self._collapsed_from = before if self._collapsed_from is None else self._collapsed_from
+        best = ""
+        if self._best is not None and accuracy.split == "val":
+            best = f"; best.pt holds epoch {self._best[1]} ({self._best[0]:.1f}%): evaluate it with --checkpoint best"
+        return self._raise("catastrophic-overfitting", WARNING, epoch,
+                           f"catastrophic overfitting in epoch {epoch}: {accuracy.label} PGD accuracy fell from "
+                           f"{before:.1f}% to {robust:.1f}% while the training attack's accuracy stayed at "
+                           f"{train_acc:.1f}%: the model resists its training attack but not PGD{best}; train with "
+                           f"more --inner-steps, a smaller --step-size{_now(self.config.get('step_size'))} or "
+                           f"--init uniform")
 
     def _learned_name(self) -> str:
         return "L2LDA generator" if self.config.get("defense") == "l2lda" else "learned optimizer"
@@ -283,6 +392,21 @@ class HealthMonitor:
         grad_input = c.get("rnn_grad_input")
         other_input = "" if grad_input in (None, "sign") else f", --rnn-grad-input sign{_now(grad_input)}"
         return f"try another --rnn-lr{_now(c.get('rnn_lr'))}{other_input}, or {warm_start}"
+
+
+def _behind(counts: list[float]) -> bool:
+    """Behind on every compared batch, and on average by a real margin."""
+    behind, compared, learned_sum, pgd_sum = counts
+    learned_mean, pgd_mean = learned_sum / compared, pgd_sum / compared
+    return behind == compared and pgd_mean - learned_mean >= MIN_LOSS_GAP * max(abs(pgd_mean), 1e-3)
+
+
+def _standard_error(accuracy: float, n: int | None) -> float:
+    """The binomial standard error (points) of an accuracy (%) measured on ``n`` examples."""
+    if not n:
+        return 0.0
+    p = min(max(accuracy / 100.0, 0.0), 1.0)
+    return 100.0 * math.sqrt(p * (1 - p) / n)
 
 
 def _epoch_of_batch(event: dict[str, Any]) -> int:

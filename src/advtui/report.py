@@ -15,8 +15,8 @@ training time per epoch). Analyses are cached beside the report (PNG + JSON) and
 when a checkpoint changed.
 
 Beside every table, the learning curve of each of its row runs (read from the ``epoch`` events of
-``runs/<run-id>/events.jsonl``: clean and PGD-T accuracy on the held-out test examples after each
-epoch), as a markdown table and as small multiples (``figures/<table>-<scale>-learning.png``, one
+``runs/<run-id>/events.jsonl``: clean and PGD-T accuracy on the validation split, or on the test
+split for a run without one, after each epoch), as a markdown table and as small multiples (``figures/<table>-<scale>-learning.png``, one
 panel per row defense), so a reader sees whether a row is a run that never learned: a run whose
 clean accuracy stays under ``CHANCE_ACCURACY`` at every epoch is flagged.
 
@@ -36,6 +36,7 @@ from typing import Any, Callable
 
 from advtui.compare import EPOCH_TIME, PARAMS, build_comparison
 from advtui.core.atomic import atomic_write_json, atomic_write_text
+from advtui.core.epochs import epoch_accuracy
 from advtui.core.paths import checkpoint_path, run_dir
 from advtui.core.results import file_digest
 from advtui.errors import AdvtuiError, ConfigError
@@ -359,8 +360,9 @@ class Curve:
     epochs: list[int]
     clean: list[float | None]
     pgd: list[float | None]
-    test_n: int | None = None
+    test_n: int | None = None  # examples per epoch-end evaluation, on ``split``
     pgd_steps: int | None = None
+    split: str = "test"  # "val": the validation split; "test": --val-size 0 or an older run
 
     @property
     def flag(self) -> str:
@@ -378,7 +380,8 @@ class Curve:
     def to_dict(self) -> dict[str, Any]:
         return {"run_id": self.run_id, "defense": self.defense, "seed": self.seed, "name": self.name,
                 "status": self.status, "planned_epochs": self.planned, "epochs": self.epochs, "clean": self.clean,
-                "pgd": self.pgd, "test_n": self.test_n, "pgd_steps": self.pgd_steps, "flag": self.flag}
+                "pgd": self.pgd, "test_n": self.test_n, "pgd_steps": self.pgd_steps, "split": self.split,
+                "flag": self.flag}
 
 
 def _number(value: Any) -> float | None:
@@ -417,12 +420,14 @@ def run_curve(registry: Registry, run_id: str, defense: str, record: dict[str, A
         events = epoch_events(run_dir(registry.root, run_id) / EVENTS_FILE)
     except ConfigError:  # an id that is not a safe folder name has no folder to read
         events = []
-    sizes = {e.get("test_n") for e in events if isinstance(e.get("test_n"), int)}
+    accuracies = [epoch_accuracy(e) for e in events]  # validation numbers, or test ones with --val-size 0
+    sizes = {a.n for a in accuracies if a.n is not None}
     return Curve(run_id, defense, config.get("seed"), (record or {}).get("name") or run_id,
                  (record or {}).get("status") or "not in the registry", config.get("epochs"),
-                 [e["epoch"] for e in events], [_number(e.get("test_clean_acc")) for e in events],
-                 [_number(e.get("test_pgd_acc")) for e in events],
-                 max(sizes) if len(sizes) == 1 else None, config.get("inner_steps"))
+                 [e["epoch"] for e in events], [_number(a.clean) for a in accuracies],
+                 [_number(a.robust) for a in accuracies],
+                 max(sizes) if len(sizes) == 1 else None, config.get("inner_steps"),
+                 accuracies[-1].split if accuracies else "test")
 
 
 def _curves(registry: Registry, plan: dict[str, Any]) -> list[Curve]:
@@ -453,7 +458,9 @@ def _learning_markdown(curves: list[Curve], figure: Path | None) -> list[str]:
     sizes = sorted({c.test_n for c in curves if c.test_n is not None})
     steps = sorted({c.pgd_steps for c in curves if c.pgd_steps is not None})
     pgd = f"PGD-{steps[0]}" if len(steps) == 1 else "PGD-T"
-    on = (f"the first {'/'.join(f'{n:,}' for n in sizes)} test examples" if sizes else "the held-out test examples")
+    splits = {c.split for c in curves if c.epochs}
+    where = "validation" if splits == {"val"} else "test" if splits <= {"test"} else "validation (or test)"
+    on = (f"the first {'/'.join(f'{n:,}' for n in sizes)} {where} examples" if sizes else f"held-out {where} examples")
     # Runs longer than CURVE_POINTS epochs show a sample: said once when they all show the same epochs.
     samples = {tuple(c.epochs[i] for i in _sample(len(c.epochs))) for c in curves if len(c.epochs) > CURVE_POINTS}
     common = next(iter(samples)) if len(samples) == 1 else None

@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from advtui.config import PRESETS, RunConfig, build_config
+from advtui.config import PRESETS, RunConfig, build_config, default_val_size
 from advtui.core.attack_specs import parse_attack
 from advtui.core.paths import run_folder
 from advtui.core.results import results_for_run
@@ -190,7 +190,12 @@ def scale_spec(name: str) -> Scale:
 
 
 def run_identity(config: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in config.items() if k not in NOT_IDENTITY}
+    identity = {k: v for k, v in config.items() if k not in NOT_IDENTITY}
+    # The validation images held out, as trained: a planned run's default (None) is what its
+    # record will say once started, and a run recorded before validation splits held out none.
+    held_out = config.get("val_size", 0)
+    identity["val_size"] = default_val_size(config.get("train_limit")) if held_out is None else held_out
+    return identity
 
 
 def scaled_config(table: TableSpec, scale: Scale, defense: str, seed: int, *, device: str = "auto",
@@ -251,11 +256,21 @@ def _unique_name(registry: Registry, base: str, taken: set[str]) -> str:
     return name
 
 
+def _recorded_config(record: dict[str, Any]) -> dict[str, Any]:
+    """A record's config with today's fields filled in, except that a record without
+    ``val_size`` (written before validation splits) held out none."""
+    recorded = record.get("config") or {}
+    config = RunConfig.from_dict(recorded).to_dict()
+    if "val_size" not in recorded:
+        config["val_size"] = 0
+    return config
+
+
 def _find_reusable(registry: Registry, config: RunConfig, runs: list[dict[str, Any]], jobs: list[dict[str, Any]]):
     """A finished run with the same identity (final checkpoint on disk), else a queued/running one
     whose train job is active: (record, action, active train job id)."""
     wanted = run_identity(config.to_dict())
-    same = [r for r in runs if run_identity(RunConfig.from_dict(r.get("config") or {}).to_dict()) == wanted]
+    same = [r for r in runs if run_identity(_recorded_config(r)) == wanted]
     for record in sorted(same, key=lambda r: -(r.get("ended") or 0)):
         final = (record.get("checkpoints") or {}).get("final")
         if record.get("status") == "finished" and final and (run_folder(registry, record) / final).exists():

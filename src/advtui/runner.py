@@ -6,6 +6,7 @@ through ``execute_run``, so a run is recorded the same way whoever started it.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import dataclass, replace
@@ -17,7 +18,8 @@ from advtui.core import lifecycle
 from advtui.core.atomic import atomic_copy, remove_stale_temporaries
 from advtui.core.defenses import DEFENSE_SPECS
 from advtui.core.paths import (
-    DATA_ENV, FINAL_CHECKPOINT, LAST_CHECKPOINT, checkpoint_path, data_root, refuse_planted_links, run_dir,
+    BEST_CHECKPOINT, DATA_ENV, FINAL_CHECKPOINT, LAST_CHECKPOINT, checkpoint_path, data_root, refuse_planted_links,
+    run_dir,
 )
 from advtui.errors import AdvtuiError, CheckpointError, ConfigError
 from advtui.events import EVENTS_FILE, EventWriter, ended_epochs, read_events
@@ -63,6 +65,8 @@ def plan_resume(registry: Registry, ref: str, overrides: dict[str, Any]) -> RunP
         raise CheckpointError(f"run {record['id']} has no checkpoint to resume from: start it again instead")
     checkpoint = checkpoint_path(registry, record, "last")
     given = {k: v for k, v in overrides.items() if v is not None}
+    if "val_size" not in (record.get("config") or {}):
+        given["val_size"] = 0  # recorded before validation splits: it goes on with the data it had
     if not given.get("data_root") and os.environ.get(DATA_ENV):
         given["data_root"] = None  # $ADVTUI_DATA wins over the recorded root; --data-root over both
     config = RunConfig.from_dict({**stored.to_dict(), **given})
@@ -111,8 +115,9 @@ def execute_run(
     ranks = Ranks.from_env()  # one of --nproc processes under torchrun, or the only one
     config = replace(config, nproc=ranks.world)
     device = ranks.device(resolve_device(config.device))
-    train, test = load_data(config)
-    config = _real_sizes(config, len(train), len(test), on_warning)
+    data = load_data(config)
+    config = _real_sizes(config, len(data.train), data.test_split_size, on_warning, len(data.val_ids),
+                         data.train_split_size)
     state = load_checkpoint(plan.checkpoint, map_location=device) if plan.checkpoint else None
 
     registry = Registry(runs_root)
@@ -124,7 +129,7 @@ def execute_run(
                           f"{config.model} on {config.dataset}", state.get("config"))
     ranks.init(device)
     if not ranks.main:
-        _train_as_helper_rank(config, ranks, device, train, test, state, warm_start, runs_root, plan)
+        _train_as_helper_rank(config, ranks, device, data, state, warm_start, runs_root, plan)
     if plan.record is None:
         record = lifecycle.create_running(registry, config.to_dict(), device=device_name(device))
         before = None
@@ -137,7 +142,7 @@ def execute_run(
     # failure; a new or queued run that cannot start has failed.
     restore = before if before is not None and before.get("status") != lifecycle.QUEUED else None
     try:
-        return _train(registry, record, config, device, ranks, state, warm_start, train, test, restore,
+        return _train(registry, record, config, device, ranks, state, warm_start, data, restore,
                       on_progress, on_record)
     except (RunInterrupted, RunFailed, _Restored):
         raise
@@ -153,7 +158,7 @@ class _Restored(AdvtuiError):
 
 
 def _train(registry: Registry, record: dict[str, Any], config: RunConfig, device, ranks, state, warm_start,
-           train, test, restore: dict[str, Any] | None, on_progress, on_record) -> dict[str, Any]:
+           data, restore: dict[str, Any] | None, on_progress, on_record) -> dict[str, Any]:
     from advtui.engine.train import StopRequested, Trainer
 
     run_id = record["id"]
@@ -166,14 +171,18 @@ def _train(registry: Registry, record: dict[str, Any], config: RunConfig, device
 
         def epoch_done(metrics: dict[str, Any], path: Path) -> None:
             registry.update_run(run_id, epoch=metrics["epoch"], metrics=metrics,
-                                checkpoints={"last": LAST_CHECKPOINT}, health=health.active_dicts())
+                                checkpoints=_checkpoints(trainer), best_epoch=trainer.best_epoch,
+                                health=health.active_dicts())
 
         # This process owns the run now: what a killed save of an earlier one left can go.
-        remove_stale_temporaries(folder / "checkpoints", (Path(LAST_CHECKPOINT).name, Path(FINAL_CHECKPOINT).name))
+        remove_stale_temporaries(folder / "checkpoints", tuple(Path(name).name for name in (
+            LAST_CHECKPOINT, FINAL_CHECKPOINT, BEST_CHECKPOINT)))
         ended = ended_epochs(folder / EVENTS_FILE) if state is not None else set()
         events = EventWriter(folder / EVENTS_FILE, skip_epochs=ended)
-        trainer = Trainer(config, folder, device, train, test, events, on_progress, epoch_done, health, ranks)
+        trainer = Trainer(config, folder, device, data.train, data.monitor, events, on_progress, epoch_done, health,
+                          ranks, monitor_split=data.monitor_split)
         _start_from(trainer, state, warm_start)
+        _write_validation_ids(folder, config, data)
     except BaseException as exc:
         if events is not None:
             events.close()
@@ -185,14 +194,15 @@ def _train(registry: Registry, record: dict[str, Any], config: RunConfig, device
         trainer.start_event(resumed=state is not None)  # a restart clears an earlier error finding
         registry.update_run(run_id, model_params=_count(trainer.model), maximizer_params=(
             trainer.maximizer.num_parameters() if trainer.maximizer is not None else 0),
-            health=health.active_dicts())
+            health=health.active_dicts(), eval_split=data.monitor_split, val_size=len(data.val_ids),
+            val_ids_file=VAL_IDS_FILE if data.val_ids else None)
         try:
             metrics = trainer.fit()
         except StopRequested as stop:
             _emit_end(events, "killed", signal=str(stop), epoch=trainer.epoch, batch=trainer.batch)
             _record_end(registry, run_id, lifecycle.mark_killed,
                         f"stopped by {stop} at epoch {trainer.epoch + 1}, batch {trainer.batch}", "killed",
-                        checkpoints={"last": LAST_CHECKPOINT}, health=health.active_dicts())
+                        checkpoints=_checkpoints(trainer), health=health.active_dicts())
             raise RunInterrupted(
                 f"run {run_id} stopped by {stop}; checkpoint saved: `advtui run --resume {run_id}` continues it",
                 stop.signum,
@@ -213,8 +223,9 @@ def _train(registry: Registry, record: dict[str, Any], config: RunConfig, device
         events.emit("checkpoint", path=str(final), epoch=trainer.epoch, batch=0, name="final.pt")
         events.emit("end", status="finished", metrics=metrics, elapsed=trainer.elapsed)
         lifecycle.mark_finished(registry, run_id, metrics=metrics, train_time=trainer.elapsed,
-                                health=health.active_dicts(),
-                                checkpoints={"last": LAST_CHECKPOINT, "final": FINAL_CHECKPOINT})
+                                health=health.active_dicts(), best_epoch=trainer.best_epoch,
+                                stopped_early=trainer.stopped_early,
+                                checkpoints={**_checkpoints(trainer), "final": FINAL_CHECKPOINT})
     ranks.close()
     return registry.get_run(run_id) or record
 
@@ -277,18 +288,49 @@ def _put_back(registry: Registry, run_id: str, before: dict[str, Any], exc: Exce
     raise _Restored(f"cannot resume run {run_id}: {message}{note}") from exc
 
 
-def _real_sizes(config: RunConfig, n_train: int, n_test: int, on_warning: Callable[[str], None] | None) -> RunConfig:
-    """A limit above a split's size trains on the whole split: say so, and record the real size."""
-    changes = {}
-    for name, size in (("train_limit", n_train), ("test_limit", n_test)):
+def _real_sizes(config: RunConfig, n_train: int, n_test: int, on_warning: Callable[[str], None] | None,
+                n_val: int = 0, train_split_size: int | None = None) -> RunConfig:
+    """A limit above a split's size trains on the whole split: say so, and record the real size
+    (and the validation split's size, which the default rule decided). ``n_train`` is what the
+    run trains on: the training split less its ``n_val`` validation images."""
+    changes: dict[str, Any] = {"val_size": n_val}
+    held_out = f" left after the {n_val} validation images" if n_val else ""
+    total_train = train_split_size if train_split_size is not None else n_train
+    for name, size, total in (("train_limit", n_train, total_train), ("test_limit", n_test, n_test)):
         limit = getattr(config, name)
         if limit is not None and limit > size:
             changes[name] = size
             if on_warning is not None:
                 split = "training" if name == "train_limit" else "test"
-                on_warning(f"--{name.replace('_', '-')} {limit} is more than the {size} {split} images of "
-                           f"{config.dataset}: using all {size} (recorded as {size})")
-    return replace(config, **changes) if changes else config
+                more = f"the {size} training images of {config.dataset}{held_out}" if size < total else (
+                    f"the {size} {split} images of {config.dataset}")
+                on_warning(f"--{name.replace('_', '-')} {limit} is more than {more}: using all {size} "
+                           f"(recorded as {size})")
+    return replace(config, **changes)
+
+
+VAL_IDS_FILE = "validation.json"
+
+
+def _write_validation_ids(folder: Path, config: RunConfig, data) -> None:
+    """The validation split's ids (indices into the dataset's training split), beside the run's
+    events: what a later check of "never trained on, never the test set" reads."""
+    if not data.val_ids:
+        return
+    from advtui.core.atomic import atomic_open
+
+    folder.mkdir(parents=True, exist_ok=True)
+    with atomic_open(folder / VAL_IDS_FILE, "w") as f:
+        json.dump({"dataset": config.dataset, "split": "train", "seed": config.seed, "size": len(data.val_ids),
+                   "train_limit": config.train_limit, "ids": data.val_ids}, f)
+
+
+def _checkpoints(trainer) -> dict[str, str]:
+    """The record's checkpoints while training: last.pt, and best.pt once one was chosen."""
+    found = {"last": LAST_CHECKPOINT}
+    if trainer.best_epoch is not None:
+        found["best"] = BEST_CHECKPOINT
+    return found
 
 
 def _model_shapes(config: RunConfig):
@@ -304,7 +346,7 @@ def _model_shapes(config: RunConfig):
         return build_model(config.model, config.dataset)
 
 
-def _train_as_helper_rank(config: RunConfig, ranks, device, train, test, state, warm_start, runs_root: Path,
+def _train_as_helper_rank(config: RunConfig, ranks, device, data, state, warm_start, runs_root: Path,
                           plan: RunPlan) -> None:
     """Ranks other than 0 of a --nproc run: train in step with rank 0, which alone writes the
     events, checkpoints and registry; then leave quietly (rank 0 reports the run)."""
@@ -314,8 +356,8 @@ def _train_as_helper_rank(config: RunConfig, ranks, device, train, test, state, 
     from advtui.engine.train import StopRequested, Trainer
 
     folder = run_dir(Path(runs_root), plan.record["id"]) if plan.record else Path(runs_root)
-    trainer = Trainer(config, folder, device, train, test, NullEvents(), health=HealthMonitor(config.to_dict()),
-                      ranks=ranks)
+    trainer = Trainer(config, folder, device, data.train, data.monitor, NullEvents(),
+                      health=HealthMonitor(config.to_dict()), ranks=ranks, monitor_split=data.monitor_split)
     _start_from(trainer, state, warm_start)
     try:
         trainer.fit()

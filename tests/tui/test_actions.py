@@ -249,8 +249,9 @@ async def test_launch_from_the_form_reaches_finished(runs_root, stop_leftovers):
         row = app.screen.table
         assert row.get_cell(run_id, "progress").plain.endswith("1/1")
         epochs = [e for e in _events(runs_root / run_id) if e["kind"] == "epoch"]
-        assert len(epochs) == 1 and epochs[0]["test_n"] == 50  # trained, then tested on eval-limit examples
-        assert row.get_cell(run_id, "clean").plain == f"{epochs[0]['test_clean_acc']:.1f}"
+        # trained, then evaluated on its 20 validation images (a tenth of --train-limit 200)
+        assert len(epochs) == 1 and epochs[0]["val_n"] == 20
+        assert row.get_cell(run_id, "clean").plain == f"{epochs[0]['val_clean_acc']:.1f}"
         assert (runs_root / run_id / "log.txt").exists()
 
 

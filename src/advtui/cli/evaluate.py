@@ -15,6 +15,7 @@ from rich.table import Table
 
 from advtui.cli.common import RunsDirOption, console, err_console, open_registry
 from advtui.compare import FORMATS, ROW_KINDS, build_comparison, format_cell, render, select_runs
+from advtui.core.checkpoints import describe as describe_checkpoint
 from advtui.core.format import fmt_duration
 from advtui.errors import ConfigError
 
@@ -104,7 +105,10 @@ def eval_command(
     eps: Optional[float] = typer.Option(None, help="L-inf radius (default: the run's training eps)."),
     step_size: Optional[float] = typer.Option(None, "--step-size", help="PGD/CW step size (default eps/4)."),
     seed: int = typer.Option(0, help="Seed of the attacks' random starts."),
-    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Evaluate this checkpoint file of RUN instead of its final one."),
+    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help="Which checkpoint of RUN: best (the epoch of the best "
+                                             "validation PGD accuracy), final, last, epoch:N (when best or final holds "
+                                             "epoch N), or one of RUN's own checkpoint files. Default: final (last "
+                                             "if RUN has not finished)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
     cascade: bool = typer.Option(False, "--cascade", help="Run each later attack only on examples still unbroken (faster; "
                                                           "their own numbers become cumulative, marked *)."),
@@ -131,7 +135,8 @@ def eval_command(
         return
     s = report.settings
     out = _output_console()
-    out.print(f"[bold]{report.run_id}[/] ({report.run_name}) checkpoint {report.checkpoint} "
+    out.print(f"[bold]{report.run_id}[/] ({report.run_name}) checkpoint "
+              f"{describe_checkpoint(report.checkpoint_kind, report.checkpoint_epoch)} {report.checkpoint} "
                   f"[dim]{report.checkpoint_hash}[/]: eps {s['eps']:g}, step {s['step_size']:g}, n {s['n']} "
                   f"({s['examples']}), seed {s['seed']}, {s['device']}, {fmt_duration(report.wall_time)}")
     out.print(_eval_table(report))

@@ -21,6 +21,7 @@ DATA_ENV = "ADVTUI_DATA"
 # Checkpoint paths in a run's record are relative to the run's folder, so a runs directory can
 # be moved or copied (to another machine, into a test's temporary folder) and stay valid.
 LAST_CHECKPOINT, FINAL_CHECKPOINT = "checkpoints/last.pt", "checkpoints/final.pt"
+BEST_CHECKPOINT = "checkpoints/best.pt"  # the epoch of the best validation PGD accuracy
 
 # Run ids and names become folder names: keep them to a safe alphabet so no id can escape runs/.
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")

@@ -13,7 +13,8 @@ Key: (``run_id``, ``attack``, ``checkpoint_hash``); re-evaluating replaces only 
 - ``run_id``, ``attack`` (canonical spec, source runs by id), ``label`` (source runs by name),
   ``family``, ``steps``, ``restarts``, ``source_run``, ``source_checkpoint_hash``
 - ``checkpoint_hash`` (sha256 of the checkpoint file, 16 hex), ``checkpoint`` (its path,
-  relative to the run folder when inside it), ``date`` (unix time), ``eval_id``
+  relative to the run folder), ``checkpoint_kind`` ("best", "final" or "last"),
+  ``checkpoint_epoch`` (the epochs its weights were trained for), ``date`` (unix time), ``eval_id``
 - ``settings``: eps, step_size, limit, examples ("mnist/test/200"), n, batch_size, seed,
   device, cascade
 - ``accuracy`` (%), ``robust`` (count), ``n``, ``n_attacked`` (examples the attack ran on),
@@ -219,7 +220,9 @@ def store_result(registry: Registry, doc: dict[str, Any]) -> tuple[list[dict[str
         summaries = summarize(siblings)
         for name, fields in summaries.items():
             summary = {"run_id": doc["run_id"], "attack": name, "checkpoint_hash": doc["checkpoint_hash"],
-                       "kind": "summary", "label": name, "checkpoint": doc["checkpoint"], "date": doc["date"],
+                       "kind": "summary", "label": name, "checkpoint": doc["checkpoint"],
+                       "checkpoint_kind": doc.get("checkpoint_kind"), "checkpoint_epoch": doc.get("checkpoint_epoch"),
+                       "date": doc["date"],
                        "eval_id": doc["eval_id"], "settings": doc["settings"], "flags": [], **fields}
             table.remove(_key(summary))
             table.insert(summary)

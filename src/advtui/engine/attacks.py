@@ -174,6 +174,7 @@ class RunCheckpoint:
     digest: str  # sha256 of the file, 16 hex digits: what results are keyed by
     state: dict[str, Any]
     config: RunConfig
+    kind: str | None = None  # best, final or last, when known
 
 
 def load_run_checkpoint(registry: Registry, record: dict[str, Any], path: Path | str | None = None,

@@ -17,10 +17,12 @@ import numpy as np
 import torch
 import torchvision
 
-from advtui.errors import DataMissingError
+from advtui.config import default_val_size
+from advtui.errors import ConfigError, DataMissingError
 
 NUM_CLASSES = 10
 DATASET_SHAPES = {"mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
+SPLIT_SIZES = {"mnist": {"train": 60000, "test": 10000}, "cifar10": {"train": 50000, "test": 10000}}
 CIFAR_FOLDER = "cifar-10-batches-py"
 CIFAR_TRAIN_FILES = [f"data_batch_{i}" for i in range(1, 6)]
 CIFAR_TEST_FILES = ["test_batch"]
@@ -101,6 +103,49 @@ def balanced_subset(labels: torch.Tensor, limit: int | None, seed: int = 0) -> t
     return torch.cat(chosen).sort().values
 
 
+def train_val_indices(labels: torch.Tensor, train_limit: int | None, val_size: int,
+                      seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices (into the training split) of the images a run trains on and of its validation
+    split: ``val_size`` class-balanced images fixed by ``seed``, never trained on.
+
+    With a --train-limit that leaves room, the training subset is the one ``load_split`` gives
+    for that limit (the same images as without a validation split) and the validation images
+    are drawn from the rest of the split (when it holds enough of every class); otherwise they
+    are drawn first and the run trains on all the others (at most ``train_limit`` of them,
+    class-balanced)."""
+    n = labels.shape[0]
+    everything = torch.arange(n)
+    gen = torch.Generator().manual_seed(_mix(seed, val_size, 0x7A1))  # not the training subset's stream
+    train = balanced_subset(labels, train_limit, seed=0)
+    if train is not None and train.numel() + val_size <= n:
+        rest = everything[~_member(everything, train)]
+        val = rest[_balanced_pick(labels[rest], val_size, gen)]
+        if val.numel() == val_size:  # the rest held enough of every class
+            return train, val.sort().values
+    val = _balanced_pick(labels, val_size, gen).sort().values
+    rest = everything[~_member(everything, val)]
+    if train_limit is not None and train_limit < rest.numel():
+        rest = rest[balanced_subset(labels[rest], train_limit, seed=0)]
+    return rest, val
+
+
+def _member(values: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
+    mask = torch.zeros(values.numel(), dtype=torch.bool)
+    mask[chosen] = True
+    return mask
+
+
+def _balanced_pick(labels: torch.Tensor, count: int, gen: torch.Generator) -> torch.Tensor:
+    """Positions of ``count`` examples spread evenly over the classes (the first count % 10
+    classes one more), drawn with ``gen``; a class with too few examples gives what it has."""
+    chosen = []
+    for c in range(NUM_CLASSES):
+        members = torch.nonzero(labels == c).flatten()
+        k = count // NUM_CLASSES + (1 if c < count % NUM_CLASSES else 0)
+        chosen.append(members[torch.randperm(members.numel(), generator=gen)[:k]])
+    return torch.cat(chosen)
+
+
 def _missing(dataset: str, root: Path, cause: Exception | None) -> DataMissingError:
     where = root / ("MNIST/raw" if dataset == "mnist" else CIFAR_FOLDER)
     why = ""
@@ -176,6 +221,36 @@ def _load_cifar10(root: Path, train: bool, download: bool) -> tuple[torch.Tensor
     except (OSError, pickle.UnpicklingError, KeyError, ValueError, EOFError, TypeError, IndexError) as exc:
         reason = " ".join(str(exc).split())[:160] or type(exc).__name__
         raise DataMissingError(f"cifar10 files under {folder} are unreadable ({reason}): delete them to re-download") from None
+
+
+@dataclass
+class TrainAndValidation:
+    """A run's training images and its validation split, both from the training split."""
+
+    train: Split
+    val: Split
+    val_ids: list[int]  # indices into the dataset's training split
+    split_size: int  # images in the whole training split
+
+
+def load_train_and_val(dataset: str, root: Path, train_limit: int | None, val_size: int | None,
+                       seed: int) -> TrainAndValidation:
+    """Load the training split once and cut it into training images and a validation split
+    (``train_val_indices``) of ``val_size`` images (None: ``default_val_size``, of
+    ``train_limit`` or of the split)."""
+    loader = _load_mnist if dataset == "mnist" else _load_cifar10
+    images, labels = loader(Path(root), True, True)
+    n = labels.shape[0]
+    if val_size is None:
+        val_size = min(default_val_size(train_limit if train_limit is not None else n), n - 1)
+    if val_size >= n:
+        raise ConfigError(f"--val-size {val_size} is not smaller than the {n} training images of {dataset}: "
+                          f"hold out fewer (default {default_val_size(None)}), or pass --val-size 0")
+    train_idx, val_idx = train_val_indices(labels, train_limit, val_size, seed)
+    return TrainAndValidation(
+        Split(images[train_idx], labels[train_idx], augment=dataset == "cifar10"),
+        Split(images[val_idx], labels[val_idx], augment=False),  # evaluated as it is, like the test split
+        val_idx.tolist(), labels.shape[0])
 
 
 def load_split(

@@ -46,6 +46,7 @@ from typing import Any, Callable, Iterable
 import torch
 
 from advtui.core.attack_specs import AttackSpec, attack_specs_for
+from advtui.core.checkpoints import resolve_checkpoint
 from advtui.core.paths import DATA_ENV, data_root, run_folder
 from advtui.core.results import mask_to_hex, results_for_run, store_result
 from advtui.engine.attacks import Attack, RunCheckpoint, build_attacks, build_run_model, load_run_checkpoint
@@ -83,6 +84,8 @@ class EvalReport:
     checkpoint: str
     checkpoint_hash: str
     settings: dict[str, Any]
+    checkpoint_kind: str | None = None  # best, final or last
+    checkpoint_epoch: int | None = None  # epochs the checkpoint's weights were trained for
     results: list[dict[str, Any]] = field(default_factory=list)  # attack docs, in evaluation order
     summaries: dict[str, dict[str, Any]] = field(default_factory=dict)  # "min", "worst-case"
     wall_time: float = 0.0
@@ -91,6 +94,7 @@ class EvalReport:
         strip = (lambda d: d) if masks else (lambda d: {k: v for k, v in d.items() if k != "robust_mask"})
         return {"eval_id": self.eval_id, "run_id": self.run_id, "run_name": self.run_name,
                 "checkpoint": self.checkpoint, "checkpoint_hash": self.checkpoint_hash,
+                "checkpoint_kind": self.checkpoint_kind, "checkpoint_epoch": self.checkpoint_epoch,
                 "settings": self.settings, "wall_time": self.wall_time,
                 "results": [strip(d) for d in self.results],
                 "summaries": {k: strip(v) for k, v in self.summaries.items()}}
@@ -116,6 +120,13 @@ def _test_split(config, limit: int | None, data_root_opt: str | None):
     return load_split(config.dataset, data_root(explicit), False, limit, seed=0)
 
 
+def _trained_epochs(state: dict[str, Any]) -> int | None:
+    """The epochs a checkpoint's weights were trained for (a checkpoint saved mid-epoch: the
+    epochs finished before it)."""
+    epoch = state.get("epoch")
+    return int(epoch) if isinstance(epoch, int) and not isinstance(epoch, bool) else None
+
+
 def _relative_to_run(path: Path, folder: Path) -> str:
     try:
         return str(Path(path).resolve().relative_to(folder.resolve()))
@@ -136,6 +147,8 @@ class _Evaluation:
         self.n = len(split)
         self.device = split.images.device
         self.gradient_checks: dict[str, dict[str, int]] = {}
+        self.checkpoint_kind = target.kind
+        self.checkpoint_epoch = _trained_epochs(target.state)
 
     def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.split.images[idx].float().div_(255.0), self.split.labels[idx]
@@ -246,7 +259,8 @@ class _Evaluation:
             "label": attack.label, "family": spec.family, "steps": spec.steps, "restarts": spec.restarts,
             "source_run": attack.source.record["id"] if attack.source else None,
             "source_checkpoint_hash": attack.source.digest if attack.source else None,
-            "checkpoint": self.checkpoint_label, "date": time.time(), "eval_id": self.eval_id,
+            "checkpoint": self.checkpoint_label, "checkpoint_kind": self.checkpoint_kind,
+            "checkpoint_epoch": self.checkpoint_epoch, "date": time.time(), "eval_id": self.eval_id,
             "settings": self.settings, "accuracy": 100.0 * count / max(self.n, 1), "robust": count, "n": self.n,
             "n_attacked": n_attacked, "accuracy_kind": "attack" if exact else "cumulative",
             "clean_accuracy": 100.0 * self.clean_robust / max(self.n, 1), "clean_robust": self.clean_robust,
@@ -259,9 +273,10 @@ class _Evaluation:
 
     def run(self) -> EvalReport:
         report = EvalReport(self.eval_id, self.record["id"], self.record.get("name"), self.checkpoint_label,
-                            self.target.digest, self.settings)
+                            self.target.digest, self.settings, self.checkpoint_kind, self.checkpoint_epoch)
         started = time.perf_counter()
         self.emit("start", checkpoint=self.checkpoint_label, checkpoint_hash=self.target.digest,
+                  checkpoint_kind=self.checkpoint_kind, checkpoint_epoch=self.checkpoint_epoch,
                   attacks=[a.text for a in self.attacks], labels=[a.label for a in self.attacks],
                   **{k: self.settings[k] for k in ("eps", "step_size", "n", "examples", "batch_size", "seed",
                                                    "device", "cascade")})
@@ -312,13 +327,13 @@ def evaluate_run(
     eps: float | None = None,
     step_size: float | None = None,
     seed: int = 0,
-    checkpoint: str | Path | None = None,
+    checkpoint: str | Path | None = None,  # best, final, last, epoch:N or one of the run's own files
     device: str = "auto",
     cascade: bool = False,
     data_root: str | None = None,
     on_progress: Callable[[EvalProgress], None] | None = None,
 ) -> EvalReport:
-    """Evaluate RUN's checkpoint (final, else last, or ``checkpoint``) under ``attacks``
+    """Evaluate RUN's checkpoint (final, else last, or ``checkpoint``: ``resolve_checkpoint``) under ``attacks``
     (a spec list; None: the paper's Table 3 list) on the first ``limit`` test examples.
 
     eps defaults to the run's training eps, the PGD/CW step size to eps/4. Every result is
@@ -328,7 +343,9 @@ def evaluate_run(
     specs = attack_specs_for(attacks, record)
     _check_options(limit, batch_size, eps, step_size, seed)
     torch_device = resolve_device(device)
-    target = load_run_checkpoint(registry, record, checkpoint, torch_device)
+    path, kind = resolve_checkpoint(registry, record, checkpoint)
+    target = load_run_checkpoint(registry, record, path, torch_device)
+    target.kind = kind
     eval_eps = float(eps) if eps is not None else float(target.config.eps)
     step = float(step_size) if step_size is not None else eval_eps / 4
     split = _test_split(target.config, limit, data_root).to(torch_device)

@@ -26,7 +26,7 @@ from advtui.config import RunConfig
 from advtui.core.defenses import DEFENSE_SPECS
 from advtui.core.paths import data_root
 from advtui.engine.checkpoint import load_checkpoint, save_checkpoint
-from advtui.engine.data import Split, load_split
+from advtui.engine.data import SPLIT_SIZES, Split, load_split, load_train_and_val
 from advtui.engine.defenses import build_objective, defense_maximizer
 from advtui.engine.distributed import Ranks
 from advtui.engine.maximizers import PGD, Maximizer
@@ -61,11 +61,29 @@ def device_name(device: torch.device) -> str:
     return f"cpu ({torch.get_num_threads()} threads)"
 
 
-def load_data(config: RunConfig) -> tuple[Split, Split]:
+@dataclass
+class TrainingData:
+    """What a run reads: its training images and the split its per-epoch evaluation reads."""
+
+    train: Split
+    monitor: Split  # the validation split; the test split with --val-size 0
+    monitor_split: str  # "val" or "test"
+    val_ids: list[int] = field(default_factory=list)  # indices into the training split
+    train_split_size: int = 0  # images in the dataset's whole training split
+    test_split_size: int = 0
+
+
+def load_data(config: RunConfig) -> TrainingData:
+    """The run's data. With a validation split the test split is not read at all: it is left
+    to ``advtui eval``, so nothing chosen during training (best.pt, early stopping) saw it."""
     root = data_root(config.data_root)
-    train = load_split(config.dataset, root, True, config.train_limit, seed=0)
-    test = load_split(config.dataset, root, False, config.test_limit, seed=0)
-    return train, test
+    sizes = SPLIT_SIZES[config.dataset]
+    if config.val_size == 0:
+        train = load_split(config.dataset, root, True, config.train_limit, seed=0)
+        test = load_split(config.dataset, root, False, config.test_limit, seed=0)
+        return TrainingData(train, test, "test", [], sizes["train"], len(test))
+    data = load_train_and_val(config.dataset, root, config.train_limit, config.val_size, config.seed)
+    return TrainingData(data.train, data.val, "val", data.val_ids, data.split_size, sizes["test"])
 
 
 @torch.no_grad()
@@ -74,9 +92,12 @@ def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
 
 
 def evaluate_clean_and_pgd(
-    model: nn.Module, split: Split, eps: float, steps: int, step_size: float, limit: int, batch_size: int
-) -> dict[str, float]:
-    """Clean and PGD-``steps`` accuracy (%) on the first ``limit`` test examples, in eval mode."""
+    model: nn.Module, split: Split, eps: float, steps: int, step_size: float, limit: int, batch_size: int,
+    split_name: str = "val",
+) -> dict[str, Any]:
+    """Clean and PGD-``steps`` accuracy (%) on the first ``limit`` examples of ``split`` (the
+    validation split, or the test split: ``split_name``), in eval mode; the keys say which
+    (``val_clean_acc`` or ``test_clean_acc``, as ``advtui.core.epochs`` reads them)."""
     was_training = model.training
     model.eval()
     pgd = PGD(step_size, init="uniform")
@@ -90,7 +111,8 @@ def evaluate_clean_and_pgd(
         robust += _accuracy(model, x_adv, y)
         n += len(y)
     model.train(was_training)
-    return {"test_clean_acc": 100.0 * clean / max(n, 1), "test_pgd_acc": 100.0 * robust / max(n, 1), "test_n": n}
+    return {f"{split_name}_clean_acc": 100.0 * clean / max(n, 1), f"{split_name}_pgd_acc": 100.0 * robust / max(n, 1),
+            f"{split_name}_n": n, "eval_split": split_name}
 
 
 def step_schedule(config: RunConfig) -> Callable[[int], float]:
@@ -115,6 +137,10 @@ class Progress:
     health: list[Finding] = field(default_factory=list)  # health findings raised or cleared just now
 
 
+# Held-out batches on which a learned maximizer is compared with PGD at each epoch end.
+VAL_COMPARE_BATCHES = 4
+
+
 class StopRequested(Exception):
     def __init__(self, signum: int):
         super().__init__(signal.Signals(signum).name)
@@ -124,10 +150,10 @@ class StopRequested(Exception):
 class Trainer:
     """Trains one run; owns its model, maximizer, optimizers, data and events."""
 
-    def __init__(self, config: RunConfig, run_dir: Path, device: torch.device, train: Split, test: Split,
+    def __init__(self, config: RunConfig, run_dir: Path, device: torch.device, train: Split, monitor: Split,
                  events: EventWriter, on_progress: Callable[[Progress], None] | None = None,
                  on_epoch: Callable[[dict[str, Any], Path], None] | None = None,
-                 health: HealthMonitor | None = None, ranks: Ranks | None = None):
+                 health: HealthMonitor | None = None, ranks: Ranks | None = None, monitor_split: str = "val"):
         self.config, self.run_dir, self.device = config, Path(run_dir), device
         # Several processes training one run (advtui.engine.distributed); rank 0 of 1 otherwise.
         self.ranks = ranks or Ranks()
@@ -143,7 +169,10 @@ class Trainer:
             torch.backends.cudnn.benchmark = True
         torch.manual_seed(config.seed)
         random.seed(config.seed)
-        self.train_split, self.test_split = train.to(device), test.to(device)
+        # The per-epoch evaluation reads ``monitor``: the validation split, which also chooses
+        # best.pt and early stopping; or, with --val-size 0, the test split, for monitoring only.
+        self.train_split, self.monitor = train.to(device), monitor.to(device)
+        self.monitor_split = monitor_split
         self.model = build_model(config.model, config.dataset).to(device)
         self.objective = build_objective(config)
         self.maximizer: Maximizer | None = defense_maximizer(config, device)
@@ -170,6 +199,10 @@ class Trainer:
         self.accum = self._fresh_accum()
         self.last_metrics: dict[str, Any] = {}
         self.stop_signal: int | None = None
+        # The epoch (1-based) of the best validation PGD accuracy so far, kept in best.pt.
+        self.best_epoch: int | None = None
+        self.best_val_pgd: float | None = None
+        self.stopped_early: dict[str, Any] | None = None
 
     # -- state --------------------------------------------------------------------------------
     @staticmethod
@@ -189,6 +222,7 @@ class Trainer:
             "maximizer": self.maximizer.state_dict() if self.maximizer is not None and self.maximizer.learned else None,
             "maximizer_kind": DEFENSE_SPECS[self.config.defense].maximizer,
             "rng": rng, "last_metrics": self.last_metrics,
+            "best": {"epoch": self.best_epoch, "val_pgd_acc": self.best_val_pgd},
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
@@ -201,6 +235,8 @@ class Trainer:
         self.global_step, self.elapsed = int(state["global_step"]), float(state["elapsed"])
         self.accum = dict(state["accum"])
         self.last_metrics = dict(state.get("last_metrics") or {})
+        best = state.get("best") or {}
+        self.best_epoch, self.best_val_pgd = best.get("epoch"), best.get("val_pgd_acc")
         rng = state["rng"]
         per_rank = rng.get("ranks") or []
         if self.ranks.distributed and len(per_rank) == self.ranks.world:
@@ -273,6 +309,8 @@ class Trainer:
         try:
             while self.epoch < cfg.epochs:
                 self._run_epoch()
+                if self._early_stop_due():
+                    break
             return self.last_metrics
         finally:
             for s, handler in old.items():
@@ -313,6 +351,18 @@ class Trainer:
                 raise StopRequested(self.stop_signal)
         self.elapsed += time.perf_counter() - epoch_start
         self._end_epoch(time.perf_counter() - epoch_start)
+
+    def _early_stop_due(self) -> bool:
+        """--early-stop P: no better validation PGD accuracy for P epochs (Rice et al. 2020 stop
+        on held-out robust accuracy; best.pt already holds the best epoch)."""
+        patience = self.config.early_stop
+        if patience is None or self.best_epoch is None or self.epoch - self.best_epoch < patience:
+            return False
+        if self.epoch >= self.config.epochs:
+            return False  # it ends here anyway: not a stop
+        self.stopped_early = {"epoch": self.epoch, "best_epoch": self.best_epoch, "patience": patience}
+        self.events.emit("early_stop", **self.stopped_early)
+        return True
 
     def _stop_now(self, logged: bool) -> bool:
         """Stop after this batch? One process stops at once on a signal; several agree at log
@@ -391,28 +441,70 @@ class Trainer:
             "lr": self.optimizer.param_groups[0]["lr"],
         }
         # Evaluated once, on rank 0 (the ranks hold the same weights), and shared with the others.
-        evaluation = evaluate_clean_and_pgd(self.model, self.test_split, cfg.eps, cfg.inner_steps, cfg.pgd_step,
-                                            cfg.eval_limit, max(cfg.batch_size, 256)) if self.ranks.main else None
+        evaluation = evaluate_clean_and_pgd(self.model, self.monitor, cfg.eps, cfg.inner_steps, cfg.pgd_step,
+                                            cfg.eval_limit, max(cfg.batch_size, 256),
+                                            self.monitor_split) if self.ranks.main else None
         metrics.update(self.ranks.from_main(evaluation))
+        findings: list[Finding] = []
+        if self.ranks.main and self.monitor_split == "val" and self.reference_pgd is not None:
+            findings += self._compare_on_validation()
+        improved = self._note_best(metrics)
         self.scheduler.step()
         self.epoch, self.batch = self.epoch + 1, 0
         self.accum = self._fresh_accum()
         self.last_metrics = metrics
         self.events.emit("epoch", **metrics)
-        findings = self._check_health("epoch", metrics)
+        findings += self._check_health("epoch", metrics)
         path = self.save("last.pt")
+        if improved:
+            self.save("best.pt")  # written like last.pt: a reader sees the old best or the new one
         if self.on_epoch:
             self.on_epoch(metrics, path)
         if self.on_progress:
             self.on_progress(Progress(self.epoch, cfg.epochs, 0, self.train_split.num_batches(cfg.batch_size),
                                       metrics=metrics, health=findings))
 
+    def _note_best(self, metrics: dict[str, Any]) -> bool:
+        """Is this epoch's validation PGD accuracy the best so far? Records the best epoch in
+        ``metrics``. On test numbers (--val-size 0) nothing is chosen."""
+        robust = metrics.get("val_pgd_acc")
+        if self.monitor_split != "val" or robust is None:
+            return False
+        improved = self.best_val_pgd is None or robust > self.best_val_pgd
+        if improved:
+            self.best_epoch, self.best_val_pgd = metrics["epoch"], robust
+        metrics["best_epoch"] = self.best_epoch
+        return improved
+
+    def _compare_on_validation(self) -> list[Finding]:
+        """The learned maximizer against PGD with the same T on held-out batches, as training
+        compares them on its own batches: ``val_inner`` events, which the health checks read."""
+        cfg, model = self.config, self.model
+        was_training = model.training
+        model.eval()  # as the per-epoch evaluation: no batch-norm statistics move
+        size = max(1, min(cfg.batch_size, min(cfg.eval_limit, len(self.monitor)) // VAL_COMPARE_BATCHES))
+        findings: list[Finding] = []
+        for b, x, y in self.monitor.batches(size, shuffle=False):
+            if b >= VAL_COMPARE_BATCHES:
+                break
+            target = self.objective.inner_target(model, x, y)
+            loss_fn = self.objective.inner_loss
+            learned = self.maximizer.maximize(model, loss_fn, x, target, cfg.eps, cfg.inner_steps, record=True)
+            pgd = self.reference_pgd.maximize(model, loss_fn, x, target, cfg.eps, cfg.inner_steps, record=True)
+            fields = {"epoch": self.epoch, "batch": b, "maximizer": DEFENSE_SPECS[cfg.defense].maximizer,
+                      "losses": learned.trajectory.float().tolist(), "pgd": pgd.trajectory.float().tolist()}
+            self.events.emit("val_inner", **fields)
+            findings += self._check_health("val_inner", fields)
+        model.train(was_training)
+        return findings
+
     def start_event(self, resumed: bool) -> None:
         maximizer_params = self.maximizer.num_parameters() if self.maximizer is not None else 0
         fields = dict(
             config=self.config.to_dict(), resumed=resumed, epoch=self.epoch, batch=self.batch,
             model_params=count_parameters(self.model), maximizer_params=maximizer_params,
-            device=device_name(self.device), train_size=len(self.train_split), test_size=len(self.test_split),
+            device=device_name(self.device), train_size=len(self.train_split),
+            **{f"{self.monitor_split}_size": len(self.monitor)}, eval_split=self.monitor_split,
             versions={"advtui": advtui.__version__, "torch": torch.__version__,
                       "torchvision": torchvision.__version__, "python": platform.python_version()},
         )

@@ -10,6 +10,7 @@ from typing import Any, Callable, Iterable
 
 from rich.text import Text
 
+from advtui.core.epochs import epoch_accuracy
 from advtui.core.format import fmt_duration, short_device, status_style
 from advtui.health import ERROR, WARNING, record_findings, worst_level
 from advtui.tui.live import RunStream
@@ -181,7 +182,8 @@ def _row_parts(record: dict, stream: RunStream | None, marked: bool, now: float)
         elapsed = None
     done_epochs = min(epoch, epochs) if epochs else epoch
     data_model = f"{record.get('dataset', '-')}/{record.get('model', '-')}"
-    clean, robust = metrics.get("test_clean_acc"), metrics.get("test_pgd_acc")
+    accuracy = epoch_accuracy(metrics)  # validation, or test numbers for monitoring only
+    clean, robust = accuracy.clean, accuracy.robust
     # The record's findings, updated at each epoch end by the training process: the table has
     # the record of every run, but not every run's whole stream.
     findings = record_findings(record) if record.get("health") else []

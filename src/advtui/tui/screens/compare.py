@@ -17,6 +17,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 
 from advtui.compare import format_cell
+from advtui.core.epochs import epoch_accuracy
 from advtui.tui.widgets.plots import OverlayPlot
 
 
@@ -114,7 +115,7 @@ class CompareScreen(Screen):
             loss.append((names[rid], xs, ys))
             epochs = sorted(stream.epochs.items())
             acc.append((names[rid], [e for e, _ in epochs],
-                        [m.get("test_pgd_acc") if m.get("test_pgd_acc") is not None else 0.0 for _, m in epochs]))
+                        [epoch_accuracy(m).robust or 0.0 for _, m in epochs]))
         self.query_one("#compare-inner", OverlayPlot).show_series("latest inner-loss trajectory", "inner step t", inner)
         self.query_one("#compare-loss", OverlayPlot).show_series("outer loss over training", "step", loss)
         self.query_one("#compare-acc", OverlayPlot).show_series("robust (pgd) accuracy % per epoch", "epoch", acc)

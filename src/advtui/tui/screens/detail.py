@@ -17,7 +17,10 @@ from textual.screen import Screen
 from textual.widgets import Footer, Header, Static
 
 from advtui.config import values_in_force
+from advtui.core.checkpoints import describe as describe_checkpoint
+from advtui.core.checkpoints import kept_epoch, kind_from_path
 from advtui.core.defenses import DEFENSE_SPECS
+from advtui.core.epochs import MONITOR_NOTE, epoch_accuracy, has_epoch_accuracy
 from advtui.core.format import error_summary, fmt_duration, format_bytes, status_style
 from advtui.health import ERROR, Finding, record_findings
 from advtui.jobs.queue import jobs_of_run
@@ -26,7 +29,8 @@ from advtui.tui.live import RunStream
 from advtui.tui.rows import shown_status
 
 CONFIG_KEYS = ("eps", "inner_steps", "step_size", "batch_size", "lr", "momentum", "weight_decay", "milestones",
-               "beta", "seed", "init", "train_limit", "test_limit", "eval_limit", "preset", "device",
+               "beta", "seed", "init", "train_limit", "test_limit", "val_size", "eval_limit", "early_stop", "preset",
+               "device",
                "rnn_hidden", "rnn_grad_input", "rnn_delta_scale", "rnn_lr", "compare_every", "log_every")
 
 
@@ -172,8 +176,15 @@ class DetailScreen(Screen):
         info.add_row("created", fmt_when(r.get("created")), "started / ended",
                      f"{fmt_when(r.get('started'))} / {fmt_when(r.get('ended'))}")
         info.add_row("parameters", f"{r.get('model_params') or '-'}", "inner maximizer params", f"{r.get('maximizer_params', '-')}")
-        info.add_row("test clean %", _n(m.get("test_clean_acc")), f"test pgd-{(r.get('config') or {}).get('inner_steps', '?')} %",
-                     f"{_n(m.get('test_pgd_acc'))} (n={m.get('test_n', '-')})")
+        a = epoch_accuracy(m)
+        info.add_row(f"{a.split} clean %", _n(a.clean), f"{a.split} pgd-{(r.get('config') or {}).get('inner_steps', '?')} %",
+                     f"{_n(a.robust)} (n={a.n if a.n is not None else '-'})"
+                     + ("" if a.split == "val" else f", {MONITOR_NOTE}"))
+        best = r.get("best_epoch")
+        split = r.get("eval_split") or (a.split if has_epoch_accuracy(m) else None)  # None: not started
+        best_text = f"{best} (best.pt)" if isinstance(best, int) else (
+            "none: no validation split" if split == "test" else "-")
+        info.add_row("best epoch", best_text, "", "")
         parts: list[Any] = [head, info]
         if r.get("error") and r.get("status") == "killed":
             # Stopped on purpose (a kill, a cancel): why it stopped, not an error.
@@ -205,7 +216,9 @@ class DetailScreen(Screen):
                 state = Text(f"{format_bytes(st.st_size)}, saved {fmt_when(st.st_mtime)}")
             except OSError:
                 state = Text("missing", style="red")
-            parts.append(Text(f"{label:<6} {rel}  ").append_text(state))
+            epoch = kept_epoch(r, label)
+            held = f" (epoch {epoch})" if epoch is not None else ""
+            parts.append(Text(f"{label:<6} {rel}{held}  ").append_text(state))
         return Group(*parts)
 
     def _epochs_part(self, stream: RunStream) -> Group:
@@ -216,8 +229,9 @@ class DetailScreen(Screen):
         for col in ("epoch", "train loss", "train acc %", "inner loss at T", "clean %", "robust %", "n", "time", "lr"):
             table.add_column(col, justify="right")
         for e, m in epochs[-12:]:
+            a = epoch_accuracy(m)
             table.add_row(str(e), _n(m.get("train_loss"), ".4f"), _n(m.get("train_acc")), _n(m.get("inner_final_loss"), ".4f"),
-                          _n(m.get("test_clean_acc")), _n(m.get("test_pgd_acc")), str(m.get("test_n", "-")),
+                          _n(a.clean), _n(a.robust), str(a.n if a.n is not None else "-"),
                           fmt_duration(m.get("epoch_time")), _n(m.get("lr"), ".3g"))
         note = Text(f"(last 12 of {len(epochs)})", style="dim") if len(epochs) > 12 else Text("")
         return Group(_section("epochs"), table, note)
@@ -245,7 +259,9 @@ class DetailScreen(Screen):
                               "" if summary else fmt_duration(doc.get("wall_time")),
                               Text(flags or ("" if summary else "ok"), style="red" if flags else "green"))
             settings = first.get("settings") or {}
-            parts.append(Text(f"checkpoint {first.get('checkpoint', '-')} ({first.get('checkpoint_hash', '-')}), "
+            kind = first.get("checkpoint_kind") or kind_from_path(first.get("checkpoint"))
+            parts.append(Text(f"checkpoint {describe_checkpoint(kind, first.get('checkpoint_epoch'))} "
+                              f"{first.get('checkpoint', '-')} ({first.get('checkpoint_hash', '-')}), "
                               f"eps {settings.get('eps', '-')}, examples {settings.get('examples', '-')}", style="dim"))
             parts.append(table)
         if jobs:

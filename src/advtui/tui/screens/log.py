@@ -16,6 +16,7 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import Footer, Header, Log
 
+from advtui.core.epochs import epoch_accuracy
 from advtui.events import EVENTS_FILE, EventTail, LineTail
 
 LOG_FILE = "log.txt"
@@ -49,12 +50,14 @@ def format_event(event: dict) -> str:
         if event.get("pgd"):
             body += f"  | pgd {' '.join(_f(v, '.3f') for v in event['pgd'])}"
     elif kind == "epoch":
+        a = epoch_accuracy(event)
         body = (f"epoch {event.get('epoch')} done in {_f(event.get('epoch_time'), '.1f')}s  "
-                f"train loss {_f(event.get('train_loss'), '.4f')}  clean {_f(event.get('test_clean_acc'), '.2f')}%  "
-                f"robust {_f(event.get('test_pgd_acc'), '.2f')}%  (n={event.get('test_n', '-')})")
+                f"train loss {_f(event.get('train_loss'), '.4f')}  {a.label} clean {_f(a.clean, '.2f')}%  "
+                f"robust {_f(a.robust, '.2f')}%  (n={a.n if a.n is not None else '-'})")
     elif kind == "start":
         body = (f"{'resumed' if event.get('resumed') else 'started'} on {event.get('device')}  "
-                f"train {event.get('train_size')} test {event.get('test_size')}  "
+                f"train {event.get('train_size')} "
+                + (f"val {event.get('val_size')}  " if "val_size" in event else f"test {event.get('test_size')}  ") +
                 f"params {event.get('model_params')} + maximizer {event.get('maximizer_params')}")
     elif kind == "checkpoint":
         body = f"checkpoint {event.get('name')} (epoch {event.get('epoch')}, batch {event.get('batch')})"

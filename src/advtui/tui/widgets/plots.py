@@ -8,6 +8,7 @@ from typing import Iterable, Sequence
 
 from textual_plotext import PlotextPlot
 
+from advtui.core.epochs import epoch_accuracy
 from advtui.tui.live import RunStream, minmax_downsample
 
 # Colours (RGB): the maximizer's curves in cyan, PGD's on the same batch in orange, so an rnn
@@ -109,7 +110,8 @@ class TrainingLossPlot(RunPlot):
 
 
 class AccuracyPlot(RunPlot):
-    """Clean and robust test accuracy per epoch."""
+    """Clean and robust accuracy per epoch, on the validation split (or the test split, for
+    monitoring only, with --val-size 0)."""
 
     def draw(self, stream: RunStream | None, title_hint: str) -> None:
         plt = self.plt
@@ -118,8 +120,9 @@ class AccuracyPlot(RunPlot):
             plt.title("accuracy per epoch · no epoch finished yet")
             return
         xs = [e for e, _ in epochs]
-        for key, color, label in (("test_clean_acc", GREEN, "clean"), ("test_pgd_acc", MAGENTA, "robust (pgd)")):
-            ys = [m.get(key) for _, m in epochs]
+        accuracies = [epoch_accuracy(m) for _, m in epochs]
+        for key, color, label in (("clean", GREEN, "clean"), ("robust", MAGENTA, "robust (pgd)")):
+            ys = [getattr(a, key) for a in accuracies]
             pts = [(x, y) for x, y in zip(xs, ys) if isinstance(y, (int, float))]
             if not pts:
                 continue
@@ -128,9 +131,9 @@ class AccuracyPlot(RunPlot):
                 plt.scatter(list(px), list(py), color=color, marker="dot", label=label)
             else:
                 plt.plot(list(px), list(py), color=color, marker="braille", label=label)
-        last = epochs[-1][1]
-        plt.title(f"accuracy % per epoch · clean {_fmt(last.get('test_clean_acc'))} "
-                  f"robust {_fmt(last.get('test_pgd_acc'))}")
+        last = accuracies[-1]
+        # The split in one word (the detail screen says that test numbers are for monitoring only).
+        plt.title(f"{last.split} accuracy % per epoch · clean {_fmt(last.clean)} robust {_fmt(last.robust)}")
         plt.xlabel("epoch")
         plt.xticks(xs if len(xs) <= 12 else None)
         plt.ylim(0, 100)
