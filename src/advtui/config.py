@@ -268,6 +268,13 @@ def values_in_force(config: dict[str, Any]) -> dict[str, Any]:
         shown.pop("beta", None)
     elif shown.get("beta") is None:
         shown["beta"] = DEFAULT_BETA.get(config.get("dataset") or "", None)
+    if "val_size" not in config:
+        shown["val_size"] = 0  # recorded before validation splits: it trained (and resumes) on the whole split
+    elif shown["val_size"] is None:
+        train_limit = config.get("train_limit")
+        shown["val_size"] = default_val_size(train_limit if isinstance(train_limit, int) else None)
+    if shown.get("early_stop") is None:
+        shown["early_stop"] = "off"
     return shown
 
 
