@@ -238,10 +238,25 @@ def values_in_force(config: dict[str, Any]) -> dict[str, Any]:
     return shown
 
 
+# A WideResNet has (depth - 4) / 6 blocks in each of its 3 stages (Zagoruyko & Komodakis 2016):
+# depth 10 is the smallest with a block; the bounds keep a typo from asking for terabytes.
+WRN_DEPTHS = (10, 1000)
+WRN_WIDTHS = (1, 100)
+
+
 def check_model_name(model: str) -> None:
-    if model in MODELS or _WRN.match(model):
+    if model in MODELS:
         return
-    raise ConfigError(f"unknown model {model!r}; choose one of: {', '.join(MODELS)} (or wrn-DEPTH-WIDTH)")
+    match = _WRN.match(model) if isinstance(model, str) else None
+    if match is None:
+        raise ConfigError(f"unknown model {model!r}; choose one of: {', '.join(MODELS)} (or wrn-DEPTH-WIDTH)")
+    depth, width = int(match[1]), int(match[2])
+    if (depth - 4) % 6 or not WRN_DEPTHS[0] <= depth <= WRN_DEPTHS[1]:
+        raise ConfigError(f"model {model}: a WideResNet's depth must be 6n+4 between {WRN_DEPTHS[0]} and "
+                          f"{WRN_DEPTHS[1]} (16, 28, 34...), got {depth}")
+    if not WRN_WIDTHS[0] <= width <= WRN_WIDTHS[1]:
+        raise ConfigError(f"model {model}: a WideResNet's width must be between {WRN_WIDTHS[0]} and "
+                          f"{WRN_WIDTHS[1]}, got {width}")
 
 
 def build_config(defense: str, preset: str | None = None, **overrides: Any) -> RunConfig:

@@ -66,6 +66,20 @@ def plan_resume(registry: Registry, ref: str, overrides: dict[str, Any]) -> RunP
     return RunPlan(config.validate(), record, checkpoint)
 
 
+def check_resume_checkpoint(registry: Registry, record: dict[str, Any], config: RunConfig) -> None:
+    """The checkpoint a queued resume will continue from, loaded (on the CPU) and checked to fit
+    the run's model now: a resume that could not start is refused before the run is queued
+    again, so the record stays as it was. A run without a checkpoint starts over."""
+    if not (record.get("checkpoints") or {}).get("last"):
+        return
+    from advtui.engine.checkpoint import check_model_state, load_checkpoint
+
+    path = checkpoint_path(registry, record, "last")
+    state = load_checkpoint(path, map_location="cpu")
+    check_model_state(_model_shapes(config), state.get("model"), path, f"{config.model} on {config.dataset}",
+                      state.get("config"))
+
+
 def plan_queued(registry: Registry, run_id: str) -> RunPlan:
     """Attach to a record created by the queue (status 'queued')."""
     record = registry.resolve_run(run_id)
@@ -336,16 +350,19 @@ def _health_monitor(config: RunConfig, events_path: Path) -> HealthMonitor:
 
 
 def _load_warm_start(registry: Registry, config: RunConfig, device) -> dict[str, Any]:
-    """The final checkpoint of ``config.init_from``, checked to fit this run's model."""
-    from advtui.engine.checkpoint import load_checkpoint
+    """The final checkpoint of ``config.init_from``, checked to fit this run's model (keys,
+    shapes and tensors) before the run is recorded."""
+    from advtui.engine.checkpoint import check_model_state, load_checkpoint
 
     source = registry.resolve_run(config.init_from)
-    state = load_checkpoint(checkpoint_path(registry, source, "final"), map_location=device)
+    path = checkpoint_path(registry, source, "final")
+    state = load_checkpoint(path, map_location=device)
     src = state.get("config") or {}
     if (src.get("model"), src.get("dataset")) != (config.model, config.dataset):
         raise ConfigError(
             f"--init-from {source['id']} trained {src.get('model')} on {src.get('dataset')}, "
             f"not {config.model} on {config.dataset}")
+    check_model_state(_model_shapes(config), state.get("model"), path, f"{config.model} on {config.dataset}", src)
     return state
 
 

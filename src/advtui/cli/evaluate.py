@@ -17,6 +17,7 @@ from advtui.cli.common import RunsDirOption, console, err_console, open_registry
 from advtui.compare import FORMATS, ROW_KINDS, build_comparison, format_cell, render, select_runs
 from advtui.core.format import fmt_duration
 from advtui.errors import ConfigError
+from advtui.options import check_device, check_eval_options
 
 app = typer.Typer()  # eval, compare, export: commands of the root, no group of their own
 
@@ -113,12 +114,10 @@ def eval_command(
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON instead of a table."),
 ) -> None:
     """Attack a run's checkpoint and store accuracy, loss trajectories and sanity checks."""
+    check_eval_options(limit=limit, batch_size=batch_size, eps=eps, step_size=step_size, seed=seed)
+    device = check_device(device)
     from advtui.engine.evaluate import evaluate_run  # torch: loaded by this command only
 
-    if batch_size < 1 or (limit is not None and limit < 1) or seed < 0:
-        bad = "--batch-size" if batch_size < 1 else "--limit" if limit is not None and limit < 1 else "--seed"
-        value = {"--batch-size": batch_size, "--limit": limit, "--seed": seed}[bad]
-        raise ConfigError(f"{bad} must be {'0 or more' if bad == '--seed' else 'at least 1'}, got {value}")
     registry = open_registry(runs_dir)
     interactive = sys.stderr.isatty() and not as_json
     with EvalProgressDisplay(interactive, sys.stderr if as_json else None) as display:

@@ -16,12 +16,13 @@ from rich.text import Text
 
 from advtui.cli.common import RunsDirOption, console, err_console, open_registry
 from advtui.cli.train_options import build_config_from_options, with_train_options
-from advtui.config import values_in_force
+from advtui.config import DEFENSES, values_in_force
 from advtui.core import lifecycle
 from advtui.core.format import fmt_duration, fmt_pct, fmt_seconds, fmt_time, short_device, styled_status
 from advtui.core.paths import checkpoint_path, run_folder
 from advtui.events import EVENTS_FILE, damaged_note, read_stream
 from advtui.health import ERROR, WARNING, Finding, record_findings, replay, worst_level
+from advtui.options import check_choice
 from advtui.runner import RunPlan, execute_run, plan_queued, plan_resume, relaunch_distributed
 
 app = typer.Typer()  # run, ls, show: commands of the root, no group of their own
@@ -160,6 +161,8 @@ def list_runs(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """List runs."""
+    check_choice("--status", status, lifecycle.RUN_STATUSES)
+    check_choice("--defense", defense, DEFENSES)
     registry = open_registry(runs_dir)
     runs = lifecycle.settle_all_vanished(registry, registry.runs())
     for problem in registry.damaged:  # a damaged run file hides that run only: say which

@@ -11,6 +11,7 @@
     failed | killed | finished ──► queued     (resume; a finished run trains further epochs)
     anything but running ──► running          (`advtui run --resume` attaches to any stopped run)
     running ──► what it was before            (a restart that failed before training: put_back)
+    queued ──► what it was before             (a resume cancelled before it started: put_back_queued)
 
 A ``running`` record whose process is gone (``kill -9``, a crash) is marked failed by whoever
 reads it first (``settle_vanished``: ``ls``, ``show``, ``kill``, ``resume``; the scheduler's
@@ -132,6 +133,15 @@ def put_back(registry: Registry, run_id: str, before: dict[str, Any]) -> bool:
     started; False if it is no longer ``running``."""
     _check(RUNNING, before.get("status") or FAILED)
     return registry.update(RUNS, {"id": run_id, "status": RUNNING}, before) > 0
+
+
+def put_back_queued(registry: Registry, run_id: str, before: dict[str, Any]) -> bool:
+    """A resume cancelled (or killed) before its process started: the record returns to the
+    fields ``resume`` rewrote (``before``, its status among them); False if it is no longer
+    ``queued`` (its process started meanwhile)."""
+    if before.get("status") not in (FINISHED, FAILED, KILLED):
+        return mark_killed(registry, run_id, "cancelled before it started", only_from=QUEUED)
+    return registry.update(RUNS, {"id": run_id, "status": QUEUED}, before) > 0
 
 
 def mark_queued_again(registry: Registry, run_id: str, **fields: Any) -> None:

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from advtui.config import RunConfig
-from advtui.core.attack_specs import AttackSpec
+from advtui.core.attack_specs import AttackSpec, check_transfer_source
 from advtui.core.paths import checkpoint_path
 from advtui.core.results import file_digest
 from advtui.engine.checkpoint import load_checkpoint
@@ -292,6 +292,8 @@ def build_attack(spec: AttackSpec, registry: Registry, target: dict[str, Any], *
                       PGDBLS(eps, config.bls_rho, config.bls_c, config.bls_max_backtracks, init="uniform"))
 
     source_record = registry.resolve_run(spec.source) if spec.source else target
+    if spec.transfer:
+        check_transfer_source(spec, source_record["id"], target["id"])
     resolved = spec.with_source(source_record["id"])
     label = resolved.with_source(_source_label(source_record)).text
     source = load_run_checkpoint(registry, source_record, device=device)

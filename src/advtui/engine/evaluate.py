@@ -53,8 +53,8 @@ from advtui.engine.data import load_split
 from advtui.engine.maximizers import loss_and_grad
 from advtui.engine.objectives import ce_per_example
 from advtui.engine.train import device_name, resolve_device
-from advtui.errors import ConfigError
 from advtui.events import EVENTS_FILE, EventWriter
+from advtui.options import check_device, check_eval_options
 from advtui.registry import Registry
 
 DEFAULT_BATCH_SIZE = 256
@@ -97,19 +97,6 @@ class EvalReport:
 
 
 # -- running an evaluation --------------------------------------------------------------------------------
-def _check_options(limit, batch_size, eps, step_size, seed) -> None:
-    if limit is not None and limit < 1:
-        raise ConfigError(f"--limit must be at least 1 test example, got {limit}")
-    if batch_size < 1:
-        raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
-    if eps is not None and not (0.0 <= eps <= 1.0):
-        raise ConfigError(f"--eps must be in [0, 1] for inputs in [0, 1], got {eps}")
-    if step_size is not None and not (0.0 < step_size <= 1.0):
-        raise ConfigError(f"--step-size must be in (0, 1], got {step_size}")
-    if seed < 0:
-        raise ConfigError(f"--seed must be non-negative, got {seed}")
-
-
 def _test_split(config, limit: int | None, data_root_opt: str | None):
     # An explicit --data-root wins, then $ADVTUI_DATA, then where the run itself read its data.
     explicit = data_root_opt or (None if os.environ.get(DATA_ENV) else config.data_root)
@@ -326,8 +313,8 @@ def evaluate_run(
     """
     record = registry.resolve_run(run_ref)
     specs = attack_specs_for(attacks, record)
-    _check_options(limit, batch_size, eps, step_size, seed)
-    torch_device = resolve_device(device)
+    check_eval_options(limit=limit, batch_size=batch_size, eps=eps, step_size=step_size, seed=seed)
+    torch_device = resolve_device(check_device(device))
     target = load_run_checkpoint(registry, record, checkpoint, torch_device)
     eval_eps = float(eps) if eps is not None else float(target.config.eps)
     step = float(step_size) if step_size is not None else eval_eps / 4
