@@ -114,7 +114,7 @@ def expand_seeds(text: str) -> list[int]:
             check_int("--seeds", seed, 0, MAX_SEED)
         if high < low:
             raise ConfigError(f"--seeds range {low}-{high} runs backwards: write {high}-{low}")
-    count = sum(high - low + 1 for low, high in ranges)
+    count = _distinct_count(ranges)
     if count > MAX_SEEDS:
         raise ConfigError(f"--seeds names {count} seeds; at most {MAX_SEEDS} runs are queued at once")
     seen: set[int] = set()
@@ -125,6 +125,18 @@ def expand_seeds(text: str) -> list[int]:
                 seen.add(seed)
                 seeds.append(seed)
     return seeds
+
+
+def _distinct_count(ranges: list[tuple[int, int]]) -> int:
+    """How many integers the inclusive ranges cover together (overlaps counted once)."""
+    count, reached = 0, None
+    for low, high in sorted(ranges):
+        if reached is not None:
+            low = max(low, reached + 1)
+        if high >= low:
+            count += high - low + 1
+        reached = high if reached is None else max(reached, high)
+    return count
 
 
 # -- stopping and watching ------------------------------------------------------------------------
@@ -156,6 +168,45 @@ def check_ray_shares(gpus_per_job: Any, cpus_per_job: Any) -> None:
     """What each job asks Ray for: a fraction of a GPU shares one, 0 asks for none."""
     check_float("--gpus-per-job", gpus_per_job, 0.0, MAX_SLOTS)
     check_float("--cpus-per-job", cpus_per_job, 0.0, MAX_SLOTS)
+
+
+# -- the paper's analyses and reproductions -----------------------------------------------------------
+# A landscape costs grid^2 forward passes per example: 1001 points a side is already a million.
+MAX_GRID = 1001
+# What one grid point holds while a landscape is computed: its two coefficients (float32 and
+# float64 copies), the meshgrid's two float64 values and the float64 sum of its losses.
+LANDSCAPE_BYTES_PER_POINT = 2 * 4 + 2 * 8 + 2 * 8 + 8
+# Per example of a batch of grid points: the perturbed image and the two scaled directions
+# that build it (float32), before the model's own activations.
+LANDSCAPE_IMAGE_COPIES = 3
+
+
+def check_analysis_options(*, limit: Any = None, batch_size: Any = None, eps: Any = None, seed: Any = None,
+                           grid: Any = None, span: Any = None) -> None:
+    """``advtui analyze trajectories|landscape``'s options (None: not given)."""
+    check_eval_options(limit=limit, batch_size=batch_size, eps=eps, seed=seed)
+    if grid is not None:
+        check_int("--grid", grid, 2, MAX_GRID)
+    if span is not None:
+        check_float("--span", span, 0.0, 1.0, open_low=True)
+
+
+def check_landscape_memory(grid: int, batch_size: int, example_numel: int) -> None:
+    """The arrays a landscape of ``grid`` x ``grid`` points allocates, against the memory free."""
+    points = grid * grid
+    needed = points * LANDSCAPE_BYTES_PER_POINT + min(batch_size, points) * example_numel * 4 * LANDSCAPE_IMAGE_COPIES
+    check_memory("--grid", grid, needed)
+
+
+def check_reproduce_options(*, seeds: Any, train_limit: Any, epochs: Any, priority: Any) -> None:
+    """``advtui reproduce``'s overrides (None: the scale's value)."""
+    if seeds is not None:
+        check_int("--seeds", seeds, 1, MAX_SEEDS)
+    if train_limit is not None:
+        check_int("--train-limit", train_limit, 10, MAX_INT)
+    if epochs is not None:
+        check_epochs(epochs)
+    check_priority(priority)
 
 
 # -- memory that an option sizes --------------------------------------------------------------------

@@ -87,12 +87,36 @@ def _move(registry: Registry, run_id: str, to: str, only_from: str | None, field
 # -- birth -----------------------------------------------------------------------------------------
 def create_queued(registry: Registry, config: dict[str, Any]) -> dict[str, Any]:
     """A new run waiting for a scheduler to start it (``advtui queue train``, the dashboard)."""
-    return registry.create_run({**_new_record(config), "status": QUEUED})
+    return _create(registry, config, {"status": QUEUED})
 
 
 def create_running(registry: Registry, config: dict[str, Any], **fields: Any) -> dict[str, Any]:
     """A new run that this process starts training now (``advtui run`` in the foreground)."""
-    return registry.create_run({**_new_record(config), **_running_fields(**fields)})
+    return _create(registry, config, _running_fields(**fields))
+
+
+def _create(registry: Registry, config: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
+    """Insert a new run under a name no other run of the folder has. Every creation holds the
+    queue's lock while it picks the name and writes the record, so two processes creating
+    runs at once cannot both take one name."""
+    with registry.transaction():
+        record = _new_record(config)
+        name = unique_name(record["name"], {r.get("name") for r in registry.runs()})
+        if name != record["name"]:
+            record["name"] = name
+            if record["config"].get("name") is not None:
+                record["config"] = {**record["config"], "name": name}
+        return registry.create_run({**record, **fields})
+
+
+def unique_name(name: str, taken: set[Any]) -> str:
+    """``name``, or ``name-2``, ``name-3``... the first that is not ``taken``."""
+    if name not in taken:
+        return name
+    number = 2
+    while f"{name}-{number}" in taken:
+        number += 1
+    return f"{name}-{number}"
 
 
 # -- moves -----------------------------------------------------------------------------------------
