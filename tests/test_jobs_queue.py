@@ -117,13 +117,20 @@ def test_resume_refuses_what_cannot_be_resumed(tmp_path):
     alive = reg.create_run({"name": "alive", "status": "running", "pid": me.pid, "pid_start_time": me.create_time()})
     with pytest.raises(ConfigError, match="is running"):
         resume(reg, alive["id"])
-    finished = reg.create_run({"name": "fin", "status": "finished", "epoch": 2, "config": {"epochs": 2}})
+    finished = reg.create_run({"name": "fin", "status": "finished", "epoch": 2,
+                               "config": {**tiny(name="fin").to_dict(), "epochs": 2}})
     with pytest.raises(ConfigError, match="already finished"):
         resume(reg, finished["id"])
     with pytest.raises(ConfigError, match="must exceed"):
         resume(reg, finished["id"], epochs=2)
     extended = resume(reg, finished["id"], epochs=4)
     assert extended.run["epochs"] == 4 and extended.run["config"]["epochs"] == 4
+    # A record whose config cannot build a run (missing, or edited into another type) is refused
+    # before it is queued again, and left as it was.
+    damaged = reg.create_run({"name": "damaged", "status": "killed", "epoch": 1, "config": {"epochs": 2, "eps": "big"}})
+    with pytest.raises(ConfigError, match="cannot be resumed: its recorded config is not valid"):
+        resume(reg, damaged["id"], epochs=3)
+    assert reg.get_run(damaged["id"])["status"] == "killed"
 
 
 def test_kill_a_queued_job_cancels_it_and_an_idle_run_is_an_error(tmp_path):

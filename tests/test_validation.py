@@ -9,6 +9,7 @@ hand, each with its exit code, its line, the status afterwards and the store's b
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -376,3 +377,37 @@ def test_runs_created_at_once_by_several_processes_get_distinct_names(tmp_path):
     names = sorted(r["name"] for r in Registry(root).runs())
     assert len(names) == 12 and len(set(names)) == 12
     assert "plain-mnist-s0" in names and "plain-mnist-s0-12" in names
+
+
+# == evaluation progress that agrees with itself ====================================================
+def test_eval_progress_counts_examples_done_of_the_limit_and_robust_of_done(runs):
+    from advtui.engine.evaluate import evaluate_run
+
+    seen = []
+    report = evaluate_run(Registry(runs), "a", "natural,pgd-30x2", limit=20, batch_size=8, device="cpu",
+                          on_progress=seen.append)
+    for index, doc in enumerate(report.results):
+        reports = [p for p in seen if p.index == index]
+        final = reports[-1]
+        assert final.finished and (final.done, final.total, final.robust) == (20, 20, doc["robust"])
+        assert final.accuracy == doc["accuracy"] == 100.0 * doc["robust"] / 20
+        assert all(p.total == 20 and 0 <= p.robust <= p.done <= 20 for p in reports)
+        done = [p.done for p in reports]
+        assert done == sorted(done)  # never counted twice: a restart re-attacks, it adds no examples
+        assert (reports[-2].done, reports[-2].robust) == (final.done, final.robust)  # the last running report
+    pgd = [p for p in seen if p.index == 1 and not p.finished]
+    assert {p.pass_index for p in pgd} == {0, 1} and all(p.passes == 2 for p in pgd)
+    steps = sorted({p.step for p in pgd if p.step})
+    assert steps[0] == 1 and steps[-1] == 30 and all(p.steps == 30 for p in pgd if p.step)  # inside each batch
+
+
+def test_a_long_attack_says_where_it_is_before_it_ends(runs, monkeypatch, capsys):
+    code, out, err = cli(monkeypatch, capsys, "eval", "a", "-a", "pgd-200", "--limit", "10", "--device", "cpu")
+    assert code == 0, err
+    lines = [line for line in out.splitlines() if line.startswith("[1/1] pgd-200: ")]
+    # The examples wrong at x have their verdict (not robust) before the first step.
+    assert len(lines) >= 2 and re.fullmatch(r"\[1/1\] pgd-200: (\d+)/10 robust 0/\1 so far, step 1/200", lines[0])
+    robust = int(lines[-1].split("robust ")[1].split("/")[0])
+    assert lines[-1] == f"[1/1] pgd-200: done, 10/10 robust {robust}/10 = {10.0 * robust:.2f}%"
+    row = next(line for line in out.splitlines() if line.strip().startswith("pgd-200 "))
+    assert f"{10.0 * robust:.2f}" in row and f"{robust}/10" in row

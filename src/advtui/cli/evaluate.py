@@ -35,9 +35,12 @@ def _output_console() -> Console:
 
 class EvalProgressDisplay:
     """A progress bar per attack on a terminal; plain lines otherwise (a queued eval writes to a
-    log file): one when each attack ends, and one every 30 s in between. The lines go to
-    ``stream`` (standard output unless given; standard error under ``--json``, whose standard
-    output carries the JSON only)."""
+    log file): one when each attack starts and ends, and one every LINE_EVERY_S in between. The
+    lines go to ``stream`` (standard output unless given; standard error under ``--json``, whose
+    standard output carries the JSON only). Both count examples of the evaluation set: done out
+    of the limit, robust out of done, so the last line agrees with the table."""
+
+    LINE_EVERY_S = 10.0
 
     def __init__(self, interactive: bool, stream=None):
         self.interactive = interactive
@@ -62,16 +65,31 @@ class EvalProgressDisplay:
 
     def __call__(self, p) -> None:
         label = f"[{p.index + 1}/{p.attacks}] {p.attack}"
-        running = f"robust {100.0 * p.robust / p.done:.1f}% so far" if p.done else ""
-        acc = f"{p.accuracy:.2f}%" if p.finished else running
+        text = progress_text(p)
         if self.progress is not None:
             if p.index not in self.tasks:
                 self.tasks[p.index] = self.progress.add_task("eval", total=max(p.total, 1), label=label, acc="")
-            self.progress.update(self.tasks[p.index], completed=p.done, total=max(p.total, 1), acc=acc)
-        elif p.finished or time.monotonic() - self.last_line > 30:
+            self.progress.update(self.tasks[p.index], completed=p.done, total=max(p.total, 1), acc=text)
+            return
+        first = p.index not in self.tasks
+        self.tasks.setdefault(p.index, 0)
+        if first or p.finished or time.monotonic() - self.last_line > self.LINE_EVERY_S:
             self.last_line = time.monotonic()
-            print(f"{label}: {'done, ' if p.finished else ''}{p.done}/{p.total} {acc}".rstrip(),
+            print(f"{label}: {'done, ' if p.finished else ''}{p.done}/{p.total} {text}".rstrip(),
                   file=self.stream or sys.stdout, flush=True)
+
+
+def progress_text(p) -> str:
+    """Robust out of done ("robust 9/20 = 45.00%" once finished), then where a long attack is:
+    its pass (restarts, cascade pieces) and its step on the batch being attacked."""
+    if p.finished:
+        return f"robust {p.robust}/{p.total} = {p.accuracy:.2f}%"
+    parts = [f"robust {p.robust}/{p.done} so far" if p.done else ""]
+    if p.passes > 1:
+        parts.append(f"pass {p.pass_index + 1}/{p.passes}")
+    if p.steps and p.step:
+        parts.append(f"step {p.step}/{p.steps}")
+    return ", ".join(part for part in parts if part)
 
 
 def _eval_table(report) -> Table:
