@@ -411,3 +411,41 @@ def test_a_long_attack_says_where_it_is_before_it_ends(runs, monkeypatch, capsys
     assert lines[-1] == f"[1/1] pgd-200: done, 10/10 robust {robust}/10 = {10.0 * robust:.2f}%"
     row = next(line for line in out.splitlines() if line.strip().startswith("pgd-200 "))
     assert f"{10.0 * robust:.2f}" in row and f"{robust}/10" in row
+
+
+# == a torch/torchvision pair that does not match ===================================================
+def test_a_torchvision_built_for_another_torch_is_one_line_with_the_fix(tmp_path):
+    """A torchvision whose compiled operators do not load (what a mismatched pair does at import)
+    shadows the installed one: the command stops with one line naming the release to install."""
+    import importlib.metadata
+
+    from advtui.engine.vision import matching_torchvision
+
+    fake = tmp_path / "site" / "torchvision"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text('raise RuntimeError("operator torchvision::nms does not exist")\n')
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": f"{fake.parent}:{REPO / 'src'}", "OMP_NUM_THREADS": "1",
+           "ADVTUI_RUNS": str(tmp_path / "runs")}
+    done = subprocess.run([sys.executable, "-m", "advtui", "eval", "somerun"], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 1, done.stderr
+    lines = done.stderr.strip().splitlines()
+    wanted = matching_torchvision(torch_version())
+    assert lines == [f"error: torchvision {importlib.metadata.version('torchvision')} does not work with torch "
+                     f"{torch_version()} (operator torchvision::nms does not exist): pip install "
+                     f"'torchvision=={wanted}.*' from the index torch came from (the README's install section "
+                     "shows how to check the pair)"]
+    assert not (tmp_path / "runs").exists()
+
+
+def torch_version() -> str:
+    import torch
+
+    return torch.__version__
+
+
+def test_the_torchvision_release_of_each_torch_release():
+    from advtui.engine.vision import matching_torchvision
+
+    assert [matching_torchvision(v) for v in ("2.0.1", "2.5.1+cpu", "2.14.1+cu130", "1.13.1")] == [
+        "0.15", "0.20", "0.29", None]
