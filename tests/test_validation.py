@@ -9,6 +9,7 @@ hand, each with its exit code, its line, the status afterwards and the store's b
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -18,12 +19,12 @@ import time
 import typing
 
 import pytest
-
-from advtui.errors import AdvtuiError
-from advtui.registry import Registry
 import test_faults
 from store_support import store_snapshot
 from test_faults import REPO, TINY, cli, ids, one_error_line, record
+
+from advtui.errors import AdvtuiError
+from advtui.registry import Registry
 
 # The fault tests' fixtures: two finished tiny runs, trained once per module, copied per test.
 _tiny_runs = test_faults._tiny_runs
@@ -449,3 +450,52 @@ def test_the_torchvision_release_of_each_torch_release():
 
     assert [matching_torchvision(v) for v in ("2.0.1", "2.5.1+cpu", "2.14.1+cu130", "1.13.1")] == [
         "0.15", "0.20", "0.29", None]
+
+
+# == a rank that hangs after the end of training ====================================================
+HANGING_RANK = '''
+import os
+
+if os.environ.get("RANK") is not None:  # a rank started by torchrun, not the launcher
+    import time
+
+    import advtui.engine.distributed as distributed
+    import advtui.engine.train as train
+
+    distributed.FINAL_BARRIER_TIMEOUT_S = 5.0
+    if os.environ["RANK"] == "1":
+        fit = train.Trainer.fit
+
+        def fit_then_hang(self, *args, **kwargs):
+            fit(self, *args, **kwargs)
+            time.sleep(3600)
+
+        train.Trainer.fit = fit_then_hang
+'''
+
+
+def test_a_rank_that_hangs_after_training_fails_the_run_and_leaves_no_process(runs_root, tmp_path):
+    """Rank 1 of a --nproc 2 run trains to the end, then hangs (injected at its start through
+    sitecustomize): the run is recorded failed, with one line saying why, and no process of it
+    is left."""
+    import psutil
+    from test_distributed import TINY as DDP_TINY
+    from test_distributed import _in_private_network
+
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(HANGING_RANK)
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": f"{hook}:{REPO / 'src'}:{REPO / 'tests'}"}
+    start = time.monotonic()
+    done = _in_private_network([sys.executable, "-m", "advtui", "run", *DDP_TINY, "--nproc", "2", "--name",
+                                f"hang-{tmp_path.name}"], env, timeout=280)
+    assert time.monotonic() - start < 240
+    assert done.returncode != 0, done.stdout[-2000:] + done.stderr[-2000:]
+    (run,) = Registry(runs_root).runs()
+    assert run["status"] == "failed"
+    assert run["error"].startswith("a rank of the 2 processes did not reach the end of training within 5s")
+    assert f"error: run {run['id']} failed: a rank of the 2 processes" in done.stderr
+    assert (runs_root / run["id"] / "checkpoints" / "final.pt").exists()  # the weights it trained stay
+    left = [p for p in psutil.process_iter(["cmdline"]) if f"hang-{tmp_path.name}" in " ".join(p.info["cmdline"] or [])]
+    assert left == []

@@ -217,6 +217,8 @@ def _train(registry: Registry, record: dict[str, Any], config: RunConfig, device
         final = trainer.ckpt_dir / "final.pt"
         shutil.copyfile(trainer.ckpt_dir / "last.pt", final)
         events.emit("checkpoint", path=str(final), epoch=trainer.epoch, batch=0, name="final.pt")
+        if not ranks.finish():
+            _abandon_unfinished_ranks(registry, run_id, events, ranks)
         events.emit("end", status="finished", metrics=metrics, elapsed=trainer.elapsed)
         lifecycle.mark_finished(registry, run_id, metrics=metrics, train_time=trainer.elapsed,
                                 health=health.active_dicts(),
@@ -310,13 +312,26 @@ def _model_shapes(config: RunConfig):
         return build_model(config.model, config.dataset)
 
 
+def _abandon_unfinished_ranks(registry: Registry, run_id: str, events: EventWriter, ranks) -> None:
+    """A rank did not reach the end of training with rank 0: the run failed (its weights are in
+    final.pt, but a rank that hangs may have diverged), and every process goes."""
+    from advtui.engine.distributed import FINAL_BARRIER_TIMEOUT_S, abandon
+
+    message = (f"a rank of the {ranks.world} processes did not reach the end of training within "
+               f"{FINAL_BARRIER_TIMEOUT_S:g}s of rank 0; the run's processes were stopped")
+    _emit_end(events, "failed", error=message)
+    events.close()
+    note = _record_end(registry, run_id, lifecycle.mark_failed, message, "failed")
+    abandon(f"error: run {run_id} failed: {message}{note}")
+
+
 def _train_as_helper_rank(config: RunConfig, ranks, device, train, test, state, warm_start, runs_root: Path,
                           plan: RunPlan) -> None:
     """Ranks other than 0 of a --nproc run: train in step with rank 0, which alone writes the
     events, checkpoints and registry; then leave quietly (rank 0 reports the run)."""
     import sys
 
-    from advtui.engine.distributed import NullEvents
+    from advtui.engine.distributed import NullEvents, abandon
     from advtui.engine.train import StopRequested, Trainer
 
     folder = run_dir(Path(runs_root), plan.record["id"]) if plan.record else Path(runs_root)
@@ -326,9 +341,10 @@ def _train_as_helper_rank(config: RunConfig, ranks, device, train, test, state, 
     try:
         trainer.fit()
     except StopRequested as stop:
-        sys.exit(128 + stop.signum)
-    finally:
         ranks.close()
+        sys.exit(128 + stop.signum)
+    if not ranks.finish() or not ranks.close():
+        abandon("")  # rank 0 says why; this rank must not outlive the run
     sys.exit(0)
 
 
