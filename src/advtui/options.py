@@ -106,7 +106,7 @@ def expand_seeds(text: str) -> list[int]:
             low, dash, high = part.partition("-") if not part.startswith("-") else (part, "", "")
             ranges.append((int(low), int(high)) if dash else (int(part), int(part)))
     except ValueError:
-        raise ConfigError(f"--seeds must be whole numbers like 0,1,2 or 0-4, got {text!r}") from None
+        raise ConfigError(f"--seeds must be integers like 0,1,2 or 0-4, got {text!r}") from None
     if not ranges:
         raise ConfigError(f"--seeds must name at least one seed, got {text!r}")
     for low, high in ranges:
