@@ -191,11 +191,14 @@ def check_analysis_options(*, limit: Any = None, batch_size: Any = None, eps: An
         check_float("--span", span, 0.0, 1.0, open_low=True)
 
 
-def check_landscape_memory(grid: int, batch_size: int, example_numel: int) -> None:
-    """The arrays a landscape of ``grid`` x ``grid`` points allocates, against the memory free."""
+def check_landscape_memory(grid: int, batch_size: int, example_numel: int, gpu_free: int | None = None) -> None:
+    """The arrays a landscape of ``grid`` x ``grid`` points allocates, against the memory free
+    (the GPU's too, with ``gpu_free`` bytes, when it runs on one)."""
     points = grid * grid
     needed = points * LANDSCAPE_BYTES_PER_POINT + min(batch_size, points) * example_numel * 4 * LANDSCAPE_IMAGE_COPIES
     check_memory("--grid", grid, needed)
+    if gpu_free is not None:
+        check_memory("--grid", grid, needed, available=gpu_free, where="this GPU has")
 
 
 def check_reproduce_options(*, seeds: Any, train_limit: Any, epochs: Any, priority: Any) -> None:
@@ -217,13 +220,15 @@ def available_memory() -> int:
     return int(psutil.virtual_memory().available)
 
 
-def check_memory(flag: str, value: Any, needed_bytes: float, share: float = 0.5) -> None:
-    """Refuse ``flag value`` when what it sizes needs more than ``share`` of the memory this
-    machine has free: on a shared machine the kernel's OOM killer picks *other* processes too."""
-    available = available_memory()
+def check_memory(flag: str, value: Any, needed_bytes: float, share: float = 0.5, available: int | None = None,
+                 where: str = "this machine has") -> None:
+    """Refuse ``flag value`` when what it sizes needs more than ``share`` of the memory free
+    (``available`` bytes, else this machine's): on a shared machine the kernel's OOM killer
+    picks *other* processes too."""
+    available = available_memory() if available is None else available
     if needed_bytes > share * available:
         raise ConfigError(f"{flag} {value} needs about {_gib(needed_bytes)} of memory, more than half of the "
-                          f"{_gib(available)} this machine has free: choose a smaller {flag}")
+                          f"{_gib(available)} {where} free: choose a smaller {flag}")
 
 
 def _gib(size: float) -> str:

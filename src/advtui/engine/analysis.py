@@ -188,7 +188,8 @@ def analyze_landscape(
     record, checkpoint, model = _target(registry, run_ref, torch_device)
     reach = float(span) if span is not None else float(checkpoint.config.eps)
     x, y = _test_examples(checkpoint.config, limit, data_root, torch_device)
-    check_landscape_memory(grid, batch_size, x[0].numel())
+    gpu_free = torch.cuda.mem_get_info(torch_device)[0] if torch_device.type == "cuda" else None
+    check_landscape_memory(grid, batch_size, x[0].numel(), gpu_free)
     n = len(y)
     directions_grad = gradient_sign(model, x, y)
     directions_random = rademacher(x.shape, seed).to(torch_device)

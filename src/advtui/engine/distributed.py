@@ -87,6 +87,9 @@ class Ranks:
         did not arrive (it hangs, or died without the group noticing)."""
         if not self.distributed or not dist.is_initialized():
             return True
+        if dist.get_backend() == "nccl":  # the barrier's thread must name this rank's GPU
+            device = torch.cuda.current_device()
+            return _within(lambda: dist.barrier(device_ids=[device]), FINAL_BARRIER_TIMEOUT_S)
         return _within(dist.barrier, FINAL_BARRIER_TIMEOUT_S)
 
     # -- collectives (no-ops on one process) ---------------------------------------------------
