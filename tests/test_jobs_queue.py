@@ -128,6 +128,12 @@ def test_resume_refuses_what_cannot_be_resumed(tmp_path):
         resume(reg, finished["id"], epochs=2)
     extended = resume(reg, finished["id"], epochs=4)
     assert extended.run["epochs"] == 4 and extended.run["config"]["epochs"] == 4
+    # A record whose config cannot build a run (missing, or edited into another type) is refused
+    # before it is queued again, and left as it was.
+    damaged = reg.create_run({"name": "damaged", "status": "killed", "epoch": 1, "config": {"epochs": 2, "eps": "big"}})
+    with pytest.raises(ConfigError, match="cannot be resumed: its recorded config is not valid"):
+        resume(reg, damaged["id"], epochs=3)
+    assert reg.get_run(damaged["id"])["status"] == "killed"
 
 
 def test_kill_a_queued_job_cancels_it_and_an_idle_run_is_an_error(tmp_path):

@@ -211,14 +211,16 @@ INT_RANGES: dict[str, tuple[int, int]] = {
     "compare_every": (1, MAX_INT), "chance_patience": (1, 100_000),
 }
 # Float options: (low, high, low excluded, high excluded); NaN and infinities are always refused.
+# Rates and weights have no natural ceiling, but one past a million only ever trains to NaN.
+MAX_RATE = 1e6
 FLOAT_RANGES: dict[str, tuple[float, float, bool, bool]] = {
-    "lr": (0.0, math.inf, True, True), "momentum": (0.0, 1.0, False, True),
-    "weight_decay": (0.0, math.inf, False, True), "lr_gamma": (0.0, math.inf, True, True),
+    "lr": (0.0, MAX_RATE, True, False), "momentum": (0.0, 1.0, False, True),
+    "weight_decay": (0.0, MAX_RATE, False, False), "lr_gamma": (0.0, MAX_RATE, True, False),
     "eps": (0.0, 1.0, True, False),  # inputs are in [0, 1]
-    "step_size": (0.0, 1.0, True, False), "beta": (0.0, math.inf, False, True),
-    "bls_alpha0": (0.0, math.inf, True, True), "bls_rho": (0.0, 1.0, True, True), "bls_c": (0.0, 1.0, True, True),
-    "rnn_delta_scale": (0.0, math.inf, True, True), "rnn_lr": (0.0, math.inf, True, True),
-    "l2lda_lr": (0.0, math.inf, True, True), "l2lda_diversity": (0.0, math.inf, False, True),
+    "step_size": (0.0, 1.0, True, False), "beta": (0.0, MAX_RATE, False, False),
+    "bls_alpha0": (0.0, MAX_RATE, True, False), "bls_rho": (0.0, 1.0, True, True), "bls_c": (0.0, 1.0, True, True),
+    "rnn_delta_scale": (0.0, MAX_RATE, True, False), "rnn_lr": (0.0, MAX_RATE, True, False),
+    "l2lda_lr": (0.0, MAX_RATE, True, False), "l2lda_diversity": (0.0, MAX_RATE, False, False),
 }
 OPTIONAL_FLOATS = ("step_size", "beta", "bls_alpha0")  # None: a default derived from other values
 CHOICES = {"init": ("normal", "uniform"), "rnn_grad_input": ("sign", "rms", "raw"),
@@ -248,8 +250,8 @@ def _check_float(name: str, value: Any, low: float, high: float, open_low: bool,
     too_low = value <= low if open_low else value < low
     too_high = value >= high if open_high else value > high
     if too_low or too_high:
-        if high == math.inf:
-            bound = "positive" if open_low else "0 or more"
+        if high >= MAX_RATE:
+            bound = ("positive" if open_low else "0 or more") if too_low else f"at most {high:g}"
         else:
             bound = f"in {'(' if open_low else '['}{low:g}, {high:g}{')' if open_high else ']'}"
         raise ConfigError(f"{_flag(name)} must be {bound}, got {value}")
@@ -278,10 +280,25 @@ def values_in_force(config: dict[str, Any]) -> dict[str, Any]:
     return shown
 
 
+# A WideResNet has (depth - 4) / 6 blocks in each of its 3 stages (Zagoruyko & Komodakis 2016):
+# depth 10 is the smallest with a block; the bounds keep a typo from asking for terabytes.
+WRN_DEPTHS = (10, 1000)
+WRN_WIDTHS = (1, 100)
+
+
 def check_model_name(model: str) -> None:
-    if model in MODELS or _WRN.match(model):
+    if model in MODELS:
         return
-    raise ConfigError(f"unknown model {model!r}; choose one of: {', '.join(MODELS)} (or wrn-DEPTH-WIDTH)")
+    match = _WRN.match(model) if isinstance(model, str) else None
+    if match is None:
+        raise ConfigError(f"unknown model {model!r}; choose one of: {', '.join(MODELS)} (or wrn-DEPTH-WIDTH)")
+    depth, width = int(match[1]), int(match[2])
+    if (depth - 4) % 6 or not WRN_DEPTHS[0] <= depth <= WRN_DEPTHS[1]:
+        raise ConfigError(f"model {model}: a WideResNet's depth must be 6n+4 between {WRN_DEPTHS[0]} and "
+                          f"{WRN_DEPTHS[1]} (16, 28, 34...), got {depth}")
+    if not WRN_WIDTHS[0] <= width <= WRN_WIDTHS[1]:
+        raise ConfigError(f"model {model}: a WideResNet's width must be between {WRN_WIDTHS[0]} and "
+                          f"{WRN_WIDTHS[1]}, got {width}")
 
 
 def build_config(defense: str, preset: str | None = None, **overrides: Any) -> RunConfig:

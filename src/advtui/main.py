@@ -37,6 +37,9 @@ def _build_app() -> Any:
         cpus_per_job: float = typer.Option(1.0, "--cpus-per-job", min=0.0, help="CPUs each job asks Ray for."),
     ) -> None:
         """With no command, open the dashboard."""
+        from advtui.options import check_ray_shares
+
+        check_ray_shares(gpus_per_job, cpus_per_job)
         if ctx.invoked_subcommand is None:
             from advtui.tui.app import run_dashboard  # Textual loads for the dashboard only
 
@@ -84,7 +87,7 @@ def main() -> None:
 
             run_dashboard(runs_dir)
             return
-        __getattr__("app")()  # standalone: Typer reports its own usage errors and exits
+        _run_program(__getattr__("app"))
     except AdvtuiError as exc:
         print(f"error: {one_line(str(exc))}", file=sys.stderr)
         sys.exit(exc.exit_code)
@@ -95,6 +98,31 @@ def main() -> None:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         sys.exit(130)
+
+
+def _run_program(program: Any) -> None:
+    """Run the Typer program; a usage error (an unknown option, a value that does not parse) is
+    one line naming the option, like every other error, instead of Click's boxed panel."""
+    from typer import Abort
+
+    try:  # Typer 0.2x carries its own copy of Click; earlier versions use Click itself
+        from typer._click.exceptions import NoArgsIsHelpError, UsageError
+    except ImportError:
+        from click.exceptions import NoArgsIsHelpError, UsageError
+
+    try:
+        code = program(standalone_mode=False)
+    except NoArgsIsHelpError as exc:  # a group named without a command: its help
+        print(exc.format_message())
+        sys.exit(exc.exit_code)
+    except UsageError as exc:
+        command = exc.ctx.command_path if exc.ctx is not None else "advtui"
+        print(f"error: {one_line(exc.format_message())} (see `{command} --help`)", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except Abort:
+        raise KeyboardInterrupt from None
+    if isinstance(code, int) and code:  # a command (or --help) that asked for an exit code
+        sys.exit(code)
 
 
 def one_line(text: str) -> str:

@@ -73,6 +73,20 @@ def plan_resume(registry: Registry, ref: str, overrides: dict[str, Any]) -> RunP
     return RunPlan(config.validate(), record, checkpoint)
 
 
+def check_resume_checkpoint(registry: Registry, record: dict[str, Any], config: RunConfig) -> None:
+    """The checkpoint a queued resume will continue from, loaded (on the CPU) and checked to fit
+    the run's model now: a resume that could not start is refused before the run is queued
+    again, so the record stays as it was. A run without a checkpoint starts over."""
+    if not (record.get("checkpoints") or {}).get("last"):
+        return
+    from advtui.engine.checkpoint import check_model_state, load_checkpoint
+
+    path = checkpoint_path(registry, record, "last")
+    state = load_checkpoint(path, map_location="cpu")
+    check_model_state(_model_shapes(config), state.get("model"), path, f"{config.model} on {config.dataset}",
+                      state.get("config"))
+
+
 def plan_queued(registry: Registry, run_id: str) -> RunPlan:
     """Attach to a record created by the queue (status 'queued')."""
     record = registry.resolve_run(run_id)
@@ -221,6 +235,8 @@ def _train(registry: Registry, record: dict[str, Any], config: RunConfig, device
         final = trainer.ckpt_dir / "final.pt"
         atomic_copy(trainer.ckpt_dir / "last.pt", final)  # a link planted at final.pt is replaced, not followed
         events.emit("checkpoint", path=str(final), epoch=trainer.epoch, batch=0, name="final.pt")
+        if not ranks.finish():
+            _abandon_unfinished_ranks(registry, run_id, events, ranks)
         events.emit("end", status="finished", metrics=metrics, elapsed=trainer.elapsed)
         lifecycle.mark_finished(registry, run_id, metrics=metrics, train_time=trainer.elapsed,
                                 health=health.active_dicts(), best_epoch=trainer.best_epoch,
@@ -346,13 +362,26 @@ def _model_shapes(config: RunConfig):
         return build_model(config.model, config.dataset)
 
 
+def _abandon_unfinished_ranks(registry: Registry, run_id: str, events: EventWriter, ranks) -> None:
+    """A rank did not reach the end of training with rank 0: the run failed (its weights are in
+    final.pt, but a rank that hangs may have diverged), and every process goes."""
+    from advtui.engine.distributed import FINAL_BARRIER_TIMEOUT_S, abandon
+
+    message = (f"a rank of the {ranks.world} processes did not reach the end of training within "
+               f"{FINAL_BARRIER_TIMEOUT_S:g}s of rank 0; the run's processes were stopped")
+    _emit_end(events, "failed", error=message)
+    events.close()
+    note = _record_end(registry, run_id, lifecycle.mark_failed, message, "failed")
+    abandon(f"error: run {run_id} failed: {message}{note}")
+
+
 def _train_as_helper_rank(config: RunConfig, ranks, device, data, state, warm_start, runs_root: Path,
                           plan: RunPlan) -> None:
     """Ranks other than 0 of a --nproc run: train in step with rank 0, which alone writes the
     events, checkpoints and registry; then leave quietly (rank 0 reports the run)."""
     import sys
 
-    from advtui.engine.distributed import NullEvents
+    from advtui.engine.distributed import NullEvents, abandon
     from advtui.engine.train import StopRequested, Trainer
 
     folder = run_dir(Path(runs_root), plan.record["id"]) if plan.record else Path(runs_root)
@@ -362,9 +391,10 @@ def _train_as_helper_rank(config: RunConfig, ranks, device, data, state, warm_st
     try:
         trainer.fit()
     except StopRequested as stop:
-        sys.exit(128 + stop.signum)
-    finally:
         ranks.close()
+        sys.exit(128 + stop.signum)
+    if not ranks.finish() or not ranks.close():
+        abandon("")  # rank 0 says why; this rank must not outlive the run
     sys.exit(0)
 
 
@@ -386,16 +416,19 @@ def _health_monitor(config: RunConfig, events_path: Path) -> HealthMonitor:
 
 
 def _load_warm_start(registry: Registry, config: RunConfig, device) -> dict[str, Any]:
-    """The final checkpoint of ``config.init_from``, checked to fit this run's model."""
-    from advtui.engine.checkpoint import load_checkpoint
+    """The final checkpoint of ``config.init_from``, checked to fit this run's model (keys,
+    shapes and tensors) before the run is recorded."""
+    from advtui.engine.checkpoint import check_model_state, load_checkpoint
 
     source = registry.resolve_run(config.init_from)
-    state = load_checkpoint(checkpoint_path(registry, source, "final"), map_location=device)
+    path = checkpoint_path(registry, source, "final")
+    state = load_checkpoint(path, map_location=device)
     src = state.get("config") or {}
     if (src.get("model"), src.get("dataset")) != (config.model, config.dataset):
         raise ConfigError(
             f"--init-from {source['id']} trained {src.get('model')} on {src.get('dataset')}, "
             f"not {config.model} on {config.dataset}")
+    check_model_state(_model_shapes(config), state.get("model"), path, f"{config.model} on {config.dataset}", src)
     return state
 
 

@@ -18,6 +18,7 @@ from advtui.compare import FORMATS, ROW_KINDS, build_comparison, format_cell, re
 from advtui.core.checkpoints import describe as describe_checkpoint
 from advtui.core.format import fmt_duration
 from advtui.errors import ConfigError
+from advtui.options import check_device, check_eval_options
 
 app = typer.Typer()  # eval, compare, export: commands of the root, no group of their own
 
@@ -35,9 +36,12 @@ def _output_console() -> Console:
 
 class EvalProgressDisplay:
     """A progress bar per attack on a terminal; plain lines otherwise (a queued eval writes to a
-    log file): one when each attack ends, and one every 30 s in between. The lines go to
-    ``stream`` (standard output unless given; standard error under ``--json``, whose standard
-    output carries the JSON only)."""
+    log file): one when each attack starts and ends, and one every LINE_EVERY_S in between. The
+    lines go to ``stream`` (standard output unless given; standard error under ``--json``, whose
+    standard output carries the JSON only). Both count examples of the evaluation set: done out
+    of the limit, robust out of done, so the last line agrees with the table."""
+
+    LINE_EVERY_S = 10.0
 
     def __init__(self, interactive: bool, stream=None):
         self.interactive = interactive
@@ -62,16 +66,31 @@ class EvalProgressDisplay:
 
     def __call__(self, p) -> None:
         label = f"[{p.index + 1}/{p.attacks}] {p.attack}"
-        running = f"robust {100.0 * p.robust / p.done:.1f}% so far" if p.done else ""
-        acc = f"{p.accuracy:.2f}%" if p.finished else running
+        text = progress_text(p)
         if self.progress is not None:
             if p.index not in self.tasks:
                 self.tasks[p.index] = self.progress.add_task("eval", total=max(p.total, 1), label=label, acc="")
-            self.progress.update(self.tasks[p.index], completed=p.done, total=max(p.total, 1), acc=acc)
-        elif p.finished or time.monotonic() - self.last_line > 30:
+            self.progress.update(self.tasks[p.index], completed=p.done, total=max(p.total, 1), acc=text)
+            return
+        first = p.index not in self.tasks
+        self.tasks.setdefault(p.index, 0)
+        if first or p.finished or time.monotonic() - self.last_line > self.LINE_EVERY_S:
             self.last_line = time.monotonic()
-            print(f"{label}: {'done, ' if p.finished else ''}{p.done}/{p.total} {acc}".rstrip(),
+            print(f"{label}: {'done, ' if p.finished else ''}{p.done}/{p.total} {text}".rstrip(),
                   file=self.stream or sys.stdout, flush=True)
+
+
+def progress_text(p) -> str:
+    """Robust out of done ("robust 9/20 = 45.00%" once finished), then where a long attack is:
+    its pass (restarts, cascade pieces) and its step on the batch being attacked."""
+    if p.finished:
+        return f"robust {p.robust}/{p.total} = {p.accuracy:.2f}%"
+    parts = [f"robust {p.robust}/{p.done} so far" if p.done else ""]
+    if p.passes > 1:
+        parts.append(f"pass {p.pass_index + 1}/{p.passes}")
+    if p.steps and p.step:
+        parts.append(f"step {p.step}/{p.steps}")
+    return ", ".join(part for part in parts if part)
 
 
 def _eval_table(report) -> Table:
@@ -117,12 +136,10 @@ def eval_command(
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON instead of a table."),
 ) -> None:
     """Attack a run's checkpoint and store accuracy, loss trajectories and sanity checks."""
+    check_eval_options(limit=limit, batch_size=batch_size, eps=eps, step_size=step_size, seed=seed)
+    device = check_device(device)
     from advtui.engine.evaluate import evaluate_run  # torch: loaded by this command only
 
-    if batch_size < 1 or (limit is not None and limit < 1) or seed < 0:
-        bad = "--batch-size" if batch_size < 1 else "--limit" if limit is not None and limit < 1 else "--seed"
-        value = {"--batch-size": batch_size, "--limit": limit, "--seed": seed}[bad]
-        raise ConfigError(f"{bad} must be {'0 or more' if bad == '--seed' else 'at least 1'}, got {value}")
     registry = open_registry(runs_dir)
     interactive = sys.stderr.isatty() and not as_json
     with EvalProgressDisplay(interactive, sys.stderr if as_json else None) as display:

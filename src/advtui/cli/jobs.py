@@ -22,8 +22,12 @@ from advtui.errors import ConfigError
 from advtui.jobs.launcher import DEFAULT_GRACE_S, describe_exit, build_executor
 from advtui.jobs.monitor import GpuSampler, GpuSnapshot, ProcessSampler, process_owners
 from advtui.jobs.queue import (
-    cancel_job, kill as kill_target, list_jobs, parse_seeds, queue_eval as add_eval, queue_train as add_train,
+    JOB_STATUSES, cancel_job, kill as kill_target, list_jobs, parse_seeds, queue_eval as add_eval, queue_train as add_train,
     resume as resume_run, resume_point, seed_configs,
+)
+from advtui.options import (
+    MAX_INT, check_choice, check_epochs, check_eval_options, check_grace, check_int, check_interval, check_priority,
+    check_worker_options,
 )
 from advtui.jobs.scheduler import Scheduler, SchedulerPolicy, read_holder
 from advtui.registry import RUNS
@@ -47,9 +51,12 @@ def queue_train(
     train_options: dict[str, Any],
 ) -> None:
     """Queue a training run (same options as `advtui run`); a worker or the dashboard starts it."""
-    registry = open_registry(runs_dir)
+    if auto_eval_limit is not None:
+        check_int("--auto-eval-limit", auto_eval_limit, 1, MAX_INT)
+    check_priority(priority)
     base = build_config_from_options(train_options)
     configs = seed_configs(base, parse_seeds(seeds)) if seeds else [base]
+    registry = open_registry(runs_dir)
     for config in configs:
         queued = add_train(registry, config, priority=priority, auto_eval=auto_eval,
                            eval_options={"limit": auto_eval_limit})
@@ -71,8 +78,9 @@ def queue_eval(
     runs_dir: Optional[Path] = RunsDirOption,
 ) -> None:
     """Queue `advtui eval` of runs; a run still training is evaluated when its training is done."""
-    registry = open_registry(runs_dir)
     options = {"limit": limit, "batch_size": batch_size, "eps": eps, "seed": seed}
+    check_eval_options(**options)
+    registry = open_registry(runs_dir)
     for ref in run_refs:
         job = add_eval(registry, ref, attacks, options=options, priority=priority)
         after = f" after job {', '.join(job['depends_on'])}" if job["depends_on"] else ""
@@ -87,6 +95,7 @@ def queue_ls(
     runs_dir: Optional[Path] = RunsDirOption,
 ) -> None:
     """List jobs, oldest first."""
+    check_choice("--status", status, JOB_STATUSES)
     registry = open_registry(runs_dir)
     jobs = list_jobs(registry, status)
     for problem in registry.record_problems():  # a damaged job is left out of the queue: say which
@@ -173,6 +182,9 @@ def worker(
     Jobs keep running when the worker stops; the next worker or dashboard watches them again.
     With --executor ray each job runs on the node of a Ray cluster that Ray picks.
     """
+    check_worker_options(cpu_slots=cpu_slots, slots_per_gpu=slots_per_gpu, min_free_memory=min_free_memory,
+                         max_utilization=max_utilization, threads=threads, poll=poll, gpus_per_job=gpus_per_job,
+                         cpus_per_job=cpus_per_job)
     registry = open_registry(runs_dir)
     policy = SchedulerPolicy(cpu_slots=cpu_slots, slots_per_gpu=slots_per_gpu, gpus=_parse_gpu_list(gpus),
                              min_free_memory_mib=min_free_memory, max_gpu_utilization=max_utilization,
@@ -235,6 +247,7 @@ def kill_command(
     runs_dir: Optional[Path] = RunsDirOption,
 ) -> None:
     """Stop a run or job: SIGTERM (the run saves a checkpoint and ends 'killed'), SIGKILL after --grace."""
+    check_grace(grace)
     registry = open_registry(runs_dir)
     report = kill_target(registry, ref, grace_s=grace)
     console.print(report.message)
@@ -252,8 +265,13 @@ def resume_command(
     runs_dir: Optional[Path] = RunsDirOption,
 ) -> None:
     """Queue a killed or failed run again; it continues from its last checkpoint."""
+    from advtui.runner import check_resume_checkpoint  # torch: loaded when a checkpoint is checked
+
+    if epochs is not None:
+        check_epochs(epochs)
     registry = open_registry(runs_dir)
-    queued = resume_run(registry, run_ref, epochs=epochs, priority=priority)
+    queued = resume_run(registry, run_ref, epochs=epochs, priority=priority, check_start=(
+        lambda run, config: check_resume_checkpoint(registry, run, config)))
     start = resume_point(registry, queued.run)
     evals = f"; eval job(s) {', '.join(e['id'] for e in queued.evals)} queued again" if queued.evals else ""
     console.print(f"queued run [bold]{queued.run['id']}[/] ({queued.run.get('name')}) as job {queued.job['id']}: "
@@ -313,6 +331,7 @@ def gpus(
     runs_dir: Optional[Path] = RunsDirOption,
 ) -> None:
     """GPU utilization, memory, temperature, power and their runs; CPU and memory of running runs."""
+    check_interval("--interval", interval)
     registry = open_registry(runs_dir)
     processes = ProcessSampler()
     executor = build_executor(executor_name, address, 0.0, 1.0)

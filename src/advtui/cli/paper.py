@@ -13,6 +13,7 @@ from rich.text import Text
 from advtui.cli.common import RunsDirOption, console, err_console, open_registry
 from advtui.core.paths import checkpoint_path
 from advtui.jobs.scheduler import read_holder
+from advtui.options import check_analysis_options, check_device, check_reproduce_options
 from advtui.report import build_report
 from advtui.reproduce import apply_reproduction, plan_reproduction, table_spec
 
@@ -52,6 +53,8 @@ def analyze_trajectories_command(
     runs_dir: Optional[Path] = RunsDirOption,
 ) -> None:
     """Mean loss at every attack step of each attacker on the same examples (paper Fig. 2)."""
+    check_analysis_options(limit=limit, batch_size=batch_size, eps=eps, seed=seed)
+    device = check_device(device)
     registry = open_registry(runs_dir)
     run_ref = _checked_run(registry, run_ref)["id"]
     from advtui.engine.analysis import analyze_trajectories, default_output_dir, save_trajectories, trajectories_plot_text
@@ -88,6 +91,8 @@ def analyze_landscape_command(
     runs_dir: Optional[Path] = RunsDirOption,
 ) -> None:
     """Loss over the plane of sign(gradient) and a random Rademacher direction (paper Fig. 3)."""
+    check_analysis_options(limit=limit, batch_size=batch_size, seed=seed, grid=grid, span=span)
+    device = check_device(device)
     registry = open_registry(runs_dir)
     run_ref = _checked_run(registry, run_ref)["id"]
     from advtui.engine.analysis import analyze_landscape, default_output_dir, landscape_heatmap, save_landscape
@@ -119,6 +124,7 @@ def reproduce(
     runs_dir: Optional[Path] = RunsDirOption,
 ) -> None:
     """Queue every training run and evaluation a table of the paper needs (finished ones are reused)."""
+    check_reproduce_options(seeds=seeds, train_limit=train_limit, epochs=epochs, priority=priority)
     registry = open_registry(runs_dir)
     overrides = {"train_limit": train_limit, "epochs": epochs}
     if epochs is not None:

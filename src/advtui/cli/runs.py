@@ -16,7 +16,7 @@ from rich.text import Text
 
 from advtui.cli.common import RunsDirOption, console, err_console, open_registry
 from advtui.cli.train_options import build_config_from_options, with_train_options
-from advtui.config import default_val_size, values_in_force
+from advtui.config import DEFENSES, default_val_size, values_in_force
 from advtui.core import lifecycle
 from advtui.core.checkpoints import describe as describe_checkpoint
 from advtui.core.checkpoints import kept_epoch, kind_from_path
@@ -26,6 +26,7 @@ from advtui.core.paths import checkpoint_path, run_folder
 from advtui.core.results import evaluated_checkpoints, results_for_run
 from advtui.events import EVENTS_FILE, damaged_note, read_stream
 from advtui.health import ERROR, WARNING, Finding, record_findings, replay, worst_level
+from advtui.options import check_choice
 from advtui.runner import VAL_IDS_FILE, RunPlan, execute_run, plan_queued, plan_resume, relaunch_distributed
 
 app = typer.Typer()  # run, ls, show: commands of the root, no group of their own
@@ -176,6 +177,8 @@ def list_runs(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """List runs."""
+    check_choice("--status", status, lifecycle.RUN_STATUSES)
+    check_choice("--defense", defense, DEFENSES)
     registry = open_registry(runs_dir)
     runs = lifecycle.settle_all_vanished(registry, registry.runs())
     for problem in registry.damaged:  # a damaged run file hides that run only: say which

@@ -222,3 +222,11 @@ def attack_specs_for(attacks: str | Iterable[str | AttackSpec] | None, record: d
     if items and all(isinstance(a, AttackSpec) for a in items):
         return items
     return parse_attack_list([str(a) for a in items])
+
+
+def check_transfer_source(spec: AttackSpec, source_id: str, target_id: str) -> None:
+    """A transfer attack crafted on the evaluated model itself is white-box PGD: stored as a
+    black-box transfer column it would pass for what it is not."""
+    if spec.transfer and source_id == target_id:
+        raise ConfigError(f"{spec.text}: the surrogate is the evaluated run {target_id} itself, which makes it "
+                          f"white-box PGD: use pgd-{spec.steps}, or name another run as the surrogate")

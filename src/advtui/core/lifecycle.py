@@ -11,6 +11,7 @@
     failed | killed | finished ──► queued     (resume; a finished run trains further epochs)
     anything but running ──► running          (`advtui run --resume` attaches to any stopped run)
     running ──► what it was before            (a restart that failed before training: put_back)
+    queued ──► what it was before             (a resume cancelled before it started: put_back_queued)
 
 A ``running`` record whose process is gone (``kill -9``, a crash) is marked failed by whoever
 reads it first (``settle_vanished``: ``ls``, ``show``, ``kill``, ``resume``; the scheduler's
@@ -86,12 +87,36 @@ def _move(registry: Registry, run_id: str, to: str, only_from: str | None, field
 # -- birth -----------------------------------------------------------------------------------------
 def create_queued(registry: Registry, config: dict[str, Any]) -> dict[str, Any]:
     """A new run waiting for a scheduler to start it (``advtui queue train``, the dashboard)."""
-    return registry.create_run({**_new_record(config), "status": QUEUED})
+    return _create(registry, config, {"status": QUEUED})
 
 
 def create_running(registry: Registry, config: dict[str, Any], **fields: Any) -> dict[str, Any]:
     """A new run that this process starts training now (``advtui run`` in the foreground)."""
-    return registry.create_run({**_new_record(config), **_running_fields(**fields)})
+    return _create(registry, config, _running_fields(**fields))
+
+
+def _create(registry: Registry, config: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
+    """Insert a new run under a name no other run of the folder has. Every creation holds the
+    queue's lock while it picks the name and writes the record, so two processes creating
+    runs at once cannot both take one name."""
+    with registry.transaction():
+        record = _new_record(config)
+        name = unique_name(record["name"], {r.get("name") for r in registry.runs()})
+        if name != record["name"]:
+            record["name"] = name
+            if record["config"].get("name") is not None:
+                record["config"] = {**record["config"], "name": name}
+        return registry.create_run({**record, **fields})
+
+
+def unique_name(name: str, taken: set[Any]) -> str:
+    """``name``, or ``name-2``, ``name-3``... the first that is not ``taken``."""
+    if name not in taken:
+        return name
+    number = 2
+    while f"{name}-{number}" in taken:
+        number += 1
+    return f"{name}-{number}"
 
 
 # -- moves -----------------------------------------------------------------------------------------
@@ -132,6 +157,15 @@ def put_back(registry: Registry, run_id: str, before: dict[str, Any]) -> bool:
     started; False if it is no longer ``running``."""
     _check(RUNNING, before.get("status") or FAILED)
     return registry.update(RUNS, {"id": run_id, "status": RUNNING}, before) > 0
+
+
+def put_back_queued(registry: Registry, run_id: str, before: dict[str, Any]) -> bool:
+    """A resume cancelled (or killed) before its process started: the record returns to the
+    fields ``resume`` rewrote (``before``, its status among them); False if it is no longer
+    ``queued`` (its process started meanwhile)."""
+    if before.get("status") not in (FINISHED, FAILED, KILLED):
+        return mark_killed(registry, run_id, "cancelled before it started", only_from=QUEUED)
+    return registry.update(RUNS, {"id": run_id, "status": QUEUED}, before) > 0
 
 
 def mark_queued_again(registry: Registry, run_id: str, **fields: Any) -> None:

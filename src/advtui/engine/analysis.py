@@ -35,6 +35,7 @@ from advtui.engine.data import load_split
 from advtui.engine.objectives import ce_per_example
 from advtui.engine.train import resolve_device
 from advtui.errors import ConfigError
+from advtui.options import check_analysis_options, check_device, check_landscape_memory
 from advtui.registry import Registry
 
 DEFAULT_TRAJECTORY_LIMIT = 200
@@ -49,11 +50,6 @@ def _test_examples(config, limit: int | None, data_root_opt: str | None, device:
     explicit = data_root_opt or (None if os.environ.get(DATA_ENV) else config.data_root)
     split = load_split(config.dataset, data_root(explicit), False, limit, seed=0).to(device)
     return split.images.float().div_(255.0), split.labels
-
-
-def _check_limit(limit: int | None, what: str) -> None:
-    if limit is not None and limit < 1:
-        raise ConfigError(f"{what} must be at least 1 test example, got {limit}")
 
 
 def _target(registry: Registry, run_ref: str, device: torch.device):
@@ -107,14 +103,12 @@ def analyze_trajectories(
     Every attacker starts from the same seed (``torch.manual_seed(seed)`` before it), so its
     curve does not depend on which attackers ran before it.
     """
-    _check_limit(limit, "--limit")
-    if batch_size < 1:
-        raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
+    check_analysis_options(limit=limit, batch_size=batch_size, eps=eps, seed=seed)
     specs = parse_attack_list(attackers)
     stepless = [s.text for s in specs if s.family == "natural"]
     if stepless:
         raise ConfigError("natural has no attack steps to draw: list attackers such as pgd-10, rnn-10:RUN, l2lda-10:RUN")
-    torch_device = resolve_device(device)
+    torch_device = resolve_device(check_device(device))
     record, checkpoint, model = _target(registry, run_ref, torch_device)
     eval_eps = float(eps) if eps is not None else float(checkpoint.config.eps)
     attacks = build_attacks(specs, registry, record, eps=eval_eps, device=torch_device,
@@ -189,17 +183,13 @@ def analyze_landscape(
     """CE loss over the plane spanned by sign(grad) and a Rademacher direction (paper Fig. 3),
     on the first ``limit`` test examples (mean over them), ``grid`` x ``grid`` points in
     [-span, span]^2 (span defaults to the run's eps)."""
-    _check_limit(limit, "--limit")
-    if grid < 2:
-        raise ConfigError(f"--grid must be at least 2 points per axis, got {grid}")
-    if span is not None and not (0 < span <= 1):
-        raise ConfigError(f"--span must be in (0, 1], got {span}")
-    if batch_size < 1:
-        raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
-    torch_device = resolve_device(device)
+    check_analysis_options(limit=limit, batch_size=batch_size, seed=seed, grid=grid, span=span)
+    torch_device = resolve_device(check_device(device))
     record, checkpoint, model = _target(registry, run_ref, torch_device)
     reach = float(span) if span is not None else float(checkpoint.config.eps)
     x, y = _test_examples(checkpoint.config, limit, data_root, torch_device)
+    gpu_free = torch.cuda.mem_get_info(torch_device)[0] if torch_device.type == "cuda" else None
+    check_landscape_memory(grid, batch_size, x[0].numel(), gpu_free)
     n = len(y)
     directions_grad = gradient_sign(model, x, y)
     directions_random = rademacher(x.shape, seed).to(torch_device)

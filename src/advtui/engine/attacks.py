@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from advtui.config import RunConfig
-from advtui.core.attack_specs import AttackSpec
+from advtui.core.attack_specs import AttackSpec, check_transfer_source
 from advtui.core.paths import checkpoint_path
 from advtui.core.results import file_digest
 from advtui.engine.checkpoint import load_checkpoint
@@ -250,9 +250,11 @@ class Attack:
         return self.spec.restarts
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
-                record: bool = True, stage: int = 0) -> MaxResult:
+                record: bool = True, stage: int = 0, on_step: Callable[[int], None] | None = None) -> MaxResult:
         """x' for one batch (one pass). The trajectory is the mean attack loss at
-        x'_0..x'_K, on the surrogate for transfer attacks, on ``model`` otherwise."""
+        x'_0..x'_K, on the surrogate for transfer attacks, on ``model`` otherwise. ``on_step``
+        hears the steps done so far, counted as forward passes of the model the attack
+        crafts on (one per step for PGD and CW), so a long attack on one batch shows progress."""
         if self.maximizer is None:
             trajectory = None
             if record:
@@ -261,7 +263,28 @@ class Attack:
             return MaxResult(x, trajectory)
         maximizer = self.stages[stage] if self.stages else self.maximizer
         crafted_on = self.surrogate if self.surrogate is not None else model
+        if on_step is not None:
+            crafted_on = StepCounter(crafted_on, on_step, self.spec.steps)
         return maximizer.maximize(crafted_on, self.loss_fn, x, y, eps, self.spec.steps, record=record)
+
+
+class StepCounter(nn.Module):
+    """``model`` as it is, telling ``on_step`` how many forward passes it has made (at most
+    ``steps``): the attack loops see the same module, parameters and modes."""
+
+    def __init__(self, model: nn.Module, on_step: Callable[[int], None], steps: int):
+        super().__init__()
+        self.model = model
+        self.on_step = on_step
+        self.steps = steps
+        self.calls = 0
+        self.training = model.training  # not train(): that would set every layer of the model
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        out = self.model(*args, **kwargs)
+        self.calls += 1
+        self.on_step(min(self.calls, self.steps) if self.steps else self.calls)
+        return out
 
 
 def _source_label(record: dict[str, Any]) -> str:
@@ -293,6 +316,8 @@ def build_attack(spec: AttackSpec, registry: Registry, target: dict[str, Any], *
                       PGDBLS(eps, config.bls_rho, config.bls_c, config.bls_max_backtracks, init="uniform"))
 
     source_record = registry.resolve_run(spec.source) if spec.source else target
+    if spec.transfer:
+        check_transfer_source(spec, source_record["id"], target["id"])
     resolved = spec.with_source(source_record["id"])
     label = resolved.with_source(_source_label(source_record)).text
     source = load_run_checkpoint(registry, source_record, device=device)

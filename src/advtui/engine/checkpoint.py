@@ -87,7 +87,10 @@ def check_model_state(model: torch.nn.Module, weights: Any, path: Path, model_la
     shapes = [f"{k} is {tuple(v.shape)} here, {tuple(expected[k].shape)} in the model"
               for k, v in weights.items()
               if k in expected and isinstance(v, torch.Tensor) and tuple(v.shape) != tuple(expected[k].shape)]
-    if not (missing or unexpected or shapes):
+    # A value that is no tensor (edited, or saved by other code) fails only inside load_state_dict,
+    # after a run's record was written: name it here.
+    not_tensors = [k for k, v in weights.items() if k in expected and not isinstance(v, torch.Tensor)]
+    if not (missing or unexpected or shapes or not_tensors):
         return
     parts = []
     if missing:
@@ -97,6 +100,9 @@ def check_model_state(model: torch.nn.Module, weights: Any, path: Path, model_la
                      f"{', ...' if len(unexpected) > 3 else ''}")
     if shapes:
         parts.append(f"{len(shapes)} shape(s) differ: {shapes[0]}")
+    if not_tensors:
+        parts.append(f"{len(not_tensors)} value(s) are not tensors: {', '.join(not_tensors[:3])}"
+                     f"{', ...' if len(not_tensors) > 3 else ''}")
     saved = ""
     if isinstance(saved_config, dict) and saved_config.get("model"):
         label = f"{saved_config.get('model')} on {saved_config.get('dataset')}"

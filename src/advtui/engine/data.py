@@ -15,10 +15,12 @@ from typing import Iterator
 
 import numpy as np
 import torch
-import torchvision
 
 from advtui.config import default_val_size
+from advtui.engine.vision import import_torchvision
 from advtui.errors import ConfigError, DataMissingError
+
+torchvision = import_torchvision()
 
 NUM_CLASSES = 10
 DATASET_SHAPES = {"mnist": (1, 28, 28), "cifar10": (3, 32, 32)}

@@ -21,11 +21,18 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
+
+# How long the ranks wait for each other once training has ended (rank 0 writes the final
+# checkpoint meanwhile), and for the process group to tear down: a rank that hangs there must
+# not keep the run's processes alive, nor let its record say the run finished.
+FINAL_BARRIER_TIMEOUT_S = 120.0
+CLOSE_TIMEOUT_S = 30.0
 
 RANK_ENV = "RANK"
 WORLD_ENV = "WORLD_SIZE"
@@ -69,9 +76,21 @@ class Ranks:
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", device_id=device if device.type == "cuda" else None)
 
-    def close(self) -> None:
+    def close(self) -> bool:
+        """Tear the process group down; False if that did not end within CLOSE_TIMEOUT_S."""
         if self.distributed and dist.is_initialized():
-            dist.destroy_process_group()
+            return _within(dist.destroy_process_group, CLOSE_TIMEOUT_S)
+        return True
+
+    def finish(self) -> bool:
+        """Every rank at the end of training, within FINAL_BARRIER_TIMEOUT_S; False if one
+        did not arrive (it hangs, or died without the group noticing)."""
+        if not self.distributed or not dist.is_initialized():
+            return True
+        if dist.get_backend() == "nccl":  # the barrier's thread must name this rank's GPU
+            device = torch.cuda.current_device()
+            return _within(lambda: dist.barrier(device_ids=[device]), FINAL_BARRIER_TIMEOUT_S)
+        return _within(dist.barrier, FINAL_BARRIER_TIMEOUT_S)
 
     # -- collectives (no-ops on one process) ---------------------------------------------------
     def _tensor(self, value: Any, device: torch.device) -> torch.Tensor:
@@ -135,6 +154,31 @@ class Ranks:
             return x
         size = len(x) // self.world
         return x[self.rank * size: (self.rank + 1) * size]
+
+
+def _within(call, timeout_s: float) -> bool:
+    """``call()`` on a daemon thread; whether it returned within ``timeout_s``. A collective that
+    never returns cannot be interrupted: its thread is left behind, and the caller leaves
+    with ``abandon``."""
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            call()
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name=f"advtui-{getattr(call, '__name__', 'collective')}", daemon=True).start()
+    return done.wait(timeout_s)
+
+
+def abandon(message: str, code: int = 1) -> None:
+    """Leave this rank now, with ``message`` on stderr: a collective thread still waits on a rank
+    that hangs, and an ordinary exit would wait on it too. torchrun then stops the other ranks."""
+    if message:
+        print(message, file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(code)
 
 
 class NullEvents:

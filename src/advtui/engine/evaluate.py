@@ -25,8 +25,9 @@ Events (``eval`` kind in the run's events.jsonl; every one has ``eval_id`` and `
 - ``start``: checkpoint, checkpoint_hash, attacks (canonical specs), labels, eps, step_size,
   n, examples, batch_size, seed, device, cascade
 - ``progress`` (at most about once a second per attack, and at each attack's end): attack,
-  label, index (0-based), attacks (how many), done, total (examples processed / to process),
-  robust (robust so far among done)
+  label, index (0-based), attacks (how many), done, total (examples with a verdict / evaluated),
+  robust (robust so far among done), pass_index, passes (restarts, cascade pieces), step, steps
+  (attack steps done on the batch being attacked)
 - ``attack`` (one per finished attack): attack, label, index, accuracy, robust, n, n_attacked,
   accuracy_kind, wall_time, steps, loss, trajectory, trajectory_model, flags
 - ``end``: status ("finished", "failed" or "interrupted"), wall_time, min {accuracy, attack},
@@ -39,7 +40,7 @@ import math
 import os
 import secrets
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -54,8 +55,8 @@ from advtui.engine.data import load_split
 from advtui.engine.maximizers import loss_and_grad
 from advtui.engine.objectives import ce_per_example
 from advtui.engine.train import device_name, resolve_device
-from advtui.errors import ConfigError
 from advtui.events import EVENTS_FILE, EventWriter
+from advtui.options import check_device, check_eval_options
 from advtui.registry import Registry
 
 DEFAULT_BATCH_SIZE = 256
@@ -64,16 +65,25 @@ PROGRESS_EVENT_INTERVAL_S = 1.0
 
 @dataclass
 class EvalProgress:
-    """What a progress display needs after each batch of an evaluation."""
+    """What a progress display needs after each batch (and, in a long batch, each attack step)
+    of an evaluation. Counts are examples of the evaluation set, so the last report agrees
+    with the result: ``done`` of ``total`` have a verdict (an example wrong at x has one from
+    the start: it cannot be robust), ``robust`` of those ``done`` are still robust. A restart
+    or a later piece of a cascade (``pass_index`` > 0) re-attacks the robust ones: every
+    example then has a verdict, and ``robust`` can only go down."""
 
     attack: str  # label
     index: int  # 0-based position in the attack list
     attacks: int
-    done: int  # examples processed for this attack (restarts count again)
-    total: int
-    robust: int  # robust so far among the processed examples
+    done: int  # examples with a verdict so far, out of total
+    total: int  # examples evaluated (the limit)
+    robust: int  # robust so far among the done examples
     finished: bool = False
-    accuracy: float | None = None  # set when finished
+    accuracy: float | None = None  # set when finished: robust / total, in %
+    pass_index: int = 0  # restarts and cascade pieces: which pass (0-based) of how many
+    passes: int = 1
+    step: int = 0  # attack steps done on the batch being attacked, of steps (0: between batches)
+    steps: int = 0
 
 
 @dataclass
@@ -101,19 +111,6 @@ class EvalReport:
 
 
 # -- running an evaluation --------------------------------------------------------------------------------
-def _check_options(limit, batch_size, eps, step_size, seed) -> None:
-    if limit is not None and limit < 1:
-        raise ConfigError(f"--limit must be at least 1 test example, got {limit}")
-    if batch_size < 1:
-        raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
-    if eps is not None and not (0.0 <= eps <= 1.0):
-        raise ConfigError(f"--eps must be in [0, 1] for inputs in [0, 1], got {eps}")
-    if step_size is not None and not (0.0 < step_size <= 1.0):
-        raise ConfigError(f"--step-size must be in (0, 1], got {step_size}")
-    if seed < 0:
-        raise ConfigError(f"--seed must be non-negative, got {seed}")
-
-
 def _test_split(config, limit: int | None, data_root_opt: str | None):
     # An explicit --data-root wins, then $ADVTUI_DATA, then where the run itself read its data.
     explicit = data_root_opt or (None if os.environ.get(DATA_ENV) else config.data_root)
@@ -202,13 +199,15 @@ class _Evaluation:
         for a cascade each piece's robust count after it and its time."""
         label = attack.label
         if attack.maximizer is None:  # natural: the clean pass already measured it
-            self.progress(index, label, self.n, self.n, self.clean_robust, force=True)
+            self.progress(EvalProgress(label, index, len(self.attacks), self.n, self.n, self.clean_robust), force=True)
             return self.clean_correct.clone(), [self.clean_ce], self.n, self.clean_time, None
         torch.manual_seed(self.seed)  # an attack's randomness does not depend on what ran before it
         idx = torch.nonzero(attack_set).flatten()
         robust = torch.zeros(self.n, dtype=torch.bool, device=self.device)
-        trajectory_sum, done = None, 0
-        total = int(idx.numel())
+        trajectory_sum = None
+        # Examples outside the attack set (wrong at x, or broken earlier in a cascade) have
+        # their verdict, not robust, before the first batch.
+        done = self.n - int(idx.numel())
         start = time.perf_counter()
         todo = idx
         # Restarts and a cascade's pieces alike: each pass needs only the examples that
@@ -220,17 +219,20 @@ class _Evaluation:
             stage_start = time.perf_counter()
             if stage > 0:
                 todo = todo[robust[todo]]
-                total += int(todo.numel())
             for chunk in self.chunks(todo):
                 x, y = self.batch(chunk)
-                result = attack.perturb(self.model, x, y, self.eps, record=record_first and stage == 0, stage=stage)
+                now = EvalProgress(label, index, len(self.attacks), done, self.n, int(robust[idx].sum()),
+                                   pass_index=stage, passes=attack.passes, steps=attack.spec.steps)
+                result = attack.perturb(self.model, x, y, self.eps, record=record_first and stage == 0, stage=stage,
+                                        on_step=lambda step, now=now: self.progress(replace(now, step=step)))
                 with torch.no_grad():
                     robust[chunk] = self.model(result.x_adv).argmax(1) == y
                 if stage == 0 and result.trajectory is not None:
                     weighted = result.trajectory.detach().double() * len(chunk)
                     trajectory_sum = weighted if trajectory_sum is None else trajectory_sum + weighted
-                done += len(chunk)
-                self.progress(index, label, done, total, int(robust[idx].sum()))
+                if stage == 0:
+                    done += len(chunk)
+                self.progress(replace(now, done=done, robust=int(robust[idx].sum())))
             if attack.stages:
                 self.sync()
                 passes.append({"attack": attack.stages[stage].name, "robust": int(robust[idx].sum()),
@@ -238,17 +240,19 @@ class _Evaluation:
         self.sync()
         wall = time.perf_counter() - start
         trajectory = (trajectory_sum / max(int(idx.numel()), 1)).tolist() if trajectory_sum is not None else []
-        self.progress(index, label, done, total, int(robust.sum()), force=True)
+        self.progress(EvalProgress(label, index, len(self.attacks), self.n, self.n, int(robust.sum()),
+                                   pass_index=attack.passes - 1, passes=attack.passes), force=True)
         return robust, trajectory, int(idx.numel()), wall, passes or None
 
-    def progress(self, index, label, done, total, robust, force=False) -> None:
+    def progress(self, p: EvalProgress, force: bool = False) -> None:
         now = time.monotonic()
         if force or now - getattr(self, "_last_progress_event", 0.0) >= PROGRESS_EVENT_INTERVAL_S:
             self._last_progress_event = now
-            self.emit("progress", attack=self.attacks[index].text, label=label, index=index,
-                      attacks=len(self.attacks), done=done, total=total, robust=robust)
+            self.emit("progress", attack=self.attacks[p.index].text, label=p.attack, index=p.index,
+                      attacks=p.attacks, done=p.done, total=p.total, robust=p.robust, pass_index=p.pass_index,
+                      passes=p.passes, step=p.step, steps=p.steps)
         if self.on_progress:
-            self.on_progress(EvalProgress(label, index, len(self.attacks), done, total, robust))
+            self.on_progress(p)
 
     def result_doc(self, attack: Attack, robust, trajectory, n_attacked, wall, exact: bool,
                    passes: list[dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -297,7 +301,7 @@ class _Evaluation:
                           accuracy_kind=doc["accuracy_kind"], wall_time=wall, steps=doc["steps"], loss=doc["loss"],
                           trajectory=doc["trajectory"], trajectory_model=doc["trajectory_model"], flags=doc["flags"])
                 if self.on_progress:
-                    self.on_progress(EvalProgress(attack.label, index, len(self.attacks), n_attacked, n_attacked,
+                    self.on_progress(EvalProgress(attack.label, index, len(self.attacks), self.n, self.n,
                                                   doc["robust"], finished=True, accuracy=doc["accuracy"]))
             # Flags of earlier results may have changed with later ones (e.g. pgd-100 after pgd-10).
             final_flags = {d["attack"]: d.get("flags", []) for d in results_for_run(
@@ -341,8 +345,8 @@ def evaluate_run(
     """
     record = registry.resolve_run(run_ref)
     specs = attack_specs_for(attacks, record)
-    _check_options(limit, batch_size, eps, step_size, seed)
-    torch_device = resolve_device(device)
+    check_eval_options(limit=limit, batch_size=batch_size, eps=eps, step_size=step_size, seed=seed)
+    torch_device = resolve_device(check_device(device))
     path, kind = resolve_checkpoint(registry, record, checkpoint)
     target = load_run_checkpoint(registry, record, path, torch_device)
     target.kind = kind

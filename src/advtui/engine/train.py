@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-import torchvision
 from torch import nn
 
 import advtui
@@ -32,9 +31,12 @@ from advtui.engine.distributed import Ranks
 from advtui.engine.maximizers import PGD, Maximizer
 from advtui.engine.models import build_model, count_parameters
 from advtui.engine.objectives import ce_per_example
+from advtui.engine.vision import import_torchvision
 from advtui.errors import ConfigError
 from advtui.events import EventWriter
 from advtui.health import ERROR, Finding, HealthMonitor, RunUnhealthy
+
+torchvision = import_torchvision()
 
 
 def resolve_device(spec: str) -> torch.device:

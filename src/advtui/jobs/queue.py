@@ -31,11 +31,11 @@ from __future__ import annotations
 import secrets
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from advtui.config import RunConfig, recorded_config
 from advtui.core import lifecycle
-from advtui.core.attack_specs import parse_attack
+from advtui.core.attack_specs import check_transfer_source, parse_attack
 from advtui.core.paths import run_dir
 from advtui.core.process import record_alive
 from advtui.errors import (
@@ -47,6 +47,7 @@ from advtui.errors import (
 )
 from advtui.events import EVENTS_FILE, read_events
 from advtui.jobs.launcher import DEFAULT_GRACE_S, stop_process
+from advtui.options import check_epochs, check_eval_options, check_grace, check_priority, expand_seeds
 from advtui.registry import JOBS, Registry
 
 JOB_STATUSES = ("queued", "running", "done", "failed", "cancelled")
@@ -120,6 +121,8 @@ def queue_train(
     """Create a queued run record and its train job (and, with ``auto_eval``, eval jobs that
     wait for the training to finish). Nothing starts until a scheduler picks the job up."""
     attacks = parse_attacks(auto_eval) if auto_eval else None
+    check_priority(priority)
+    eval_options = _clean_eval_options(eval_options)
     after = warm_start_dependencies(registry, config.to_dict())
     needs, gpu_index = device_needs(config.device)
     if gpu_index is not None:
@@ -135,7 +138,7 @@ def queue_train(
             evals.append(_insert_job(registry, {
                 "kind": "eval", "run_id": run["id"], "priority": priority, "needs": needs,
                 "gpu_index": gpu_index, "depends_on": [job["id"]], "attacks": attacks,
-                "eval_options": _clean_eval_options(eval_options), "auto": True,
+                "eval_options": eval_options, "auto": True,
             }))
     return QueuedTraining(run, job, evals)
 
@@ -164,22 +167,16 @@ def seed_configs(base: RunConfig, seeds: list[int]) -> list[RunConfig]:
 
 
 def parse_seeds(text: str) -> list[int]:
-    """'0,1,2' or '0-4' (or a mix) -> [0, 1, 2, ...] without repeats."""
-    seeds: list[int] = []
-    try:
-        for part in (p.strip() for p in text.split(",") if p.strip()):
-            low, dash, high = part.partition("-")
-            values = range(int(low), int(high) + 1) if dash else [int(part)]
-            seeds.extend(s for s in values if s not in seeds)
-    except ValueError:
-        raise ConfigError(f"--seeds must be integers like 0,1,2 or 0-4, got {text!r}") from None
-    if not seeds:
-        raise ConfigError(f"--seeds must name at least one seed, got {text!r}")
-    return seeds
+    """'0,1,2' or '0-4' (or a mix) -> [0, 1, 2, ...] without repeats (see options.expand_seeds)."""
+    return expand_seeds(text)
 
 
 def _clean_eval_options(options: dict[str, Any] | None) -> dict[str, Any]:
-    return {k: v for k, v in (options or {}).items() if v is not None and k in EVAL_OPTION_FLAGS}
+    """The given evaluation options, checked as `advtui eval` checks them: a job that would fail
+    at the worker is refused now, before it is queued."""
+    cleaned = {k: v for k, v in (options or {}).items() if v is not None and k in EVAL_OPTION_FLAGS}
+    check_eval_options(**cleaned)
+    return cleaned
 
 
 def queue_eval(
@@ -196,7 +193,13 @@ def queue_eval(
     checkpoint and no training ahead is an error. ``depends_on`` adds jobs to wait for (the
     trainings of the runs whose learned attackers or surrogates the attacks use)."""
     specs = parse_attacks(attacks) if isinstance(attacks, str) else (list(attacks) if attacks else None)
+    check_priority(priority)
+    eval_options = _clean_eval_options(options)
     run = registry.resolve_run(run_ref)
+    for text in specs or []:
+        spec = parse_attack(text)
+        if spec.transfer and spec.source:
+            check_transfer_source(spec, registry.resolve_run(spec.source)["id"], run["id"])
     pending = [j for j in jobs_of_run(registry, run["id"], kind="train") if j["status"] in ACTIVE]
     training_here = run.get("status") == "running" and record_alive(run)
     if not pending and not training_here and not (run.get("checkpoints") or {}).get("final"):
@@ -206,7 +209,7 @@ def queue_eval(
     return _insert_job(registry, {
         "kind": "eval", "run_id": run["id"], "priority": priority, "needs": needs, "gpu_index": gpu_index,
         "depends_on": [j["id"] for j in pending] + [d for d in depends_on or [] if d not in {j["id"] for j in pending}],
-        "attacks": specs, "eval_options": _clean_eval_options(options),
+        "attacks": specs, "eval_options": eval_options,
     })
 
 
@@ -275,7 +278,10 @@ def cancel_job(registry: Registry, ref: str, reason: str = "cancelled by user") 
         raise ConfigError(f"job {job['id']} is already {job['status']}")
     if not finish_job(registry, job, "cancelled", error=reason):
         raise ConfigError(f"job {job['id']} changed status meanwhile: see `advtui queue ls`")
-    if job["kind"] == "train":
+    if job["kind"] == "train" and isinstance(job.get("resumed_from"), dict):
+        # A resume that never started: the run is what it was before `resume` (finished, killed...).
+        lifecycle.put_back_queued(registry, job["run_id"], job["resumed_from"])
+    elif job["kind"] == "train":
         lifecycle.mark_killed(registry, job["run_id"], f"{reason} before it started", only_from=lifecycle.QUEUED)
     cancel_dependents(registry, job, "was cancelled")
     return {**job, "status": "cancelled", "error": reason}
@@ -296,6 +302,7 @@ def kill(registry: Registry, ref: str, grace_s: float = DEFAULT_GRACE_S, executo
     Blocks up to ``grace_s`` (+ a few seconds): call it from a worker thread in a UI. Works from
     any process (the scheduler that launched the job need not be this one).
     """
+    check_grace(grace_s)
     job, run = _kill_target(registry, ref)
     if job is not None and job["status"] == "queued":
         cancel_job(registry, job["id"], "cancelled by `advtui kill`")
@@ -328,7 +335,10 @@ def kill(registry: Registry, ref: str, grace_s: float = DEFAULT_GRACE_S, executo
         # The run records 'killed' itself on SIGTERM; after a SIGKILL (or if it never got that
         # far) record it here. Its last checkpoint (if any) stays, so `resume` continues it.
         lifecycle.mark_killed(registry, run["id"], f"killed: {note}", only_from=lifecycle.RUNNING)
-        lifecycle.mark_killed(registry, run["id"], f"killed before it started: {note}", only_from=lifecycle.QUEUED)
+        if job is not None and isinstance(job.get("resumed_from"), dict):
+            lifecycle.put_back_queued(registry, run["id"], job["resumed_from"])  # a resume that never began
+        else:
+            lifecycle.mark_killed(registry, run["id"], f"killed before it started: {note}", only_from=lifecycle.QUEUED)
     if job is not None:
         current = resolve_job(registry, job["id"])
         if current["status"] == "running":
@@ -394,11 +404,24 @@ def resume_point(registry: Registry, record: dict[str, Any]) -> str:
     return f"the start of epoch {epoch + 1}" if epoch else "the start"
 
 
-def resume(registry: Registry, ref: str, *, epochs: int | None = None, priority: int = 0) -> QueuedTraining:
+# The fields of a run record that ``resume`` rewrites: kept in the job, so a resume cancelled
+# before it starts puts the run back exactly as it was (a finished run stays finished).
+RESUME_REWRITES = ("status", "ended", "error", "config", "epochs")
+
+
+def resume(registry: Registry, ref: str, *, epochs: int | None = None, priority: int = 0,
+           check_start: Callable[[dict[str, Any], RunConfig], None] | None = None) -> QueuedTraining:
     """Queue a killed or failed run again: the launched ``advtui run --run-id`` continues from
     its last checkpoint (or starts over when it has none). ``epochs`` extends a run, which
     also lets a finished run train further. Auto-evals cancelled because the training stopped
-    are queued again behind the new train job."""
+    are queued again behind the new train job.
+
+    Everything is checked before the record changes: the epochs (the bounds of ``run``), the
+    whole recorded config, and, with ``check_start`` (the command line's and the dashboard's
+    checkpoint check, which needs torch), that the run's checkpoint loads and fits its model."""
+    if epochs is not None:
+        check_epochs(epochs)
+    check_priority(priority)
     run = lifecycle.settle_vanished(registry, registry.resolve_run(ref))
     status = run.get("status")
     active = [j for j in jobs_of_run(registry, run["id"], kind="train") if j["status"] in ACTIVE]
@@ -415,14 +438,22 @@ def resume(registry: Registry, ref: str, *, epochs: int | None = None, priority:
     elif status == "finished":
         raise ConfigError(f"run {run['id']} already finished: pass --epochs N (more than "
                           f"{config.get('epochs')}) to train it further")
+    try:
+        checked = RunConfig.from_dict(config).validate()
+    except (TypeError, ConfigError) as exc:  # a record edited by hand or damaged
+        raise ConfigError(f"run {run['id']} cannot be resumed: its recorded config is not valid ({exc})") from None
+    if check_start is not None:
+        check_start(run, checked)
     needs, gpu_index = device_needs(config.get("device", "auto"))
     # Only a run that never started from its source still needs it (later it has its own checkpoint).
     after = [] if (run.get("checkpoints") or {}).get("last") else warm_start_dependencies(registry, config)
+    before = {k: run[k] for k in RESUME_REWRITES if k in run}
     with registry.transaction():
         lifecycle.mark_queued_again(registry, run["id"], config=config, epochs=config.get("epochs", run.get("epochs")))
         job = _insert_job(registry, {"kind": "train", "run_id": run["id"], "priority": priority,
                                      "needs": needs, "gpu_index": gpu_index, "resumed": True,
-                                     "depends_on": after, "nproc": int(config.get("nproc") or 1)})
+                                     "depends_on": after, "nproc": int(config.get("nproc") or 1),
+                                     "resumed_from": before})
         previous = {j["id"] for j in jobs_of_run(registry, run["id"], kind="train")} - {job["id"]}
         evals = []
         for other in jobs_of_run(registry, run["id"], kind="eval"):

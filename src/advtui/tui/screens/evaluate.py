@@ -25,6 +25,7 @@ from textual.widgets.selection_list import Selection, SelectionType
 
 from advtui.core.attack_specs import EVALUATION_CHECKLIST
 from advtui.errors import AdvtuiError
+from advtui.options import check_eval_options
 
 WHITE_BOX = EVALUATION_CHECKLIST  # the paper's white-box attacks, then AutoAttack (core.attack_specs)
 NO_SURROGATE = "none"
@@ -157,6 +158,10 @@ class EvaluateScreen(ModalScreen[str | None]):
                 options["eps"] = float(eps)
             except ValueError:
                 raise ValueError(f"eps must be a number, got {eps!r}") from None
+        try:  # the checks of `advtui eval` and `queue eval` (NaN, a radius outside [0, 1]...)
+            check_eval_options(**options)
+        except AdvtuiError as exc:
+            raise ValueError(str(exc)) from None
         return specs, options
 
     @on(Button.Pressed, "#cancel")

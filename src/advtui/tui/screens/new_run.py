@@ -22,6 +22,7 @@ from textual.widgets import Button, Input, Label, Select, Static
 from advtui.config import DATASETS, DEFENSES, MODELS, RunConfig, build_config
 from advtui.errors import AdvtuiError
 from advtui.jobs.queue import parse_seeds
+from advtui.options import check_eval_options
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -186,6 +187,11 @@ class NewRunScreen(ModalScreen[str | None]):
                 parse_seeds(values["seeds"])
             except AdvtuiError as exc:
                 errors["seeds"] = str(exc).replace("--seeds", "seeds")
+        if values.get("auto_eval_limit") is not None and "auto_eval_limit" not in errors:
+            try:  # the check `queue train --auto-eval-limit` makes
+                check_eval_options(limit=values["auto_eval_limit"])
+            except AdvtuiError as exc:
+                errors["auto_eval_limit"] = str(exc).replace("--limit", "auto-eval limit")
         return config, values, errors
 
     def validate(self) -> RunConfig | None:
