@@ -254,7 +254,7 @@ def test_compare_sweep_marks_a_clear_best_and_says_n_a_under_three_seeds(tmp_pat
     two, spec2 = crafted_sweep(tmp_path / "b", {"0.01": [40.0, 45.0], "0.05": [30.0, 33.0]}, seeds="0,1")
     small = compare_sweep(two, spec2)
     assert small.rows[0].cells["val-robust"].half_width is None and not any(r.best for r in small.rows)
-    assert any("test not available, needs 3" in n for n in small.notes)
+    assert any("best not marked: the paired test needs at least 3 matched seeds" in n for n in small.notes)
     proc = advtui("compare", "--sweep", "crafted", root=tmp_path / "b")
     assert "42.50 (±n/a, n=2)" in proc.stdout
     bad = advtui("compare", "--sweep", "crafted", "--sort", "nosuch", root=tmp_path / "b")

@@ -192,7 +192,10 @@ def _mark_best(comparison: SweepComparison) -> None:
                              + (", needs 3" if matched < MIN_SEEDS_FOR_INTERVAL else ", identical differences") + ")")
         elif not (p < ALPHA and diff > 0):
             undecided.append(f"c{other.combination.index} (paired t over {matched} seeds, p={p:.3g})")
-    if undecided:
+    if undecided and all("needs 3" in u for u in undecided):
+        notes.append(f"c{leader.combination.index} leads on {comparison.sort}; best not marked: the paired test "
+                     f"needs at least {MIN_SEEDS_FOR_INTERVAL} matched seeds")
+    elif undecided:
         notes.append(f"c{leader.combination.index} leads on {comparison.sort} but is not significantly better than "
                      + "; ".join(undecided[:6]) + (f" and {len(undecided) - 6} more" if len(undecided) > 6 else ""))
     else:
@@ -233,11 +236,15 @@ def _axis(values: list[Any]) -> tuple[list[float], list[str] | None]:
 
 def plot_points(comparison: SweepComparison, metric: str, param: str) -> tuple[list[float], list[float], list[float], list[str] | None]:
     """(x, mean, error = std over seeds (0 for one seed), categorical labels) of one panel."""
-    rows = [r for r in comparison.rows if metric in r.cells]
+    rows = _plotted(comparison, metric)
     x, labels = _axis([r.combination.values[param] for r in rows])
     means = [r.cells[metric].mean for r in rows]
     errors = [r.cells[metric].std or 0.0 for r in rows]
     return x, means, errors, labels
+
+
+def _plotted(comparison: SweepComparison, metric: str) -> list[SweepRow]:
+    return [r for r in comparison.rows if metric in r.cells]
 
 
 def sweep_png(comparison: SweepComparison, path: Path) -> Path:
@@ -255,11 +262,19 @@ def sweep_png(comparison: SweepComparison, path: Path) -> Path:
             ax = axes[i][j]
             x, means, errors, labels = plot_points(comparison, metric, param)
             ax.errorbar(x, means, yerr=errors, fmt="o", capsize=3)
-            if labels is not None:
+            # Each point is a combination: name it, since the other swept values share its x.
+            for row, xi, yi in zip(_plotted(comparison, metric), x, means):
+                ax.annotate(f"c{row.combination.index}", (xi, yi), textcoords="offset points", xytext=(5, 3), fontsize=7)
+            if labels is None:
+                if param.endswith("lr") or param == "weight_decay":
+                    if x and min(x) > 0:
+                        ax.set_xscale("log")
+                ax.minorticks_off()
+                ticks = sorted(set(x))
+                labels = [_value_text(v) for v in ticks]
+                ax.set_xticks(ticks, labels)
+            else:
                 ax.set_xticks(range(len(labels)), labels)
-            elif param.endswith("lr") or param == "weight_decay":
-                if x and min(x) > 0:
-                    ax.set_xscale("log")
             ax.set_xlabel(flag(param))
             ax.set_ylabel(f"{metric} %")
             ax.grid(alpha=0.3)
@@ -269,8 +284,9 @@ def sweep_png(comparison: SweepComparison, path: Path) -> Path:
     return path
 
 
-def sweep_terminal(comparison: SweepComparison, metric: str, width: int = 80, height: int = 16) -> list[str]:
-    """One plotext chart per swept parameter for ``metric`` (strings with ANSI colors)."""
+def sweep_terminal(comparison: SweepComparison, metric: str, width: int = 80, height: int = 16,
+                   color: bool = True) -> list[str]:
+    """One plotext chart per swept parameter for ``metric`` (with ANSI colors unless ``color`` is False)."""
     import plotext as plt
 
     charts = []
@@ -285,6 +301,7 @@ def sweep_terminal(comparison: SweepComparison, metric: str, width: int = 80, he
             plt.xticks(list(range(len(labels))), labels)
         plt.title(f"{metric} vs {flag(param)} (mean, error bar one std over seeds)")
         plt.xlabel(flag(param))
-        charts.append(plt.build())
+        text = plt.build()
+        charts.append(text if color else plt.uncolorize(text))
     plt.clear_figure()
     return charts

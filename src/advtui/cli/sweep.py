@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import sys
 from pathlib import Path
 from typing import Any, Optional
 
@@ -235,6 +236,6 @@ def write_sweep_report(runs_dir: Optional[Path], name: str, out: Optional[Path],
     if not comparison.metrics:
         raise ConfigError(f"sweep {name!r} has no measured numbers yet: its runs record them after each epoch")
     path = sweep_png(comparison, (out or registry.root / "report") / f"sweep-{spec.name}.png")
-    for chart in sweep_terminal(comparison, comparison.sort):
+    for chart in sweep_terminal(comparison, comparison.sort, color=sys.stdout.isatty()):
         print(chart)
     console.print(f"wrote {path} ({len(comparison.metrics)} metric(s) x {len(spec.grid)} swept parameter(s))")
