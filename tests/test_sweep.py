@@ -15,7 +15,6 @@ import pytest
 from advtui import sweep as sweeps
 from advtui.cli.sweep import build_run_config, spec_from_flags, typer_options
 from advtui.core import lifecycle
-from advtui.errors import ConfigError
 from advtui.jobs.queue import finish_job, jobs_of_run, list_jobs
 from advtui.registry import Registry
 from advtui.sweep_results import compare_sweep, paired_p, t_interval
@@ -229,7 +228,7 @@ def test_compare_sweep_aggregates_seeds_and_marks_only_a_significant_best(tmp_pa
     comparison = compare_sweep(registry, spec)
     assert [r.combination.index for r in comparison.rows] == [1, 3, 2]  # by mean val-robust, highest first
     top = comparison.rows[0].cells["val-robust"]
-    mean, half, _ = t_interval([40.0, 42.0, 41.0])
+    _, half, _ = t_interval([40.0, 42.0, 41.0])
     assert top.mean == pytest.approx(41.0) and top.n == 3
     assert half == pytest.approx(stats.t.ppf(0.975, 2) * 1.0 / math.sqrt(3))
     assert top.half_width == pytest.approx(half)

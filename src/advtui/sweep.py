@@ -183,7 +183,7 @@ def expand(spec: SweepSpec) -> list[Combination]:
     if ranges:
         raise ConfigError(f"{flag(ranges[0])}={spec.grid[ranges[0]].text()} is a range: ranges need --random N")
     names = list(spec.grid)
-    return [Combination(i, dict(zip(names, values)))
+    return [Combination(i, dict(zip(names, values, strict=True)))
             for i, values in enumerate(itertools.product(*(spec.grid[n] for n in names)), start=1)]
 
 

@@ -263,7 +263,7 @@ def sweep_png(comparison: SweepComparison, path: Path) -> Path:
             x, means, errors, labels = plot_points(comparison, metric, param)
             ax.errorbar(x, means, yerr=errors, fmt="o", capsize=3)
             # Each point is a combination: name it, since the other swept values share its x.
-            for row, xi, yi in zip(_plotted(comparison, metric), x, means):
+            for row, xi, yi in zip(_plotted(comparison, metric), x, means, strict=True):
                 ax.annotate(f"c{row.combination.index}", (xi, yi), textcoords="offset points", xytext=(5, 3), fontsize=7)
             if labels is None:
                 if param.endswith("lr") or param == "weight_decay":

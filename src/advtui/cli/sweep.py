@@ -163,7 +163,7 @@ def sweep_command(
         console.print(f"sweep [bold]{spec.name}[/]: {combos} combination(s) x {len(spec.seeds)} seed(s) = "
                       f"{len(planned)} run(s), every config checked")
         console.print(runs_table(spec, states))
-        console.print(f"[dim]# the sweep file (advtui sweep --file FILE):[/]")
+        console.print("[dim]# the sweep file (advtui sweep --file FILE):[/]")
         console.print(sweeps.to_toml(spec), markup=False, end="")
         if dry_run:
             return
