@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from advtui.config import RunConfig
-from advtui.core import lifecycle
 from advtui.core.atomic import atomic_write_text
 from advtui.core.paths import check_safe_name
 from advtui.errors import AdvtuiError, ConfigError
@@ -226,6 +225,10 @@ def plan(spec: SweepSpec, build: Callable[..., RunConfig]) -> list[PlannedRun]:
         raise ConfigError(f"order must be one of: {', '.join(ORDERS)}, got {spec.order!r}")
     if not spec.seeds:
         raise ConfigError("a sweep needs at least one seed (--seeds 0,1,2)")
+    if len(set(spec.seeds)) != len(spec.seeds):
+        raise ConfigError(f"seeds {spec.seeds} name a seed twice")
+    if spec.random < 0:
+        raise ConfigError(f"random must be 0 (the whole grid) or a number of combinations, got {spec.random}")
     runs = []
     for combination in expand(spec):
         for seed in spec.seeds:
@@ -457,53 +460,3 @@ def queue_sweep(registry: Registry, spec: SweepSpec, runs: list[PlannedRun]) -> 
     for state in again:
         resume(registry, state.record["id"], priority=spec.priority)
     return QueueOutcome(new, again, [s for s in states if s.record is not None and s.status not in FAILED])
-
-
-# -- progress (the dashboard, `advtui sweep --status`) --------------------------------------------
-VALIDATION_KEYS = ("val_pgd_acc", "test_pgd_acc")  # the held-out robust accuracy of each epoch, newest name first
-
-
-def validation_robust(record: dict[str, Any] | None) -> float | None:
-    """The run's last per-epoch robust accuracy on held-out data (its record's metrics)."""
-    metrics = (record or {}).get("metrics") or {}
-    for key in VALIDATION_KEYS:
-        value = metrics.get(key)
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-            return float(value)
-    return None
-
-
-@dataclass
-class SweepProgress:
-    name: str
-    swept: list[str]
-    states: list[RunState]
-    counts: dict[str, int]  # done, running, queued, failed, missing
-    best: Combination | None
-    best_value: float | None
-    best_seeds: int = 0
-
-    @property
-    def total(self) -> int:
-        return len(self.states)
-
-
-def progress(registry: Registry, spec: SweepSpec, records: list[dict[str, Any]] | None = None) -> SweepProgress:
-    states = match_runs(registry, spec, records=records)
-    counts = {"done": 0, "running": 0, "queued": 0, "failed": 0, "missing": 0}
-    status_kind = {lifecycle.FINISHED: "done", lifecycle.RUNNING: "running", lifecycle.QUEUED: "queued",
-                   lifecycle.FAILED: "failed", lifecycle.KILLED: "failed"}
-    for state in states:
-        counts[status_kind.get(state.status, "missing")] += 1
-    by_combination: dict[int, list[float]] = {}
-    for state in states:
-        value = validation_robust(state.record)
-        if value is not None:
-            by_combination.setdefault(state.combination.index, []).append(value)
-    best, best_value, best_seeds = None, None, 0
-    if by_combination:
-        index = max(by_combination, key=lambda i: (sum(by_combination[i]) / len(by_combination[i]), -i))
-        best = next(s.combination for s in states if s.combination.index == index)
-        best_value = sum(by_combination[index]) / len(by_combination[index])
-        best_seeds = len(by_combination[index])
-    return SweepProgress(spec.name, swept_names(spec), states, counts, best, best_value, best_seeds)

@@ -142,7 +142,10 @@ def sweep_command(
     train_options: dict[str, Any],
 ) -> None:
     """Queue a sweep: training options over a grid (or at random), every combination with each
-    seed, checked before any run is queued. Running it again queues only the missing or failed runs."""
+    seed, checked before any run is queued. Running it again queues only the missing or failed runs.
+
+    --name names the sweep (its runs are NAME-cI-sSEED, in group NAME); the other training options
+    are fixed for every run."""
     if file is not None:
         flags = [k for k, v in train_options.items() if v not in (None, False)]
         own = {"grid": grid, "seeds": seeds, "random": random_n, "random-seed": random_seed,
