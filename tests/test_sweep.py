@@ -196,6 +196,25 @@ def test_rerun_queues_only_missing_and_failed(tmp_path):
     assert len(list_jobs(Registry(root))) == len(jobs)
 
 
+def test_queued_as_one_sweep_with_priority_and_auto_eval(tmp_path):
+    root = tmp_path / "runs"
+    options = {name: None for name in typer_options().params}
+    options.update({"defense": "plain", "name": "prio"})
+    spec = spec_from_flags(options, ["lr=0.01,0.05"], "0,1", 0, 0, "given", 7, "natural,pgd-10", 64)
+    outcome = sweeps.queue_sweep(Registry(root), spec, sweeps.plan(spec, build_run_config))
+    assert len(outcome.new) == 4 and not outcome.again and not outcome.kept
+    jobs = list_jobs(Registry(root))
+    trains = [j for j in jobs if j["kind"] == "train"]
+    evals = [j for j in jobs if j["kind"] == "eval"]
+    assert len(trains) == 4 and len(evals) == 4 and all(j["priority"] == 7 for j in jobs)
+    assert all(e["attacks"] == ["natural", "pgd-10"] and e["eval_options"] == {"limit": 64} for e in evals)
+    assert {e["depends_on"][0] for e in evals} == {t["id"] for t in trains}
+    runs = Registry(root).runs()
+    assert {r["group"] for r in runs} == {"prio"} and sorted(r["name"] for r in runs) == [
+        "prio-c1-s0", "prio-c1-s1", "prio-c2-s0", "prio-c2-s1"]
+    assert sweeps.read_file(root / "sweeps" / "prio.toml") == spec
+
+
 def test_same_name_with_another_definition_is_refused(tmp_path):
     root = tmp_path / "runs"
     assert advtui("sweep", *TINY, "--grid", "lr=0.01,0.05", "--name", "one", root=root).returncode == 0
@@ -206,8 +225,10 @@ def test_same_name_with_another_definition_is_refused(tmp_path):
 
 
 # -- comparing ------------------------------------------------------------------------------------------
-def crafted_sweep(root: Path, robust: dict[str, list[float]], seeds: str = "0,1,2") -> tuple[Registry, sweeps.SweepSpec]:
-    """A sweep over lr whose runs finished with the given per-seed robust accuracies."""
+def crafted_sweep(root: Path, robust: dict[str, list[float]], seeds: str = "0,1,2",
+                  key_prefix: str = "val_") -> tuple[Registry, sweeps.SweepSpec]:
+    """A sweep over lr whose runs finished with the given per-seed robust accuracies (on the
+    validation split, or with ``key_prefix="test_"`` as runs recorded without one)."""
     registry = Registry(root)
     spec = flags_spec([f"lr={','.join(robust)}"], seeds=seeds, name="crafted")
     sweeps.queue_sweep(registry, spec, sweeps.plan(spec, build_run_config))
@@ -216,7 +237,7 @@ def crafted_sweep(root: Path, robust: dict[str, list[float]], seeds: str = "0,1,
         (job,) = jobs_of_run(registry, state.record["id"], kind="train")
         finish_job(registry, job, "done")
         lifecycle.mark_finished(registry, state.record["id"],
-                                metrics={"test_pgd_acc": value, "test_clean_acc": value + 50})
+                                metrics={key_prefix + "pgd_acc": value, key_prefix + "clean_acc": value + 50})
     return registry, spec
 
 
@@ -235,6 +256,7 @@ def test_compare_sweep_aggregates_seeds_and_marks_only_a_significant_best(tmp_pa
     # c1 vs c3 differ by 1, -1, 1 over the matched seeds: not significant, so no best is marked.
     assert not any(r.best for r in comparison.rows)
     assert any("not significantly better than c3" in n for n in comparison.notes)
+    assert not any("for monitoring only" in n for n in comparison.notes)
 
     proc = advtui("compare", "--sweep", "crafted", "--sort", "val-clean", root=tmp_path / "runs")
     assert proc.returncode == 0, proc.stderr
@@ -250,8 +272,10 @@ def test_compare_sweep_marks_a_clear_best_and_says_n_a_under_three_seeds(tmp_pat
     assert comparison.rows[0].best and not comparison.rows[1].best
     matched, p = paired_p({0: 40.0, 1: 45.0, 2: 41.0}, {0: 30.0, 1: 33.0, 2: 31.0})
     assert matched == 3 and p < 0.05
-    two, spec2 = crafted_sweep(tmp_path / "b", {"0.01": [40.0, 45.0], "0.05": [30.0, 33.0]}, seeds="0,1")
+    two, spec2 = crafted_sweep(tmp_path / "b", {"0.01": [40.0, 45.0], "0.05": [30.0, 33.0]}, seeds="0,1",
+                               key_prefix="test_")
     small = compare_sweep(two, spec2)
+    assert any("are their test-set numbers, for monitoring only" in n for n in small.notes)
     assert small.rows[0].cells["val-robust"].half_width is None and not any(r.best for r in small.rows)
     assert any("best not marked: the paired test needs at least 3 matched seeds" in n for n in small.notes)
     proc = advtui("compare", "--sweep", "crafted", root=tmp_path / "b")

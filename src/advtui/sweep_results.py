@@ -50,6 +50,7 @@ class SweepRow:
     cells: dict[str, Stat]
     statuses: dict[int, str]  # seed -> run status
     best: bool = False
+    test_split: bool = False  # some run's per-epoch numbers are from the test set (no validation split)
 
 
 @dataclass
@@ -123,6 +124,12 @@ def paired_p(a: dict[int, float], b: dict[int, float]) -> tuple[int, float | Non
     return len(seeds), float(stats.ttest_rel([a[s] for s in seeds], [b[s] for s in seeds]).pvalue)
 
 
+def on_test_split(record: dict[str, Any]) -> bool:
+    """A run recorded without a validation split: its per-epoch numbers are the test set's."""
+    metrics = record.get("metrics") or {}
+    return _first(metrics, ROBUST_KEYS[:1]) is None and _first(metrics, ROBUST_KEYS[1:]) is not None
+
+
 def _collect(states: list[RunState], results: dict[str, dict[str, dict[str, Any]]]) -> list[SweepRow]:
     rows: dict[int, SweepRow] = {}
     for state in states:
@@ -130,6 +137,7 @@ def _collect(states: list[RunState], results: dict[str, dict[str, dict[str, Any]
         row.statuses[state.seed] = state.status
         if state.record is None:
             continue
+        row.test_split |= on_test_split(state.record)
         for metric, value in run_metrics(state.record, results.get(state.record["id"], {})).items():
             row.cells.setdefault(metric, Stat({})).by_seed[state.seed] = value
     for row in rows.values():
@@ -171,6 +179,9 @@ def compare_sweep(registry: Registry, spec: SweepSpec, sort: str | None = None) 
     rows.sort(key=lambda r: (-(r.cells[sort].mean) if sort in r.cells else math.inf, r.combination.index))
     comparison = SweepComparison(spec, metrics, rows, sort)
     _mark_best(comparison)
+    if any(r.test_split for r in rows):
+        comparison.notes.append(f"{VAL_ROBUST} and {VAL_CLEAN} of runs recorded without a validation split are "
+                                f"their test-set numbers, for monitoring only: choosing by them selects on the test set")
     return comparison
 
 
