@@ -321,3 +321,15 @@ def test_real_tiny_sweep_drained_by_worker_then_compared(runs_root):
     again = advtui("sweep", "--file", str(runs_root / "sweeps" / "tiny.toml"), root=runs_root)
     assert "0 new run(s) queued" in again.stdout and "8 already queued, running or finished" in again.stdout
     print(f"tiny sweep: 8 runs + 8 evaluations in {time.monotonic() - start:.0f} s")
+
+
+def test_the_readme_sweeps_section_names_real_options():
+    from test_readme_tour import _advtui_commands, _options_of, _section
+
+    commands = _advtui_commands(_section("Sweeps"))
+    assert {w[0] for w in commands} == {"sweep", "compare", "report"}
+    for words in commands:
+        help_text = _options_of(words[0])
+        for word in words[1:]:
+            if word.startswith("--"):
+                assert word.split("=")[0] in help_text, f"`advtui {' '.join(words)}`: {word} is no option"
