@@ -233,7 +233,7 @@ def crafted_sweep(root: Path, robust: dict[str, list[float]], seeds: str = "0,1,
     spec = flags_spec([f"lr={','.join(robust)}"], seeds=seeds, name="crafted")
     sweeps.queue_sweep(registry, spec, sweeps.plan(spec, build_run_config))
     for state in sweeps.match_runs(registry, spec):
-        value = robust[sweeps._value_text(state.combination.values["lr"])][state.seed]
+        value = robust[sweeps.value_text(state.combination.values["lr"])][state.seed]
         (job,) = jobs_of_run(registry, state.record["id"], kind="train")
         finish_job(registry, job, "done")
         lifecycle.mark_finished(registry, state.record["id"],

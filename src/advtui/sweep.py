@@ -7,8 +7,8 @@ named ``SWEEP-cI-sSEED`` (combination I, counted from 1). The definition is stor
 ``runs/sweeps/NAME.toml``, so ``advtui sweep --file`` repeats it: only the combinations that are
 missing, failed or killed are queued again.
 
-Values are converted by the same click types as ``advtui run``'s options, and every run's
-config is built through the same path (``build_config_from_options``) and validated before
+Values are converted by the same converters as ``advtui run``'s options (Typer's, given by
+``advtui.cli.sweep``), and every run's config is built through the same path (``build_config_from_options``) and validated before
 anything is queued.
 """
 
@@ -49,7 +49,7 @@ class Range:
     high: Any
 
     def text(self) -> str:
-        return f"{_value_text(self.low)}:{_value_text(self.high)}"
+        return f"{value_text(self.low)}:{value_text(self.high)}"
 
 
 @dataclass
@@ -72,7 +72,7 @@ class Combination:
     values: dict[str, Any]  # swept option -> value
 
     def label(self) -> str:
-        return " ".join(f"{flag(k)}={_value_text(v)}" for k, v in self.values.items())
+        return " ".join(f"{flag(k)}={value_text(v)}" for k, v in self.values.items())
 
 
 @dataclass
@@ -93,7 +93,7 @@ def flag(name: str) -> str:
 
 class OptionTable(Protocol):
     """The training options a sweep may name, and their converters (``advtui.cli.sweep`` gives
-    the click types of ``advtui run``'s own options, so a value is checked exactly as there)."""
+    the converters of ``advtui run``'s own options, so a value is checked exactly as there)."""
 
     def name(self, text: str) -> str: ...
 
@@ -113,7 +113,7 @@ class StoredOptions:
         return value
 
     def kind(self, name: str) -> str:
-        return "float"
+        return "float"  # a stored range was checked numeric when written; _number reads its ends back
 
 
 def is_log_scale(name: str) -> bool:
@@ -140,20 +140,20 @@ def make_values(options: OptionTable, name: str, raw: list[Any]) -> list[Any]:
     seen: list[Any] = []
     for value in values:
         if value in seen:
-            raise ConfigError(f"{flag(name)} lists {_value_text(value)} twice")
+            raise ConfigError(f"{flag(name)} lists {value_text(value)} twice")
         seen.append(value)
     return values
 
 
 def make_range(options: OptionTable, name: str, low: Any, high: Any) -> Range:
     if options.kind(name) not in ("int", "float"):
-        raise ConfigError(f"{flag(name)}={_value_text(low)}:{_value_text(high)}: a range needs a numeric option; "
+        raise ConfigError(f"{flag(name)}={value_text(low)}:{value_text(high)}: a range needs a numeric option; "
                           f"list the values instead ({flag(name)}=A,B)")
     lo, hi = (_number(options.convert(name, end)) for end in (low, high))
     if not lo < hi:
-        raise ConfigError(f"{flag(name)}={_value_text(lo)}:{_value_text(hi)}: the low end must be below the high end")
+        raise ConfigError(f"{flag(name)}={value_text(lo)}:{value_text(hi)}: the low end must be below the high end")
     if is_log_scale(name) and lo <= 0:
-        raise ConfigError(f"{flag(name)}={_value_text(lo)}:{_value_text(hi)}: a rate is sampled log-uniformly, "
+        raise ConfigError(f"{flag(name)}={value_text(lo)}:{value_text(hi)}: a rate is sampled log-uniformly, "
                           f"so its range must be positive")
     return Range(lo, hi)
 
@@ -254,13 +254,13 @@ def swept_names(spec: SweepSpec) -> list[str]:
 
 
 # -- the TOML file --------------------------------------------------------------------------------
-def _value_text(value: Any) -> str:
+def value_text(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float):
         return f"{value:g}" if float(f"{value:g}") == value else repr(value)
     if isinstance(value, (list, tuple)):
-        return ",".join(_value_text(v) for v in value)
+        return ",".join(value_text(v) for v in value)
     return str(value)
 
 

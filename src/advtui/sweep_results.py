@@ -23,7 +23,7 @@ from typing import Any
 from advtui.core.results import latest_results
 from advtui.errors import ConfigError
 from advtui.registry import Registry
-from advtui.sweep import Combination, RunState, SweepSpec, _value_text, flag, match_runs
+from advtui.sweep import Combination, RunState, SweepSpec, value_text, flag, match_runs
 
 MIN_SEEDS_FOR_INTERVAL = 3
 ALPHA = 0.05
@@ -240,9 +240,9 @@ def _axis(values: list[Any]) -> tuple[list[float], list[str] | None]:
         return [float(v) for v in values], None
     labels = []
     for v in values:
-        if _value_text(v) not in labels:
-            labels.append(_value_text(v))
-    return [float(labels.index(_value_text(v))) for v in values], labels
+        if value_text(v) not in labels:
+            labels.append(value_text(v))
+    return [float(labels.index(value_text(v))) for v in values], labels
 
 
 def plot_points(comparison: SweepComparison, metric: str, param: str) -> tuple[list[float], list[float], list[float], list[str] | None]:
@@ -282,7 +282,7 @@ def sweep_png(comparison: SweepComparison, path: Path) -> Path:
                         ax.set_xscale("log")
                 ax.minorticks_off()
                 ticks = sorted(set(x))
-                labels = [_value_text(v) for v in ticks]
+                labels = [value_text(v) for v in ticks]
                 ax.set_xticks(ticks, labels)
             else:
                 ax.set_xticks(range(len(labels)), labels)

@@ -23,7 +23,7 @@ def sweep_runs(root) -> sweeps.SweepSpec:
     spec = spec_from_flags(options, ["lr=0.01,0.05"], "0,1", 0, 0, "given", 0, None, None)
     sweeps.queue_sweep(registry, spec, sweeps.plan(spec, build_run_config))
     for state in sweeps.match_runs(registry, spec):
-        robust = OUTCOMES[sweeps._value_text(state.combination.values["lr"])][state.seed]
+        robust = OUTCOMES[sweeps.value_text(state.combination.values["lr"])][state.seed]
         run_id = state.record["id"]
         (job,) = jobs_of_run(registry, run_id, kind="train")
         finish_job(registry, job, "done" if robust is not None else "failed")

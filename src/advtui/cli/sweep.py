@@ -114,7 +114,7 @@ def runs_table(spec: sweeps.SweepSpec, states: list[sweeps.RunState]) -> Table:
     for column in ("run", "name", "seed", *(sweeps.flag(k) for k in spec.grid), "status"):
         table.add_column(column)
     for state in states:
-        values = [sweeps._value_text(state.combination.values[k]) for k in spec.grid]
+        values = [sweeps.value_text(state.combination.values[k]) for k in spec.grid]
         table.add_row(state.key, sweeps.run_name(spec.name, state.combination, state.seed), str(state.seed), *values,
                       state.status)
     return table
@@ -222,7 +222,7 @@ def print_sweep_comparison(runs_dir: Optional[Path], name: str, sort: Optional[s
     for row in comparison.rows:
         cells = [format_stat(row.cells.get(m)) for m in comparison.metrics]
         lead = f"c{row.combination.index}" + (" *" if row.best else "")
-        values = [sweeps._value_text(row.combination.values[k]) for k in spec.grid]
+        values = [sweeps.value_text(row.combination.values[k]) for k in spec.grid]
         style = "bold green" if row.best else None
         table.add_row(lead, *values, status_text(row), *cells, style=style)
     console.print(table)

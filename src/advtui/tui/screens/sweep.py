@@ -14,7 +14,7 @@ from textual.containers import Vertical
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 
-from advtui.sweep import _value_text, flag, load_stored
+from advtui.sweep import value_text, flag, load_stored
 from advtui.sweep_results import compare_sweep, format_stat, status_text
 
 
@@ -69,7 +69,7 @@ class SweepScreen(Screen):
         for row in comparison.rows:
             style = "bold green" if row.best else ""
             cells = [Text(f"c{row.combination.index}" + (" *" if row.best else ""), style=style)]
-            cells += [Text(_value_text(row.combination.values[k]), style=style) for k in swept]
+            cells += [Text(value_text(row.combination.values[k]), style=style) for k in swept]
             cells.append(Text(status_text(row)))
             cells += [Text(format_stat(row.cells.get(m)), style=style, justify="right") for m in comparison.metrics]
             table.add_row(*cells, key=f"c{row.combination.index}")
