@@ -205,8 +205,19 @@ def compare(
     attacks: Optional[str] = ColumnsOption,
     runs_dir: Optional[Path] = RunsDirOption,
     as_json: bool = typer.Option(False, "--json", help="Print the table model as JSON."),
+    sweep: Optional[str] = typer.Option(None, "--sweep", help="One row per combination of this sweep, seeds aggregated."),
+    sort: Optional[str] = typer.Option(None, "--sort", help="With --sweep: the metric rows are sorted by (default val-robust)."),
 ) -> None:
     """Runs side by side: attack columns, min, worst-case, inner-maximizer parameters, time per epoch."""
+    if sweep is not None:
+        if refs or group or defense:
+            raise ConfigError("--sweep selects the runs itself: drop the RUN arguments, --group and --defense")
+        from advtui.cli.sweep import print_sweep_comparison
+
+        print_sweep_comparison(runs_dir, sweep, sort, as_json)
+        return
+    if sort is not None:
+        raise ConfigError("--sort goes with --sweep")
     comparison = _comparison(runs_dir, refs, group, defense, by, attacks)
     if as_json:
         print(render(comparison, "json"), end="")

@@ -12,6 +12,7 @@ from rich.text import Text
 
 from advtui.cli.common import RunsDirOption, console, err_console, open_registry
 from advtui.core.paths import checkpoint_path
+from advtui.errors import ConfigError
 from advtui.jobs.scheduler import read_holder
 from advtui.options import check_analysis_options, check_device, check_reproduce_options
 from advtui.report import build_report
@@ -167,8 +168,16 @@ def report(
     device: str = DeviceOption,
     no_analyses: bool = typer.Option(False, "--no-analyses", help="Leave out the Fig. 2 and Fig. 3 analyses."),
     runs_dir: Optional[Path] = RunsDirOption,
+    sweep: Optional[str] = typer.Option(None, "--sweep", help="Instead: each metric of this sweep against each swept parameter (PNG and terminal)."),
 ) -> None:
     """A Markdown report: each reproduced table beside the paper's numbers, with figures."""
+    if sweep is not None:
+        if tables:
+            raise ConfigError("--sweep draws one sweep: drop --table")
+        from advtui.cli.sweep import write_sweep_report
+
+        write_sweep_report(runs_dir, sweep, out, None)
+        return
     registry = open_registry(runs_dir)
     for problem in registry.record_problems():  # a damaged plan is left out of the report: say which
         print(f"warning: {problem}", file=sys.stderr)

@@ -86,6 +86,7 @@ class AdvtuiApp(App):
                 ("new_run", "New run", "Queue training run(s) from a form (n)"),
                 ("evaluate", "Evaluate", "Queue an evaluation of the selected or marked runs (e)"),
                 ("compare", "Compare marked runs", "Side by side: attacks, min, worst-case (c)"),
+                ("sweep", "Open sweep", "The combinations of the sweep under the cursor, seeds aggregated (w)"),
                 ("detail", "Run detail", "Config, checkpoints, eval results, sanity flags (d)"),
                 ("log", "Run log", "The run's log, following as it grows (l)"),
                 ("kill", "Kill run", "Stop the selected or marked runs, with a checkpoint (k)"),

@@ -14,6 +14,7 @@ from advtui.core.epochs import epoch_accuracy
 from advtui.core.format import fmt_duration, short_device, status_style
 from advtui.health import ERROR, WARNING, record_findings, worst_level
 from advtui.tui.live import RunStream
+from advtui.tui.sweep_view import sweep_cells
 
 
 @dataclass(frozen=True)
@@ -281,7 +282,7 @@ class GroupRow:
         progress = Text(progress_bar(sum(fractions) / len(fractions) if fractions else None), style="dim")
         progress.append(f" {len(self.members)} runs")
         # The paper reports the lowest robust accuracy over seeds: show that, and the mean clean.
-        return {
+        cells = {
             "mark": " ", "id": Text(arrow, style="bold"),
             "name": Text(f"{self.name}", style="bold"), "defense": ",".join(defenses),
             "data": self.members[0].sort["data"], "status": status,
@@ -291,6 +292,8 @@ class GroupRow:
             "robust": Text(_num(min(robusts) if robusts else None, ".1f"), justify="right", style="bold"),
             "device": "", "elapsed": "", "eta": "",
         }
+        cells.update(sweep_cells(self.name, self.members) or {})  # a sweep's progress and best so far
+        return cells
 
 
 def _created(row: RunRow) -> Any:

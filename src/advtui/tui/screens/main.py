@@ -86,6 +86,7 @@ class MainScreen(Screen):
         Binding("e", "evaluate", "Eval"),
         Binding("space", "toggle_mark", "Mark"),
         Binding("c", "compare", "Compare"),
+        Binding("w", "sweep", "Sweep"),
         Binding("d", "detail", "Detail"),
         Binding("l", "log", "Log"),
         Binding("k", "kill", "Kill"),
@@ -435,6 +436,23 @@ class MainScreen(Screen):
             self.notify("mark runs with space first, then press c to compare them", severity="warning")
             return
         self.app.push_screen(CompareScreen(ids))
+
+    def action_sweep(self) -> None:
+        """The sweep of the group (or run) under the cursor: its combinations side by side."""
+        from advtui.sweep import definition_path
+        from advtui.tui.rows import GROUP_PREFIX
+        from advtui.tui.screens.sweep import SweepScreen
+
+        key = self.table.current_key or ""
+        group = key[len(GROUP_PREFIX):] if key.startswith(GROUP_PREFIX) else (self.records.get(key) or {}).get("group")
+        try:
+            stored = bool(group) and definition_path(self.dash.registry.root, group).exists()
+        except AdvtuiError:  # a group name no sweep could have
+            stored = False
+        if not stored:
+            self.notify("not a sweep: `advtui sweep` queues one (its runs form a group)", severity="warning")
+            return
+        self.app.push_screen(SweepScreen(group))
 
     def action_detail(self) -> None:
         from advtui.tui.screens.detail import DetailScreen
