@@ -304,7 +304,7 @@ def test_real_tiny_sweep_drained_by_worker_then_compared(runs_root):
                     "--name", "tiny", "--auto-eval", "natural", "--auto-eval-limit", "64", root=runs_root)
     assert queued.returncode == 0, queued.stderr
     assert "8 new run(s) queued" in queued.stdout
-    worker = advtui("worker", "--once", root=runs_root, timeout=1200)
+    worker = advtui("worker", "--once", "--cpu-slots", "2", root=runs_root, timeout=1200)
     assert worker.returncode == 0, worker.stderr[-2000:]
     runs = [r for r in Registry(runs_root).runs() if r.get("group") == "tiny"]
     assert len(runs) == 8 and all(r["status"] == "finished" for r in runs)
