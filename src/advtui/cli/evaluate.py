@@ -11,6 +11,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.markup import escape
 from rich.table import Table
 
 from advtui.cli.common import RunsDirOption, console, err_console, open_registry
@@ -141,30 +142,81 @@ def eval_command(
 
 
 def rich_comparison(comparison) -> Table:
-    """The comparison model (advtui.compare.Comparison) as a rich Table: best per column in bold green."""
+    """The comparison model (advtui.compare.Comparison) as a rich Table: best per column in bold
+    green, cells not comparable with their column in yellow."""
     table = Table(header_style="bold", box=None)
     for head in (["run", "defense"] if comparison.by == "run" else ["defense", "runs"]):
         table.add_column(head)
     for column in comparison.columns:
-        table.add_column(column.label, justify="right")
+        table.add_column(column.label, justify="left" if column.group == "config" else "right")
     for row in comparison.rows:
         lead = [row.label, row.defense or "-"] if comparison.by == "run" else [row.label, str(len(row.run_ids))]
+        if comparison.baseline == row.key:
+            lead[0] += " (baseline)"
         cells = []
         for column in comparison.columns:
             cell = row.cells.get(column.key)
-            text = format_cell(cell, column, comparison.by) if cell else "-"
-            cells.append(f"[bold green]{text}[/]" if cell and cell.best else text)
+            text = escape(format_cell(cell, column, comparison.by)) if cell else "-"
+            style = "bold green" if cell and cell.best else "yellow" if cell and (cell.marks or cell.flags) else ""
+            cells.append(f"[{style}]{text}[/]" if style else text)
         table.add_row(*lead, *cells)
     return table
 
 
-def _comparison(runs_dir, refs, group, defense, by, attacks):
-    if by not in ROW_KINDS:
-        raise ConfigError(f"--by must be one of: {', '.join(ROW_KINDS)}, got {by!r}")
+def _selected(runs_dir, refs, group, defense):
     registry = open_registry(runs_dir)
     defenses = [d for value in defense or [] for d in value.split(",") if d.strip()]
-    runs = select_runs(registry, refs or [], group, defenses)
-    return build_comparison(registry, runs, by=by, attacks=attacks)
+    return registry, select_runs(registry, refs or [], group, defenses)
+
+
+def _comparison(runs_dir, refs, group, defense, by, attacks, **options):
+    if by not in ROW_KINDS:
+        raise ConfigError(f"--by must be one of: {', '.join(ROW_KINDS)}, got {by!r}")
+    registry, runs = _selected(runs_dir, refs, group, defense)
+    return build_comparison(registry, runs, by=by, attacks=attacks, **options)
+
+
+def _paired_table(report) -> Table:
+    table = Table(header_style="bold", box=None)
+    per_seed = report.by == "defense"
+    heads = ["attack"] + (["seed"] if per_seed else []) + ["n shared", report.side_a, report.side_b,
+                                                             "difference", "95% interval", "McNemar p"]
+    for head in heads:
+        table.add_column(escape(str(head)), justify="left" if head in ("attack", "seed") else "right")
+    for column in report.columns:
+        for pair in column.pairs:
+            lead = [column.label] + ([str(pair.seed)] if per_seed else [])
+            t = pair.test
+            if t is None:
+                table.add_row(*lead, "0", "-", "-", "no shared examples", "-", "-")
+                continue
+            style = "bold" if t.p < 0.05 else ""
+            table.add_row(*lead, str(t.n), f"{t.accuracy_a:.2f}", f"{t.accuracy_b:.2f}",
+                          f"[{style}]{t.difference:+.2f}[/]" if style else f"{t.difference:+.2f}",
+                          f"[{t.low:+.2f}, {t.high:+.2f}]", f"{t.p:.3g}")
+        summary = column.over_seeds
+        if per_seed and summary is not None:
+            wilcoxon = f"Wilcoxon p {summary.wilcoxon_p:.3g}" if summary.wilcoxon_p is not None else ""
+            std = f" ± {summary.std:.2f}" if summary.std is not None else ""
+            table.add_row(f"[bold]{escape(column.label)}[/]", "mean", "", "", "",
+                          f"[bold]{summary.mean:+.2f}{std}[/]", escape(summary.interval_text), wilcoxon)
+    return table
+
+
+def _paired(runs_dir, refs, group, defense, attacks, eps, prefer, as_json) -> None:
+    from advtui.paired import paired_report
+
+    registry, runs = _selected(runs_dir, refs, group, defense)
+    wanted = [a.strip() for a in attacks.split(",")] if attacks else None
+    report = paired_report(registry, runs, eps=eps, prefer=prefer, attacks=wanted)
+    if as_json:
+        print(json.dumps(report.to_dict(), indent=2))
+        return
+    out = _output_console()
+    out.print(f"[bold]{escape(str(report.side_a))}[/] vs [bold]{escape(str(report.side_b))}[/], paired on shared examples")
+    out.print(_paired_table(report))
+    for note in report.notes:
+        out.print(f"[dim]{escape(note)}[/]")
 
 
 RefsArgument = typer.Argument(None, metavar="[RUN]...", help="Runs to compare (ids, prefixes or names).")
@@ -172,6 +224,10 @@ GroupOption = typer.Option(None, "--group", "-g", help="All runs of this group."
 DefenseOption = typer.Option(None, "--defense", "-d", help="Only these defenses (repeat or comma-separate).")
 ByOption = typer.Option("run", "--by", help="Rows per run, or per defense (lowest over seeds, mean ± std).")
 ColumnsOption = typer.Option(None, "--attacks", "-a", help="Attack columns to show, in this order (default: all evaluated).")
+EpsOption = typer.Option(None, "--eps", help="Show the results evaluated at this eps (default: the eps most attacks were "
+                                              "evaluated at).")
+PreferOption = typer.Option("largest", "--prefer", help="Between results of one attack on different samples: "
+                                                        "largest (more examples) or latest.")
 
 
 @app.command()
@@ -181,19 +237,35 @@ def compare(
     defense: Optional[list[str]] = DefenseOption,
     by: str = ByOption,
     attacks: Optional[str] = ColumnsOption,
+    eps: Optional[float] = EpsOption,
+    prefer: str = PreferOption,
+    strict: bool = typer.Option(False, "--strict", help="Refuse a column that mixes eps, example sets or checkpoints."),
+    diff: bool = typer.Option(False, "--diff", help="Add the config fields that differ between the runs."),
+    at: Optional[str] = typer.Option(None, "--at", help="Add per-epoch metrics at the best epoch, the final one, or "
+                                                        "epoch N (best, final, N), with min and max over epochs."),
+    baseline: Optional[str] = typer.Option(None, "--baseline", help="Show every other row's difference to this run."),
+    paired: bool = typer.Option(False, "--paired", help="Two runs (or two defenses over matched seeds): per attack, "
+                                                        "the difference on shared examples, its 95% interval and "
+                                                        "the exact McNemar p."),
     runs_dir: Optional[Path] = RunsDirOption,
     as_json: bool = typer.Option(False, "--json", help="Print the table model as JSON."),
 ) -> None:
-    """Runs side by side: attack columns, min, worst-case, inner-maximizer parameters, time per epoch."""
-    comparison = _comparison(runs_dir, refs, group, defense, by, attacks)
+    """Runs side by side: attack columns with n and 95% intervals, min, worst-case, inner-maximizer
+    parameters, time per epoch; --paired tests two runs or defenses against each other."""
+    if paired:
+        _paired(runs_dir, refs, group, defense, attacks, eps, prefer, as_json)
+        return
+    comparison = _comparison(runs_dir, refs, group, defense, by, attacks, strict=strict, eps=eps, prefer=prefer,
+                             diff=diff, at=at, baseline=baseline)
     if as_json:
         print(render(comparison, "json"), end="")
         return
     out = _output_console()
     out.print(rich_comparison(comparison))
     for note in comparison.notes:
-        out.print(f"[dim]{note}[/]")
-    out.print("[dim][bold green]bold green[/]: best in its column.[/]")
+        out.print(f"[dim]{escape(note)}[/]")
+    out.print("[dim][bold green]bold green[/]: best in its column, ahead of the runner-up on a paired test at 5%; "
+              "[yellow]yellow[/]: a flag (!) or a cell not comparable with its column (≠), named above.[/]")
 
 
 EXPORT_FORMATS = (*FORMATS, "robustbench")
@@ -207,7 +279,8 @@ def _export_robustbench(refs, group, defense, out, checkpoint, runs_dir) -> None
     done = export_robustbench(open_registry(runs_dir), refs[0], out or Path("robustbench"), checkpoint)
     card = done.card
     err_console.print(f"wrote {done.weights} (state dict) and {done.card_path} (model card: {card['architecture']}, "
-                      f"eps {card['eps']}, clean {card['clean_acc']}%, AutoAttack {card['autoattack_acc']}%)")
+                      f"eps {card['eps']}, clean {card['clean_acc']}% (n={card['clean_acc_n']}), "
+                      f"AutoAttack {card['autoattack_acc']}% (n={card['autoattack_acc_n']}))")
 
 
 @app.command()
