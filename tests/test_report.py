@@ -115,6 +115,12 @@ def test_report_shows_each_row_runs_learning_curve_and_flags_a_run_at_chance(cra
     assert curves[stuck]["flag"] == "never left chance" and curves[healthy]["flag"] == ""
     assert (curves[queued]["epochs"], curves[queued]["clean"], curves[queued]["flag"]) == ([], [], "no epochs recorded")
 
+    # Every number says what it rests on: n and seeds, and the smallest difference this resolves.
+    assert ("Each number rests on 20 test examples per run and 1/2 seed(s). On that many examples a cell's exact "
+            "95% interval reaches ±" in text) and "an interval over seeds needs 3 seeds or more" in text
+    cell = data["tables"][0]["uncertainty"]["advtrain"]["Natural"]
+    assert (cell["n"], cell["runs"], cell["low"]) == (20, 2, None)  # 2 seeds: no t-interval
+
     png = out / "figures" / "table1-tiny-learning.png"
     assert png.read_bytes()[:8] == PNG and png.stat().st_size > 10_000
     assert f"](figures/{png.name})" in section and png.name in data["tables"][0]["figures"] and png in result.figures
@@ -191,8 +197,9 @@ def test_autoattack_is_an_extra_column_beyond_the_paper_with_no_paper_number(run
     text = build_report(registry, ["table1"], tmp_path / "report", device="cpu", analyses=False).path.read_text()
     assert "| Defense | Natural | PGD | PGD+BLS | AA (beyond the paper) |" in text
     row = next(line for line in text.splitlines() if line.startswith("| AdvTrain+BLS |"))
-    assert row.endswith("| **80.00** (88.00) | 60.00 |")  # AA has no paper number
-    assert next(line for line in text.splitlines() if line.startswith("| AdvTrain |")).endswith("| **70.00** |")
+    # AA has no paper number; one seed per defense: no paired test over seeds, so no bold
+    assert row.endswith("| 80.00 (88.00) | 60.00 |")
+    assert next(line for line in text.splitlines() if line.startswith("| AdvTrain |")).endswith("| 70.00 |")
     assert "AA (beyond the paper): AutoAttack's standard version" in text
     table3 = apply_reproduction(registry, plan_reproduction(registry, "table3", "tiny", device="cpu", autoattack=True))
     assert table3.extra_columns == (("AA", "aa"),)

@@ -38,6 +38,7 @@ from advtui.compare import EPOCH_TIME, PARAMS, build_comparison
 from advtui.core.atomic import atomic_write_json, atomic_write_text
 from advtui.core.paths import checkpoint_path, run_dir
 from advtui.core.results import file_digest
+from advtui.core.stats import half_width
 from advtui.errors import AdvtuiError, ConfigError
 from advtui.events import EVENTS_FILE, LineTail
 from advtui.health import CHANCE_ACCURACY  # one threshold for the live check and the report
@@ -64,6 +65,7 @@ class TableResult:
     cells: int
     figures: list[str] = field(default_factory=list)
     curves: dict[str, dict[str, Any]] = field(default_factory=dict)  # run id -> Curve.to_dict()
+    uncertainty: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # see _uncertainty
 
 
 @dataclass
@@ -158,6 +160,38 @@ def _table_markdown(plan: dict[str, Any], measured: dict[str, dict[str, Any]]) -
             cells.append(f"{text} ({paper[label]:.2f})" if label in paper else text)
         lines.append(f"| {ROW_LABELS[defense]} | " + " | ".join(cells) + " |")
     return lines
+
+
+def _uncertainty(measured: dict[str, dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
+    """defense -> column label -> what the cell rests on: n (test examples per run), runs (seeds),
+    and the 95% interval (exact binomial for one run; t over seeds of the mean from 3 seeds)."""
+    return {d: {label: {"n": c.n, "runs": c.count, "low": c.low, "high": c.high, "mean": c.mean, "std": c.std}
+                for label, c in cells.items() if c is not None and c.value is not None}
+            for d, cells in measured.items()}
+
+
+def _resolution_note(measured: dict[str, dict[str, Any]]) -> str | None:
+    """How many examples and seeds the table's numbers rest on, and the smallest difference
+    between two cells that this can resolve: the widest 95% half-width among the cells (exact
+    binomial at the cell's accuracy on its n), and over seeds the widest half-width of the
+    t-interval where there are 3 seeds or more."""
+    cells = [c for row in measured.values() for c in row.values() if c is not None and c.value is not None and c.n]
+    if not cells:
+        return None
+    sizes = sorted({c.n for c in cells})
+    seeds = sorted({c.count for c in cells})
+    widest = max(half_width(c.mean if c.mean is not None else c.value, c.n) or 0.0 for c in cells)
+    text = (f"Each number rests on {'/'.join(map(str, sizes))} test examples per run and "
+            f"{'/'.join(map(str, seeds))} seed(s). On that many examples a cell's exact 95% interval reaches "
+            f"±{widest:.1f} points: differences between cells smaller than that are not resolved")
+    seed_widths = [(c.high - c.low) / 2 for c in cells if c.low is not None and c.high is not None and c.count > 1]
+    if seed_widths:
+        text += f"; over seeds, the 95% t-interval of a mean reaches ±{max(seed_widths):.1f} points"
+    elif max(seeds) > 1:
+        text += "; an interval over seeds needs 3 seeds or more"
+    else:
+        text += "; with one seed, nothing here measures training noise"
+    return text + ". Bold marks a best only where it is ahead of the runner-up on a paired test over seeds."
 
 
 def _settings_line(registry: Registry, plan: dict[str, Any], runs: list[dict[str, Any]]) -> str:
@@ -595,7 +629,8 @@ def build_report(registry: Registry, tables: list[str] | None = None, out_dir: P
         chart = _bar_chart(plan, measured, figures / f"{spec.name}-{scale.name}.png")
         written.append(chart)
         paper = {d: dict(zip(spec.labels, spec.paper[d])) for d in spec.rows}
-        result = TableResult(spec.name, scale.name, values, paper, plan["rows"], filled, cells, [chart.name])
+        result = TableResult(spec.name, scale.name, values, paper, plan["rows"], filled, cells, [chart.name],
+                             uncertainty=_uncertainty(measured))
         results.append(result)
 
         lines = [f"## Table {spec.name.removeprefix('table')}: {spec.title}", ""]
@@ -635,8 +670,12 @@ def build_report(registry: Registry, tables: list[str] | None = None, out_dir: P
         if filled < cells:
             waiting = _pending_jobs(registry, plan)
             notes.append(f"{cells - filled} of {cells} cells have no result yet ({waiting} job(s) queued or running).")
-        notes.append("Cells: measured (paper); **bold**: best measured in its column; ! a sanity flag was raised "
-                     "(`advtui compare --json` lists them).")
+        resolution = _resolution_note(measured)
+        if resolution:
+            notes.append(resolution)
+        notes.append("Cells: measured (paper); **bold**: best measured in its column, ahead of the runner-up on a "
+                     "paired test at 5%; ! a sanity flag was raised (`advtui compare --group GROUP` names each flagged "
+                     "cell and what to do).")
         lines += [f"- {n}" for n in notes] + ["", f"![{spec.name}](figures/{chart.name})", ""]
         learning = _learning_chart(plan, curves, figures / f"{spec.name}-{scale.name}-learning.png")
         if learning is not None:
@@ -666,6 +705,7 @@ def build_report(registry: Registry, tables: list[str] | None = None, out_dir: P
     atomic_write_text(path, text)
     atomic_write_text(out / "report.json", json.dumps({"written": time.time(), "pending": pending, "tables": [
         {"table": r.table, "scale": r.scale, "measured": r.measured, "paper": r.paper, "runs": r.runs,
-         "filled": r.filled, "cells": r.cells, "figures": r.figures, "curves": r.curves} for r in results]}, indent=1))
+         "filled": r.filled, "cells": r.cells, "figures": r.figures, "curves": r.curves,
+         "uncertainty": r.uncertainty} for r in results]}, indent=1))
     return ReportResult(path, results, pending, written)
 

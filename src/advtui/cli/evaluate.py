@@ -148,7 +148,7 @@ def rich_comparison(comparison) -> Table:
     for head in (["run", "defense"] if comparison.by == "run" else ["defense", "runs"]):
         table.add_column(head)
     for column in comparison.columns:
-        table.add_column(column.label, justify="left" if column.group == "config" else "right")
+        table.add_column(column.label, justify="left" if column.group == "config" else "right", no_wrap=True)
     for row in comparison.rows:
         lead = [row.label, row.defense or "-"] if comparison.by == "run" else [row.label, str(len(row.run_ids))]
         if comparison.baseline == row.key:
