@@ -285,11 +285,12 @@ def _column_mismatches(runs, results, attack_keys, names) -> list[Mismatch]:
         if len(docs) < 2:
             continue
         settings = {rid: _setting(d) for rid, d in docs.items()}
+        natural = all(d.get("family") == "natural" for d in docs.values())
         for field_name, describe in (("eps", lambda d: f"eps {d['settings']['eps']:g}"),
                                      ("examples", lambda d: f"{d['n']} examples ({d['settings']['examples']})"),
                                      ("checkpoint", lambda d: f"checkpoint {checkpoint_kind(d)}")):
             values = [s[field_name] for s in settings.values()]
-            if len(set(values)) < 2:
+            if len(set(values)) < 2 or (natural and field_name == "eps"):  # clean accuracy has no eps
                 continue
             common = max(set(values), key=lambda v: (values.count(v), str(v)))
             reference = next(d for rid, d in docs.items() if settings[rid][field_name] == common)
@@ -684,9 +685,13 @@ def _notes(runs, results, attack_keys, rows, columns, by, mismatches, tests, nam
     notes.append("min = lowest attack column, worst-case = robust only if no shown attack broke it; both over "
                  "the examples every shown column shares.")
     notes.extend(f"Best-in-column test, {t}." for t in tests.values())
+    grouped: dict[tuple[str, str], list[str]] = {}
     for m in mismatches:
-        notes.append(f"≠ {m.run_label} / {m.column}: {m.why}; not comparable in one column: evaluate it alike "
-                     f"(`advtui eval {m.run_label} --attacks {m.column} ...`), pick results with --eps, or --strict to refuse.")
+        grouped.setdefault((m.run_label, m.why), []).append(m.column)
+    for (label, why), cols in grouped.items():
+        notes.append(f"≠ {label} / {', '.join(cols)}: {why}; not comparable in one column: evaluate it alike "
+                     f"(`advtui eval {label} --attacks {','.join(cols)} ...`), pick results with --eps, "
+                     "or --strict to refuse.")
     if any(c.cumulative for r in rows for c in r.cells.values()):
         notes.append("* cumulative (cascade evaluation): robust to this attack and every attack evaluated before it.")
     notes.extend(_flag_notes(rows, columns))
