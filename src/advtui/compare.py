@@ -259,7 +259,20 @@ def build_comparison(registry: Registry, runs: list[dict[str, Any]], *, by: str 
     if baseline_id is not None:
         comparison.baseline = _apply_baseline(rows, columns, baseline_id)
     comparison.notes = _notes(runs, results, attack_keys, rows, columns, by, mismatches, tests, names, at_epoch)
+    comparison.notes += _audit_notes(registry, runs)
     return comparison
+
+
+def _audit_notes(registry: Registry, runs: list[dict[str, Any]]) -> list[str]:
+    """The audit's findings across each run's results (advtui.curves), beyond the per-cell flags."""
+    from advtui.curves import audit_run
+
+    notes = []
+    for record in runs:
+        for finding in audit_run(registry, record).findings:
+            if finding["code"] in ("eps-up", "no-zero-at-large-eps", "aa-far-below-pgd"):
+                notes.append(f"audit {record.get('name') or record['id']} ({finding['code']}): {finding['message']}.")
+    return notes
 
 
 # -- which results may share a column --------------------------------------------------------------

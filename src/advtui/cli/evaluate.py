@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.markup import escape
+from rich.text import Text
 from rich.table import Table
 
 from advtui.cli.common import RunsDirOption, console, err_console, open_registry
@@ -102,7 +103,9 @@ def eval_command(
     attacks: Optional[str] = typer.Option(None, "--attacks", "-a", help=ATTACKS_HELP),
     limit: Optional[int] = typer.Option(None, "--limit", "-n", help="Test examples (class-balanced subset; default all)."),
     batch_size: int = typer.Option(256, "--batch-size", help="Examples per attack batch."),
-    eps: Optional[float] = typer.Option(None, help="L-inf radius (default: the run's training eps)."),
+    eps: Optional[str] = typer.Option(None, help="L-inf radius (default: the run's training eps); several, "
+                                                 "comma-separated (0.1,0.2,0.3,0.4), evaluate each in turn and are "
+                                                 "stored per eps: a robustness curve (`advtui compare RUN --curves`)."),
     step_size: Optional[float] = typer.Option(None, "--step-size", help="PGD/CW step size (default eps/4)."),
     seed: int = typer.Option(0, help="Seed of the attacks' random starts."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Evaluate this checkpoint file of RUN instead of its final one."),
@@ -120,16 +123,42 @@ def eval_command(
         bad = "--batch-size" if batch_size < 1 else "--limit" if limit is not None and limit < 1 else "--seed"
         value = {"--batch-size": batch_size, "--limit": limit, "--seed": seed}[bad]
         raise ConfigError(f"{bad} must be {'0 or more' if bad == '--seed' else 'at least 1'}, got {value}")
+    eps_values = parse_eps_list(eps)
     registry = open_registry(runs_dir)
     interactive = sys.stderr.isatty() and not as_json
-    with EvalProgressDisplay(interactive, sys.stderr if as_json else None) as display:
-        report = evaluate_run(
-            registry, run_ref, attacks, limit=limit, batch_size=batch_size, eps=eps,
-            step_size=step_size, seed=seed, checkpoint=checkpoint, device=device, cascade=cascade,
-            data_root=data_root, on_progress=display)
+    reports = []
+    for value in eps_values:
+        with EvalProgressDisplay(interactive, sys.stderr if as_json else None) as display:
+            reports.append(evaluate_run(
+                registry, run_ref, attacks, limit=limit, batch_size=batch_size, eps=value,
+                step_size=step_size, seed=seed, checkpoint=checkpoint, device=device, cascade=cascade,
+                data_root=data_root, on_progress=display))
+        if not as_json:
+            _print_eval_report(reports[-1])
     if as_json:
-        print(json.dumps(report.to_dict(), indent=2))
-        return
+        data = [r.to_dict() for r in reports]
+        print(json.dumps(data[0] if len(data) == 1 else data, indent=2))
+
+
+def parse_eps_list(text: str | None) -> list[float | None]:
+    """--eps: one radius or several, comma-separated, each a number in [0, 1]; [None] for the
+    run's own eps. A bad value is a one-line ConfigError before anything runs."""
+    if text is None:
+        return [None]
+    values = []
+    for part in text.split(","):
+        try:
+            value = float(part.strip())
+        except ValueError:
+            raise ConfigError(f"--eps takes numbers in [0, 1], comma-separated (0.1,0.2,0.3), got {text!r}") from None
+        if not (0.0 <= value <= 1.0):  # NaN fails this too
+            raise ConfigError(f"--eps must be in [0, 1] for inputs in [0, 1], got {part.strip()}")
+        if value not in values:
+            values.append(value)
+    return values
+
+
+def _print_eval_report(report) -> None:
     s = report.settings
     out = _output_console()
     out.print(f"[bold]{report.run_id}[/] ({report.run_name}) checkpoint {report.checkpoint} "
@@ -219,6 +248,42 @@ def _paired(runs_dir, refs, group, defense, attacks, eps, prefer, as_json) -> No
         out.print(f"[dim]{escape(note)}[/]")
 
 
+def _curves(runs_dir, refs, group, defense, png, as_json) -> None:
+    from advtui.curves import audit_run, curves_plot_text, save_curves_png
+
+    registry, runs = _selected(runs_dir, refs, group, defense)
+    audits = [audit_run(registry, record) for record in runs]
+    if not any(a.curves for a in audits):
+        raise ConfigError("no robustness curve yet: evaluate one attack at several eps (`advtui eval RUN --attacks "
+                          "pgd-100 --eps 0.1,0.2,0.3,0.4`) or with several step counts (--attacks pgd-10,pgd-20,pgd-50,pgd-100)")
+    written = save_curves_png(audits, png) if png is not None else None
+    if as_json:
+        print(json.dumps({"runs": [{"run_id": a.run_id, "curves": [c.to_dict() for c in a.curves],
+                                    "findings": a.findings} for a in audits],
+                          "png": str(written) if written else None}, indent=2))
+        return
+    out = _output_console()
+    for kind in ("eps", "steps"):
+        text = curves_plot_text(audits, kind, width=min(out.width, 110))
+        if text:
+            out.print(Text.from_ansi(text))
+    table = Table(header_style="bold", box=None)
+    for head in ("run", "curve", "held fixed", "points: x accuracy [95% interval] n"):
+        table.add_column(head)
+    for audit in audits:
+        for c in audit.curves:
+            points = "  ".join(f"{p.x:g}: {p.accuracy:.2f} [{p.low:.1f}–{p.high:.1f}] n={p.n}" for p in c.points)
+            table.add_row(escape(audit.run_label), f"{c.kind}: {escape(c.series)}", c.at, points)
+    out.print(table)
+    findings = [(a.run_label, f) for a in audits for f in a.findings]
+    for label, f in findings:
+        out.print(f"[yellow]audit {escape(label)} ({f['code']}): {escape(f['message'])}[/]")
+    if not findings:
+        out.print("[green]audit: no finding[/] on these results")
+    if written:
+        err_console.print(f"wrote {written}")
+
+
 RefsArgument = typer.Argument(None, metavar="[RUN]...", help="Runs to compare (ids, prefixes or names).")
 GroupOption = typer.Option(None, "--group", "-g", help="All runs of this group.")
 DefenseOption = typer.Option(None, "--defense", "-d", help="Only these defenses (repeat or comma-separate).")
@@ -247,11 +312,19 @@ def compare(
     paired: bool = typer.Option(False, "--paired", help="Two runs (or two defenses over matched seeds): per attack, "
                                                         "the difference on shared examples, its 95% interval and "
                                                         "the exact McNemar p."),
+    curves: bool = typer.Option(False, "--curves", help="Draw robust accuracy against eps and against attack "
+                                                        "iterations, from every stored result, with the audit's findings."),
+    png: Optional[Path] = typer.Option(None, "--png", help="With --curves: also write the curves to this PNG file."),
     runs_dir: Optional[Path] = RunsDirOption,
     as_json: bool = typer.Option(False, "--json", help="Print the table model as JSON."),
 ) -> None:
     """Runs side by side: attack columns with n and 95% intervals, min, worst-case, inner-maximizer
     parameters, time per epoch; --paired tests two runs or defenses against each other."""
+    if png is not None and not curves:
+        raise ConfigError("--png goes with --curves: add --curves")
+    if curves:
+        _curves(runs_dir, refs, group, defense, png, as_json)
+        return
     if paired:
         _paired(runs_dir, refs, group, defense, attacks, eps, prefer, as_json)
         return
