@@ -20,7 +20,7 @@ N = 20
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-def _store(registry, run_id, attack, accuracy):
+def _store(registry, run_id, attack, accuracy, eps=0.3):
     robust = round(accuracy * N / 100)
     mask = np.zeros(N, dtype=bool)
     mask[:robust] = True
@@ -29,7 +29,7 @@ def _store(registry, run_id, attack, accuracy):
         "kind": "attack", "run_id": run_id, "attack": attack, "checkpoint_hash": "h" + run_id, "label": attack,
         "family": family, "steps": 0 if attack == "natural" else 10, "restarts": 1, "source_run": None,
         "source_checkpoint_hash": None, "checkpoint": "checkpoints/final.pt", "date": time.time(), "eval_id": "e1",
-        "settings": {"eps": 0.3, "examples": f"mnist/test/{N}", "n": N, "seed": 0}, "accuracy": 100.0 * robust / N,
+        "settings": {"eps": eps, "examples": f"mnist/test/{N}", "n": N, "seed": 0}, "accuracy": 100.0 * robust / N,
         "robust": robust, "n": N, "n_attacked": N, "accuracy_kind": "attack", "clean_accuracy": 100.0,
         "clean_robust": N, "wall_time": 1.0, "loss": "ce", "trajectory": [0.1, 1.0], "trajectory_model": "target",
         "gradient": None, "robust_mask": mask_to_hex(mask), "flags": []})
@@ -177,6 +177,21 @@ def test_epoch_events_skip_damaged_lines_and_keep_the_last_of_a_repeated_epoch(t
                                          ([], "no epochs recorded"), ([None], "no epochs recorded")])
 def test_the_chance_flag(clean, flag):
     assert Curve("r", "advtrain", 0, "r", "finished", 2, list(range(1, len(clean) + 1)), clean, clean).flag == flag
+
+
+def test_report_draws_robustness_curves_with_the_audit(crafted, tmp_path):
+    registry, ids = crafted
+    run = ids[("advtrain", 0)]
+    for eps, accuracy in ((0.1, 95.0), (0.6, 40.0)):  # 40% left at twice the training eps: flagged
+        _store(registry, run, "pgd-2", accuracy, eps=eps)
+    out = tmp_path / "report"
+    result = build_report(registry, ["table1"], out, device="cpu", analyses=False)
+    text = result.path.read_text()
+    section = text.split("### Robustness curves", 1)[1]
+    assert f"| `{run}` | eps: pgd-2 | steps 10 | 0.1: 95.00" in section and "0.6: 40.00" in section
+    assert f"- audit `{run}` (no-zero-at-large-eps): at eps 0.6" in section
+    png = out / "figures" / "table1-tiny-robustness.png"
+    assert png.read_bytes()[:8] == PNG and png in result.figures
 
 
 def test_autoattack_is_an_extra_column_beyond_the_paper_with_no_paper_number(runs_root, tmp_path):

@@ -594,6 +594,28 @@ def _learning_chart(plan: dict[str, Any], curves: list[Curve], path: Path) -> Pa
     return path
 
 
+def _robustness_section(registry: Registry, runs: list[dict[str, Any]], path: Path) -> tuple[list[str], Path | None]:
+    """Accuracy against eps and against attack iterations of the row runs that were evaluated so
+    (advtui.curves), as a PNG and a table, with the audit's findings; nothing when no run has a curve."""
+    from advtui.curves import audit_run, save_curves_png
+
+    audits = [audit_run(registry, record) for record in runs]
+    if not any(a.curves for a in audits):
+        return [], None
+    png = save_curves_png(audits, path)
+    lines = ["### Robustness curves", "",
+             "Robust accuracy against eps and against attack iterations (each point: accuracy, its exact 95% "
+             "interval and n). A sound evaluation falls with both and reaches about 0 at a large eps.", "",
+             f"![robustness curves](figures/{png.name})", "",
+             "| Run | Curve | Held fixed | Points |", "|:---|:---|:---|:---|"]
+    for audit in audits:
+        for c in audit.curves:
+            points = "; ".join(f"{p.x:g}: {p.accuracy:.2f} [{p.low:.1f}–{p.high:.1f}] n={p.n}" for p in c.points)
+            lines.append(f"| `{audit.run_id}` | {c.kind}: {c.series} | {c.at} | {points} |")
+    findings = [f"- audit `{a.run_id}` ({f['code']}): {f['message']}." for a in audits for f in a.findings]
+    return lines + [""] + (findings or ["- audit: no finding on these results."]) + [""], png
+
+
 # -- the report ------------------------------------------------------------------------------------
 def build_report(registry: Registry, tables: list[str] | None = None, out_dir: Path | None = None, *,
                  device: str = "auto", analyses: bool = True, status: Status | None = None) -> ReportResult:
@@ -683,6 +705,11 @@ def build_report(registry: Registry, tables: list[str] | None = None, out_dir: P
             result.figures.append(learning.name)
         result.curves = {c.run_id: c.to_dict() for c in curves}
         lines += _learning_markdown(curves, learning)
+        robustness, robustness_png = _robustness_section(registry, runs, figures / f"{spec.name}-{scale.name}-robustness.png")
+        if robustness_png is not None:
+            written.append(robustness_png)
+            result.figures.append(robustness_png.name)
+        lines += robustness
         if spec.name in WHITE_BOX_TABLES:
             lines += _table2(plan, comparison)
             if analyses:
