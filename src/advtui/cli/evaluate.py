@@ -75,25 +75,34 @@ class EvalProgressDisplay:
                   file=self.stream or sys.stdout, flush=True)
 
 
+def _interval_text(robust: int, n: int) -> str:
+    """The exact 95% interval of robust/n, in percent."""
+    from advtui.core.stats import proportion_interval
+
+    interval = proportion_interval(robust, n)
+    return f"[{interval[0]:.1f}–{interval[1]:.1f}]" if interval else "-"
+
+
 def _eval_table(report) -> Table:
     table = Table(box=None, header_style="bold", title=None)
-    for col, justify in (("attack", "left"), ("accuracy %", "right"), ("robust/n", "right"), ("attacked", "right"),
-                         ("time", "right"), ("final loss", "right"), ("checks", "left")):
+    for col, justify in (("attack", "left"), ("accuracy %", "right"), ("robust/n", "right"), ("95% interval", "right"),
+                         ("attacked", "right"), ("time", "right"), ("final loss", "right"), ("checks", "left")):
         table.add_column(col, justify=justify)
     for doc in report.results:
         cumulative = doc["accuracy_kind"] == "cumulative"
         final = doc["trajectory"][-1] if doc["trajectory"] else None
         flags = "; ".join(f["message"] for f in doc["flags"])
         table.add_row(doc["label"], f"{doc['accuracy']:.2f}" + ("*" if cumulative else ""),
-                      f"{doc['robust']}/{doc['n']}", str(doc["n_attacked"]), fmt_duration(doc["wall_time"]),
+                      f"{doc['robust']}/{doc['n']}", _interval_text(doc["robust"], doc["n"]),
+                      str(doc["n_attacked"]), fmt_duration(doc["wall_time"]),
                       "-" if final is None else f"{final:.4f}" + (" (surrogate)" if doc["trajectory_model"] == "surrogate" else ""),
                       f"[yellow]{flags}[/]" if flags else "[green]ok[/]")
     low, worst = report.summaries.get("min"), report.summaries.get("worst-case")
     if low:
-        table.add_row("[bold]min[/]", f"[bold]{low['accuracy']:.2f}[/]", "", "", "", "", f"lowest column: {low['argmin_label']}")
+        table.add_row("[bold]min[/]", f"[bold]{low['accuracy']:.2f}[/]", "", "", "", "", "", f"lowest column: {low['argmin_label']}")
     if worst:
         table.add_row("[bold]worst-case[/]", f"[bold]{worst['accuracy']:.2f}[/]", f"{worst['robust']}/{worst['n']}",
-                      "", "", "", "per example, over every stored attack")
+                      _interval_text(worst["robust"], worst["n"]), "", "", "", "per example, over every stored attack")
     return table
 
 
