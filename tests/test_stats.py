@@ -291,3 +291,36 @@ def test_a_baseline_outside_the_selection_is_one_line_and_a_nonzero_exit(trained
         code, out, err = _cli(registry.root, "compare", *args)
         assert code != 0 and out == "" and len(err) == 1 and err[0].startswith(says)
     assert store_snapshot(registry.root) == before
+
+
+def test_an_evaluation_stores_its_manifest_and_keeps_each_eps_beside_the_others(runs_root, mnist_root):
+    import torch
+    import torchattacks
+
+    from advtui import __version__
+    from advtui.config import build_config
+    from advtui.core.results import all_results_for_run, example_ids
+    from advtui.engine.data import balanced_subset, load_split
+    from advtui.engine.evaluate import evaluate_run
+    from advtui.runner import RunPlan, execute_run
+
+    run = execute_run(RunPlan(build_config("plain", name="tiny", train_limit=100, test_limit=100, eval_limit=20,
+                                           batch_size=50, epochs=1, device="cpu", seed=0)), runs_root)
+    registry = Registry(runs_root)
+    for eps in (0.1, 0.2):
+        evaluate_run(registry, "tiny", "natural,fgsm", limit=30, eps=eps, device="cpu")
+    docs = all_results_for_run(registry, run["id"])
+    assert sorted((d["attack"], d["settings"]["eps"]) for d in docs) == [
+        ("fgsm", 0.1), ("fgsm", 0.2), ("natural", 0.1), ("natural", 0.2)]
+    fgsm = next(d for d in docs if d["attack"] == "fgsm" and d["settings"]["eps"] == 0.2)
+    manifest = fgsm["manifest"]
+    assert (manifest["spec"], manifest["eps"], manifest["steps"], manifest["restarts"], manifest["seed"]) == \
+        ("fgsm", 0.2, 1, 1, 0)
+    assert manifest["step_size"] == pytest.approx(0.05) and manifest["n"] == 30
+    assert (manifest["checkpoint_kind"], manifest["checkpoint_epoch"]) == ("final", 1)
+    assert manifest["versions"] == {"advtui": __version__, "torch": torch.__version__,
+                                    "torchattacks": torchattacks.__version__}
+    # The ids are the class-balanced subset the evaluation ran on, in the order of its masks.
+    labels = load_split("mnist", mnist_root, False, None).labels
+    assert example_ids(fgsm).tolist() == balanced_subset(labels, 30, seed=0).tolist()
+    assert manifest["examples_hash"] == ids_digest(balanced_subset(labels, 30, seed=0).numpy())
