@@ -226,6 +226,8 @@ def test_min_and_worst_case_use_the_examples_every_column_shares_and_the_larger_
     low, worst = table.cell(run["id"], "min"), table.cell(run["id"], "worst-case")
     assert (low.n, low.robust, worst.n, worst.robust) == (20, 5, 20, 5)
     assert low.flags == ["over the 20 examples every shown column shares"]
+    assert "! a / min: over the 20 examples every shown column shares; evaluate every shown attack on the same " \
+           "examples (same --limit) for a number over all of them." in table.notes
     # The same attack on 40 and on 20 examples: the larger wins unless the latest is asked for.
     _store(registry, run, "pgd-10", range(3), ids=range(20), date=time.time() + 10)
     docs = results_for_run(registry, run["id"])

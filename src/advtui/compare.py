@@ -298,6 +298,10 @@ def _column_mismatches(runs, results, attack_keys, names) -> list[Mismatch]:
         if len(docs) < 2:
             continue
         settings = {rid: _setting(d) for rid, d in docs.items()}
+        if any(not (d.get("manifest") or {}).get("examples_hash") for d in docs.values()):
+            # A result stored before manifests has no ids' hash: compare all by their examples' name.
+            for rid, d in docs.items():
+                settings[rid]["examples"] = f"{d['settings']['examples']}:{d['n']}"
         natural = all(d.get("family") == "natural" for d in docs.values())
         for field_name, describe in (("eps", lambda d: f"eps {d['settings']['eps']:g}"),
                                      ("examples", lambda d: f"{d['n']} examples ({d['settings']['examples']})"),
@@ -666,8 +670,12 @@ def _flag_notes(rows: list[Row], columns: list[Column]) -> list[str]:
     for row in rows:
         for column in columns:
             cell = row.cells.get(column.key)
-            if cell is None or column.group == "summary":
-                continue  # the summaries' notes say which examples they cover
+            if cell is None:
+                continue
+            if column.group == "summary":
+                notes.extend(f"! {row.label} / {column.label}: {message}; evaluate every shown attack on the same "
+                             "examples (same --limit) for a number over all of them." for message in cell.flags)
+                continue
             for message, code in zip(cell.flags, cell.flag_codes):
                 action = FLAG_ACTIONS.get(code, "see `advtui show` for the run's results")
                 notes.append(f"! {row.label} / {column.label}: {message}; {action}.")
