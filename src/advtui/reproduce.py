@@ -29,7 +29,7 @@ from typing import Any
 from advtui.config import PRESETS, RunConfig, build_config
 from advtui.core.attack_specs import parse_attack
 from advtui.core.paths import run_folder
-from advtui.core.results import results_for_run
+from advtui.core.results import all_results_for_run
 from advtui.errors import ConfigError
 from advtui.jobs.queue import queue_eval, queue_train
 from advtui.registry import JOBS, Registry
@@ -332,9 +332,9 @@ def resolve_attacks(reproduction: Reproduction) -> list[str]:
 
 def _stored_attacks(registry: Registry, run_id: str, limit: int | None) -> set[str]:
     """Attack specs with a stored result for the run's most recent checkpoint on ``limit`` examples."""
-    docs = results_for_run(registry, run_id)
-    return {key for key, doc in docs.items() if doc.get("kind") == "attack"
-            and (doc.get("settings") or {}).get("limit") == limit}
+    # Every stored sample size counts, not only the one a comparison would show.
+    return {doc["attack"] for doc in all_results_for_run(registry, run_id)
+            if (doc.get("settings") or {}).get("limit") == limit}
 
 
 def _active_eval_attacks(jobs: list[dict[str, Any]], run_id: str, options: dict[str, Any]) -> set[str]:
