@@ -326,3 +326,17 @@ def test_an_evaluation_stores_its_manifest_and_keeps_each_eps_beside_the_others(
     labels = load_split("mnist", mnist_root, False, None).labels
     assert example_ids(fgsm).tolist() == balanced_subset(labels, 30, seed=0).tolist()
     assert manifest["examples_hash"] == ids_digest(balanced_subset(labels, 30, seed=0).numpy())
+
+
+def test_compare_shows_the_training_eps_unless_another_is_asked_for(runs_root):
+    registry = Registry(runs_root)
+    run = _run(registry, "e", "advtrain", config={"eps": 0.3})
+    _store(registry, run, "pgd-10", range(20), eps=0.3)
+    for attack in ("pgd-10", "pgd-20"):  # evaluated later, and with more attacks, at eps 0.6
+        _store(registry, run, attack, range(2), eps=0.6, date=time.time() + 10)
+    shown = build_comparison(registry, select_runs(registry, ["e"]))
+    assert [c.key for c in shown.columns if c.group == "attack"] == ["pgd-10"]
+    assert shown.cell(run["id"], "pgd-10").value == 50.0
+    other = build_comparison(registry, select_runs(registry, ["e"]), eps=0.6)
+    assert [c.key for c in other.columns if c.group == "attack"] == ["pgd-10", "pgd-20"]
+    assert other.cell(run["id"], "pgd-10").value == 5.0

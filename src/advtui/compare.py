@@ -220,7 +220,7 @@ def build_comparison(registry: Registry, runs: list[dict[str, Any]], *, by: str 
     baseline_id = _baseline_id(registry, runs, baseline)
     all_runs = registry.runs()
     names = {r["id"]: r.get("name") or r["id"] for r in all_runs}
-    results = latest_results(registry, [r["id"] for r in runs], eps=eps, prefer=prefer)
+    results = latest_results(registry, [r["id"] for r in runs], eps=eps, prefer=prefer, run_eps=_training_eps(runs))
     available: dict[str, str] = {}
     for docs in results.values():
         for key, doc in docs.items():
@@ -273,6 +273,10 @@ def _audit_notes(registry: Registry, runs: list[dict[str, Any]]) -> list[str]:
             if finding["code"] in ("eps-up", "no-zero-at-large-eps", "aa-far-below-pgd"):
                 notes.append(f"audit {record.get('name') or record['id']} ({finding['code']}): {finding['message']}.")
     return notes
+
+
+def _training_eps(runs: list[dict[str, Any]]) -> dict[str, float]:
+    return {r["id"]: float(eps) for r in runs if (eps := (r.get("config") or {}).get("eps")) is not None}
 
 
 # -- which results may share a column --------------------------------------------------------------

@@ -117,7 +117,8 @@ def paired_report(registry: Registry, runs: list[dict[str, Any]], *, eps: float 
             raise ConfigError(f"--paired: no seed of {side_a} matches a seed of {side_b} "
                               f"({sorted(map(str, {_seed(r) for r in a_runs}))} vs "
                               f"{sorted(map(str, {_seed(r) for r in b_runs}))}): train the same seeds of both")
-    results = latest_results(registry, [r["id"] for r in runs], eps=eps, prefer=prefer)
+    run_eps = {r["id"]: float(e) for r in runs if (e := (r.get("config") or {}).get("eps")) is not None}
+    results = latest_results(registry, [r["id"] for r in runs], eps=eps, prefer=prefer, run_eps=run_eps)
     report = PairedReport(side_a, side_b, by)
     keys = sorted({k for _, a, b in pairs for k, d in results.get(a["id"], {}).items()
                    if d.get("kind") == "attack" and d.get("accuracy_kind") == "attack" and k in results.get(b["id"], {})},

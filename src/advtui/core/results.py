@@ -297,13 +297,18 @@ def _main_eps(docs: list[dict[str, Any]]) -> float | None:
     return max(by_eps, key=lambda e: (len(by_eps[e][0]), by_eps[e][1]))
 
 
-def choose_results(docs: Iterable[dict[str, Any]], eps: float | None = None,
-                   prefer: str = "largest") -> dict[str, dict[str, Any]]:
+def choose_results(docs: Iterable[dict[str, Any]], eps: float | None = None, prefer: str = "largest",
+                   run_eps: float | None = None) -> dict[str, dict[str, Any]]:
     """One result per attack (and summary) of one checkpoint, in table order: at ``eps`` (default:
-    the eps most attacks were evaluated at), the larger sample first (``prefer="latest"``: the
-    most recent), then the most recent."""
+    the run's training eps ``run_eps`` when it has results there, else the eps most attacks were
+    evaluated at), the larger sample first (``prefer="latest"``: the most recent), then the most
+    recent."""
     docs = list(docs)
-    wanted = eps if eps is not None else _main_eps([d for d in docs if d.get("kind") != "summary"])
+    wanted = eps
+    if wanted is None and run_eps is not None and any(abs(d["settings"]["eps"] - run_eps) < 1e-12 for d in docs):
+        wanted = run_eps
+    if wanted is None:
+        wanted = _main_eps([d for d in docs if d.get("kind") != "summary"])
     at_eps = [d for d in docs if wanted is None or abs(d["settings"]["eps"] - wanted) < 1e-12]
     rank = (lambda d: (d["n"], d.get("date", 0))) if prefer == "largest" else (lambda d: (d.get("date", 0), d["n"]))
     chosen: dict[str, dict[str, Any]] = {}
@@ -346,8 +351,9 @@ def all_results_for_run(registry: Registry, run_id: str, checkpoint_hash: str | 
 
 
 def latest_results(registry: Registry, run_ids: Iterable[str] | None = None, *, eps: float | None = None,
-                   prefer: str = "largest") -> dict[str, dict[str, dict[str, Any]]]:
-    """results_for_run for many runs with one read of the registry: {run_id: {spec: doc}}."""
+                   prefer: str = "largest", run_eps: dict[str, float] | None = None) -> dict[str, dict[str, dict[str, Any]]]:
+    """results_for_run for many runs with one read of the registry: {run_id: {spec: doc}};
+    ``run_eps``: each run's training eps, shown by default where it was evaluated."""
     by_run: dict[str, list[dict[str, Any]]] = {}
     for d in registry.all(RESULTS):
         by_run.setdefault(d["run_id"], []).append(d)
@@ -356,7 +362,8 @@ def latest_results(registry: Registry, run_ids: Iterable[str] | None = None, *, 
     for run_id in wanted:
         docs = by_run.get(run_id, [])
         latest = latest_checkpoint_hash(docs)
-        out[run_id] = choose_results((d for d in docs if d["checkpoint_hash"] == latest), eps, prefer)
+        out[run_id] = choose_results((d for d in docs if d["checkpoint_hash"] == latest), eps, prefer,
+                                     (run_eps or {}).get(run_id))
     return out
 
 
