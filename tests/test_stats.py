@@ -149,7 +149,7 @@ def test_cells_carry_n_and_interval_and_best_only_beyond_noise(pair):
 
 
 def test_paired_cli_prints_difference_interval_and_mcnemar_with_the_checkpoint_caveat(pair):
-    registry, a, b = pair
+    registry, _, _ = pair
     report = paired_report(registry, select_runs(registry, ["a", "b"]))
     test = next(c for c in report.columns if c.attack == "pgd-10").pairs[0].test
     assert (test.n, test.gained, test.lost) == (40, 20, 2) and test.p == pytest.approx(mcnemar_by_hand(20, 2))
