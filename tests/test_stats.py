@@ -340,3 +340,19 @@ def test_compare_shows_the_training_eps_unless_another_is_asked_for(runs_root):
     other = build_comparison(registry, select_runs(registry, ["e"]), eps=0.6)
     assert [c.key for c in other.columns if c.group == "attack"] == ["pgd-10", "pgd-20"]
     assert other.cell(run["id"], "pgd-10").value == 5.0
+
+
+def test_reproduce_says_what_a_planned_table_can_resolve(runs_root):
+    from advtui.core.stats import half_width
+    from advtui.reproduce import plan_reproduction, resolution_line
+
+    quick = plan_reproduction(Registry(runs_root), "table3", "quick", device="cpu")
+    assert resolution_line(quick) == (
+        f"Each cell will rest on 200 test examples and 1 seed(s): at 85% an exact 95% interval is "
+        f"±{half_width(85.0, 200):.1f} points, so smaller differences are not resolved; with 1 seed(s) per defense "
+        "no interval over seeds (training noise) can be given; --seeds 3 or more for one.")
+    result = CliRunner().invoke(app, ["reproduce", "table3", "--scale", "quick", "--seeds", "3", "--dry-run",
+                                      "--runs-dir", str(runs_root)])
+    assert result.exit_code == 0, result.output
+    assert "3 seed(s): at 85% an exact 95% interval is" in result.output
+    assert "an interval over seeds is given (t, 3 seeds or more)" in result.output

@@ -30,6 +30,7 @@ from advtui.config import PRESETS, RunConfig, build_config
 from advtui.core.attack_specs import parse_attack
 from advtui.core.paths import run_folder
 from advtui.core.results import all_results_for_run
+from advtui.core.stats import MIN_SEEDS_FOR_INTERVAL, half_width
 from advtui.errors import ConfigError
 from advtui.jobs.queue import queue_eval, queue_train
 from advtui.registry import JOBS, Registry
@@ -400,6 +401,23 @@ def _record(registry: Registry, reproduction: Reproduction, specs: list[str]) ->
                          for _, t in table.columns for role in _roles(t)},
            "updated": time.time()}
     registry.upsert(REPRODUCTIONS, {"table": table.name, "scale": scale.name}, doc)
+
+
+TYPICAL_ACCURACY = 85.0  # % at which the resolution is stated: robust accuracy of a good MNIST defense
+
+
+def resolution_line(reproduction: Reproduction) -> str:
+    """What the planned table's numbers will rest on: examples, seeds, and the smallest difference
+    between two cells that this can resolve (the exact 95% half-width at TYPICAL_ACCURACY)."""
+    limit = reproduction.eval_options.get("limit")
+    n = limit if limit is not None else 10_000  # MNIST's and CIFAR-10's test splits alike
+    seeds = len(reproduction.seeds)
+    width = half_width(TYPICAL_ACCURACY, n)
+    over = ("an interval over seeds is given (t, 3 seeds or more)" if seeds >= MIN_SEEDS_FOR_INTERVAL else
+            f"with {seeds} seed(s) per defense no interval over seeds (training noise) can be given; "
+            f"--seeds {MIN_SEEDS_FOR_INTERVAL} or more for one")
+    return (f"Each cell will rest on {n:,} test examples and {seeds} seed(s): at {TYPICAL_ACCURACY:g}% an exact 95% "
+            f"interval is ±{width:.1f} points, so smaller differences are not resolved; {over}.")
 
 
 def reproductions(registry: Registry, tables: list[str] | None = None) -> list[dict[str, Any]]:

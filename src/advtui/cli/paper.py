@@ -13,7 +13,7 @@ from advtui.cli.common import RunsDirOption, console, err_console, open_registry
 from advtui.core.paths import checkpoint_path
 from advtui.jobs.scheduler import read_holder
 from advtui.report import build_report
-from advtui.reproduce import apply_reproduction, plan_reproduction, table_spec
+from advtui.reproduce import apply_reproduction, plan_reproduction, resolution_line, table_spec
 
 # The analyses load torch (advtui.engine) inside their commands only, so the others start fast.
 
@@ -137,6 +137,7 @@ def reproduce(
         listing.add_row(p.role, str(p.seed), f"{run.get('id', '-')} {run.get('name', '')}".strip(), actions[p.action],
                         p.train_job or "-")
     console.print(listing)
+    console.print(resolution_line(plan))
     if dry_run:
         console.print(f"dry run: {sum(p.action == 'queue' for p in plan.runs)} run(s) and up to {len(plan.evals)} "
                       "evaluation(s) would be queued")
