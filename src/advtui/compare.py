@@ -6,14 +6,21 @@ latex, json), the dashboard's compare screen and the Markdown report all show th
 
 Columns: one per attack spec found in the selected runs' results (Table 3 order), ``min`` and
 ``worst-case`` (recomputed over exactly the attack columns shown, from the stored per-example
-masks), then the paper's Table 2 columns: trainable parameters of the inner maximizer (the run
-record's ``maximizer_params``; "-" for a defense without one) and training time per epoch
-(``train_time / epoch``, else the last epoch's ``metrics.epoch_time``).
+masks, on the examples every shown column shares), then the paper's Table 2 columns: trainable
+parameters of the inner maximizer (the run record's ``maximizer_params``; "-" for a defense
+without one) and training time per epoch (``train_time / epoch``, else the last epoch's
+``metrics.epoch_time``); on request the config fields that differ (``diff``) and per-epoch
+metrics from each run's events (``at``).
 
 Rows: one per run, or one per defense (``by="defense"``) where each accuracy cell is the lowest
-over the defense's runs (the paper reports the lowest of its seeds) with mean and standard
-deviation beside it; cost cells are means. Each run contributes the results of the checkpoint
-it was evaluated on most recently.
+over the defense's runs (the paper reports the lowest of its seeds) with mean, standard
+deviation and a t-interval over seeds beside it; cost cells are means. Each run contributes the
+results of the checkpoint it was evaluated on most recently, at its training eps by default.
+
+Trust: every accuracy cell carries its n and exact 95% interval (advtui.core.stats); a best is
+marked only where it is ahead of the runner-up on a paired test; a cell whose eps, example set
+or checkpoint kind differs from the rest of its column is marked and named in a note
+(``strict`` refuses it); every note about a flag names its cell and what to do.
 """
 
 from __future__ import annotations
