@@ -163,6 +163,8 @@ def test_export_robustbench_writes_a_loadable_state_dict_and_a_zoo_card(trained_
     assert (card["dataset"], card["architecture"], card["eps"]) == ("mnist", "SmallCNN", "0.1")
     assert card["autoattack_acc"] == f"{aa['accuracy']:.2f}" and card["clean_acc"] == f"{aa['clean_accuracy']:.2f}"
     assert card["additional_data"] is False and card["number_forward_passes"] == 1
+    assert card["clean_acc_n"] == card["autoattack_acc_n"] == 20  # the examples each accuracy rests on
+    assert "(n=20)" in done.output
 
     state = torch.load(out / "models" / "mnist" / "Linf" / "advtrain.pt", weights_only=True)
     model = build_model("smallcnn", "mnist")

@@ -20,7 +20,7 @@ N = 20
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-def _store(registry, run_id, attack, accuracy):
+def _store(registry, run_id, attack, accuracy, eps=0.3):
     robust = round(accuracy * N / 100)
     mask = np.zeros(N, dtype=bool)
     mask[:robust] = True
@@ -29,7 +29,7 @@ def _store(registry, run_id, attack, accuracy):
         "kind": "attack", "run_id": run_id, "attack": attack, "checkpoint_hash": "h" + run_id, "label": attack,
         "family": family, "steps": 0 if attack == "natural" else 10, "restarts": 1, "source_run": None,
         "source_checkpoint_hash": None, "checkpoint": "checkpoints/final.pt", "date": time.time(), "eval_id": "e1",
-        "settings": {"eps": 0.3, "examples": f"mnist/test/{N}", "n": N, "seed": 0}, "accuracy": 100.0 * robust / N,
+        "settings": {"eps": eps, "examples": f"mnist/test/{N}", "n": N, "seed": 0}, "accuracy": 100.0 * robust / N,
         "robust": robust, "n": N, "n_attacked": N, "accuracy_kind": "attack", "clean_accuracy": 100.0,
         "clean_robust": N, "wall_time": 1.0, "loss": "ce", "trajectory": [0.1, 1.0], "trajectory_model": "target",
         "gradient": None, "robust_mask": mask_to_hex(mask), "flags": []})
@@ -115,6 +115,12 @@ def test_report_shows_each_row_runs_learning_curve_and_flags_a_run_at_chance(cra
     assert curves[stuck]["flag"] == "never left chance" and curves[healthy]["flag"] == ""
     assert (curves[queued]["epochs"], curves[queued]["clean"], curves[queued]["flag"]) == ([], [], "no epochs recorded")
 
+    # Every number says what it rests on: n and seeds, and the smallest difference this resolves.
+    assert ("Each number rests on 20 test examples per run and 1/2 seed(s). On that many examples a cell's exact "
+            "95% interval reaches ±" in text) and "an interval over seeds needs 3 seeds or more" in text
+    cell = data["tables"][0]["uncertainty"]["advtrain"]["Natural"]
+    assert (cell["n"], cell["runs"], cell["low"]) == (20, 2, None)  # 2 seeds: no t-interval
+
     png = out / "figures" / "table1-tiny-learning.png"
     assert png.read_bytes()[:8] == PNG and png.stat().st_size > 10_000
     assert f"](figures/{png.name})" in section and png.name in data["tables"][0]["figures"] and png in result.figures
@@ -173,6 +179,21 @@ def test_the_chance_flag(clean, flag):
     assert Curve("r", "advtrain", 0, "r", "finished", 2, list(range(1, len(clean) + 1)), clean, clean).flag == flag
 
 
+def test_report_draws_robustness_curves_with_the_audit(crafted, tmp_path):
+    registry, ids = crafted
+    run = ids[("advtrain", 0)]
+    for eps, accuracy in ((0.1, 95.0), (0.6, 40.0)):  # 40% left at twice the training eps: flagged
+        _store(registry, run, "pgd-2", accuracy, eps=eps)
+    out = tmp_path / "report"
+    result = build_report(registry, ["table1"], out, device="cpu", analyses=False)
+    text = result.path.read_text()
+    section = text.split("### Robustness curves", 1)[1]
+    assert f"| `{run}` | eps: pgd-2 | steps 10 | 0.1: 95.00" in section and "0.6: 40.00" in section
+    assert f"- audit `{run}` (no-zero-at-large-eps): at eps 0.6" in section
+    png = out / "figures" / "table1-tiny-robustness.png"
+    assert png.read_bytes()[:8] == PNG and png in result.figures
+
+
 def test_autoattack_is_an_extra_column_beyond_the_paper_with_no_paper_number(runs_root, tmp_path):
     registry = Registry(runs_root)
     plan = apply_reproduction(registry, plan_reproduction(registry, "table1", "tiny", device="cpu", autoattack=True))
@@ -191,8 +212,9 @@ def test_autoattack_is_an_extra_column_beyond_the_paper_with_no_paper_number(run
     text = build_report(registry, ["table1"], tmp_path / "report", device="cpu", analyses=False).path.read_text()
     assert "| Defense | Natural | PGD | PGD+BLS | AA (beyond the paper) |" in text
     row = next(line for line in text.splitlines() if line.startswith("| AdvTrain+BLS |"))
-    assert row.endswith("| **80.00** (88.00) | 60.00 |")  # AA has no paper number
-    assert next(line for line in text.splitlines() if line.startswith("| AdvTrain |")).endswith("| **70.00** |")
+    # AA has no paper number; one seed per defense: no paired test over seeds, so no bold
+    assert row.endswith("| 80.00 (88.00) | 60.00 |")
+    assert next(line for line in text.splitlines() if line.startswith("| AdvTrain |")).endswith("| 70.00 |")
     assert "AA (beyond the paper): AutoAttack's standard version" in text
     table3 = apply_reproduction(registry, plan_reproduction(registry, "table3", "tiny", device="cpu", autoattack=True))
     assert table3.extra_columns == (("AA", "aa"),)

@@ -39,6 +39,7 @@ from advtui.core.atomic import atomic_write_json, atomic_write_text
 from advtui.core.epochs import epoch_accuracy
 from advtui.core.paths import checkpoint_path, run_dir
 from advtui.core.results import file_digest
+from advtui.core.stats import half_width
 from advtui.errors import AdvtuiError, ConfigError
 from advtui.events import EVENTS_FILE, LineTail
 from advtui.health import CHANCE_ACCURACY  # one threshold for the live check and the report
@@ -65,6 +66,7 @@ class TableResult:
     cells: int
     figures: list[str] = field(default_factory=list)
     curves: dict[str, dict[str, Any]] = field(default_factory=dict)  # run id -> Curve.to_dict()
+    uncertainty: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # see _uncertainty
 
 
 @dataclass
@@ -159,6 +161,38 @@ def _table_markdown(plan: dict[str, Any], measured: dict[str, dict[str, Any]]) -
             cells.append(f"{text} ({paper[label]:.2f})" if label in paper else text)
         lines.append(f"| {ROW_LABELS[defense]} | " + " | ".join(cells) + " |")
     return lines
+
+
+def _uncertainty(measured: dict[str, dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
+    """defense -> column label -> what the cell rests on: n (test examples per run), runs (seeds),
+    and the 95% interval (exact binomial for one run; t over seeds of the mean from 3 seeds)."""
+    return {d: {label: {"n": c.n, "runs": c.count, "low": c.low, "high": c.high, "mean": c.mean, "std": c.std}
+                for label, c in cells.items() if c is not None and c.value is not None}
+            for d, cells in measured.items()}
+
+
+def _resolution_note(measured: dict[str, dict[str, Any]]) -> str | None:
+    """How many examples and seeds the table's numbers rest on, and the smallest difference
+    between two cells that this can resolve: the widest 95% half-width among the cells (exact
+    binomial at the cell's accuracy on its n), and over seeds the widest half-width of the
+    t-interval where there are 3 seeds or more."""
+    cells = [c for row in measured.values() for c in row.values() if c is not None and c.value is not None and c.n]
+    if not cells:
+        return None
+    sizes = sorted({c.n for c in cells})
+    seeds = sorted({c.count for c in cells})
+    widest = max(half_width(c.mean if c.mean is not None else c.value, c.n) or 0.0 for c in cells)
+    text = (f"Each number rests on {'/'.join(map(str, sizes))} test examples per run and "
+            f"{'/'.join(map(str, seeds))} seed(s). On that many examples a cell's exact 95% interval reaches "
+            f"±{widest:.1f} points: differences between cells smaller than that are not resolved")
+    seed_widths = [(c.high - c.low) / 2 for c in cells if c.low is not None and c.high is not None and c.count > 1]
+    if seed_widths:
+        text += f"; over seeds, the 95% t-interval of a mean reaches ±{max(seed_widths):.1f} points"
+    elif max(seeds) > 1:
+        text += "; an interval over seeds needs 3 seeds or more"
+    else:
+        text += "; with one seed, nothing here measures training noise"
+    return text + ". Bold marks a best only where it is ahead of the runner-up on a paired test over seeds."
 
 
 def _settings_line(registry: Registry, plan: dict[str, Any], runs: list[dict[str, Any]]) -> str:
@@ -567,6 +601,28 @@ def _learning_chart(plan: dict[str, Any], curves: list[Curve], path: Path) -> Pa
     return path
 
 
+def _robustness_section(registry: Registry, runs: list[dict[str, Any]], path: Path) -> tuple[list[str], Path | None]:
+    """Accuracy against eps and against attack iterations of the row runs that were evaluated so
+    (advtui.curves), as a PNG and a table, with the audit's findings; nothing when no run has a curve."""
+    from advtui.curves import audit_run, save_curves_png
+
+    audits = [audit_run(registry, record) for record in runs]
+    if not any(a.curves for a in audits):
+        return [], None
+    png = save_curves_png(audits, path)
+    lines = ["### Robustness curves", "",
+             "Robust accuracy against eps and against attack iterations (each point: accuracy, its exact 95% "
+             "interval and n). A sound evaluation falls with both and reaches about 0 at a large eps.", "",
+             f"![robustness curves](figures/{png.name})", "",
+             "| Run | Curve | Held fixed | Points |", "|:---|:---|:---|:---|"]
+    for audit in audits:
+        for c in audit.curves:
+            points = "; ".join(f"{p.x:g}: {p.accuracy:.2f} [{p.low:.1f}–{p.high:.1f}] n={p.n}" for p in c.points)
+            lines.append(f"| `{audit.run_id}` | {c.kind}: {c.series} | {c.at} | {points} |")
+    findings = [f"- audit `{a.run_id}` ({f['code']}): {f['message']}." for a in audits for f in a.findings]
+    return lines + [""] + (findings or ["- audit: no finding on these results."]) + [""], png
+
+
 # -- the report ------------------------------------------------------------------------------------
 def build_report(registry: Registry, tables: list[str] | None = None, out_dir: Path | None = None, *,
                  device: str = "auto", analyses: bool = True, status: Status | None = None) -> ReportResult:
@@ -602,7 +658,8 @@ def build_report(registry: Registry, tables: list[str] | None = None, out_dir: P
         chart = _bar_chart(plan, measured, figures / f"{spec.name}-{scale.name}.png")
         written.append(chart)
         paper = {d: dict(zip(spec.labels, spec.paper[d])) for d in spec.rows}
-        result = TableResult(spec.name, scale.name, values, paper, plan["rows"], filled, cells, [chart.name])
+        result = TableResult(spec.name, scale.name, values, paper, plan["rows"], filled, cells, [chart.name],
+                             uncertainty=_uncertainty(measured))
         results.append(result)
 
         lines = [f"## Table {spec.name.removeprefix('table')}: {spec.title}", ""]
@@ -642,8 +699,12 @@ def build_report(registry: Registry, tables: list[str] | None = None, out_dir: P
         if filled < cells:
             waiting = _pending_jobs(registry, plan)
             notes.append(f"{cells - filled} of {cells} cells have no result yet ({waiting} job(s) queued or running).")
-        notes.append("Cells: measured (paper); **bold**: best measured in its column; ! a sanity flag was raised "
-                     "(`advtui compare --json` lists them).")
+        resolution = _resolution_note(measured)
+        if resolution:
+            notes.append(resolution)
+        notes.append("Cells: measured (paper); **bold**: best measured in its column, ahead of the runner-up on a "
+                     "paired test at 5%; ! a sanity flag was raised (`advtui compare --group GROUP` names each flagged "
+                     "cell and what to do).")
         lines += [f"- {n}" for n in notes] + ["", f"![{spec.name}](figures/{chart.name})", ""]
         learning = _learning_chart(plan, curves, figures / f"{spec.name}-{scale.name}-learning.png")
         if learning is not None:
@@ -651,6 +712,11 @@ def build_report(registry: Registry, tables: list[str] | None = None, out_dir: P
             result.figures.append(learning.name)
         result.curves = {c.run_id: c.to_dict() for c in curves}
         lines += _learning_markdown(curves, learning)
+        robustness, robustness_png = _robustness_section(registry, runs, figures / f"{spec.name}-{scale.name}-robustness.png")
+        if robustness_png is not None:
+            written.append(robustness_png)
+            result.figures.append(robustness_png.name)
+        lines += robustness
         if spec.name in WHITE_BOX_TABLES:
             lines += _table2(plan, comparison)
             if analyses:
@@ -673,6 +739,7 @@ def build_report(registry: Registry, tables: list[str] | None = None, out_dir: P
     atomic_write_text(path, text)
     atomic_write_text(out / "report.json", json.dumps({"written": time.time(), "pending": pending, "tables": [
         {"table": r.table, "scale": r.scale, "measured": r.measured, "paper": r.paper, "runs": r.runs,
-         "filled": r.filled, "cells": r.cells, "figures": r.figures, "curves": r.curves} for r in results]}, indent=1))
+         "filled": r.filled, "cells": r.cells, "figures": r.figures, "curves": r.curves,
+         "uncertainty": r.uncertainty} for r in results]}, indent=1))
     return ReportResult(path, results, pending, written)
 

@@ -29,7 +29,8 @@ from typing import Any
 from advtui.config import PRESETS, RunConfig, build_config, default_val_size
 from advtui.core.attack_specs import parse_attack
 from advtui.core.paths import run_folder
-from advtui.core.results import results_for_run
+from advtui.core.results import all_results_for_run
+from advtui.core.stats import MIN_SEEDS_FOR_INTERVAL, half_width
 from advtui.errors import ConfigError
 from advtui.jobs.queue import queue_eval, queue_train
 from advtui.registry import JOBS, Registry
@@ -347,9 +348,9 @@ def resolve_attacks(reproduction: Reproduction) -> list[str]:
 
 def _stored_attacks(registry: Registry, run_id: str, limit: int | None) -> set[str]:
     """Attack specs with a stored result for the run's most recent checkpoint on ``limit`` examples."""
-    docs = results_for_run(registry, run_id)
-    return {key for key, doc in docs.items() if doc.get("kind") == "attack"
-            and (doc.get("settings") or {}).get("limit") == limit}
+    # Every stored sample size counts, not only the one a comparison would show.
+    return {doc["attack"] for doc in all_results_for_run(registry, run_id)
+            if (doc.get("settings") or {}).get("limit") == limit}
 
 
 def _active_eval_attacks(jobs: list[dict[str, Any]], run_id: str, options: dict[str, Any]) -> set[str]:
@@ -415,6 +416,23 @@ def _record(registry: Registry, reproduction: Reproduction, specs: list[str]) ->
                          for _, t in table.columns for role in _roles(t)},
            "updated": time.time()}
     registry.upsert(REPRODUCTIONS, {"table": table.name, "scale": scale.name}, doc)
+
+
+TYPICAL_ACCURACY = 85.0  # % at which the resolution is stated: robust accuracy of a good MNIST defense
+
+
+def resolution_line(reproduction: Reproduction) -> str:
+    """What the planned table's numbers will rest on: examples, seeds, and the smallest difference
+    between two cells that this can resolve (the exact 95% half-width at TYPICAL_ACCURACY)."""
+    limit = reproduction.eval_options.get("limit")
+    n = limit if limit is not None else 10_000  # MNIST's and CIFAR-10's test splits alike
+    seeds = len(reproduction.seeds)
+    width = half_width(TYPICAL_ACCURACY, n)
+    over = ("an interval over seeds is given (t, 3 seeds or more)" if seeds >= MIN_SEEDS_FOR_INTERVAL else
+            f"with {seeds} seed(s) per defense no interval over seeds (training noise) can be given; "
+            f"--seeds {MIN_SEEDS_FOR_INTERVAL} or more for one")
+    return (f"Each cell will rest on {n:,} test examples and {seeds} seed(s): at {TYPICAL_ACCURACY:g}% an exact 95% "
+            f"interval is ±{width:.1f} points, so smaller differences are not resolved; {over}.")
 
 
 def reproductions(registry: Registry, tables: list[str] | None = None) -> list[dict[str, Any]]:

@@ -11,6 +11,8 @@ from typing import Optional
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.markup import escape
+from rich.text import Text
 from rich.table import Table
 
 from advtui.cli.common import RunsDirOption, console, err_console, open_registry
@@ -93,25 +95,34 @@ def progress_text(p) -> str:
     return ", ".join(part for part in parts if part)
 
 
+def _interval_text(robust: int, n: int) -> str:
+    """The exact 95% interval of robust/n, in percent."""
+    from advtui.core.stats import proportion_interval
+
+    interval = proportion_interval(robust, n)
+    return f"[{interval[0]:.1f}–{interval[1]:.1f}]" if interval else "-"
+
+
 def _eval_table(report) -> Table:
     table = Table(box=None, header_style="bold", title=None)
-    for col, justify in (("attack", "left"), ("accuracy %", "right"), ("robust/n", "right"), ("attacked", "right"),
-                         ("time", "right"), ("final loss", "right"), ("checks", "left")):
+    for col, justify in (("attack", "left"), ("accuracy %", "right"), ("robust/n", "right"), ("95% interval", "right"),
+                         ("attacked", "right"), ("time", "right"), ("final loss", "right"), ("checks", "left")):
         table.add_column(col, justify=justify)
     for doc in report.results:
         cumulative = doc["accuracy_kind"] == "cumulative"
         final = doc["trajectory"][-1] if doc["trajectory"] else None
         flags = "; ".join(f["message"] for f in doc["flags"])
         table.add_row(doc["label"], f"{doc['accuracy']:.2f}" + ("*" if cumulative else ""),
-                      f"{doc['robust']}/{doc['n']}", str(doc["n_attacked"]), fmt_duration(doc["wall_time"]),
+                      f"{doc['robust']}/{doc['n']}", _interval_text(doc["robust"], doc["n"]),
+                      str(doc["n_attacked"]), fmt_duration(doc["wall_time"]),
                       "-" if final is None else f"{final:.4f}" + (" (surrogate)" if doc["trajectory_model"] == "surrogate" else ""),
                       f"[yellow]{flags}[/]" if flags else "[green]ok[/]")
     low, worst = report.summaries.get("min"), report.summaries.get("worst-case")
     if low:
-        table.add_row("[bold]min[/]", f"[bold]{low['accuracy']:.2f}[/]", "", "", "", "", f"lowest column: {low['argmin_label']}")
+        table.add_row("[bold]min[/]", f"[bold]{low['accuracy']:.2f}[/]", "", "", "", "", "", f"lowest column: {low['argmin_label']}")
     if worst:
         table.add_row("[bold]worst-case[/]", f"[bold]{worst['accuracy']:.2f}[/]", f"{worst['robust']}/{worst['n']}",
-                      "", "", "", "per example, over every stored attack")
+                      _interval_text(worst["robust"], worst["n"]), "", "", "", "per example, over every stored attack")
     return table
 
 
@@ -121,7 +132,9 @@ def eval_command(
     attacks: Optional[str] = typer.Option(None, "--attacks", "-a", help=ATTACKS_HELP),
     limit: Optional[int] = typer.Option(None, "--limit", "-n", help="Test examples (class-balanced subset; default all)."),
     batch_size: int = typer.Option(256, "--batch-size", help="Examples per attack batch."),
-    eps: Optional[float] = typer.Option(None, help="L-inf radius (default: the run's training eps)."),
+    eps: Optional[str] = typer.Option(None, help="L-inf radius (default: the run's training eps); several, "
+                                                 "comma-separated (0.1,0.2,0.3,0.4), evaluate each in turn and are "
+                                                 "stored per eps: a robustness curve (`advtui compare RUN --curves`)."),
     step_size: Optional[float] = typer.Option(None, "--step-size", help="PGD/CW step size (default eps/4)."),
     seed: int = typer.Option(0, help="Seed of the attacks' random starts."),
     checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help="Which checkpoint of RUN: best (the epoch of the best "
@@ -136,20 +149,45 @@ def eval_command(
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON instead of a table."),
 ) -> None:
     """Attack a run's checkpoint and store accuracy, loss trajectories and sanity checks."""
-    check_eval_options(limit=limit, batch_size=batch_size, eps=eps, step_size=step_size, seed=seed)
+    check_eval_options(limit=limit, batch_size=batch_size, step_size=step_size, seed=seed)
     device = check_device(device)
     from advtui.engine.evaluate import evaluate_run  # torch: loaded by this command only
 
+    eps_values = parse_eps_list(eps)
     registry = open_registry(runs_dir)
     interactive = sys.stderr.isatty() and not as_json
-    with EvalProgressDisplay(interactive, sys.stderr if as_json else None) as display:
-        report = evaluate_run(
-            registry, run_ref, attacks, limit=limit, batch_size=batch_size, eps=eps,
-            step_size=step_size, seed=seed, checkpoint=checkpoint, device=device, cascade=cascade,
-            data_root=data_root, on_progress=display)
+    reports = []
+    for value in eps_values:
+        with EvalProgressDisplay(interactive, sys.stderr if as_json else None) as display:
+            reports.append(evaluate_run(
+                registry, run_ref, attacks, limit=limit, batch_size=batch_size, eps=value,
+                step_size=step_size, seed=seed, checkpoint=checkpoint, device=device, cascade=cascade,
+                data_root=data_root, on_progress=display))
+        if not as_json:
+            _print_eval_report(reports[-1])
     if as_json:
-        print(json.dumps(report.to_dict(), indent=2))
-        return
+        data = [r.to_dict() for r in reports]
+        print(json.dumps(data[0] if len(data) == 1 else data, indent=2))
+
+
+def parse_eps_list(text: str | None) -> list[float | None]:
+    """--eps: one radius or several, comma-separated, each a number in [0, 1]; [None] for the
+    run's own eps. A bad value is a one-line ConfigError before anything runs."""
+    if text is None:
+        return [None]
+    values: list[float | None] = []
+    for part in text.split(","):
+        try:
+            value = float(part.strip())
+        except ValueError:
+            raise ConfigError(f"--eps takes numbers in [0, 1], comma-separated (0.1,0.2,0.3), got {text!r}") from None
+        check_eval_options(eps=value)  # NaN, inf and values outside [0, 1] are one line
+        if value not in values:
+            values.append(value)
+    return values
+
+
+def _print_eval_report(report) -> None:
     s = report.settings
     out = _output_console()
     out.print(f"[bold]{report.run_id}[/] ({report.run_name}) checkpoint "
@@ -163,30 +201,117 @@ def eval_command(
 
 
 def rich_comparison(comparison) -> Table:
-    """The comparison model (advtui.compare.Comparison) as a rich Table: best per column in bold green."""
+    """The comparison model (advtui.compare.Comparison) as a rich Table: best per column in bold
+    green, cells not comparable with their column in yellow."""
     table = Table(header_style="bold", box=None)
     for head in (["run", "defense"] if comparison.by == "run" else ["defense", "runs"]):
         table.add_column(head)
     for column in comparison.columns:
-        table.add_column(column.label, justify="right")
+        table.add_column(column.label, justify="left" if column.group == "config" else "right", no_wrap=True)
     for row in comparison.rows:
         lead = [row.label, row.defense or "-"] if comparison.by == "run" else [row.label, str(len(row.run_ids))]
+        if comparison.baseline == row.key:
+            lead[0] += " (baseline)"
         cells = []
         for column in comparison.columns:
             cell = row.cells.get(column.key)
-            text = format_cell(cell, column, comparison.by) if cell else "-"
-            cells.append(f"[bold green]{text}[/]" if cell and cell.best else text)
+            text = escape(format_cell(cell, column, comparison.by)) if cell else "-"
+            style = "bold green" if cell and cell.best else "yellow" if cell and (cell.marks or cell.flags) else ""
+            cells.append(f"[{style}]{text}[/]" if style else text)
         table.add_row(*lead, *cells)
     return table
 
 
-def _comparison(runs_dir, refs, group, defense, by, attacks):
-    if by not in ROW_KINDS:
-        raise ConfigError(f"--by must be one of: {', '.join(ROW_KINDS)}, got {by!r}")
+def _selected(runs_dir, refs, group, defense):
     registry = open_registry(runs_dir)
     defenses = [d for value in defense or [] for d in value.split(",") if d.strip()]
-    runs = select_runs(registry, refs or [], group, defenses)
-    return build_comparison(registry, runs, by=by, attacks=attacks)
+    return registry, select_runs(registry, refs or [], group, defenses)
+
+
+def _comparison(runs_dir, refs, group, defense, by, attacks, **options):
+    if by not in ROW_KINDS:
+        raise ConfigError(f"--by must be one of: {', '.join(ROW_KINDS)}, got {by!r}")
+    registry, runs = _selected(runs_dir, refs, group, defense)
+    return build_comparison(registry, runs, by=by, attacks=attacks, **options)
+
+
+def _paired_table(report) -> Table:
+    table = Table(header_style="bold", box=None)
+    per_seed = report.by == "defense"
+    heads = ["attack"] + (["seed"] if per_seed else []) + ["n shared", report.side_a, report.side_b,
+                                                             "difference", "95% interval", "McNemar p"]
+    for head in heads:
+        table.add_column(escape(str(head)), justify="left" if head in ("attack", "seed") else "right")
+    for column in report.columns:
+        for pair in column.pairs:
+            lead = [column.label] + ([str(pair.seed)] if per_seed else [])
+            t = pair.test
+            if t is None:
+                table.add_row(*lead, "0", "-", "-", "no shared examples", "-", "-")
+                continue
+            style = "bold" if t.p < 0.05 else ""
+            table.add_row(*lead, str(t.n), f"{t.accuracy_a:.2f}", f"{t.accuracy_b:.2f}",
+                          f"[{style}]{t.difference:+.2f}[/]" if style else f"{t.difference:+.2f}",
+                          f"[{t.low:+.2f}, {t.high:+.2f}]", f"{t.p:.3g}")
+        summary = column.over_seeds
+        if per_seed and summary is not None:
+            wilcoxon = f"Wilcoxon p {summary.wilcoxon_p:.3g}" if summary.wilcoxon_p is not None else ""
+            std = f" ± {summary.std:.2f}" if summary.std is not None else ""
+            table.add_row(f"[bold]{escape(column.label)}[/]", "mean", "", "", "",
+                          f"[bold]{summary.mean:+.2f}{std}[/]", escape(summary.interval_text), wilcoxon)
+    return table
+
+
+def _paired(runs_dir, refs, group, defense, attacks, eps, prefer, as_json) -> None:
+    from advtui.paired import paired_report
+
+    registry, runs = _selected(runs_dir, refs, group, defense)
+    wanted = [a.strip() for a in attacks.split(",")] if attacks else None
+    report = paired_report(registry, runs, eps=eps, prefer=prefer, attacks=wanted)
+    if as_json:
+        print(json.dumps(report.to_dict(), indent=2))
+        return
+    out = _output_console()
+    out.print(f"[bold]{escape(str(report.side_a))}[/] vs [bold]{escape(str(report.side_b))}[/], paired on shared examples")
+    out.print(_paired_table(report))
+    for note in report.notes:
+        out.print(f"[dim]{escape(note)}[/]")
+
+
+def _curves(runs_dir, refs, group, defense, png, as_json) -> None:
+    from advtui.curves import audit_run, curves_plot_text, save_curves_png
+
+    registry, runs = _selected(runs_dir, refs, group, defense)
+    audits = [audit_run(registry, record) for record in runs]
+    if not any(a.curves for a in audits):
+        raise ConfigError("no robustness curve yet: evaluate one attack at several eps (`advtui eval RUN --attacks "
+                          "pgd-100 --eps 0.1,0.2,0.3,0.4`) or with several step counts (--attacks pgd-10,pgd-20,pgd-50,pgd-100)")
+    written = save_curves_png(audits, png) if png is not None else None
+    if as_json:
+        print(json.dumps({"runs": [{"run_id": a.run_id, "curves": [c.to_dict() for c in a.curves],
+                                    "findings": a.findings} for a in audits],
+                          "png": str(written) if written else None}, indent=2))
+        return
+    out = _output_console()
+    for kind in ("eps", "steps"):
+        text = curves_plot_text(audits, kind, width=min(out.width, 110))
+        if text:
+            out.print(Text.from_ansi(text))
+    table = Table(header_style="bold", box=None)
+    for head in ("run", "curve", "held fixed", "points: x accuracy [95% interval] n"):
+        table.add_column(head)
+    for audit in audits:
+        for c in audit.curves:
+            points = "  ".join(f"{p.x:g}: {p.accuracy:.2f} [{p.low:.1f}–{p.high:.1f}] n={p.n}" for p in c.points)
+            table.add_row(escape(audit.run_label), f"{c.kind}: {escape(c.series)}", c.at, points)
+    out.print(table)
+    findings = [(a.run_label, f) for a in audits for f in a.findings]
+    for label, f in findings:
+        out.print(f"[yellow]audit {escape(label)} ({f['code']}): {escape(f['message'])}[/]")
+    if not findings:
+        out.print("[green]audit: no finding[/] on these results")
+    if written:
+        err_console.print(f"wrote {written}")
 
 
 RefsArgument = typer.Argument(None, metavar="[RUN]...", help="Runs to compare (ids, prefixes or names).")
@@ -194,6 +319,10 @@ GroupOption = typer.Option(None, "--group", "-g", help="All runs of this group."
 DefenseOption = typer.Option(None, "--defense", "-d", help="Only these defenses (repeat or comma-separate).")
 ByOption = typer.Option("run", "--by", help="Rows per run, or per defense (lowest over seeds, mean ± std).")
 ColumnsOption = typer.Option(None, "--attacks", "-a", help="Attack columns to show, in this order (default: all evaluated).")
+EpsOption = typer.Option(None, "--eps", help="Show the results evaluated at this eps (default: the eps most attacks were "
+                                              "evaluated at).")
+PreferOption = typer.Option("largest", "--prefer", help="Between results of one attack on different samples: "
+                                                        "largest (more examples) or latest.")
 
 
 @app.command()
@@ -203,12 +332,27 @@ def compare(
     defense: Optional[list[str]] = DefenseOption,
     by: str = ByOption,
     attacks: Optional[str] = ColumnsOption,
+    eps: Optional[float] = EpsOption,
+    prefer: str = PreferOption,
+    strict: bool = typer.Option(False, "--strict", help="Refuse a column that mixes eps, example sets or checkpoints."),
+    diff: bool = typer.Option(False, "--diff", help="Add the config fields that differ between the runs."),
+    at: Optional[str] = typer.Option(None, "--at", help="Add per-epoch metrics at the best epoch, the final one, or "
+                                                        "epoch N (best, final, N), with min and max over epochs."),
+    baseline: Optional[str] = typer.Option(None, "--baseline", help="Show every other row's difference to this run."),
+    paired: bool = typer.Option(False, "--paired", help="Two runs (or two defenses over matched seeds): per attack, "
+                                                        "the difference on shared examples, its 95% interval and "
+                                                        "the exact McNemar p."),
+    curves: bool = typer.Option(False, "--curves", help="Draw robust accuracy against eps and against attack "
+                                                        "iterations, from every stored result, with the audit's findings."),
+    png: Optional[Path] = typer.Option(None, "--png", help="With --curves: also write the curves to this PNG file."),
     runs_dir: Optional[Path] = RunsDirOption,
     as_json: bool = typer.Option(False, "--json", help="Print the table model as JSON."),
     sweep: Optional[str] = typer.Option(None, "--sweep", help="One row per combination of this sweep, seeds aggregated."),
     sort: Optional[str] = typer.Option(None, "--sort", help="With --sweep: the metric rows are sorted by (default val-robust)."),
 ) -> None:
-    """Runs side by side: attack columns, min, worst-case, inner-maximizer parameters, time per epoch."""
+    """Runs side by side: attack columns with n and 95% intervals, min, worst-case, inner-maximizer
+    parameters, time per epoch; --paired tests two runs or defenses against each other; --sweep
+    gives one row per combination of a sweep."""
     if sweep is not None:
         if refs or group or defense:
             raise ConfigError("--sweep selects the runs itself: drop the RUN arguments, --group and --defense")
@@ -218,15 +362,25 @@ def compare(
         return
     if sort is not None:
         raise ConfigError("--sort goes with --sweep")
-    comparison = _comparison(runs_dir, refs, group, defense, by, attacks)
+    if png is not None and not curves:
+        raise ConfigError("--png goes with --curves: add --curves")
+    if curves:
+        _curves(runs_dir, refs, group, defense, png, as_json)
+        return
+    if paired:
+        _paired(runs_dir, refs, group, defense, attacks, eps, prefer, as_json)
+        return
+    comparison = _comparison(runs_dir, refs, group, defense, by, attacks, strict=strict, eps=eps, prefer=prefer,
+                             diff=diff, at=at, baseline=baseline)
     if as_json:
         print(render(comparison, "json"), end="")
         return
     out = _output_console()
     out.print(rich_comparison(comparison))
     for note in comparison.notes:
-        out.print(f"[dim]{note}[/]")
-    out.print("[dim][bold green]bold green[/]: best in its column.[/]")
+        out.print(f"[dim]{escape(note)}[/]")
+    out.print("[dim][bold green]bold green[/]: best in its column, ahead of the runner-up on a paired test at 5%; "
+              "[yellow]yellow[/]: a flag (!) or a cell not comparable with its column (≠), named above.[/]")
 
 
 EXPORT_FORMATS = (*FORMATS, "robustbench")
@@ -240,7 +394,8 @@ def _export_robustbench(refs, group, defense, out, checkpoint, runs_dir) -> None
     done = export_robustbench(open_registry(runs_dir), refs[0], out or Path("robustbench"), checkpoint)
     card = done.card
     err_console.print(f"wrote {done.weights} (state dict) and {done.card_path} (model card: {card['architecture']}, "
-                      f"eps {card['eps']}, clean {card['clean_acc']}%, AutoAttack {card['autoattack_acc']}%)")
+                      f"eps {card['eps']}, clean {card['clean_acc']}% (n={card['clean_acc_n']}), "
+                      f"AutoAttack {card['autoattack_acc']}% (n={card['autoattack_acc_n']}))")
 
 
 @app.command()

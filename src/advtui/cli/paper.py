@@ -16,7 +16,7 @@ from advtui.errors import ConfigError
 from advtui.jobs.scheduler import read_holder
 from advtui.options import check_analysis_options, check_device, check_reproduce_options
 from advtui.report import build_report
-from advtui.reproduce import apply_reproduction, plan_reproduction, table_spec
+from advtui.reproduce import apply_reproduction, plan_reproduction, resolution_line, table_spec
 
 # The analyses load torch (advtui.engine) inside their commands only, so the others start fast.
 
@@ -145,6 +145,7 @@ def reproduce(
         listing.add_row(p.role, str(p.seed), f"{run.get('id', '-')} {run.get('name', '')}".strip(), actions[p.action],
                         p.train_job or "-")
     console.print(listing)
+    console.print(resolution_line(plan))
     if dry_run:
         console.print(f"dry run: {sum(p.action == 'queue' for p in plan.runs)} run(s) and up to {len(plan.evals)} "
                       "evaluation(s) would be queued")

@@ -7,7 +7,10 @@ loading the engine.
 
 Result documents (registry table ``results``)
 ---------------------------------------------
-Key: (``run_id``, ``attack``, ``checkpoint_hash``); re-evaluating replaces only that document.
+Key: (``run_id``, ``attack``, ``checkpoint_hash``, ``settings.eps``, ``settings.examples``);
+re-evaluating replaces only that document, so results at several eps or sample sizes sit side by
+side and readers choose among them (``choose_results``: the run's main eps, then the larger
+sample unless the latest is asked for).
 
 - ``kind``: "attack"
 - ``run_id``, ``attack`` (canonical spec, source runs by id), ``label`` (source runs by name),
@@ -25,6 +28,12 @@ Key: (``run_id``, ``attack``, ``checkpoint_hash``); re-evaluating replaces only 
 - ``gradient``: {checked, zero, nonfinite}: input gradients of the attack loss at clean x
   (white-box gradient attacks only, else null)
 - ``robust_mask``: hex of the packed per-example robust bits (what worst-case is built from)
+- ``manifest``: the full budget behind the number: spec, eps, steps, step_size, restarts, seed,
+  examples, n, example_ids (hex bitmap over the split's ``split_size`` examples, in split order),
+  examples_hash (sha256 of the ids, 16 hex), checkpoint, checkpoint_hash, checkpoint_kind
+  ("final", "last", "best", "epoch-N" or the file's stem), checkpoint_epoch, device, versions
+  {advtui, torch, torchattacks}. Results stored before manifests have none; readers fall back
+  to ``settings``.
 - ``passes``: for a cascade (``aa``), [{attack, robust, wall_time}] per piece in order: the robust
   count after it (among all n) and its time; null otherwise
 - ``flags``: [{code, message}]: sanity checks, recomputed whenever a result of the same run,
@@ -78,7 +87,7 @@ def hex_to_mask(text: str, n: int) -> np.ndarray:
     return np.unpackbits(np.frombuffer(bytes.fromhex(text), dtype=np.uint8))[:n].astype(bool)
 
 
-def _doc_mask(doc: dict[str, Any]) -> np.ndarray | None:
+def doc_mask(doc: dict[str, Any]) -> np.ndarray | None:
     text = doc.get("robust_mask")
     return hex_to_mask(text, doc["n"]) if text is not None else None
 
@@ -92,7 +101,7 @@ def _significantly_above(a: dict[str, Any], b: dict[str, Any]) -> bool:
     """Is a's robust accuracy above b's beyond noise? On the same examples this is a paired
     (McNemar-style) test: of the examples the two attacks disagree on, clearly more must be
     robust under a than under b (2 sigma, and more than one example)."""
-    ma, mb = _doc_mask(a), _doc_mask(b)
+    ma, mb = doc_mask(a), doc_mask(b)
     if ma is not None and mb is not None and len(ma) == len(mb):
         up, down = int((ma & ~mb).sum()), int((mb & ~ma).sum())
         return up - down > max(1.0, 2.0 * math.sqrt(up + down))
@@ -182,7 +191,7 @@ def summarize(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
                       "argmin_label": lowest["label"], "over": [d["attack"] for d in exact]}
     robust = np.ones(n, dtype=bool)
     for d in docs:
-        mask = _doc_mask(d)
+        mask = doc_mask(d)
         if mask is not None:
             robust &= mask
     count = int(robust.sum())
@@ -197,8 +206,12 @@ def _same_setting(a: dict[str, Any], b: dict[str, Any]) -> bool:
 
 
 def _key(doc: dict[str, Any]):
+    """One result per run, attack, checkpoint, eps and example set: evaluating at another eps or
+    on more examples adds a result beside the earlier one instead of replacing it."""
     q = Query()
-    return (q.run_id == doc["run_id"]) & (q.attack == doc["attack"]) & (q.checkpoint_hash == doc["checkpoint_hash"])
+    settings = doc["settings"]
+    return ((q.run_id == doc["run_id"]) & (q.attack == doc["attack"]) & (q.checkpoint_hash == doc["checkpoint_hash"])
+            & (q.settings.eps == settings["eps"]) & (q.settings.examples == settings["examples"]))
 
 
 def store_result(registry: Registry, doc: dict[str, Any]) -> tuple[list[dict[str, str]], dict[str, dict[str, Any]]]:
@@ -230,7 +243,84 @@ def store_result(registry: Registry, doc: dict[str, Any]) -> tuple[list[dict[str
     return flags[doc["attack"]], summaries
 
 
+# -- manifests: what a stored number rests on ------------------------------------------------------------
+def ids_to_hex(ids: Any, split_size: int) -> str:
+    """Example indices (into a split of ``split_size``) as a hex bitmap."""
+    bitmap = np.zeros(int(split_size), dtype=bool)
+    bitmap[np.asarray(ids, dtype=np.int64)] = True
+    return mask_to_hex(bitmap)
+
+
+def ids_digest(ids: Any) -> str:
+    return hashlib.sha256(np.asarray(ids, dtype=np.int64).tobytes()).hexdigest()[:16]
+
+
+def example_ids(doc: dict[str, Any]) -> np.ndarray | None:
+    """The split indices a result was measured on, in the order of its robust mask (ascending),
+    or None for a result stored without a manifest."""
+    manifest = doc.get("manifest") or {}
+    text, size = manifest.get("example_ids"), manifest.get("split_size")
+    if text is None or size is None:
+        return None
+    return np.flatnonzero(hex_to_mask(text, int(size)))
+
+
+def example_set(doc: dict[str, Any]) -> str:
+    """What identifies a result's examples: the ids' hash, else the examples text and n."""
+    manifest = doc.get("manifest") or {}
+    return manifest.get("examples_hash") or f"{doc['settings']['examples']}:{doc['n']}"
+
+
+def checkpoint_kind(doc: dict[str, Any]) -> str:
+    """Which checkpoint of its run a result came from: the stored kind, else the file's stem."""
+    kind = doc.get("checkpoint_kind") or (doc.get("manifest") or {}).get("checkpoint_kind")
+    if kind:
+        return str(kind)
+    return Path(str(doc.get("checkpoint") or "?")).stem or "?"
+
+
+def checkpoint_epoch(doc: dict[str, Any]) -> int | None:
+    epoch = doc.get("checkpoint_epoch")
+    return epoch if epoch is not None else (doc.get("manifest") or {}).get("checkpoint_epoch")
+
+
 # -- reading results back -------------------------------------------------------------------------------
+PREFERENCES = ("largest", "latest")
+
+
+def _main_eps(docs: list[dict[str, Any]]) -> float | None:
+    """The eps most attacks were evaluated at (ties: the one evaluated last)."""
+    by_eps: dict[float, tuple[set[str], float]] = {}
+    for d in docs:
+        attacks, date = by_eps.get(d["settings"]["eps"], (set(), 0.0))
+        attacks.add(d["attack"])
+        by_eps[d["settings"]["eps"]] = (attacks, max(date, d.get("date", 0)))
+    if not by_eps:
+        return None
+    return max(by_eps, key=lambda e: (len(by_eps[e][0]), by_eps[e][1]))
+
+
+def choose_results(docs: Iterable[dict[str, Any]], eps: float | None = None, prefer: str = "largest",
+                   run_eps: float | None = None) -> dict[str, dict[str, Any]]:
+    """One result per attack (and summary) of one checkpoint, in table order: at ``eps`` (default:
+    the run's training eps ``run_eps`` when it has results there, else the eps most attacks were
+    evaluated at), the larger sample first (``prefer="latest"``: the most recent), then the most
+    recent."""
+    docs = list(docs)
+    wanted = eps
+    if wanted is None and run_eps is not None and any(abs(d["settings"]["eps"] - run_eps) < 1e-12 for d in docs):
+        wanted = run_eps
+    if wanted is None:
+        wanted = _main_eps([d for d in docs if d.get("kind") != "summary"])
+    at_eps = [d for d in docs if wanted is None or abs(d["settings"]["eps"] - wanted) < 1e-12]
+    rank = (lambda d: (d["n"], d.get("date", 0))) if prefer == "largest" else (lambda d: (d.get("date", 0), d["n"]))
+    chosen: dict[str, dict[str, Any]] = {}
+    for d in at_eps:
+        if d["attack"] not in chosen or rank(d) > rank(chosen[d["attack"]]):
+            chosen[d["attack"]] = d
+    return _ordered(chosen.values())
+
+
 def _ordered(docs: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     docs = list(docs)
     attacks = sorted((d for d in docs if d.get("kind") != "summary"), key=lambda d: attack_sort_key(d["attack"]))
@@ -243,17 +333,30 @@ def latest_checkpoint_hash(docs: Iterable[dict[str, Any]]) -> str | None:
     return max(docs, key=lambda d: d.get("date", 0))["checkpoint_hash"] if docs else None
 
 
-def results_for_run(registry: Registry, run_id: str, checkpoint_hash: str | None = None) -> dict[str, dict[str, Any]]:
+def results_for_run(registry: Registry, run_id: str, checkpoint_hash: str | None = None, *,
+                    eps: float | None = None, prefer: str = "largest") -> dict[str, dict[str, Any]]:
     """{attack spec: result doc} for one run and checkpoint, in table order, then "min" and
-    "worst-case". Without ``checkpoint_hash``: the checkpoint evaluated most recently."""
+    "worst-case" (see ``choose_results``). Without ``checkpoint_hash``: the checkpoint evaluated
+    most recently."""
     docs = registry.search(RESULTS, run_id=run_id)
     if checkpoint_hash is None:
         checkpoint_hash = latest_checkpoint_hash(docs)
-    return _ordered(d for d in docs if d["checkpoint_hash"] == checkpoint_hash)
+    return choose_results((d for d in docs if d["checkpoint_hash"] == checkpoint_hash), eps, prefer)
 
 
-def latest_results(registry: Registry, run_ids: Iterable[str] | None = None) -> dict[str, dict[str, dict[str, Any]]]:
-    """results_for_run for many runs with one read of the registry: {run_id: {spec: doc}}."""
+def all_results_for_run(registry: Registry, run_id: str, checkpoint_hash: str | None = None) -> list[dict[str, Any]]:
+    """Every attack result of a run's checkpoint (default: the latest evaluated), at every eps
+    and sample size: what robustness curves and the audit read."""
+    docs = registry.search(RESULTS, run_id=run_id)
+    if checkpoint_hash is None:
+        checkpoint_hash = latest_checkpoint_hash(docs)
+    return [d for d in docs if d["checkpoint_hash"] == checkpoint_hash and d.get("kind") == "attack"]
+
+
+def latest_results(registry: Registry, run_ids: Iterable[str] | None = None, *, eps: float | None = None,
+                   prefer: str = "largest", run_eps: dict[str, float] | None = None) -> dict[str, dict[str, dict[str, Any]]]:
+    """results_for_run for many runs with one read of the registry: {run_id: {spec: doc}};
+    ``run_eps``: each run's training eps, shown by default where it was evaluated."""
     by_run: dict[str, list[dict[str, Any]]] = {}
     for d in registry.all(RESULTS):
         by_run.setdefault(d["run_id"], []).append(d)
@@ -262,7 +365,8 @@ def latest_results(registry: Registry, run_ids: Iterable[str] | None = None) -> 
     for run_id in wanted:
         docs = by_run.get(run_id, [])
         latest = latest_checkpoint_hash(docs)
-        out[run_id] = _ordered(d for d in docs if d["checkpoint_hash"] == latest)
+        out[run_id] = choose_results((d for d in docs if d["checkpoint_hash"] == latest), eps, prefer,
+                                     (run_eps or {}).get(run_id))
     return out
 
 

@@ -49,9 +49,9 @@ import torch
 from advtui.core.attack_specs import AttackSpec, attack_specs_for
 from advtui.core.checkpoints import resolve_checkpoint
 from advtui.core.paths import DATA_ENV, data_root, run_folder
-from advtui.core.results import mask_to_hex, results_for_run, store_result
+from advtui.core.results import all_results_for_run, ids_digest, ids_to_hex, mask_to_hex, store_result
 from advtui.engine.attacks import Attack, RunCheckpoint, build_attacks, build_run_model, load_run_checkpoint
-from advtui.engine.data import load_split
+from advtui.engine.data import Split, balanced_subset, load_split
 from advtui.engine.maximizers import loss_and_grad
 from advtui.engine.objectives import ce_per_example
 from advtui.engine.train import device_name, resolve_device
@@ -111,10 +111,51 @@ class EvalReport:
 
 
 # -- running an evaluation --------------------------------------------------------------------------------
-def _test_split(config, limit: int | None, data_root_opt: str | None):
+def _test_split(config, limit: int | None, data_root_opt: str | None) -> tuple[Split, torch.Tensor, int]:
+    """The evaluation examples, their indices in the test split (ascending, the order of every
+    robust mask), and the split's size: load_split's class-balanced subset, with its ids kept."""
     # An explicit --data-root wins, then $ADVTUI_DATA, then where the run itself read its data.
     explicit = data_root_opt or (None if os.environ.get(DATA_ENV) else config.data_root)
-    return load_split(config.dataset, data_root(explicit), False, limit, seed=0)
+    whole = load_split(config.dataset, data_root(explicit), False, None, seed=0)
+    subset = balanced_subset(whole.labels, limit, seed=0)
+    ids = torch.arange(len(whole)) if subset is None else subset
+    if subset is None:
+        return whole, ids, len(whole)
+    return Split(whole.images[subset], whole.labels[subset], augment=whole.augment), ids, len(whole)
+
+
+def _versions() -> dict[str, str | None]:
+    """The versions a result was measured with (advtui, torch, torchattacks)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from advtui import __version__
+
+    def installed(name: str) -> str | None:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return None
+
+    return {"advtui": __version__, "torch": torch.__version__, "torchattacks": installed("torchattacks")}
+
+
+def _checkpoint_kind(path: Path) -> str:
+    """final, last, best, epoch-N: the checkpoint file's stem names its role in the run."""
+    return Path(path).stem
+
+
+def _manifest(target: RunCheckpoint, checkpoint_label: str, settings: dict[str, Any], ids: torch.Tensor,
+              split_size: int) -> dict[str, Any]:
+    """What every result of this evaluation rests on (the attack's own fields are added per result)."""
+    ids_np = ids.cpu().numpy()
+    epoch = target.state.get("epoch") if isinstance(target.state, dict) else None
+    return {"eps": settings["eps"], "step_size": settings["step_size"], "seed": settings["seed"],
+            "examples": settings["examples"], "n": settings["n"], "split_size": int(split_size),
+            "example_ids": ids_to_hex(ids_np, split_size), "examples_hash": ids_digest(ids_np),
+            "checkpoint": checkpoint_label, "checkpoint_hash": target.digest,
+            "checkpoint_kind": _checkpoint_kind(target.path),
+            "checkpoint_epoch": int(epoch) if isinstance(epoch, int) else None,
+            "device": settings["device"], "versions": _versions()}
 
 
 def _trained_epochs(state: dict[str, Any]) -> int | None:
@@ -272,7 +313,8 @@ class _Evaluation:
             "trajectory": [v if math.isfinite(v) else None for v in trajectory],
             "trajectory_model": "surrogate" if attack.surrogate is not None else "target",
             "gradient": self.gradient_health(attack), "robust_mask": mask_to_hex(robust), "flags": [],
-            "passes": passes,
+            "passes": passes, "manifest": {**self.manifest, "spec": spec.text, "steps": spec.steps,
+                                           "restarts": spec.restarts},
         }
 
     def run(self) -> EvalReport:
@@ -304,8 +346,9 @@ class _Evaluation:
                     self.on_progress(EvalProgress(attack.label, index, len(self.attacks), self.n, self.n,
                                                   doc["robust"], finished=True, accuracy=doc["accuracy"]))
             # Flags of earlier results may have changed with later ones (e.g. pgd-100 after pgd-10).
-            final_flags = {d["attack"]: d.get("flags", []) for d in results_for_run(
-                self.registry, self.record["id"], self.target.digest).values()}
+            final_flags = {d["attack"]: d.get("flags", []) for d in all_results_for_run(
+                self.registry, self.record["id"], self.target.digest)
+                if d["settings"]["eps"] == self.settings["eps"] and d["settings"]["examples"] == self.settings["examples"]}
             for doc in report.results:
                 doc["flags"] = final_flags.get(doc["attack"], doc["flags"])
         except BaseException as exc:
@@ -352,7 +395,8 @@ def evaluate_run(
     target.kind = kind
     eval_eps = float(eps) if eps is not None else float(target.config.eps)
     step = float(step_size) if step_size is not None else eval_eps / 4
-    split = _test_split(target.config, limit, data_root).to(torch_device)
+    split, ids, split_size = _test_split(target.config, limit, data_root)
+    split = split.to(torch_device)
     model = build_run_model(target, torch_device)
     built = build_attacks(specs, registry, record, eps=eval_eps, step_size=step, device=torch_device,
                           target_config=target.config, seed=seed)
@@ -368,4 +412,5 @@ def evaluate_run(
             registry, record, target, model, split, built, eps=eval_eps, step_size=step, batch_size=batch_size,
             seed=seed, cascade=cascade, settings=settings, checkpoint_label=_relative_to_run(target.path, folder),
             events=events, on_progress=on_progress)
+        evaluation.manifest = _manifest(target, evaluation.checkpoint_label, settings, ids, split_size)
         return evaluation.run()

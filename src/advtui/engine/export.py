@@ -6,7 +6,8 @@ state dict (tensors only, so ``torch.load(path, weights_only=True)`` reads it ba
 ``advtui.engine.models.build_model(model, dataset).load_state_dict`` takes it), and
 ``model_info/<dataset>/Linf/<name>.json`` the model card with the zoo's fields: link, name,
 authors, additional_data, number_forward_passes, dataset, venue, architecture, eps, clean_acc,
-reported, autoattack_acc (accuracies as strings, in %), and footnote.
+reported, autoattack_acc (accuracies as strings, in %), and footnote; beside them, the number of
+test examples each accuracy rests on (clean_acc_n, autoattack_acc_n) and its exact 95% interval.
 
 The accuracies are the stored ``aa`` result of the exported checkpoint (run ``advtui eval RUN
 -a aa`` first); clean_acc is measured on the same examples. Fields only the author can know
@@ -26,6 +27,7 @@ import torch
 
 from advtui.core.atomic import atomic_open, atomic_write_text
 from advtui.core.results import results_for_run
+from advtui.core.stats import proportion_interval
 from advtui.engine.attacks import load_run_checkpoint
 from advtui.errors import ConfigError
 from advtui.registry import Registry
@@ -53,6 +55,11 @@ def eps_text(eps: float) -> str:
     if 0 < eps < 0.1 and abs(in_255 - round(in_255)) < 1e-6:
         return f"{round(in_255)}/255"
     return f"{eps:g}"
+
+
+def _interval_text(count: int, n: int) -> str:
+    low, high = proportion_interval(count, n)
+    return f"{low:.2f}-{high:.2f}"
 
 
 def model_name(record: dict[str, Any]) -> str:
@@ -85,6 +92,11 @@ def export_robustbench(registry: Registry, run_ref: str, out_dir: Path, checkpoi
         "clean_acc": f"{aa['clean_accuracy']:.2f}",
         "reported": "",
         "autoattack_acc": f"{aa['accuracy']:.2f}",
+        # Beyond the zoo's fields: the examples each accuracy rests on, and its exact 95% interval.
+        "clean_acc_n": aa["n"],
+        "autoattack_acc_n": aa["n"],
+        "clean_acc_ci95": _interval_text(aa["clean_robust"], aa["n"]),
+        "autoattack_acc_ci95": _interval_text(aa["robust"], aa["n"]),
         "footnote": (f"advtui run {record['id']} ({record.get('defense')}), checkpoint {target.digest}; "
                      f"AutoAttack standard (APGD-CE, APGD-T, FAB-T, Square; torchattacks pieces with the "
                      f"original settings) on {examples}, "

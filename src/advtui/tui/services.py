@@ -225,11 +225,12 @@ class Services:
 
         return results_for_run(self.registry, run_id)
 
-    def comparison(self, run_ids: list[str], by: str = "run"):
+    def comparison(self, run_ids: list[str], by: str = "run", **options):
+        """The compare model of these runs; ``options`` as build_comparison's (diff, at, baseline)."""
         from advtui.compare import build_comparison  # see results(): numpy, only when asked
 
         runs = [r for r in (self.registry.get_run(rid) for rid in run_ids) if r is not None]
-        return build_comparison(self.registry, runs, by=by)
+        return build_comparison(self.registry, runs, by=by, **options)
 
     @staticmethod
     def check_attacks(specs: list[str]) -> list[str]:

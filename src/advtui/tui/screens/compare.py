@@ -5,6 +5,10 @@ paper's Table 3 columns (attacks, min, worst-case) with the best per column high
 Table 2's cost columns (inner maximizer parameters, time per epoch). When several marked runs
 share a defense (seeds), a second table gives per defense the lowest over its runs with mean ±
 std. Below, their inner-loss trajectories and training curves are overlaid with a legend.
+
+The choices of ``advtui compare``: ``f`` adds the config fields that differ (--diff), ``a`` cycles
+the per-epoch metrics at the best epoch, the final one, or none (--at), and ``b`` makes the
+highlighted run the baseline every other row shows its deltas to (again: no baseline).
 """
 
 from __future__ import annotations
@@ -25,7 +29,11 @@ class CompareScreen(Screen):
     BINDINGS = [
         Binding("escape,q,c", "app.pop_screen", "Back"),
         Binding("r", "reload", "Reload"),
+        Binding("f", "toggle_diff", "Config diff"),
+        Binding("a", "cycle_at", "At epoch"),
+        Binding("b", "baseline", "Baseline"),
     ]
+    AT_CYCLE = (None, "best", "final")
 
     def __init__(self, run_ids: list[str]) -> None:
         super().__init__()
@@ -33,6 +41,7 @@ class CompareScreen(Screen):
         self.comparison = None
         self.by_defense = None
         self.loaded = False
+        self.options: dict = {"diff": False, "at": None, "baseline": None}
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -52,6 +61,23 @@ class CompareScreen(Screen):
         self.query_one("#compare-defenses", DataTable).display = False
         self.action_reload()
 
+    def action_toggle_diff(self) -> None:
+        self.options["diff"] = not self.options["diff"]
+        self.action_reload()
+
+    def action_cycle_at(self) -> None:
+        cycle = self.AT_CYCLE
+        self.options["at"] = cycle[(cycle.index(self.options["at"]) + 1) % len(cycle)]
+        self.action_reload()
+
+    def action_baseline(self) -> None:
+        table = self.query_one("#compare-runs", DataTable)
+        if not table.row_count:
+            return
+        key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
+        self.options["baseline"] = None if self.options["baseline"] == key else key
+        self.action_reload()
+
     def action_reload(self) -> None:
         self.run_worker(self._load, thread=True, group="compare", exclusive=True, exit_on_error=False)
 
@@ -59,7 +85,7 @@ class CompareScreen(Screen):
         app = self.app
         services = app.services  # type: ignore[attr-defined]
         try:
-            comparison = services.comparison(self.run_ids, by="run")
+            comparison = services.comparison(self.run_ids, by="run", **self.options)
             records = [app.registry.get_run(rid) for rid in self.run_ids]  # type: ignore[attr-defined]
             defenses = [r.get("defense") for r in records if r]
             by_defense = services.comparison(self.run_ids, by="defense") if len(defenses) > len(set(defenses)) else None
@@ -97,7 +123,11 @@ class CompareScreen(Screen):
         self.comparison, self.by_defense = comparison, by_defense
         runs_table = self.query_one("#compare-runs", DataTable)
         self._fill(runs_table, comparison, ["run", "defense"])
-        runs_table.border_title = "robust accuracy % per run · best per column in green"
+        choices = [f"at {self.options['at']}" if self.options["at"] else "",
+                   "config diff" if self.options["diff"] else "",
+                   f"baseline {self.options['baseline']}" if self.options["baseline"] else ""]
+        runs_table.border_title = ("robust accuracy % per run, [95% interval] n · best (paired test) in green"
+                                   + "".join(f" · {c}" for c in choices if c))
         defenses = self.query_one("#compare-defenses", DataTable)
         if by_defense is not None:
             self._fill(defenses, by_defense, ["defense", "runs"])
