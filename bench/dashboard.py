@@ -48,7 +48,7 @@ def build_registry(root: Path, n_runs: int, running_pids: list[tuple[int, float]
     running run per (pid, create_time) given, one file per run written in one go, like a
     long-lived store. Returns the running runs' ids."""
     from advtui.config import DEFENSES, build_config
-    from advtui.registry import RUNS, Registry
+    from advtui.store.registry import RUNS, Registry
 
     rng = random.Random(0)
     registry = Registry(root)

@@ -60,7 +60,7 @@ def reference_pgd(model, x, y, eps, alpha, steps, loss="ce"):
 def load_model(args, device):
     if args.run:
         from advtui.engine.attacks import build_run_model, load_run_checkpoint
-        from advtui.registry import Registry
+        from advtui.store.registry import Registry
         from advtui.core.paths import runs_dir
 
         registry = Registry(runs_dir(args.runs_dir))

@@ -33,9 +33,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import advtui.registry as store
+import advtui.store.registry as store
 from advtui.config import build_config
-from advtui.registry import JOBS, Registry
+from advtui.store.registry import JOBS, Registry
 
 LEGACY = getattr(store, "LEGACY_FILE", "advtui.json")
 SHARDED = hasattr(store, "QUEUE_FILE")

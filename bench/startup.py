@@ -59,7 +59,7 @@ def timed(owner, name, label, once=False):
             mark(label, t)
     setattr(owner, name, wrapper)
 
-from advtui.registry import Registry
+from advtui.store.registry import Registry
 timed(Registry, "update_run", "update the run record", once=True)
 timed(train, "resolve_device", "resolve the device")
 timed(train, "load_data", "load the data (train + test splits)")

@@ -21,7 +21,7 @@ from advtui.engine import attacks as engine_attacks
 from advtui.engine.attacks import AutoAttackSettings, autoattack_piece, build_run_model, load_run_checkpoint
 from advtui.engine.data import load_split
 from advtui.engine.evaluate import evaluate_run
-from advtui.registry import Registry
+from advtui.store.registry import Registry
 
 
 # -- grammar ---------------------------------------------------------------------------------------------

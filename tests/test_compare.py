@@ -16,7 +16,7 @@ from advtui.compare import build_comparison, format_cell, render, select_runs, t
 from advtui.core.results import mask_to_hex, results_for_run, store_result
 from advtui.engine.evaluate import evaluate_run
 from advtui.errors import ConfigError, RunNotFoundError
-from advtui.registry import Registry
+from advtui.store.registry import Registry
 
 N = 20
 

@@ -27,7 +27,7 @@ import torch
 
 from advtui.core import lifecycle
 from advtui.events import EventTail, EventWriter, read_stream
-from advtui.registry import QUEUE_FILE, REGISTRY_FILE, RUN_FILE, Registry
+from advtui.store.registry import QUEUE_FILE, REGISTRY_FILE, RUN_FILE, Registry
 from store_support import store_snapshot
 
 REPO = Path(__file__).resolve().parents[1]
@@ -319,7 +319,7 @@ def test_a_registry_file_that_is_not_a_registry_is_reported_and_never_overwritte
 def test_an_earlier_versions_registry_that_is_not_one_is_not_migrated(tmp_path, monkeypatch, capsys):
     """``advtui.json`` (the single-file registry of earlier versions) replaced by ``{}``: taken
     as an empty registry it would be migrated to nothing and moved aside."""
-    from advtui.registry import LEGACY_FILE
+    from advtui.store.registry import LEGACY_FILE
 
     root = tmp_path / "runs"
     root.mkdir()

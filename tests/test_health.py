@@ -17,7 +17,7 @@ from advtui.events import EVENTS_FILE, EventWriter
 from advtui.health import (
     ERROR, WARNING, Finding, HealthMonitor, record_findings, replay,
 )
-from advtui.registry import RUNS, Registry
+from advtui.store.registry import RUNS, Registry
 from advtui.runner import _health_monitor
 from advtui.tui.rows import GroupRow, run_row
 

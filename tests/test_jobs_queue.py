@@ -16,7 +16,7 @@ from advtui.jobs.queue import (
     resume_point, seed_configs,
 )
 from advtui.jobs.scheduler import Scheduler
-from advtui.registry import JOBS, Registry
+from advtui.store.registry import JOBS, Registry
 
 
 def tiny(**overrides):

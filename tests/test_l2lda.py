@@ -16,7 +16,7 @@ from advtui.engine.checkpoint import load_checkpoint
 from advtui.engine.defenses import build_maximizer
 from advtui.engine.l2lda import L2LDAGenerator, diversity, normalize_per_channel, parameter_count
 from advtui.engine.objectives import ce_per_example
-from advtui.registry import Registry
+from advtui.store.registry import Registry
 
 
 def _linear_mnist_model(seed: int = 0) -> nn.Module:

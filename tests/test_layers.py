@@ -22,7 +22,7 @@ import typer.main
 from advtui.config import build_config
 from advtui.core import lifecycle
 from advtui.core.results import mask_to_hex, store_result
-from advtui.registry import Registry
+from advtui.store.registry import Registry
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "advtui"
 TORCH = ("torch", "torchvision")
@@ -294,7 +294,7 @@ def _writes_run_status(call: ast.Call) -> bool:
 
 def test_a_runs_status_has_one_writer_the_lifecycle():
     writers = sorted(f"{name}:{node.lineno}" for name, path in SOURCES.items()
-                     if name not in ("advtui.core.lifecycle", "advtui.registry")
+                     if name not in ("advtui.core.lifecycle", "advtui.store.registry")
                      for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
                      if isinstance(node, ast.Call) and _writes_run_status(node))
     assert writers == []

@@ -15,7 +15,7 @@ import sys
 import pytest
 
 from advtui.health import CHANCE_ACCURACY
-from advtui.registry import Registry
+from advtui.store.registry import Registry
 
 
 def advtui(*args: str, env_root) -> subprocess.CompletedProcess:

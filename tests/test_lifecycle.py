@@ -10,7 +10,7 @@ import pytest
 from advtui.config import build_config
 from advtui.core import lifecycle
 from advtui.core.process import record_alive
-from advtui.registry import Registry
+from advtui.store.registry import Registry
 
 
 def queued(tmp_path, **options) -> tuple[Registry, dict]:

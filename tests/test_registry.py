@@ -4,7 +4,7 @@ import pytest
 
 from advtui.errors import ConfigError, RegistryError, RunNotFoundError
 from advtui.paths import run_dir
-from advtui.registry import REGISTRY_FILE, SCHEMA_VERSION, Registry
+from advtui.store.registry import REGISTRY_FILE, SCHEMA_VERSION, Registry
 
 
 def test_create_update_resolve(tmp_path):

@@ -12,7 +12,7 @@ import pytest
 
 from advtui.core.results import mask_to_hex, store_result
 from advtui.core.paths import run_dir
-from advtui.registry import Registry
+from advtui.store.registry import Registry
 from advtui.report import CHANCE_ACCURACY, Curve, build_report, epoch_events
 from advtui.reproduce import REPRODUCTIONS, apply_reproduction, plan_reproduction
 

@@ -15,7 +15,7 @@ import torch
 
 from advtui.config import DEFENSES
 from advtui.engine.checkpoint import load_checkpoint
-from advtui.registry import Registry
+from advtui.store.registry import Registry
 from store_support import store_snapshot
 
 TINY = ["--train-limit", "200", "--test-limit", "100", "--eval-limit", "50", "--batch-size", "50",

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-import advtui.registry as store
+import advtui.store.registry as store
 from advtui.errors import RegistryError
 from advtui.jobs.queue import list_jobs, resolve_job
-from advtui.registry import (
+from advtui.store.registry import (
     ARCHIVE_DIR, JOBS, LEGACY_FILE, QUEUE_FILE, REGISTRY_FILE, RESULTS, RUN_FILE, RUNS, SCHEMA_VERSION, Registry,
 )
 
@@ -92,7 +92,7 @@ def test_processes_starting_at_once_migrate_once(tmp_path):
     script = textwrap.dedent("""
         import sys
         from pathlib import Path
-        from advtui.registry import Registry
+        from advtui.store.registry import Registry
         sys.stdin.readline()
         registry = Registry(Path(sys.argv[1]))
         print(len(registry.runs()), len(registry.all("jobs")), flush=True)
@@ -154,7 +154,7 @@ def test_many_ended_jobs_migrate_into_archive_files(tmp_path, monkeypatch):
 CHANGER = textwrap.dedent("""
     import sys
     from pathlib import Path
-    from advtui.registry import Registry
+    from advtui.store.registry import Registry
     registry = Registry(Path(sys.argv[1]))
     for line in sys.stdin:
         run_id, epoch = line.split()

@@ -30,7 +30,7 @@ from advtui.core.attack_specs import AttackSpecError, attack_sort_key, parse_att
 from advtui.core.defenses import DEFENSE_SPECS, DEFENSES
 from advtui.core.results import latest_results, summarize
 from advtui.errors import ConfigError
-from advtui.registry import Registry
+from advtui.store.registry import Registry
 
 FORMATS = ("md", "csv", "latex", "json")
 ROW_KINDS = ("run", "defense")

@@ -41,7 +41,7 @@ from advtui.core.results import file_digest
 from advtui.errors import AdvtuiError, ConfigError
 from advtui.events import EVENTS_FILE, LineTail
 from advtui.health import CHANCE_ACCURACY  # one threshold for the live check and the report
-from advtui.registry import JOBS, Registry
+from advtui.store.registry import JOBS, Registry
 from advtui.reproduce import PAPER_TABLE2, ROW_LABELS, SCALES, TABLES, reproductions
 
 FIG2_DEFENSES = ("advtrain", "trades", "rnn-adv", "rnn-trades")  # the paper's four panels

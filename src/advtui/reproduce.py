@@ -32,7 +32,7 @@ from advtui.core.paths import run_folder
 from advtui.core.results import results_for_run
 from advtui.errors import ConfigError
 from advtui.jobs.queue import queue_eval, queue_train
-from advtui.registry import JOBS, Registry
+from advtui.store.registry import JOBS, Registry
 
 REPRODUCTIONS = "reproductions"  # registry table: one plan per (table, scale)
 SURROGATE_SEED = 1000  # Table 7's surrogates: "the same architecture ... a different random seed"

@@ -22,7 +22,7 @@ from advtui.core.paths import (
 from advtui.errors import AdvtuiError, CheckpointError, ConfigError
 from advtui.events import EVENTS_FILE, EventWriter, ended_epochs, read_events
 from advtui.health import HealthMonitor, RunUnhealthy, replay
-from advtui.registry import Registry
+from advtui.store.registry import Registry
 
 
 class RunInterrupted(AdvtuiError):

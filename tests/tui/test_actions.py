@@ -17,7 +17,7 @@ from advtui.config import build_config
 from advtui.core.results import results_for_run
 from advtui.jobs.launcher import stop_process
 from advtui.jobs.queue import list_jobs
-from advtui.registry import Registry
+from advtui.store.registry import Registry
 from advtui.tui.app import AdvtuiApp
 from advtui.tui.screens.compare import CompareScreen
 from advtui.tui.screens.confirm import ConfirmScreen

@@ -17,7 +17,7 @@ from advtui.config import build_config
 from advtui.events import EVENTS_FILE
 from advtui.jobs.monitor import GpuSampler
 from advtui.jobs.scheduler import SchedulerPolicy
-from advtui.registry import JOBS, RUNS, Registry
+from advtui.store.registry import JOBS, RUNS, Registry
 from advtui.tui.app import AdvtuiApp
 from advtui.tui.services import Services
 

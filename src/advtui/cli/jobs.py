@@ -26,7 +26,7 @@ from advtui.jobs.queue import (
     resume as resume_run, resume_point, seed_configs,
 )
 from advtui.jobs.scheduler import Scheduler, SchedulerPolicy, read_holder
-from advtui.registry import RUNS
+from advtui.store.registry import RUNS
 
 app = typer.Typer()  # queue (a group), worker, kill, resume, gpus: commands of the root
 queue_app = typer.Typer(help="Queue trainings and evaluations for `advtui worker` (or the dashboard) to run.",

@@ -32,7 +32,7 @@ from typing import Any
 
 from advtui.core.process import record_alive, this_process, why_not_alive
 from advtui.errors import AdvtuiError
-from advtui.registry import RUNS, Registry
+from advtui.store.registry import RUNS, Registry
 
 QUEUED, RUNNING, FINISHED, FAILED, KILLED = "queued", "running", "finished", "failed", "killed"
 RUN_STATUSES = (QUEUED, RUNNING, FINISHED, FAILED, KILLED)

@@ -13,7 +13,7 @@ from platformdirs import user_cache_dir
 from advtui.errors import CheckpointError, ConfigError, UnsafePathError
 
 if TYPE_CHECKING:  # the registry stores records; these functions only need its root
-    from advtui.registry import Registry
+    from advtui.store.registry import Registry
 
 RUNS_ENV = "ADVTUI_RUNS"
 DATA_ENV = "ADVTUI_DATA"

@@ -35,7 +35,7 @@ from advtui.engine.data import load_split
 from advtui.engine.objectives import ce_per_example
 from advtui.engine.train import resolve_device
 from advtui.errors import ConfigError
-from advtui.registry import Registry
+from advtui.store.registry import Registry
 
 DEFAULT_TRAJECTORY_LIMIT = 200
 DEFAULT_GRID = 21

@@ -25,7 +25,7 @@ from advtui.engine.maximizers import PGD, PGDBLS, Maximizer, MaxResult, loss_and
 from advtui.engine.models import build_model
 from advtui.engine.objectives import ce_per_example
 from advtui.errors import CheckpointError, ConfigError
-from advtui.registry import Registry
+from advtui.store.registry import Registry
 
 CW_KAPPA = 50.0
 

@@ -55,7 +55,7 @@ from advtui.engine.objectives import ce_per_example
 from advtui.engine.train import device_name, resolve_device
 from advtui.errors import ConfigError
 from advtui.events import EVENTS_FILE, EventWriter
-from advtui.registry import Registry
+from advtui.store.registry import Registry
 
 DEFAULT_BATCH_SIZE = 256
 PROGRESS_EVENT_INTERVAL_S = 1.0

@@ -28,7 +28,7 @@ from advtui.core.atomic import atomic_open, atomic_write_text
 from advtui.core.results import results_for_run
 from advtui.engine.attacks import load_run_checkpoint
 from advtui.errors import ConfigError
-from advtui.registry import Registry
+from advtui.store.registry import Registry
 
 THREAT_MODEL = "Linf"
 ARCHITECTURES = {"smallcnn": "SmallCNN", "vgg16": "VGG-16", "resnet18": "ResNet-18"}

@@ -47,7 +47,7 @@ from advtui.errors import (
 )
 from advtui.events import EVENTS_FILE, read_events
 from advtui.jobs.launcher import DEFAULT_GRACE_S, stop_process
-from advtui.registry import JOBS, Registry
+from advtui.store.registry import JOBS, Registry
 
 JOB_STATUSES = ("queued", "running", "done", "failed", "cancelled")
 ACTIVE = ("queued", "running")

@@ -454,7 +454,7 @@ class ClusterGpuSampler:
 def process_owners_by_node(registry) -> dict[str, dict]:
     """node IP -> {pid: ProcessOwner} for the running jobs Ray placed (pids are per node)."""
     from advtui.jobs.monitor import ProcessOwner
-    from advtui.registry import JOBS
+    from advtui.store.registry import JOBS
 
     owners: dict[str, dict] = {}
     if not registry.path.exists():

@@ -53,7 +53,7 @@ from advtui.errors import ConfigError, RegistryError
 from advtui.jobs.launcher import ExitStatus, Executor, LaunchSpec, LocalExecutor, ProcessHandle, describe_exit, log_tail
 from advtui.jobs.monitor import NA, GpuSampler, GpuSnapshot, GpuState
 from advtui.jobs.queue import EVAL_OPTION_FLAGS, cancel_dependents, finish_job
-from advtui.registry import JOBS, RUNS, Registry
+from advtui.store.registry import JOBS, RUNS, Registry
 
 SCHEDULER_LOCK = "scheduler.lock"
 SCHEDULER_HOLDER = "scheduler.json"

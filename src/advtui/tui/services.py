@@ -27,7 +27,7 @@ from advtui.jobs.monitor import GpuSampler, GpuSnapshot, ProcessSampler, Process
 from advtui.jobs.queue import kill as kill_target
 from advtui.jobs.queue import list_jobs, parse_seeds, queue_eval, queue_train, resume, resume_point, seed_configs
 from advtui.jobs.scheduler import Scheduler, SchedulerPolicy, read_holder, threads_per_job
-from advtui.registry import RUNS, Registry
+from advtui.store.registry import RUNS, Registry
 
 # Finished jobs listed in the queue panel below the active ones.
 RECENT_JOBS = 4
