@@ -40,7 +40,7 @@ if device in ("cuda", "auto") and torch.cuda.is_available():
 t = time.perf_counter(); import advtui.main; mark("import the advtui CLI", t)
 import advtui.runner as runner
 import advtui.engine.train as train
-from advtui.core import lifecycle
+from advtui.store import lifecycle
 
 first_batch = {}
 timed_once = set()

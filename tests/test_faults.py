@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 import torch
 
-from advtui.core import lifecycle
+from advtui.store import lifecycle
 from advtui.events import EventTail, EventWriter, read_stream
 from advtui.store.registry import QUEUE_FILE, REGISTRY_FILE, RUN_FILE, Registry
 from store_support import store_snapshot

@@ -20,7 +20,7 @@ import pytest
 import typer.main
 
 from advtui.config import build_config
-from advtui.core import lifecycle
+from advtui.store import lifecycle
 from advtui.core.results import mask_to_hex, store_result
 from advtui.store.registry import Registry
 
@@ -245,9 +245,9 @@ def _violations(importer_package: str, forbidden: tuple[str, ...]) -> list[str]:
 
 
 def test_the_static_walk_sees_the_imports_it_checks():
-    assert "advtui.engine.train" in SOURCES and "advtui.core.lifecycle" in SOURCES
+    assert "advtui.engine.train" in SOURCES and "advtui.store.lifecycle" in SOURCES
     assert "torch" in IMPORTS["advtui.engine.train"]
-    assert "advtui.core.process" in IMPORTS["advtui.core.lifecycle"]
+    assert "advtui.core.process" in IMPORTS["advtui.store.lifecycle"]
 
 
 def test_the_engine_never_imports_the_layers_above_it():
@@ -294,7 +294,7 @@ def _writes_run_status(call: ast.Call) -> bool:
 
 def test_a_runs_status_has_one_writer_the_lifecycle():
     writers = sorted(f"{name}:{node.lineno}" for name, path in SOURCES.items()
-                     if name not in ("advtui.core.lifecycle", "advtui.store.registry")
+                     if name not in ("advtui.store.lifecycle", "advtui.store.registry")
                      for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
                      if isinstance(node, ast.Call) and _writes_run_status(node))
     assert writers == []

@@ -1,4 +1,4 @@
-"""A run's life (advtui.core.lifecycle): the moves, the races they lose on purpose, and the
+"""A run's life (advtui.store.lifecycle): the moves, the races they lose on purpose, and the
 moves it refuses."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import os
 import pytest
 
 from advtui.config import build_config
-from advtui.core import lifecycle
+from advtui.store import lifecycle
 from advtui.core.process import record_alive
 from advtui.store.registry import Registry
 

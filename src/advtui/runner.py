@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from advtui.config import RunConfig, recorded_config
-from advtui.core import lifecycle
+from advtui.store import lifecycle
 from advtui.core.atomic import atomic_copy, remove_stale_temporaries
 from advtui.core.defenses import DEFENSE_SPECS
 from advtui.core.paths import (

@@ -12,7 +12,7 @@ import sys
 
 from rich.console import Console
 
-from advtui.core import lifecycle
+from advtui.store import lifecycle
 from advtui.jobs.scheduler import Scheduler, SchedulerPolicy
 from advtui.store.registry import JOBS, RUNS, Registry
 from advtui.tui.screens.confirm import ConfirmScreen

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from advtui.config import RunConfig, recorded_config
-from advtui.core import lifecycle
+from advtui.store import lifecycle
 from advtui.core.attack_specs import parse_attack
 from advtui.core.paths import run_dir
 from advtui.core.process import record_alive

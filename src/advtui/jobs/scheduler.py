@@ -45,7 +45,7 @@ from typing import Any, Callable
 
 from filelock import FileLock, Timeout
 
-from advtui.core import lifecycle
+from advtui.store import lifecycle
 from advtui.core.atomic import atomic_write_json
 from advtui.core.paths import check_safe_name, run_dir
 from advtui.core.process import live_process, record_alive, why_not_alive

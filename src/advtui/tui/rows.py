@@ -65,7 +65,7 @@ def progress_bar(fraction: float | None, width: int = BAR_WIDTH) -> str:
 
 
 # How the queue words the end of a run stopped while it waited (jobs.queue cancel_job and kill,
-# through core.lifecycle.mark_killed): the store keeps it "killed", so that ``resume`` queues
+# through store.lifecycle.mark_killed): the store keeps it "killed", so that ``resume`` queues
 # it again, but it never trained, and the dashboard calls it what it was.
 NOT_STARTED = "before it started"
 
