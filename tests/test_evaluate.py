@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from advtui.cli import app
 from advtui.engine.checkpoint import load_checkpoint, save_checkpoint
-from advtui.core.results import compute_flags, hex_to_mask, mask_to_hex, results_for_run, summarize
+from advtui.store.results import compute_flags, hex_to_mask, mask_to_hex, results_for_run, summarize
 from advtui.engine.evaluate import evaluate_run
 from advtui.errors import AdvtuiError
 from advtui.store.registry import RESULTS, Registry

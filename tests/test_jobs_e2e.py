@@ -14,7 +14,7 @@ from pathlib import Path
 
 from advtui.config import build_config
 from advtui.core.process import live_process
-from advtui.core.results import results_for_run
+from advtui.store.results import results_for_run
 from advtui.jobs.monitor import GpuSampler
 from advtui.jobs.queue import list_jobs, queue_train, resolve_job
 from advtui.jobs.scheduler import Scheduler, SchedulerPolicy, threads_per_job

@@ -21,7 +21,7 @@ import typer.main
 
 from advtui.config import build_config
 from advtui.store import lifecycle
-from advtui.core.results import mask_to_hex, store_result
+from advtui.store.results import mask_to_hex, store_result
 from advtui.store.registry import Registry
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "advtui"

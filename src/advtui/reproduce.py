@@ -29,7 +29,7 @@ from typing import Any
 from advtui.config import PRESETS, RunConfig, build_config
 from advtui.core.attack_specs import parse_attack
 from advtui.core.paths import run_folder
-from advtui.core.results import results_for_run
+from advtui.store.results import results_for_run
 from advtui.errors import ConfigError
 from advtui.jobs.queue import queue_eval, queue_train
 from advtui.store.registry import JOBS, Registry

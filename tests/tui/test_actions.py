@@ -14,7 +14,7 @@ import pytest
 from textual.widgets import Button, Input, Label, Log, Select, SelectionList
 
 from advtui.config import build_config
-from advtui.core.results import results_for_run
+from advtui.store.results import results_for_run
 from advtui.jobs.launcher import stop_process
 from advtui.jobs.queue import list_jobs
 from advtui.store.registry import Registry

@@ -18,7 +18,7 @@ from torch import nn
 from advtui.config import RunConfig
 from advtui.core.attack_specs import AttackSpec
 from advtui.core.paths import checkpoint_path
-from advtui.core.results import file_digest
+from advtui.store.results import file_digest
 from advtui.engine.checkpoint import load_checkpoint
 from advtui.engine.defenses import build_maximizer
 from advtui.engine.maximizers import PGD, PGDBLS, Maximizer, MaxResult, loss_and_grad, project

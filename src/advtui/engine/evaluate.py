@@ -18,7 +18,7 @@ broke: faster, and worst-case is still exact, but such an attack's own number is
 *cumulative* robust accuracy (robust to it and every attack before it), stored with
 ``accuracy_kind: "cumulative"`` and left out of ``min`` and of the sanity checks.
 
-Result documents are described in ``advtui.core.results``, which stores and reads them.
+Result documents are described in ``advtui.store.results``, which stores and reads them.
 
 Events (``eval`` kind in the run's events.jsonl; every one has ``eval_id`` and ``phase``)
 ------------------------------------------------------------------------------------------
@@ -47,7 +47,7 @@ import torch
 
 from advtui.core.attack_specs import AttackSpec, attack_specs_for
 from advtui.core.paths import DATA_ENV, data_root, run_folder
-from advtui.core.results import mask_to_hex, results_for_run, store_result
+from advtui.store.results import mask_to_hex, results_for_run, store_result
 from advtui.engine.attacks import Attack, RunCheckpoint, build_attacks, build_run_model, load_run_checkpoint
 from advtui.engine.data import load_split
 from advtui.engine.maximizers import loss_and_grad

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from advtui.core.atomic import atomic_open, atomic_write_text
-from advtui.core.results import results_for_run
+from advtui.store.results import results_for_run
 from advtui.engine.attacks import load_run_checkpoint
 from advtui.errors import ConfigError
 from advtui.store.registry import Registry

@@ -221,7 +221,7 @@ class Services:
     def results(self, run_id: str) -> dict[str, dict]:
         # Imported here, not at the top: the results store loads numpy, which the first paint
         # of the dashboard does not need (the detail and compare screens do).
-        from advtui.core.results import results_for_run
+        from advtui.store.results import results_for_run
 
         return results_for_run(self.registry, run_id)
 
