@@ -80,7 +80,7 @@ def test_a_legacy_file_beside_a_used_store_without_its_registry_file_changes_no_
 
 def test_a_migration_interrupted_before_the_queue_finishes_the_archive_without_touching_its_files(tmp_path,
                                                                                                   monkeypatch):
-    import advtui.store.registry as store
+    import advtui.store.archive as store
 
     monkeypatch.setattr(store, "ARCHIVE_CHUNK", 2)
     root = tmp_path / "runs"
@@ -251,7 +251,7 @@ def test_an_earlier_versions_registry_with_a_schema_of_the_wrong_type_is_one_lin
 
 def test_the_store_knows_every_eval_option_the_queue_passes_on():
     from advtui.jobs.queue import EVAL_OPTION_FLAGS
-    from advtui.store.registry import EVAL_OPTION_KEYS
+    from advtui.store.schema import EVAL_OPTION_KEYS
 
     assert set(EVAL_OPTION_KEYS) == set(EVAL_OPTION_FLAGS)
 
