@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from advtui.engine.data import CIFAR_FOLDER, balanced_subset, crop_and_flip, load_split
-from advtui.errors import DataMissingError
+from advtui.core.errors import DataMissingError
 
 
 def test_mnist_real_files_and_balanced_subset(mnist_root):

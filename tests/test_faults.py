@@ -476,7 +476,7 @@ def test_random_bytes_in_the_registry_are_a_message_for_the_dashboard(runs):
 # == trust boundaries ============================================================================
 def test_the_cifar10_reader_reads_batches_and_runs_no_code(tmp_path):
     from advtui.engine.data import CIFAR_FOLDER, load_split
-    from advtui.errors import DataMissingError
+    from advtui.core.errors import DataMissingError
 
     folder = tmp_path / CIFAR_FOLDER
     folder.mkdir()

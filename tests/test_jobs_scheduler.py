@@ -10,7 +10,7 @@ import psutil
 import pytest
 
 from advtui.config import build_config
-from advtui.errors import RegistryError
+from advtui.core.errors import RegistryError
 from advtui.jobs.queue import queue_train, resolve_job
 from advtui.jobs.scheduler import Scheduler, read_holder
 from advtui.store.registry import JOBS, QUEUE_FILE, Registry

@@ -140,7 +140,7 @@ def test_l2lda_trains_through_advtui_run_and_its_attacker_loads_in_eval(runs_roo
 
 
 def test_inputs_of_another_dataset_are_refused_in_one_line():
-    from advtui.errors import ConfigError
+    from advtui.core.errors import ConfigError
 
     gen = L2LDAGenerator(1, width=8)
     model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 10)).eval()

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from advtui.errors import ConfigError, RegistryError, RunNotFoundError
+from advtui.core.errors import ConfigError, RegistryError, RunNotFoundError
 from advtui.paths import run_dir
 from advtui.store.registry import REGISTRY_FILE, SCHEMA_VERSION, Registry
 

@@ -18,7 +18,7 @@ import advtui.store.archive as archive
 import advtui.store.files as files
 import advtui.store.listing as listing
 import advtui.store.registry as store
-from advtui.errors import RegistryError
+from advtui.core.errors import RegistryError
 from advtui.jobs.queue import list_jobs, resolve_job
 from advtui.store.registry import (
     ARCHIVE_DIR, JOBS, LEGACY_FILE, QUEUE_FILE, REGISTRY_FILE, RESULTS, RUN_FILE, RUNS, SCHEMA_VERSION, Registry,

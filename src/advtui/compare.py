@@ -29,7 +29,7 @@ from typing import Any, Iterable
 from advtui.core.attack_specs import AttackSpecError, attack_sort_key, parse_attack, parse_attack_list
 from advtui.core.defenses import DEFENSE_SPECS, DEFENSES
 from advtui.store.results import latest_results, summarize
-from advtui.errors import ConfigError
+from advtui.core.errors import ConfigError
 from advtui.store.registry import Registry
 
 FORMATS = ("md", "csv", "latex", "json")

@@ -15,7 +15,7 @@ from typing import Any
 
 from advtui.core.defenses import DEFENSE_SPECS, DEFENSES
 from advtui.core.paths import check_safe_name
-from advtui.errors import ConfigError
+from advtui.core.errors import ConfigError
 
 DATASETS = ("mnist", "cifar10")
 MODELS = ("smallcnn", "vgg16", "resnet18", "wrn-34-10")

@@ -33,7 +33,7 @@ import math
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Iterable
 
-from advtui.errors import AdvtuiError
+from advtui.core.errors import AdvtuiError
 
 WARNING, ERROR = "warning", "error"
 

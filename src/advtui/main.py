@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
-from advtui.errors import AdvtuiError
+from advtui.core.errors import AdvtuiError
 
 RUNS_DIR_OPTION = "--runs-dir"
 

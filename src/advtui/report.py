@@ -38,7 +38,7 @@ from advtui.compare import EPOCH_TIME, PARAMS, build_comparison
 from advtui.core.atomic import atomic_write_json, atomic_write_text
 from advtui.core.paths import checkpoint_path, run_dir
 from advtui.store.results import file_digest
-from advtui.errors import AdvtuiError, ConfigError
+from advtui.core.errors import AdvtuiError, ConfigError
 from advtui.events import EVENTS_FILE, LineTail
 from advtui.health import CHANCE_ACCURACY  # one threshold for the live check and the report
 from advtui.store.registry import JOBS, Registry

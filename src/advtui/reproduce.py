@@ -30,7 +30,7 @@ from advtui.config import PRESETS, RunConfig, build_config
 from advtui.core.attack_specs import parse_attack
 from advtui.core.paths import run_folder
 from advtui.store.results import results_for_run
-from advtui.errors import ConfigError
+from advtui.core.errors import ConfigError
 from advtui.jobs.queue import queue_eval, queue_train
 from advtui.store.registry import JOBS, Registry
 

@@ -18,7 +18,7 @@ from rich.table import Table
 from advtui.cli.common import RunsDirOption, console, err_console, open_registry
 from advtui.cli.train_options import build_config_from_options, with_train_options
 from advtui.core.format import fmt_time, format_bytes, format_number, styled_status
-from advtui.errors import ConfigError
+from advtui.core.errors import ConfigError
 from advtui.jobs.launcher import DEFAULT_GRACE_S, describe_exit, build_executor
 from advtui.jobs.monitor import GpuSampler, GpuSnapshot, ProcessSampler, process_owners
 from advtui.jobs.queue import (

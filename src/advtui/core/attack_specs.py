@@ -41,7 +41,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Iterable
 
 from advtui.core.defenses import LEARNED_MAXIMIZERS, learned_maximizer
-from advtui.errors import ConfigError
+from advtui.core.errors import ConfigError
 
 TRANSFER_DEFAULT_STEPS = 20  # the black-box PGD-20 of TRADES' evaluation code
 MAX_STEPS = 100_000

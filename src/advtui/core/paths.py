@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from platformdirs import user_cache_dir
 
-from advtui.errors import CheckpointError, ConfigError, UnsafePathError
+from advtui.core.errors import CheckpointError, ConfigError, UnsafePathError
 
 if TYPE_CHECKING:  # the registry stores records; these functions only need its root
     from advtui.store.registry import Registry

@@ -24,7 +24,7 @@ from advtui.engine.defenses import build_maximizer
 from advtui.engine.maximizers import PGD, PGDBLS, Maximizer, MaxResult, loss_and_grad, project
 from advtui.engine.models import build_model
 from advtui.engine.objectives import ce_per_example
-from advtui.errors import CheckpointError, ConfigError
+from advtui.core.errors import CheckpointError, ConfigError
 from advtui.store.registry import Registry
 
 CW_KAPPA = 50.0

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torchvision
 
-from advtui.errors import DataMissingError
+from advtui.core.errors import DataMissingError
 
 NUM_CLASSES = 10
 DATASET_SHAPES = {"mnist": (1, 28, 28), "cifar10": (3, 32, 32)}

@@ -53,7 +53,7 @@ from advtui.engine.data import load_split
 from advtui.engine.maximizers import loss_and_grad
 from advtui.engine.objectives import ce_per_example
 from advtui.engine.train import device_name, resolve_device
-from advtui.errors import ConfigError
+from advtui.core.errors import ConfigError
 from advtui.events import EVENTS_FILE, EventWriter
 from advtui.store.registry import Registry
 

@@ -27,7 +27,7 @@ import torch
 from advtui.core.atomic import atomic_open, atomic_write_text
 from advtui.store.results import results_for_run
 from advtui.engine.attacks import load_run_checkpoint
-from advtui.errors import ConfigError
+from advtui.core.errors import ConfigError
 from advtui.store.registry import Registry
 
 THREAT_MODEL = "Linf"

@@ -32,7 +32,7 @@ from advtui.engine.distributed import Ranks
 from advtui.engine.maximizers import PGD, Maximizer
 from advtui.engine.models import build_model, count_parameters
 from advtui.engine.objectives import ce_per_example
-from advtui.errors import ConfigError
+from advtui.core.errors import ConfigError
 from advtui.events import EventWriter
 from advtui.health import ERROR, Finding, HealthMonitor, RunUnhealthy
 

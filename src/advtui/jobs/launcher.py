@@ -259,7 +259,7 @@ def build_executor(name: str, address: str | None = None, gpus_per_job: float = 
     """The executor a ``--executor`` option names: ``local`` processes, or a Ray cluster at
     ``address`` (connected now, so a wrong address or a missing Ray is one clear error before
     anything runs)."""
-    from advtui.errors import ConfigError
+    from advtui.core.errors import ConfigError
 
     if name == "local":
         if address is not None:

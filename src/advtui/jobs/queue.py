@@ -38,7 +38,7 @@ from advtui.store import lifecycle
 from advtui.core.attack_specs import parse_attack
 from advtui.core.paths import run_dir
 from advtui.core.process import record_alive
-from advtui.errors import (
+from advtui.core.errors import (
     AdvtuiError,
     AmbiguousRunError,
     ConfigError,

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from advtui.core.format import plain_line
-from advtui.errors import ConfigError
+from advtui.core.errors import ConfigError
 from advtui.jobs.launcher import (
     DEFAULT_GRACE_S, ExitStatus, Executor, LaunchSpec, ProcessHandle, spawn_logged, stop_process,
 )

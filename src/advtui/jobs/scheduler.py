@@ -49,7 +49,7 @@ from advtui.store import lifecycle
 from advtui.core.atomic import atomic_write_json
 from advtui.core.paths import check_safe_name, run_dir
 from advtui.core.process import live_process, record_alive, why_not_alive
-from advtui.errors import ConfigError, RegistryError
+from advtui.core.errors import ConfigError, RegistryError
 from advtui.jobs.launcher import ExitStatus, Executor, LaunchSpec, LocalExecutor, ProcessHandle, describe_exit, log_tail
 from advtui.jobs.monitor import NA, GpuSampler, GpuSnapshot, GpuState
 from advtui.jobs.queue import EVAL_OPTION_FLAGS, cancel_dependents, finish_job

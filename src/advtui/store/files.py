@@ -12,7 +12,7 @@ import msgspec
 from tinydb import Query
 
 from advtui.core.atomic import backup_path
-from advtui.errors import RegistryError
+from advtui.core.errors import RegistryError
 from advtui.store.schema import RUN_FILE, _BadDoc, _mark_bad_records, _shape_problem, _tables_of_documents
 
 

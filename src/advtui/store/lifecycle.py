@@ -31,7 +31,7 @@ import time
 from typing import Any
 
 from advtui.core.process import record_alive, this_process, why_not_alive
-from advtui.errors import AdvtuiError
+from advtui.core.errors import AdvtuiError
 from advtui.store.registry import RUNS, Registry
 
 QUEUED, RUNNING, FINISHED, FAILED, KILLED = "queued", "running", "finished", "failed", "killed"

@@ -8,7 +8,7 @@ from typing import Any
 
 from advtui.core.atomic import atomic_write_json
 from advtui.core.memory import cyclic_gc_paused
-from advtui.errors import RegistryError
+from advtui.core.errors import RegistryError
 from advtui.store import files
 from advtui.store.files import (
     _CACHE, _Damaged, _LISTING_CACHES_READ, _LOADS, _check, _decode_json, _linked_folder_message,

@@ -10,7 +10,7 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from advtui.core.atomic import atomic_write_json, backup_path
-from advtui.errors import RegistryError
+from advtui.core.errors import RegistryError
 from advtui.store import archive, files
 from advtui.store.files import _CACHE, _check, _docs, _first, _job_created
 from advtui.store.schema import (

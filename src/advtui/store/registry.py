@@ -54,7 +54,7 @@ from tinydb.table import Document
 
 from advtui.core.atomic import atomic_write_json
 from advtui.core.memory import FREEZE_MIN_RUNS, cyclic_gc_paused, freeze_long_lived
-from advtui.errors import AmbiguousRunError, RegistryError, RunNotFoundError
+from advtui.core.errors import AmbiguousRunError, RegistryError, RunNotFoundError
 from advtui.store import files
 from advtui.store.archive import JobArchive
 from advtui.store.files import (

@@ -14,7 +14,7 @@ import traceback
 from typing import Any
 
 from advtui.core.format import plain_line
-from advtui.errors import AdvtuiError
+from advtui.core.errors import AdvtuiError
 from advtui.store.registry import Registry
 
 # The fields the runs table computes with (elapsed = now - started, progress = epoch / epochs,

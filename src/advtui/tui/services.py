@@ -21,7 +21,7 @@ import psutil
 from advtui.config import RunConfig
 from advtui.core.attack_specs import default_attacks, parse_attack
 from advtui.core.defenses import learned_maximizer
-from advtui.errors import AdvtuiError
+from advtui.core.errors import AdvtuiError
 from advtui.jobs.launcher import Executor, LocalExecutor
 from advtui.jobs.monitor import GpuSampler, GpuSnapshot, ProcessSampler, ProcessStats, process_owners
 from advtui.jobs.queue import kill as kill_target

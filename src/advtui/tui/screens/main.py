@@ -20,7 +20,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Header
 from textual.worker import Worker, WorkerState
 
-from advtui.errors import AdvtuiError
+from advtui.core.errors import AdvtuiError
 from advtui.tui.failures import one_line, runs_one_by_one, vet_records
 from advtui.tui.rows import COLUMNS, NARROW_COLUMNS
 from advtui.tui.widgets.footer import BindingsFooter

@@ -20,7 +20,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Select, Static
 
 from advtui.config import DATASETS, DEFENSES, MODELS, RunConfig, build_config
-from advtui.errors import AdvtuiError
+from advtui.core.errors import AdvtuiError
 from advtui.jobs.queue import parse_seeds
 
 DEVICES = ("auto", "cpu", "cuda")
