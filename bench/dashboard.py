@@ -150,7 +150,7 @@ def child_stream(root: str, select: str) -> None:
 
 def writers(root: str, run_ids: list[str], stop_after: float) -> None:
     """Append realistic events to each run's stream at realistic rates (one thread per run)."""
-    from advtui.events import EventWriter
+    from advtui.core.events import EventWriter
 
     def write(run_id: str, seed: int) -> None:
         rng = random.Random(seed)

@@ -32,7 +32,7 @@ from advtui.engine.defenses import build_maximizer
 from advtui.engine.maximizers import PGD
 from advtui.engine.models import build_model
 from advtui.engine.objectives import ce_per_example
-from advtui.events import read_events
+from advtui.core.events import read_events
 from advtui.store.registry import Registry
 from advtui.runner import RunPlan, execute_run
 

@@ -31,7 +31,7 @@ from advtui.core.paths import data_root
 from advtui.engine.data import load_split
 from advtui.engine.models import build_model
 from advtui.engine.train import Trainer, resolve_device
-from advtui.events import EventWriter
+from advtui.core.events import EventWriter
 
 
 def _sync(device: torch.device) -> None:

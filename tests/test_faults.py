@@ -26,7 +26,7 @@ import pytest
 import torch
 
 from advtui.store import lifecycle
-from advtui.events import EventTail, EventWriter, read_stream
+from advtui.core.events import EventTail, EventWriter, read_stream
 from advtui.store.registry import QUEUE_FILE, REGISTRY_FILE, RUN_FILE, Registry
 from store_support import store_snapshot
 

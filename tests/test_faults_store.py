@@ -364,7 +364,7 @@ def test_the_final_checkpoint_copy_replaces_a_link_planted_meanwhile_and_never_w
 
 
 def test_readers_of_a_stream_or_a_log_do_not_follow_a_planted_link(tmp_path):
-    from advtui.events import read_stream
+    from advtui.core.events import read_stream
     from advtui.jobs.launcher import log_tail
 
     victim = plant_outside(tmp_path, b'{"kind":"epoch","time":1.0,"epoch":1}\nsecret line\n')
@@ -421,7 +421,7 @@ def test_a_resume_sweeps_stale_checkpoint_temporaries_and_ends_each_epoch_once(r
     assert code == 0, err
     left = sorted(p.name for p in (folder / "checkpoints").iterdir())
     assert left == sorted(["last.pt", "final.pt", *others])
-    from advtui.events import read_events
+    from advtui.core.events import read_events
 
     assert [e["epoch"] for e in read_events(folder / "events.jsonl", {"epoch"})] == [1, 2]
     assert Registry(runs).get_run(names["a"])["status"] == "finished"

@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from advtui.cli import app
-from advtui.events import EVENTS_FILE, EventWriter
+from advtui.core.events import EVENTS_FILE, EventWriter
 from advtui.health import (
     ERROR, WARNING, Finding, HealthMonitor, record_findings, replay,
 )

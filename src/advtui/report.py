@@ -39,7 +39,7 @@ from advtui.core.atomic import atomic_write_json, atomic_write_text
 from advtui.core.paths import checkpoint_path, run_dir
 from advtui.store.results import file_digest
 from advtui.core.errors import AdvtuiError, ConfigError
-from advtui.events import EVENTS_FILE, LineTail
+from advtui.core.events import EVENTS_FILE, LineTail
 from advtui.health import CHANCE_ACCURACY  # one threshold for the live check and the report
 from advtui.store.registry import JOBS, Registry
 from advtui.reproduce import PAPER_TABLE2, ROW_LABELS, SCALES, TABLES, reproductions

@@ -20,7 +20,7 @@ from advtui.core.paths import (
     DATA_ENV, FINAL_CHECKPOINT, LAST_CHECKPOINT, checkpoint_path, data_root, refuse_planted_links, run_dir,
 )
 from advtui.core.errors import AdvtuiError, CheckpointError, ConfigError
-from advtui.events import EVENTS_FILE, EventWriter, ended_epochs, read_events
+from advtui.core.events import EVENTS_FILE, EventWriter, ended_epochs, read_events
 from advtui.health import HealthMonitor, RunUnhealthy, replay
 from advtui.store.registry import Registry
 

@@ -14,7 +14,7 @@ from typing import Any, Callable
 import numpy as np
 
 from advtui.config import build_config
-from advtui.events import EVENTS_FILE
+from advtui.core.events import EVENTS_FILE
 from advtui.jobs.monitor import GpuSampler
 from advtui.jobs.scheduler import SchedulerPolicy
 from advtui.store.registry import JOBS, RUNS, Registry

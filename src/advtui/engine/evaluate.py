@@ -54,7 +54,7 @@ from advtui.engine.maximizers import loss_and_grad
 from advtui.engine.objectives import ce_per_example
 from advtui.engine.train import device_name, resolve_device
 from advtui.core.errors import ConfigError
-from advtui.events import EVENTS_FILE, EventWriter
+from advtui.core.events import EVENTS_FILE, EventWriter
 from advtui.store.registry import Registry
 
 DEFAULT_BATCH_SIZE = 256

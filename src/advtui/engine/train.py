@@ -33,7 +33,7 @@ from advtui.engine.maximizers import PGD, Maximizer
 from advtui.engine.models import build_model, count_parameters
 from advtui.engine.objectives import ce_per_example
 from advtui.core.errors import ConfigError
-from advtui.events import EventWriter
+from advtui.core.events import EventWriter
 from advtui.health import ERROR, Finding, HealthMonitor, RunUnhealthy
 
 

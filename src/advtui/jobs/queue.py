@@ -45,7 +45,7 @@ from advtui.core.errors import (
     RegistryError,
     RunNotFoundError,
 )
-from advtui.events import EVENTS_FILE, read_events
+from advtui.core.events import EVENTS_FILE, read_events
 from advtui.jobs.launcher import DEFAULT_GRACE_S, stop_process
 from advtui.store.registry import JOBS, Registry
 

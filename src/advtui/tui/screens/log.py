@@ -16,7 +16,7 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import Footer, Header, Log
 
-from advtui.events import EVENTS_FILE, EventTail, LineTail
+from advtui.core.events import EVENTS_FILE, EventTail, LineTail
 
 LOG_FILE = "log.txt"
 # A long log is opened at its end: the first read takes at most this many bytes.
