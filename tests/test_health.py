@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from advtui.cli import app
 from advtui.core.events import EVENTS_FILE, EventWriter
-from advtui.health import (
+from advtui.core.health import (
     ERROR, WARNING, Finding, HealthMonitor, record_findings, replay,
 )
 from advtui.store.registry import RUNS, Registry
@@ -184,7 +184,7 @@ def test_findings_round_trip_and_old_or_malformed_records_have_none():
 
 
 def test_the_module_does_not_import_torch():
-    proc = subprocess.run([sys.executable, "-c", "import advtui.health, sys; assert 'torch' not in sys.modules"],
+    proc = subprocess.run([sys.executable, "-c", "import advtui.core.health, sys; assert 'torch' not in sys.modules"],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
 

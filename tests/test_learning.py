@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from advtui.health import CHANCE_ACCURACY
+from advtui.core.health import CHANCE_ACCURACY
 from advtui.store.registry import Registry
 
 

@@ -106,7 +106,7 @@ class RunConfig:
     # Recording.
     log_every: int = 10  # batches between step events
     compare_every: int = 20  # K: batches between inner-trajectory records (rnn runs: vs PGD)
-    # Health checks (advtui.health): epoch ends at chance-level clean accuracy before a warning.
+    # Health checks (advtui.core.health): epoch ends at chance-level clean accuracy before a warning.
     chance_patience: int = 2
 
     # -- derived values ---------------------------------------------------------------------

@@ -21,7 +21,7 @@ from advtui.core.paths import (
 )
 from advtui.core.errors import AdvtuiError, CheckpointError, ConfigError
 from advtui.core.events import EVENTS_FILE, EventWriter, ended_epochs, read_events
-from advtui.health import HealthMonitor, RunUnhealthy, replay
+from advtui.core.health import HealthMonitor, RunUnhealthy, replay
 from advtui.store.registry import Registry
 
 

@@ -21,7 +21,7 @@ from advtui.store import lifecycle
 from advtui.core.format import fmt_duration, fmt_pct, fmt_seconds, fmt_time, short_device, styled_status
 from advtui.core.paths import checkpoint_path, run_folder
 from advtui.core.events import EVENTS_FILE, damaged_note, read_stream
-from advtui.health import ERROR, WARNING, Finding, record_findings, replay, worst_level
+from advtui.core.health import ERROR, WARNING, Finding, record_findings, replay, worst_level
 from advtui.runner import RunPlan, execute_run, plan_queued, plan_resume, relaunch_distributed
 
 app = typer.Typer()  # run, ls, show: commands of the root, no group of their own

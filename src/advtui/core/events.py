@@ -9,7 +9,7 @@ batch accuracies, lr, images/s), ``epoch`` (train and test metrics, epoch time),
 ``checkpoint``, ``eval`` (attack progress and results) and ``end``.
 
 ``health`` events carry the findings of the training process's health checks
-(``advtui.health``): ``code`` (``nan-loss``, ``stuck-at-chance``, ``rnn-behind-pgd``,
+(``advtui.core.health``): ``code`` (``nan-loss``, ``stuck-at-chance``, ``rnn-behind-pgd``,
 ``robust-above-natural``), ``level`` (``warning`` or ``error``), ``epoch`` (1-based, where the
 condition began), ``message`` (what went wrong and what to try) and ``cleared`` (null when the
 finding is raised; the epoch at which the condition ended, in a second event, when it clears).

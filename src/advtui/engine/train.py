@@ -34,7 +34,7 @@ from advtui.engine.models import build_model, count_parameters
 from advtui.engine.objectives import ce_per_example
 from advtui.core.errors import ConfigError
 from advtui.core.events import EventWriter
-from advtui.health import ERROR, Finding, HealthMonitor, RunUnhealthy
+from advtui.core.health import ERROR, Finding, HealthMonitor, RunUnhealthy
 
 
 def resolve_device(spec: str) -> torch.device:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from advtui.core.events import EVENTS_FILE, EventTail
-from advtui.health import HealthMonitor
+from advtui.core.health import HealthMonitor
 
 # How many recent inner trajectories the inner-loss plot overlays.
 RECENT_INNER = 6

@@ -11,7 +11,7 @@ from typing import Any, Callable, Iterable
 from rich.text import Text
 
 from advtui.core.format import fmt_duration, short_device, status_style
-from advtui.health import ERROR, WARNING, record_findings, worst_level
+from advtui.core.health import ERROR, WARNING, record_findings, worst_level
 from advtui.tui.live import RunStream
 
 
