@@ -47,7 +47,7 @@ def build_registry(root: Path, n_runs: int, running_pids: list[tuple[int, float]
     """n_runs finished runs (records like the trainer's, a short events file each) plus one
     running run per (pid, create_time) given, one file per run written in one go, like a
     long-lived store. Returns the running runs' ids."""
-    from advtui.config import DEFENSES, build_config
+    from advtui.core.config import DEFENSES, build_config
     from advtui.store.registry import RUNS, Registry
 
     rng = random.Random(0)

@@ -26,7 +26,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from advtui.config import build_config
+from advtui.core.config import build_config
 from advtui.core.attack_specs import parse_attack
 from advtui.core.paths import data_root
 from advtui.engine.attacks import CW_KAPPA, build_attack, cw_margin_loss

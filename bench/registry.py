@@ -35,7 +35,7 @@ from pathlib import Path
 
 import advtui.store.files as store_files
 import advtui.store.registry as store
-from advtui.config import build_config
+from advtui.core.config import build_config
 from advtui.store.registry import JOBS, Registry
 
 LEGACY = getattr(store, "LEGACY_FILE", "advtui.json")

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from advtui.config import build_config
+from advtui.core.config import build_config
 from advtui.core.paths import data_root
 from advtui.engine.checkpoint import load_checkpoint
 from advtui.engine.data import load_split

@@ -69,7 +69,7 @@ def _trainer(defense: str, root: Path, ranks, events):
     dropout masks, which no single process can reproduce: the comparison is of the rest)."""
     import torch
 
-    from advtui.config import build_config
+    from advtui.core.config import build_config
     from advtui.engine.distributed import Ranks
     from advtui.engine.train import Trainer, load_data
 

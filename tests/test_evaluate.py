@@ -102,7 +102,7 @@ def test_learned_optimizer_and_transfer_attacks_run(trained_runs):
 
 
 def test_l2lda_generator_of_a_run_is_an_attacker(trained_runs, mnist_root):
-    from advtui.config import build_config
+    from advtui.core.config import build_config
     from advtui.runner import RunPlan, execute_run
 
     # A tiny but real l2lda run: two generator updates are enough to have a checkpoint to load.

@@ -75,7 +75,7 @@ def record(root: Path, run_id: str) -> dict:
 @pytest.fixture(scope="module")
 def _tiny_runs(tmp_path_factory, mnist_root) -> Path:
     """Two finished tiny runs (a, b) trained once for the module: real checkpoints and streams."""
-    from advtui.config import build_config
+    from advtui.core.config import build_config
     from advtui.runner import RunPlan, execute_run
 
     root = tmp_path_factory.mktemp("faults") / "runs"
@@ -276,7 +276,7 @@ def test_a_limit_above_the_split_is_a_warning_and_the_real_size_is_recorded(runs
     assert code == 0, err
     assert "warning: --test-limit 100000 is more than the 10000 test images of mnist: using all 10000" in err
     assert record(runs, ids(runs)["big"])["config"]["test_limit"] == 10000
-    from advtui.config import build_config
+    from advtui.core.config import build_config
     from advtui.runner import _real_sizes
 
     warned = []

@@ -190,7 +190,7 @@ def test_the_module_does_not_import_torch():
 
 
 def test_a_resumed_run_replays_its_stream_so_warnings_are_not_raised_twice(tmp_path):
-    from advtui.config import build_config
+    from advtui.core.config import build_config
 
     path = tmp_path / EVENTS_FILE
     with EventWriter(path) as events:

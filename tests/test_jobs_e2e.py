@@ -12,7 +12,7 @@ import threading
 import time
 from pathlib import Path
 
-from advtui.config import build_config
+from advtui.core.config import build_config
 from advtui.core.process import live_process
 from advtui.store.results import results_for_run
 from advtui.jobs.monitor import GpuSampler

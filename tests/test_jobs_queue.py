@@ -9,7 +9,7 @@ import sys
 import psutil
 import pytest
 
-from advtui.config import build_config
+from advtui.core.config import build_config
 from advtui.core.errors import ConfigError, RunNotFoundError
 from advtui.jobs.queue import (
     JobNotFoundError, cancel_job, kill, list_jobs, parse_seeds, queue_eval, queue_train, resolve_job, resume,

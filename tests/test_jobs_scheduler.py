@@ -9,7 +9,7 @@ import time
 import psutil
 import pytest
 
-from advtui.config import build_config
+from advtui.core.config import build_config
 from advtui.core.errors import RegistryError
 from advtui.jobs.queue import queue_train, resolve_job
 from advtui.jobs.scheduler import Scheduler, read_holder

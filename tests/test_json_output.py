@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from advtui.config import build_config
+from advtui.core.config import build_config
 from advtui.core.paths import DATA_ENV
 from advtui.store.registry import Registry
 from advtui.runner import RunPlan, execute_run, plan_resume

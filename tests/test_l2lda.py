@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from advtui.config import build_config
+from advtui.core.config import build_config
 from advtui.engine.checkpoint import load_checkpoint
 from advtui.engine.defenses import build_maximizer
 from advtui.engine.l2lda import L2LDAGenerator, diversity, normalize_per_channel, parameter_count

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import typer.main
 
-from advtui.config import build_config
+from advtui.core.config import build_config
 from advtui.store import lifecycle
 from advtui.store.results import mask_to_hex, store_result
 from advtui.store.registry import Registry
@@ -126,7 +126,7 @@ def test_core_and_compare_import_without_torch():
         import advtui.core
         for info in pkgutil.iter_modules(advtui.core.__path__):
             importlib.import_module(f"advtui.core.{info.name}")
-        import advtui.compare, advtui.config, advtui.runner, advtui.jobs, advtui.reproduce, advtui.report
+        import advtui.compare, advtui.core.config, advtui.runner, advtui.jobs, advtui.reproduce, advtui.report
         done(0)
     """)
     assert proc.returncode == 0, proc.stderr

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from advtui.config import build_config
+from advtui.core.config import build_config
 from advtui.store import lifecycle
 from advtui.core.process import record_alive
 from advtui.store.registry import Registry

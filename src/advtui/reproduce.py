@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from advtui.config import PRESETS, RunConfig, build_config
+from advtui.core.config import PRESETS, RunConfig, build_config
 from advtui.core.attack_specs import parse_attack
 from advtui.core.paths import run_folder
 from advtui.store.results import results_for_run

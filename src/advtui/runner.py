@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from advtui.config import RunConfig, recorded_config
+from advtui.core.config import RunConfig, recorded_config
 from advtui.store import lifecycle
 from advtui.core.atomic import atomic_copy, remove_stale_temporaries
 from advtui.core.defenses import DEFENSE_SPECS

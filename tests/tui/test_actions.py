@@ -13,7 +13,7 @@ import time
 import pytest
 from textual.widgets import Button, Input, Label, Log, Select, SelectionList
 
-from advtui.config import build_config
+from advtui.core.config import build_config
 from advtui.store.results import results_for_run
 from advtui.jobs.launcher import stop_process
 from advtui.jobs.queue import list_jobs

@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from advtui.config import build_config
+from advtui.core.config import build_config
 from advtui.core.events import EVENTS_FILE
 from advtui.jobs.monitor import GpuSampler
 from advtui.jobs.scheduler import SchedulerPolicy

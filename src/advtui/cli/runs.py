@@ -16,7 +16,7 @@ from rich.text import Text
 
 from advtui.cli.common import RunsDirOption, console, err_console, open_registry
 from advtui.cli.train_options import build_config_from_options, with_train_options
-from advtui.config import values_in_force
+from advtui.core.config import values_in_force
 from advtui.store import lifecycle
 from advtui.core.format import fmt_duration, fmt_pct, fmt_seconds, fmt_time, short_device, styled_status
 from advtui.core.paths import checkpoint_path, run_folder

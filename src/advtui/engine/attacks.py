@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
-from advtui.config import RunConfig
+from advtui.core.config import RunConfig
 from advtui.core.attack_specs import AttackSpec
 from advtui.core.paths import checkpoint_path
 from advtui.store.results import file_digest

@@ -22,7 +22,7 @@ import torchvision
 from torch import nn
 
 import advtui
-from advtui.config import RunConfig
+from advtui.core.config import RunConfig
 from advtui.core.defenses import DEFENSE_SPECS
 from advtui.core.paths import data_root
 from advtui.engine.checkpoint import load_checkpoint, save_checkpoint

@@ -33,7 +33,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from advtui.config import RunConfig, recorded_config
+from advtui.core.config import RunConfig, recorded_config
 from advtui.store import lifecycle
 from advtui.core.attack_specs import parse_attack
 from advtui.core.paths import run_dir

@@ -18,7 +18,7 @@ from typing import Any
 
 import psutil
 
-from advtui.config import RunConfig
+from advtui.core.config import RunConfig
 from advtui.core.attack_specs import default_attacks, parse_attack
 from advtui.core.defenses import learned_maximizer
 from advtui.core.errors import AdvtuiError

@@ -16,7 +16,7 @@ from textual.containers import VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Footer, Header, Static
 
-from advtui.config import values_in_force
+from advtui.core.config import values_in_force
 from advtui.core.defenses import DEFENSE_SPECS
 from advtui.core.format import error_summary, fmt_duration, format_bytes, status_style
 from advtui.core.health import ERROR, Finding, record_findings
