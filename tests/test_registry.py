@@ -3,7 +3,7 @@ import json
 import pytest
 
 from advtui.core.errors import ConfigError, RegistryError, RunNotFoundError
-from advtui.paths import run_dir
+from advtui.core.paths import run_dir
 from advtui.store.registry import REGISTRY_FILE, SCHEMA_VERSION, Registry
 
 

@@ -12,7 +12,7 @@ import textwrap
 import pytest
 
 from advtui.core.errors import ConfigError, RegistryError
-from advtui.paths import check_safe_name, run_dir
+from advtui.core.paths import check_safe_name, run_dir
 from advtui.store.registry import JOBS, QUEUE_FILE, REGISTRY_FILE, RUN_FILE, SCHEMA_VERSION, Registry
 
 WRITERS = 16

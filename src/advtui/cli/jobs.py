@@ -17,7 +17,7 @@ from rich.table import Table
 
 from advtui.cli.common import RunsDirOption, console, err_console, open_registry
 from advtui.cli.train_options import build_config_from_options, with_train_options
-from advtui.core.format import fmt_time, format_bytes, format_number, styled_status
+from advtui.core.format import fmt_time, format_bytes, format_number, plain_line, styled_status
 from advtui.core.errors import ConfigError
 from advtui.jobs.launcher import DEFAULT_GRACE_S, describe_exit, build_executor
 from advtui.jobs.monitor import GpuSampler, GpuSnapshot, ProcessSampler, process_owners
@@ -103,7 +103,7 @@ def queue_ls(
         table.add_column(column, overflow="fold" if column == "note" else "ellipsis")
     for job in jobs:
         where = _where(job)
-        note = (job.get("error") or "").splitlines()[0][:80] if job.get("error") else ""
+        note = plain_line(job.get("error") or "", limit=80)
         if job.get("kind") == "eval" and not note:
             note = ",".join(job.get("attacks") or ["(default attacks)"])
         if job.get("exit_code") not in (None, 0) and not note:

@@ -17,6 +17,7 @@ from torch import nn
 
 from advtui.core.config import RunConfig
 from advtui.core.attack_specs import AttackSpec
+from advtui.core.format import plain_line
 from advtui.core.paths import checkpoint_path
 from advtui.store.results import file_digest
 from advtui.engine.checkpoint import load_checkpoint
@@ -205,7 +206,7 @@ def build_run_model(checkpoint: RunCheckpoint, device: torch.device | str) -> nn
     try:
         model.load_state_dict(checkpoint.state["model"])
     except (RuntimeError, KeyError) as exc:
-        first = str(exc).strip().splitlines()[0][:160]
+        first = plain_line(str(exc)) or type(exc).__name__
         raise CheckpointError(f"checkpoint {checkpoint.path} does not fit a {checkpoint.config.model} model ({first})") from exc
     return frozen(model)
 
@@ -327,7 +328,7 @@ def _load_learned_maximizer(spec: AttackSpec, source: RunCheckpoint, device) -> 
     try:
         maximizer.load_state_dict(source.state["maximizer"])
     except (RuntimeError, KeyError, ValueError, TypeError) as exc:
-        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        first = plain_line(str(exc)) or type(exc).__name__
         raise CheckpointError(f"{spec.text}: the {spec.family} maximizer in {source.path} does not load ({first})") from exc
     return _freeze_maximizer(maximizer)
 

@@ -36,6 +36,7 @@ from typing import Any
 from advtui.core.config import RunConfig, recorded_config
 from advtui.store import lifecycle
 from advtui.core.attack_specs import parse_attack
+from advtui.core.format import plain_line
 from advtui.core.paths import run_dir
 from advtui.core.process import record_alive
 from advtui.core.errors import (
@@ -371,7 +372,7 @@ def _kill_target(registry: Registry, ref: str) -> tuple[dict | None, dict | None
     evals = [j for j in active if j["kind"] == "eval" and j["status"] == "running"]
     if evals:
         return evals[-1], None
-    why = f": {run['error'].splitlines()[0]}" if str(run.get("error") or "").startswith("process vanished") else ""
+    why = f": {plain_line(run['error'])}" if str(run.get("error") or "").startswith("process vanished") else ""
     raise ConfigError(f"run {run['id']} is not running (status {run.get('status')}){why}")
 
 

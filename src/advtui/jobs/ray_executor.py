@@ -73,7 +73,7 @@ def connect(address: str | None) -> Any:
         ray.init(address=target, namespace=NAMESPACE, log_to_driver=False, configure_logging=False,
                  logging_level="ERROR")
     except (ConnectionError, RuntimeError, ValueError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        first = plain_line(str(exc)) or type(exc).__name__
         raise ConfigError(f"cannot reach a Ray cluster at {target} ({first}): start one with "
                           f"`ray start --head` and pass --address HOST:PORT") from None
     return ray

@@ -4,10 +4,12 @@ tell a damaged file or record from a good one."""
 from __future__ import annotations
 
 import os
-import re
 from typing import Any, Literal
 
 import msgspec
+
+from advtui.core.paths import is_safe_name
+
 
 REGISTRY_FILE = "registry.json"
 QUEUE_FILE = "queue.json"
@@ -26,11 +28,7 @@ RUN_STATUSES = ("queued", "running", "finished", "failed", "killed")
 # Jobs in these statuses are over and may move to the archive; any other status stays in queue.json.
 ENDED_JOB_STATUSES = ("done", "failed", "cancelled")
 
-_SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")  # as advtui.paths.check_safe_name
-
-
-def _safe_id(name: Any) -> bool:
-    return isinstance(name, str) and bool(_SAFE_ID.fullmatch(name)) and ".." not in name
+_safe_id = is_safe_name  # a record's id names its folder: the CLI's rule for run names
 
 
 def _tables_of_documents(data: Any) -> bool:
