@@ -275,6 +275,71 @@ def test_the_core_imports_no_torch_and_no_engine_even_through_other_modules():
     assert not [t for n in reached for t in IMPORTS[n] if any(_in(t, m) for m in TORCH)]
 
 
+def test_the_core_imports_nothing_of_advtui_above_it():
+    above = tuple(sorted({".".join(name.split(".")[:2]) for name in SOURCES} - {"advtui", "advtui.core"}))
+    assert "advtui.store" in above and "advtui.engine" in above  # the walk sees the layers it forbids
+    assert _violations("advtui.core", above) == []
+
+
+def test_the_store_imports_only_the_core():
+    outside = tuple(sorted({".".join(name.split(".")[:2]) for name in SOURCES}
+                           - {"advtui", "advtui.core", "advtui.store"}))
+    assert _violations("advtui.store", outside + TORCH) == []
+
+
+def _runtime_imports(path: Path) -> set[str]:
+    """The advtui modules a file imports when it runs: ``_imports`` less the ``if TYPE_CHECKING:``
+    blocks, which only annotations read."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING":
+            node.body = []
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return {name for name in found if name in SOURCES}
+
+
+def _import_cycles() -> list[list[str]]:
+    """Every group of modules that import each other, directly or through others, counting the
+    imports inside functions too (Tarjan's strongly connected components)."""
+    graph = {name: _runtime_imports(path) - {name} for name, path in SOURCES.items()}
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    cycles: list[list[str]] = []
+
+    def visit(module: str) -> None:
+        index[module] = low[module] = len(index)
+        stack.append(module)
+        for target in graph[module]:
+            if target not in index:
+                visit(target)
+                low[module] = min(low[module], low[target])
+            elif target in stack:
+                low[module] = min(low[module], index[target])
+        if low[module] == index[module]:
+            group = []
+            while not group or group[-1] != module:
+                group.append(stack.pop())
+            if len(group) > 1:
+                cycles.append(sorted(group))
+
+    for module in graph:
+        if module not in index:
+            visit(module)
+    return cycles
+
+
+def test_no_two_modules_import_each_other():
+    assert "advtui.jobs.launcher" in _runtime_imports(SOURCES["advtui.jobs.ray_executor"])  # the walk sees imports
+    assert _import_cycles() == []
+
+
 def _writes_run_status(call: ast.Call) -> bool:
     """A registry call that would set a run's status: create_run, update_run(status=...), or a
     generic write to the runs table."""

@@ -44,7 +44,7 @@ def _build_app() -> Any:
             if executor_name != "local" or address is not None:
                 from advtui.cli.jobs import check_runs_dir_on_cluster
                 from advtui.core.paths import runs_dir as resolve_runs_dir
-                from advtui.jobs.launcher import build_executor
+                from advtui.jobs.executors import build_executor
 
                 executor = build_executor(executor_name, address, gpus_per_job, cpus_per_job)
                 if executor.places_jobs:

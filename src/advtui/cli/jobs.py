@@ -19,7 +19,8 @@ from advtui.cli.common import RunsDirOption, console, err_console, open_registry
 from advtui.cli.train_options import build_config_from_options, with_train_options
 from advtui.core.format import fmt_time, format_bytes, format_number, plain_line, styled_status
 from advtui.core.errors import ConfigError
-from advtui.jobs.launcher import DEFAULT_GRACE_S, describe_exit, build_executor
+from advtui.jobs.launcher import DEFAULT_GRACE_S, describe_exit
+from advtui.jobs.executors import build_executor
 from advtui.jobs.monitor import GpuSampler, GpuSnapshot, ProcessSampler, process_owners
 from advtui.jobs.queue import (
     cancel_job, kill as kill_target, list_jobs, parse_seeds, queue_eval as add_eval, queue_train as add_train,
