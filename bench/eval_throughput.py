@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from advtui.core.config import build_config
 from advtui.core.attack_specs import parse_attack
 from advtui.core.paths import data_root
-from advtui.engine.attacks import CW_KAPPA, build_attack, cw_margin_loss
+from advtui.engine.attacks import CW_KAPPA, build_attack
 from advtui.engine.data import load_split
 from advtui.engine.models import build_model
 from advtui.engine.train import device_name, resolve_device

@@ -8,7 +8,6 @@ MNIST slices, exactly as a user's dashboard would.
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 from textual.widgets import Button, Input, Label, Log, Select, SelectionList

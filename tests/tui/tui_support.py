@@ -118,12 +118,10 @@ def _training_events(config: dict, start: float, epochs_done: int, batches: int,
                            "batch": 0, "model_params": 312202, "maximizer_params": 120 if learned else 0,
                            "device": "cpu (2 threads)", "train_size": 2000, "test_size": 500}]
     t = start
-    step = 0
     total_batches = epochs_done * batches + partial
     for g in range(1, total_batches + 1):
         epoch, batch = divmod(g - 1, batches)
         batch += 1
-        step = g
         t += 2.0
         progress = g / (batches * 3)
         outer = 0.35 + 1.95 * math.exp(-4 * progress) * scale + 0.04 * math.sin(g)
