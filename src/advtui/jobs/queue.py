@@ -37,6 +37,7 @@ from advtui.core.config import RunConfig, recorded_config
 from advtui.store import lifecycle
 from advtui.core.attack_specs import parse_attack
 from advtui.core.format import plain_line
+from advtui.core.status import ACTIVE_JOBS, can_resume
 from advtui.core.paths import run_dir
 from advtui.core.process import record_alive
 from advtui.core.errors import (
@@ -50,8 +51,7 @@ from advtui.core.events import EVENTS_FILE, read_events
 from advtui.jobs.launcher import DEFAULT_GRACE_S, stop_process
 from advtui.store.registry import JOBS, Registry
 
-JOB_STATUSES = ("queued", "running", "done", "failed", "cancelled")
-ACTIVE = ("queued", "running")
+ACTIVE = ACTIVE_JOBS
 FINAL = ("done", "failed", "cancelled")
 EVAL_OPTION_FLAGS = {"limit": "--limit", "batch_size": "--batch-size", "eps": "--eps", "step_size": "--step-size",
                      "seed": "--seed"}
@@ -413,7 +413,7 @@ def resume(registry: Registry, ref: str, *, epochs: int | None = None, priority:
         if epochs <= run.get("epoch", 0):
             raise ConfigError(f"--epochs must exceed the {run.get('epoch', 0)} epochs run {run['id']} has done")
         config["epochs"] = epochs
-    elif status == "finished":
+    elif not can_resume(status):
         raise ConfigError(f"run {run['id']} already finished: pass --epochs N (more than "
                           f"{config.get('epochs')}) to train it further")
     needs, gpu_index = device_needs(config.get("device", "auto"))

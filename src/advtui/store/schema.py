@@ -9,6 +9,7 @@ from typing import Any, Literal
 import msgspec
 
 from advtui.core.paths import is_safe_name
+from advtui.core.status import ENDED_JOBS, JOB_STATUSES, RUN_STATUSES
 
 
 REGISTRY_FILE = "registry.json"
@@ -23,10 +24,7 @@ LOCK_TIMEOUT_S = 60.0
 
 RUNS, JOBS, RESULTS, META = "runs", "jobs", "results", "_meta"
 
-# Run statuses. ``queued`` runs exist in the registry before their process starts.
-RUN_STATUSES = ("queued", "running", "finished", "failed", "killed")
-# Jobs in these statuses are over and may move to the archive; any other status stays in queue.json.
-ENDED_JOB_STATUSES = ("done", "failed", "cancelled")
+ENDED_JOB_STATUSES = ENDED_JOBS  # these may move to the archive; any other status stays in queue.json
 
 _safe_id = is_safe_name  # a record's id names its folder: the CLI's rule for run names
 
@@ -73,7 +71,6 @@ def _run_problem(doc: dict) -> str | None:
 # -- typed records that live many to a file (jobs, reproduction plans) ----------------------------
 # One damaged record must not take its neighbours with it: it is hidden from every reader (with
 # one line in ``record_problems()``) and kept, as it is, in its file.
-JOB_STATUSES = ("queued", "running", "done", "failed", "cancelled")
 EVAL_OPTION_KEYS = ("limit", "batch_size", "eps", "step_size", "seed")  # what `advtui eval` takes from a job
 _Number = float  # msgspec takes ints for a float field, and refuses bool and str
 
