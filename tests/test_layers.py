@@ -1,4 +1,4 @@
-"""The layers of DESIGN.md's layout, checked: what must not load torch, and which way imports point.
+"""The layers of docs/architecture.md, checked: what must not load torch, and which way imports point.
 
 1. Listing, comparing, exporting and the dashboard's first paint run in a subprocess where torch
    cannot be imported (a meta path finder refuses it and remembers every attempt, so an import

@@ -1,4 +1,4 @@
-"""The defense table (DESIGN.md): each defense is an outer objective plus an inner maximizer.
+"""The defense table (docs/architecture.md): each defense is an outer objective plus an inner maximizer.
 
 This is the one list of defenses: ``advtui.core.config`` validates run configs against it and
 ``advtui.engine.defenses`` builds the torch objects it names, so a defense added here is known

@@ -1,6 +1,6 @@
 """Attacks for evaluation: a parsed spec (``advtui.core.attack_specs``) built into a runnable attack.
 
-An attack is the same shape as a defense's inner problem (DESIGN.md): a per-example loss (CE,
+An attack is the same shape as a defense's inner problem (docs/architecture.md): a per-example loss (CE,
 or the Carlini-Wagner margin) plus a ``Maximizer`` plus a number of steps, so every attack
 reports its per-step loss trajectory like the training maximizers do. The spec grammar and
 its canonical names live in ``advtui.core.attack_specs``, which needs no torch.

@@ -49,6 +49,7 @@ from advtui.core.errors import (
 )
 from advtui.core.events import EVENTS_FILE, read_events
 from advtui.jobs.launcher import DEFAULT_GRACE_S, stop_process
+from advtui.jobs.executors import executor_of_job
 from advtui.store.registry import JOBS, Registry
 
 ACTIVE = ACTIVE_JOBS
@@ -308,11 +309,9 @@ def kill(registry: Registry, ref: str, grace_s: float = DEFAULT_GRACE_S, executo
         pid, started = run.get("pid"), run.get("pid_start_time")
     if job is not None:
         registry.update(JOBS, {"id": job["id"], "status": "running"}, {"kill_requested": time.time()})
-    if executor is None and job is not None and job.get("executor") == "ray":
-        # The process may be on another node: only its Ray actor can stop it.
-        from advtui.jobs.ray_executor import RayExecutor
-
-        executor = RayExecutor(job.get("ray_address"))
+    if executor is None and job is not None:
+        # The process may be on another node: only the executor that placed it (a Ray actor) can stop it.
+        executor = executor_of_job(job)
     if pid and started is None:
         outcome = "unverified"  # any process may have that pid now: it is never signalled
     elif executor is not None and job is not None and pid:
