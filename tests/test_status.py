@@ -15,6 +15,7 @@ from advtui.core.status import (
     JobStatus, RunStatus, can_resume,
 )
 from advtui.jobs.queue import resume
+from advtui.runner import plan_resume
 from advtui.store import lifecycle
 from advtui.store.registry import RUN_FILE, Registry
 from advtui.store.schema import ENDED_JOB_STATUSES
@@ -44,14 +45,18 @@ def test_a_finished_run_resumes_only_to_train_more_epochs():
     assert can_resume("finished", more_epochs=True) and can_resume("killed") and can_resume("failed")
 
 
-def test_the_queue_refuses_to_resume_a_finished_run_without_more_epochs_and_writes_nothing(tmp_path):
+@pytest.mark.parametrize("resume_it", [
+    lambda registry, run_id: resume(registry, run_id),  # `advtui resume`, the dashboard's r
+    lambda registry, run_id: plan_resume(registry, run_id, {}),  # `advtui run --resume`
+])
+def test_resuming_a_finished_run_without_more_epochs_is_refused_and_writes_nothing(tmp_path, resume_it):
     registry = Registry(tmp_path)
     run = lifecycle.create_queued(registry, build_config("plain", device="cpu", epochs=1).to_dict())
     lifecycle.mark_running(registry, run["id"], device="cpu")
     lifecycle.mark_finished(registry, run["id"], train_time=1.0)
     before = (tmp_path / run["id"] / RUN_FILE).read_bytes()
     with pytest.raises(ConfigError, match="already finished: pass --epochs N"):
-        resume(registry, run["id"])
+        resume_it(registry, run["id"])
     assert (tmp_path / run["id"] / RUN_FILE).read_bytes() == before
     assert registry.get_run(run["id"])["status"] == "finished"
 

@@ -22,6 +22,7 @@ from advtui.core.paths import (
 from advtui.core.errors import AdvtuiError, CheckpointError, ConfigError
 from advtui.core.events import EVENTS_FILE, EventWriter, ended_epochs, read_events
 from advtui.core.health import HealthMonitor, RunUnhealthy, replay
+from advtui.core.status import can_resume
 from advtui.store.registry import Registry
 
 
@@ -52,7 +53,7 @@ def plan_resume(registry: Registry, ref: str, overrides: dict[str, Any]) -> RunP
     if record.get("status") == "running":
         raise ConfigError(f"run {record['id']} is still running (pid {record.get('pid')}): kill it first")
     stored = recorded_config(record)
-    if record.get("status") == "finished" and not overrides.get("epochs"):
+    if not can_resume(record.get("status"), more_epochs=bool(overrides.get("epochs"))):
         raise ConfigError(f"run {record['id']} already finished: pass --epochs N (more than "
                           f"{stored.epochs}) to train it further")
     if overrides.get("epochs") is not None and overrides["epochs"] <= (record.get("epoch") or 0):
