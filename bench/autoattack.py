@@ -23,11 +23,11 @@ import time
 import torch
 
 from advtui.core.paths import runs_dir
-from advtui.core.results import hex_to_mask
+from advtui.store.results import hex_to_mask
 from advtui.engine.attacks import build_run_model, load_run_checkpoint
 from advtui.engine.evaluate import _test_split, evaluate_run
 from advtui.engine.train import resolve_device
-from advtui.registry import Registry
+from advtui.store.registry import Registry
 
 
 def reference_pieces(model, eps: float, seed: int):

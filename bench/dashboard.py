@@ -47,8 +47,8 @@ def build_registry(root: Path, n_runs: int, running_pids: list[tuple[int, float]
     """n_runs finished runs (records like the trainer's, a short events file each) plus one
     running run per (pid, create_time) given, one file per run written in one go, like a
     long-lived store. Returns the running runs' ids."""
-    from advtui.config import DEFENSES, build_config
-    from advtui.registry import RUNS, Registry
+    from advtui.core.config import DEFENSES, build_config
+    from advtui.store.registry import RUNS, Registry
 
     rng = random.Random(0)
     registry = Registry(root)
@@ -150,7 +150,7 @@ def child_stream(root: str, select: str) -> None:
 
 def writers(root: str, run_ids: list[str], stop_after: float) -> None:
     """Append realistic events to each run's stream at realistic rates (one thread per run)."""
-    from advtui.events import EventWriter
+    from advtui.core.events import EventWriter
 
     def write(run_id: str, seed: int) -> None:
         rng = random.Random(seed)

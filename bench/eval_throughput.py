@@ -26,10 +26,10 @@ import time
 import torch
 import torch.nn.functional as F
 
-from advtui.config import build_config
+from advtui.core.config import build_config
 from advtui.core.attack_specs import parse_attack
 from advtui.core.paths import data_root
-from advtui.engine.attacks import CW_KAPPA, build_attack, cw_margin_loss
+from advtui.engine.attacks import CW_KAPPA, build_attack
 from advtui.engine.data import load_split
 from advtui.engine.models import build_model
 from advtui.engine.train import device_name, resolve_device
@@ -60,7 +60,7 @@ def reference_pgd(model, x, y, eps, alpha, steps, loss="ce"):
 def load_model(args, device):
     if args.run:
         from advtui.engine.attacks import build_run_model, load_run_checkpoint
-        from advtui.registry import Registry
+        from advtui.store.registry import Registry
         from advtui.core.paths import runs_dir
 
         registry = Registry(runs_dir(args.runs_dir))

@@ -32,7 +32,7 @@ def measure(kind: str, batch: int, steps: int, width: int) -> dict:
     import torch
 
     torch.manual_seed(0)
-    from advtui.config import build_config
+    from advtui.core.config import build_config
     from advtui.engine.defenses import build_maximizer
     from advtui.engine.models import build_model
     from advtui.engine.objectives import ce_per_example

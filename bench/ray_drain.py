@@ -41,7 +41,7 @@ def drain(runs: Path, n: int, worker_args: list[str]) -> float:
     advtui(runs, "worker", "--once", "--poll", "0.2", *worker_args)
     seconds = time.perf_counter() - start
     from advtui.jobs.queue import list_jobs
-    from advtui.registry import Registry
+    from advtui.store.registry import Registry
 
     statuses = [j["status"] for j in list_jobs(Registry(runs))]
     if statuses != ["done"] * n:

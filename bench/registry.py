@@ -33,9 +33,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import advtui.registry as store
-from advtui.config import build_config
-from advtui.registry import JOBS, Registry
+import advtui.store.files as store_files
+import advtui.store.registry as store
+from advtui.core.config import build_config
+from advtui.store.registry import JOBS, Registry
 
 LEGACY = getattr(store, "LEGACY_FILE", "advtui.json")
 SHARDED = hasattr(store, "QUEUE_FILE")
@@ -103,7 +104,7 @@ def reference_write(path: Path) -> None:
 
 
 def cold_list(registry: Registry) -> None:
-    forget = getattr(store, "clear_read_cache", None)
+    forget = getattr(store_files, "clear_read_cache", None)
     if forget is not None:
         forget()  # as in a process that never read the store
     registry.runs()

@@ -24,7 +24,7 @@ from advtui.engine.data import load_split
 from advtui.engine.maximizers import PGD, RNNOptimizer
 from advtui.engine.models import build_model
 from advtui.engine.objectives import ce_per_example
-from advtui.registry import Registry
+from advtui.store.registry import Registry
 
 
 def main() -> None:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from advtui.config import build_config
+from advtui.core.config import build_config
 from advtui.core.paths import data_root
 from advtui.engine.checkpoint import load_checkpoint
 from advtui.engine.data import load_split
@@ -32,8 +32,8 @@ from advtui.engine.defenses import build_maximizer
 from advtui.engine.maximizers import PGD
 from advtui.engine.models import build_model
 from advtui.engine.objectives import ce_per_example
-from advtui.events import read_events
-from advtui.registry import Registry
+from advtui.core.events import read_events
+from advtui.store.registry import Registry
 from advtui.runner import RunPlan, execute_run
 
 VARIANTS = {

@@ -40,7 +40,7 @@ if device in ("cuda", "auto") and torch.cuda.is_available():
 t = time.perf_counter(); import advtui.main; mark("import the advtui CLI", t)
 import advtui.runner as runner
 import advtui.engine.train as train
-from advtui.core import lifecycle
+from advtui.store import lifecycle
 
 first_batch = {}
 timed_once = set()
@@ -59,7 +59,7 @@ def timed(owner, name, label, once=False):
             mark(label, t)
     setattr(owner, name, wrapper)
 
-from advtui.registry import Registry
+from advtui.store.registry import Registry
 timed(Registry, "update_run", "update the run record", once=True)
 timed(train, "resolve_device", "resolve the device")
 timed(train, "load_data", "load the data (train + test splits)")

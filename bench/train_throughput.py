@@ -26,12 +26,12 @@ import torch.nn.functional as F
 import torchvision
 from torch.utils.data import DataLoader
 
-from advtui.config import DEFENSES, build_config
+from advtui.core.config import DEFENSES, build_config
 from advtui.core.paths import data_root
 from advtui.engine.data import load_split
 from advtui.engine.models import build_model
 from advtui.engine.train import Trainer, resolve_device
-from advtui.events import EventWriter
+from advtui.core.events import EventWriter
 
 
 def _sync(device: torch.device) -> None:

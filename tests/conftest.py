@@ -73,7 +73,7 @@ TRAINED_COMMON = dict(test_limit=500, batch_size=64, eval_limit=200, seed=0)
 
 
 def _train_all(root: Path, data: Path) -> None:
-    from advtui.config import build_config
+    from advtui.core.config import build_config
     from advtui.runner import RunPlan, execute_run
 
     for name, (defense, opts) in TRAINED_RUNS.items():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from advtui.registry import ARCHIVE_DIR, QUEUE_FILE, REGISTRY_FILE, RUN_FILE
+from advtui.store.registry import ARCHIVE_DIR, QUEUE_FILE, REGISTRY_FILE, RUN_FILE
 
 
 def store_snapshot(root: Path) -> dict[str, bytes]:

@@ -12,20 +12,20 @@ from pathlib import Path
 import pytest
 import torch
 
-from advtui.config import RunConfig
+from advtui.core.config import RunConfig
 from advtui.engine.checkpoint import load_checkpoint
 from advtui.engine.data import load_split
 from advtui.engine.maximizers import PGD, RNNOptimizer
 from advtui.engine.models import build_model
 from advtui.engine.objectives import ce_per_example
-from advtui.registry import Registry
+from advtui.store.registry import Registry
 
 
 @pytest.fixture(scope="module")
 def small_runs(tmp_path_factory, mnist_root) -> Path:
     """Two real runs, small enough to train here in seconds: "plain" (the attacked model) and
     "rnn-adv" (whose learned optimizer is an attacker)."""
-    from advtui.config import build_config
+    from advtui.core.config import build_config
     from advtui.runner import RunPlan, execute_run
 
     root = tmp_path_factory.mktemp("analysis") / "runs"

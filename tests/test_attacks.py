@@ -11,8 +11,8 @@ from advtui.core.attack_specs import (
 from advtui.engine.attacks import FGSM, build_attack, cw_margin_loss
 from advtui.engine.maximizers import PGD, RNNOptimizer
 from advtui.engine.objectives import ce_per_example
-from advtui.errors import AdvtuiError, CheckpointError, ConfigError, RunNotFoundError
-from advtui.registry import Registry
+from advtui.core.errors import AdvtuiError, CheckpointError, ConfigError, RunNotFoundError
+from advtui.store.registry import Registry
 
 
 @pytest.mark.parametrize("text, family, steps, restarts, source, canonical", [

@@ -16,12 +16,12 @@ import torch
 
 from advtui.core.attack_specs import (EVALUATION_CHECKLIST, AttackSpecError, attack_sort_key, parse_attack,
                                       parse_attack_list)
-from advtui.core.results import hex_to_mask
+from advtui.store.results import hex_to_mask
 from advtui.engine import attacks as engine_attacks
 from advtui.engine.attacks import AutoAttackSettings, autoattack_piece, build_run_model, load_run_checkpoint
 from advtui.engine.data import load_split
 from advtui.engine.evaluate import evaluate_run
-from advtui.registry import Registry
+from advtui.store.registry import Registry
 
 
 # -- grammar ---------------------------------------------------------------------------------------------
@@ -189,7 +189,7 @@ def _doc(attack, family, robust, n=100, passes=None):
 
 
 def test_square_beating_the_gradient_attacks_is_flagged_as_autoattack_does():
-    from advtui.core.results import compute_flags
+    from advtui.store.results import compute_flags
 
     cascade = [{"attack": "apgd-ce", "robust": 60}, {"attack": "apgd-t", "robust": 58},
                {"attack": "fab-t", "robust": 58}, {"attack": "square", "robust": 50}]

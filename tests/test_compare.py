@@ -13,10 +13,10 @@ from typer.testing import CliRunner
 
 from advtui.cli import app
 from advtui.compare import build_comparison, format_cell, render, select_runs, to_csv, to_latex, to_markdown
-from advtui.core.results import mask_to_hex, results_for_run, store_result
+from advtui.store.results import mask_to_hex, results_for_run, store_result
 from advtui.engine.evaluate import evaluate_run
-from advtui.errors import ConfigError, RunNotFoundError
-from advtui.registry import Registry
+from advtui.core.errors import ConfigError, RunNotFoundError
+from advtui.store.registry import Registry
 
 N = 20
 

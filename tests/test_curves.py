@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from advtui.cli import app
 from advtui.compare import build_comparison, select_runs
 from advtui.curves import audit_run
-from advtui.registry import Registry
+from advtui.store.registry import Registry
 from store_support import store_snapshot
 
 PNG = b"\x89PNG\r\n\x1a\n"

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from advtui.engine.data import CIFAR_FOLDER, balanced_subset, crop_and_flip, load_split
-from advtui.errors import DataMissingError
+from advtui.core.errors import DataMissingError
 
 
 def test_mnist_real_files_and_balanced_subset(mnist_root):
@@ -94,7 +94,7 @@ def test_cifar10_trains_end_to_end_through_the_cli(tmp_path):
          "--eval-limit", "20", "--device", "cpu"],
         capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-1500:]
-    from advtui.registry import Registry
+    from advtui.store.registry import Registry
 
     (record,) = Registry(tmp_path / "runs").runs()
     assert record["status"] == "finished" and record["config"]["eps"] == pytest.approx(8 / 255)

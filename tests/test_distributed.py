@@ -40,7 +40,7 @@ def test_advtui_run_nproc_2_trains_one_run_with_one_events_stream(runs_root):
     done = _in_private_network([sys.executable, "-m", "advtui", "run", *TINY, "--nproc", "2", "--name", "ddp"], env)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     assert done.stdout.count("finished ") == 1  # rank 0 reports; rank 1 leaves quietly
-    from advtui.registry import Registry
+    from advtui.store.registry import Registry
 
     (run,) = Registry(runs_root).runs()
     assert run["status"] == "finished" and run["config"]["nproc"] == 2
@@ -69,7 +69,7 @@ def _trainer(defense: str, root: Path, ranks, events):
     dropout masks, which no single process can reproduce: the comparison is of the rest)."""
     import torch
 
-    from advtui.config import build_config
+    from advtui.core.config import build_config
     from advtui.engine.distributed import Ranks
     from advtui.engine.train import Trainer, load_data
 

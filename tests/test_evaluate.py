@@ -14,15 +14,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from advtui.cli import app
 from advtui.engine.checkpoint import load_checkpoint, save_checkpoint
-from advtui.core.results import compute_flags, hex_to_mask, mask_to_hex, results_for_run, summarize
+from advtui.store.results import compute_flags, hex_to_mask, mask_to_hex, results_for_run, summarize
 from advtui.engine.evaluate import evaluate_run
-from advtui.errors import AdvtuiError
-from advtui.registry import RESULTS, Registry
+from advtui.core.errors import AdvtuiError
+from advtui.store.registry import RESULTS, Registry
 from store_support import store_snapshot
 
 
@@ -102,7 +101,7 @@ def test_learned_optimizer_and_transfer_attacks_run(trained_runs):
 
 
 def test_l2lda_generator_of_a_run_is_an_attacker(trained_runs, mnist_root):
-    from advtui.config import build_config
+    from advtui.core.config import build_config
     from advtui.runner import RunPlan, execute_run
 
     # A tiny but real l2lda run: two generator updates are enough to have a checkpoint to load.

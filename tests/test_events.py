@@ -1,6 +1,6 @@
 import json
 
-from advtui.events import EventTail, EventWriter, read_events
+from advtui.core.events import EventTail, EventWriter, read_events
 
 
 def test_tail_reads_only_new_events_and_waits_for_complete_lines(tmp_path):

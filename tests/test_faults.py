@@ -25,9 +25,9 @@ import numpy as np
 import pytest
 import torch
 
-from advtui.core import lifecycle
-from advtui.events import EventTail, EventWriter, read_stream
-from advtui.registry import QUEUE_FILE, REGISTRY_FILE, RUN_FILE, Registry
+from advtui.store import lifecycle
+from advtui.core.events import EventTail, EventWriter, read_stream
+from advtui.store.registry import QUEUE_FILE, REGISTRY_FILE, RUN_FILE, Registry
 from store_support import store_snapshot
 
 REPO = Path(__file__).resolve().parents[1]
@@ -75,7 +75,7 @@ def record(root: Path, run_id: str) -> dict:
 @pytest.fixture(scope="module")
 def _tiny_runs(tmp_path_factory, mnist_root) -> Path:
     """Two finished tiny runs (a, b) trained once for the module: real checkpoints and streams."""
-    from advtui.config import build_config
+    from advtui.core.config import build_config
     from advtui.runner import RunPlan, execute_run
 
     root = tmp_path_factory.mktemp("faults") / "runs"
@@ -276,7 +276,7 @@ def test_a_limit_above_the_split_is_a_warning_and_the_real_size_is_recorded(runs
     assert code == 0, err
     assert "warning: --test-limit 100000 is more than the 10000 test images of mnist: using all 10000" in err
     assert record(runs, ids(runs)["big"])["config"]["test_limit"] == 10000
-    from advtui.config import build_config
+    from advtui.core.config import build_config
     from advtui.runner import _real_sizes
 
     warned = []
@@ -319,7 +319,7 @@ def test_a_registry_file_that_is_not_a_registry_is_reported_and_never_overwritte
 def test_an_earlier_versions_registry_that_is_not_one_is_not_migrated(tmp_path, monkeypatch, capsys):
     """``advtui.json`` (the single-file registry of earlier versions) replaced by ``{}``: taken
     as an empty registry it would be migrated to nothing and moved aside."""
-    from advtui.registry import LEGACY_FILE
+    from advtui.store.registry import LEGACY_FILE
 
     root = tmp_path / "runs"
     root.mkdir()
@@ -476,7 +476,7 @@ def test_random_bytes_in_the_registry_are_a_message_for_the_dashboard(runs):
 # == trust boundaries ============================================================================
 def test_the_cifar10_reader_reads_batches_and_runs_no_code(tmp_path):
     from advtui.engine.data import CIFAR_FOLDER, load_split
-    from advtui.errors import DataMissingError
+    from advtui.core.errors import DataMissingError
 
     folder = tmp_path / CIFAR_FOLDER
     folder.mkdir()

@@ -20,7 +20,7 @@ import pytest
 from store_support import store_snapshot
 from test_faults import _tiny_runs, cli, ids, one_error_line  # noqa: F401 - _tiny_runs is a fixture
 
-from advtui.registry import (
+from advtui.store.registry import (
     ARCHIVE_DIR,
     JOBS,
     LEGACY_FILE,
@@ -80,7 +80,7 @@ def test_a_legacy_file_beside_a_used_store_without_its_registry_file_changes_no_
 
 def test_a_migration_interrupted_before_the_queue_finishes_the_archive_without_touching_its_files(tmp_path,
                                                                                                   monkeypatch):
-    import advtui.registry as store
+    import advtui.store.archive as store
 
     monkeypatch.setattr(store, "ARCHIVE_CHUNK", 2)
     root = tmp_path / "runs"
@@ -251,7 +251,7 @@ def test_an_earlier_versions_registry_with_a_schema_of_the_wrong_type_is_one_lin
 
 def test_the_store_knows_every_eval_option_the_queue_passes_on():
     from advtui.jobs.queue import EVAL_OPTION_FLAGS
-    from advtui.registry import EVAL_OPTION_KEYS
+    from advtui.store.schema import EVAL_OPTION_KEYS
 
     assert set(EVAL_OPTION_KEYS) == set(EVAL_OPTION_FLAGS)
 
@@ -364,7 +364,7 @@ def test_the_final_checkpoint_copy_replaces_a_link_planted_meanwhile_and_never_w
 
 
 def test_readers_of_a_stream_or_a_log_do_not_follow_a_planted_link(tmp_path):
-    from advtui.events import read_stream
+    from advtui.core.events import read_stream
     from advtui.jobs.launcher import log_tail
 
     victim = plant_outside(tmp_path, b'{"kind":"epoch","time":1.0,"epoch":1}\nsecret line\n')
@@ -421,7 +421,7 @@ def test_a_resume_sweeps_stale_checkpoint_temporaries_and_ends_each_epoch_once(r
     assert code == 0, err
     left = sorted(p.name for p in (folder / "checkpoints").iterdir())
     assert left == sorted(["last.pt", "final.pt", *others])
-    from advtui.events import read_events
+    from advtui.core.events import read_events
 
     assert [e["epoch"] for e in read_events(folder / "events.jsonl", {"epoch"})] == [1, 2]
     assert Registry(runs).get_run(names["a"])["status"] == "finished"

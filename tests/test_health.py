@@ -13,11 +13,11 @@ import pytest
 from typer.testing import CliRunner
 
 from advtui.cli import app
-from advtui.events import EVENTS_FILE, EventWriter
-from advtui.health import (
+from advtui.core.events import EVENTS_FILE, EventWriter
+from advtui.core.health import (
     ERROR, WARNING, Finding, HealthMonitor, record_findings, replay,
 )
-from advtui.registry import RUNS, Registry
+from advtui.store.registry import RUNS, Registry
 from advtui.runner import _health_monitor
 from advtui.tui.rows import GroupRow, run_row
 
@@ -190,13 +190,13 @@ def test_findings_round_trip_and_old_or_malformed_records_have_none():
 
 
 def test_the_module_does_not_import_torch():
-    proc = subprocess.run([sys.executable, "-c", "import advtui.health, sys; assert 'torch' not in sys.modules"],
+    proc = subprocess.run([sys.executable, "-c", "import advtui.core.health, sys; assert 'torch' not in sys.modules"],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
 
 
 def test_a_resumed_run_replays_its_stream_so_warnings_are_not_raised_twice(tmp_path):
-    from advtui.config import build_config
+    from advtui.core.config import build_config
 
     path = tmp_path / EVENTS_FILE
     with EventWriter(path) as events:

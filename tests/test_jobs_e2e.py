@@ -12,13 +12,13 @@ import threading
 import time
 from pathlib import Path
 
-from advtui.config import build_config
+from advtui.core.config import build_config
 from advtui.core.process import live_process
-from advtui.core.results import results_for_run
+from advtui.store.results import results_for_run
 from advtui.jobs.monitor import GpuSampler
 from advtui.jobs.queue import list_jobs, queue_train, resolve_job
 from advtui.jobs.scheduler import Scheduler, SchedulerPolicy, threads_per_job
-from advtui.registry import Registry
+from advtui.store.registry import Registry
 
 TINY = ["--defense", "plain", "--device", "cpu", "--train-limit", "20", "--test-limit", "10", "--eval-limit", "10",
         "--batch-size", "10", "--epochs", "1", "--inner-steps", "1"]

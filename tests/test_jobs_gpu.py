@@ -14,11 +14,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from advtui.config import build_config
+from advtui.core.config import build_config
 from advtui.jobs.monitor import NA, GpuSampler, process_owners
 from advtui.jobs.queue import queue_train
 from advtui.jobs.scheduler import Scheduler, SchedulerPolicy, _FreeSlots, launch_env
-from advtui.registry import JOBS, Registry
+from advtui.store.registry import JOBS, Registry
 
 MiB = 2**20
 

@@ -11,7 +11,7 @@ import psutil
 
 from advtui.core.format import format_bytes, format_number
 from advtui.jobs.monitor import NA, GpuSampler, ProcessSampler, process_owners
-from advtui.registry import JOBS, Registry
+from advtui.store.registry import JOBS, Registry
 
 # A parent that burns CPU and starts a child holding ~60 MB.
 BUSY_TREE = ("import subprocess, sys, time\n"

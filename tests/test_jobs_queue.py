@@ -9,14 +9,14 @@ import sys
 import psutil
 import pytest
 
-from advtui.config import build_config
-from advtui.errors import ConfigError, RunNotFoundError
+from advtui.core.config import build_config
+from advtui.core.errors import ConfigError, RunNotFoundError
 from advtui.jobs.queue import (
     JobNotFoundError, cancel_job, kill, list_jobs, parse_seeds, queue_eval, queue_train, resolve_job, resume,
     resume_point, seed_configs,
 )
 from advtui.jobs.scheduler import Scheduler
-from advtui.registry import JOBS, Registry
+from advtui.store.registry import JOBS, Registry
 
 
 def tiny(**overrides):
@@ -58,7 +58,7 @@ def test_seeds_make_one_named_run_per_seed_in_a_group():
 
 def test_bad_attack_spec_and_names_are_refused_before_anything_is_stored(tmp_path):
     reg = Registry(tmp_path)
-    from advtui.errors import AdvtuiError
+    from advtui.core.errors import AdvtuiError
 
     with pytest.raises(AdvtuiError):
         queue_train(reg, tiny(), auto_eval="natural,zap-3")

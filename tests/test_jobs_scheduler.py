@@ -9,11 +9,11 @@ import time
 import psutil
 import pytest
 
-from advtui.config import build_config
-from advtui.errors import RegistryError
+from advtui.core.config import build_config
+from advtui.core.errors import RegistryError
 from advtui.jobs.queue import queue_train, resolve_job
 from advtui.jobs.scheduler import Scheduler, read_holder
-from advtui.registry import JOBS, QUEUE_FILE, Registry
+from advtui.store.registry import JOBS, QUEUE_FILE, Registry
 
 
 def test_only_one_scheduler_acts_at_a_time(tmp_path):
@@ -31,7 +31,7 @@ def test_only_one_scheduler_acts_at_a_time(tmp_path):
 
 
 def test_the_lock_holder_in_another_process_blocks_us_until_it_exits(tmp_path):
-    script = ("import sys, time; from pathlib import Path; from advtui.registry import Registry; "
+    script = ("import sys, time; from pathlib import Path; from advtui.store.registry import Registry; "
               "from advtui.jobs.scheduler import Scheduler; "
               "s = Scheduler(Registry(Path(sys.argv[1]))); assert s.acquire(); print('held', flush=True); "
               "time.sleep(60)")

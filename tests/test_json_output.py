@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from advtui.config import build_config
+from advtui.core.config import build_config
 from advtui.core.paths import DATA_ENV
-from advtui.registry import Registry
+from advtui.store.registry import Registry
 from advtui.runner import RunPlan, execute_run, plan_resume
 
 TINY = dict(train_limit=100, test_limit=100, eval_limit=20, batch_size=50, epochs=1, device="cpu", seed=0)

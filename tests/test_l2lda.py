@@ -11,12 +11,12 @@ import pytest
 import torch
 from torch import nn
 
-from advtui.config import build_config
+from advtui.core.config import build_config
 from advtui.engine.checkpoint import load_checkpoint
 from advtui.engine.defenses import build_maximizer
 from advtui.engine.l2lda import L2LDAGenerator, diversity, normalize_per_channel, parameter_count
 from advtui.engine.objectives import ce_per_example
-from advtui.registry import Registry
+from advtui.store.registry import Registry
 
 
 def _linear_mnist_model(seed: int = 0) -> nn.Module:
@@ -140,7 +140,7 @@ def test_l2lda_trains_through_advtui_run_and_its_attacker_loads_in_eval(runs_roo
 
 
 def test_inputs_of_another_dataset_are_refused_in_one_line():
-    from advtui.errors import ConfigError
+    from advtui.core.errors import ConfigError
 
     gen = L2LDAGenerator(1, width=8)
     model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 10)).eval()

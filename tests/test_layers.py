@@ -1,4 +1,4 @@
-"""The layers of DESIGN.md's layout, checked: what must not load torch, and which way imports point.
+"""The layers of docs/architecture.md, checked: what must not load torch, and which way imports point.
 
 1. Listing, comparing, exporting and the dashboard's first paint run in a subprocess where torch
    cannot be imported (a meta path finder refuses it and remembers every attempt, so an import
@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 import typer.main
 
-from advtui.config import build_config
-from advtui.core import lifecycle
-from advtui.core.results import mask_to_hex, store_result
-from advtui.registry import Registry
+from advtui.core.config import build_config
+from advtui.store import lifecycle
+from advtui.store.results import mask_to_hex, store_result
+from advtui.store.registry import Registry
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "advtui"
 TORCH = ("torch", "torchvision")
@@ -126,7 +126,7 @@ def test_core_and_compare_import_without_torch():
         import advtui.core
         for info in pkgutil.iter_modules(advtui.core.__path__):
             importlib.import_module(f"advtui.core.{info.name}")
-        import advtui.compare, advtui.config, advtui.runner, advtui.jobs, advtui.reproduce, advtui.report
+        import advtui.compare, advtui.core.config, advtui.runner, advtui.jobs, advtui.reproduce, advtui.report
         done(0)
     """)
     assert proc.returncode == 0, proc.stderr
@@ -248,9 +248,9 @@ def _violations(importer_package: str, forbidden: tuple[str, ...]) -> list[str]:
 
 
 def test_the_static_walk_sees_the_imports_it_checks():
-    assert "advtui.engine.train" in SOURCES and "advtui.core.lifecycle" in SOURCES
+    assert "advtui.engine.train" in SOURCES and "advtui.store.lifecycle" in SOURCES
     assert "torch" in IMPORTS["advtui.engine.train"]
-    assert "advtui.core.process" in IMPORTS["advtui.core.lifecycle"]
+    assert "advtui.core.process" in IMPORTS["advtui.store.lifecycle"]
 
 
 def test_the_engine_never_imports_the_layers_above_it():
@@ -278,6 +278,71 @@ def test_the_core_imports_no_torch_and_no_engine_even_through_other_modules():
     assert not [t for n in reached for t in IMPORTS[n] if any(_in(t, m) for m in TORCH)]
 
 
+def test_the_core_imports_nothing_of_advtui_above_it():
+    above = tuple(sorted({".".join(name.split(".")[:2]) for name in SOURCES} - {"advtui", "advtui.core"}))
+    assert "advtui.store" in above and "advtui.engine" in above  # the walk sees the layers it forbids
+    assert _violations("advtui.core", above) == []
+
+
+def test_the_store_imports_only_the_core():
+    outside = tuple(sorted({".".join(name.split(".")[:2]) for name in SOURCES}
+                           - {"advtui", "advtui.core", "advtui.store"}))
+    assert _violations("advtui.store", outside + TORCH) == []
+
+
+def _runtime_imports(path: Path) -> set[str]:
+    """The advtui modules a file imports when it runs: ``_imports`` less the ``if TYPE_CHECKING:``
+    blocks, which only annotations read."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING":
+            node.body = []
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return {name for name in found if name in SOURCES}
+
+
+def _import_cycles() -> list[list[str]]:
+    """Every group of modules that import each other, directly or through others, counting the
+    imports inside functions too (Tarjan's strongly connected components)."""
+    graph = {name: _runtime_imports(path) - {name} for name, path in SOURCES.items()}
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    cycles: list[list[str]] = []
+
+    def visit(module: str) -> None:
+        index[module] = low[module] = len(index)
+        stack.append(module)
+        for target in graph[module]:
+            if target not in index:
+                visit(target)
+                low[module] = min(low[module], low[target])
+            elif target in stack:
+                low[module] = min(low[module], index[target])
+        if low[module] == index[module]:
+            group = []
+            while not group or group[-1] != module:
+                group.append(stack.pop())
+            if len(group) > 1:
+                cycles.append(sorted(group))
+
+    for module in graph:
+        if module not in index:
+            visit(module)
+    return cycles
+
+
+def test_no_two_modules_import_each_other():
+    assert "advtui.jobs.launcher" in _runtime_imports(SOURCES["advtui.jobs.ray_executor"])  # the walk sees imports
+    assert _import_cycles() == []
+
+
 def _writes_run_status(call: ast.Call) -> bool:
     """A registry call that would set a run's status: create_run, update_run(status=...), or a
     generic write to the runs table."""
@@ -297,7 +362,7 @@ def _writes_run_status(call: ast.Call) -> bool:
 
 def test_a_runs_status_has_one_writer_the_lifecycle():
     writers = sorted(f"{name}:{node.lineno}" for name, path in SOURCES.items()
-                     if name not in ("advtui.core.lifecycle", "advtui.registry")
+                     if name not in ("advtui.store.lifecycle", "advtui.store.registry")
                      for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
                      if isinstance(node, ast.Call) and _writes_run_status(node))
     assert writers == []

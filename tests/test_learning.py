@@ -14,8 +14,8 @@ import sys
 
 import pytest
 
-from advtui.health import CHANCE_ACCURACY
-from advtui.registry import Registry
+from advtui.core.health import CHANCE_ACCURACY
+from advtui.store.registry import Registry
 
 
 def advtui(*args: str, env_root) -> subprocess.CompletedProcess:

@@ -1,4 +1,4 @@
-"""A run's life (advtui.core.lifecycle): the moves, the races they lose on purpose, and the
+"""A run's life (advtui.store.lifecycle): the moves, the races they lose on purpose, and the
 moves it refuses."""
 
 from __future__ import annotations
@@ -7,10 +7,10 @@ import os
 
 import pytest
 
-from advtui.config import build_config
-from advtui.core import lifecycle
+from advtui.core.config import build_config
+from advtui.store import lifecycle
 from advtui.core.process import record_alive
-from advtui.registry import Registry
+from advtui.store.registry import Registry
 
 
 def queued(tmp_path, **options) -> tuple[Registry, dict]:

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from advtui.engine.models import build_model, count_parameters
-from advtui.errors import ConfigError
+from advtui.core.errors import ConfigError
 
 
 @pytest.mark.parametrize("name, dataset, params", [

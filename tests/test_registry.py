@@ -2,9 +2,9 @@ import json
 
 import pytest
 
-from advtui.errors import ConfigError, RegistryError, RunNotFoundError
-from advtui.paths import run_dir
-from advtui.registry import REGISTRY_FILE, SCHEMA_VERSION, Registry
+from advtui.core.errors import ConfigError, RegistryError, RunNotFoundError
+from advtui.core.paths import run_dir
+from advtui.store.registry import REGISTRY_FILE, SCHEMA_VERSION, Registry
 
 
 def test_create_update_resolve(tmp_path):

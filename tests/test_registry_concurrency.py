@@ -11,9 +11,9 @@ import textwrap
 
 import pytest
 
-from advtui.errors import ConfigError, RegistryError
-from advtui.paths import check_safe_name, run_dir
-from advtui.registry import JOBS, QUEUE_FILE, REGISTRY_FILE, RUN_FILE, SCHEMA_VERSION, Registry
+from advtui.core.errors import ConfigError, RegistryError
+from advtui.core.paths import check_safe_name, run_dir
+from advtui.store.registry import JOBS, QUEUE_FILE, REGISTRY_FILE, RUN_FILE, SCHEMA_VERSION, Registry
 
 WRITERS = 16
 ROUNDS = 10
@@ -23,7 +23,7 @@ ROUNDS = 10
 WRITER = textwrap.dedent("""
     import sys
     from pathlib import Path
-    from advtui.registry import JOBS, Registry
+    from advtui.store.registry import JOBS, Registry
 
     root, writer, rounds = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
     registry = Registry(root)

@@ -10,9 +10,9 @@ import time
 import numpy as np
 import pytest
 
-from advtui.core.results import mask_to_hex, store_result
+from advtui.store.results import mask_to_hex, store_result
 from advtui.core.paths import run_dir
-from advtui.registry import Registry
+from advtui.store.registry import Registry
 from advtui.report import CHANCE_ACCURACY, Curve, build_report, epoch_events
 from advtui.reproduce import REPRODUCTIONS, apply_reproduction, plan_reproduction
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from advtui.registry import JOBS, Registry
+from advtui.store.registry import JOBS, Registry
 from advtui.reproduce import (
     REPRODUCTIONS, SCALES, SURROGATE_SEED, TABLES, apply_reproduction, plan_reproduction, run_identity, scaled_config,
 )

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from advtui.config import DEFENSES
+from advtui.core.config import DEFENSES
 from advtui.engine.checkpoint import load_checkpoint
-from advtui.registry import Registry
+from advtui.store.registry import Registry
 from store_support import store_snapshot
 
 TINY = ["--train-limit", "200", "--test-limit", "100", "--eval-limit", "50", "--batch-size", "50",
@@ -177,7 +177,7 @@ def test_progress_lines_count_batches_from_one_and_the_epoch_end_claims_no_batch
 
 
 def test_show_prints_the_values_in_force_not_none(tmp_path):
-    from advtui.config import build_config, values_in_force
+    from advtui.core.config import build_config, values_in_force
 
     trades = values_in_force(build_config("trades", eps=0.2).to_dict())
     assert trades["step_size"] == pytest.approx(0.05) and trades["beta"] == 1.0

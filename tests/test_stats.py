@@ -18,11 +18,11 @@ from typer.testing import CliRunner
 from advtui.cli import app
 from advtui.compare import build_comparison, format_cell, select_runs
 from advtui.core.paths import run_dir
-from advtui.core.results import ids_digest, ids_to_hex, mask_to_hex, results_for_run, store_result
+from advtui.store.results import ids_digest, ids_to_hex, mask_to_hex, results_for_run, store_result
 from advtui.core.stats import over_seeds, paired_difference, proportion_interval
-from advtui.errors import ConfigError
+from advtui.core.errors import ConfigError
 from advtui.paired import paired_report
-from advtui.registry import Registry
+from advtui.store.registry import Registry
 from store_support import store_snapshot
 
 SPLIT = 100  # the crafted test split's size
@@ -300,8 +300,8 @@ def test_an_evaluation_stores_its_manifest_and_keeps_each_eps_beside_the_others(
     import torchattacks
 
     from advtui import __version__
-    from advtui.config import build_config
-    from advtui.core.results import all_results_for_run, example_ids
+    from advtui.core.config import build_config
+    from advtui.store.results import all_results_for_run, example_ids
     from advtui.engine.data import balanced_subset, load_split
     from advtui.engine.evaluate import evaluate_run
     from advtui.runner import RunPlan, execute_run

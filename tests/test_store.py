@@ -14,10 +14,13 @@ from pathlib import Path
 
 import pytest
 
-import advtui.registry as store
-from advtui.errors import RegistryError
+import advtui.store.archive as archive
+import advtui.store.files as files
+import advtui.store.listing as listing
+import advtui.store.registry as store
+from advtui.core.errors import RegistryError
 from advtui.jobs.queue import list_jobs, resolve_job
-from advtui.registry import (
+from advtui.store.registry import (
     ARCHIVE_DIR, JOBS, LEGACY_FILE, QUEUE_FILE, REGISTRY_FILE, RESULTS, RUN_FILE, RUNS, SCHEMA_VERSION, Registry,
 )
 
@@ -92,7 +95,7 @@ def test_processes_starting_at_once_migrate_once(tmp_path):
     script = textwrap.dedent("""
         import sys
         from pathlib import Path
-        from advtui.registry import Registry
+        from advtui.store.registry import Registry
         sys.stdin.readline()
         registry = Registry(Path(sys.argv[1]))
         print(len(registry.runs()), len(registry.all("jobs")), flush=True)
@@ -137,7 +140,7 @@ def test_an_interrupted_migration_is_finished_and_a_legacy_file_written_later_is
 
 
 def test_many_ended_jobs_migrate_into_archive_files(tmp_path, monkeypatch):
-    monkeypatch.setattr(store, "ARCHIVE_CHUNK", 4)
+    monkeypatch.setattr(archive, "ARCHIVE_CHUNK", 4)
     root = tmp_path / "runs"
     root.mkdir()
     jobs = {str(i + 1): {"id": f"j{i:06x}", "status": "done" if i < 10 else "queued", "created": float(i)}
@@ -154,7 +157,7 @@ def test_many_ended_jobs_migrate_into_archive_files(tmp_path, monkeypatch):
 CHANGER = textwrap.dedent("""
     import sys
     from pathlib import Path
-    from advtui.registry import Registry
+    from advtui.store.registry import Registry
     registry = Registry(Path(sys.argv[1]))
     for line in sys.stdin:
         run_id, epoch = line.split()
@@ -185,10 +188,10 @@ def test_the_listing_cache_sees_every_write_of_another_process(tmp_path):
 def test_a_listing_parses_only_the_files_that_changed(tmp_path, monkeypatch):
     registry = Registry(tmp_path)
     ids = [registry.create_run({"name": f"r{i}"})["id"] for i in range(5)]
-    monkeypatch.setattr(store, "RACY_NS", 0)  # as if every file were written long ago
+    monkeypatch.setattr(files, "RACY_NS", 0)  # as if every file were written long ago
     loads = []
-    real_load = store._load
-    monkeypatch.setattr(store, "_load", lambda path, *a, **k: loads.append(os.path.basename(os.path.dirname(path)))
+    real_load = files._load
+    monkeypatch.setattr(files, "_load", lambda path, *a, **k: loads.append(os.path.basename(os.path.dirname(path)))
                         or real_load(path, *a, **k))
     registry.runs()
     loads.clear()
@@ -214,8 +217,8 @@ def test_listed_records_are_copies(tmp_path):
 
 # -- the archive of ended jobs ---------------------------------------------------------------------------
 def test_ended_jobs_move_to_the_archive_and_stay_readable_and_changeable(tmp_path, monkeypatch):
-    monkeypatch.setattr(store, "ARCHIVE_AFTER", 3)
-    monkeypatch.setattr(store, "ARCHIVE_CHUNK", 2)
+    monkeypatch.setattr(archive, "ARCHIVE_AFTER", 3)
+    monkeypatch.setattr(archive, "ARCHIVE_CHUNK", 2)
     registry = Registry(tmp_path)
     for i in range(8):
         registry.insert(JOBS, {"id": f"j{i:06x}", "status": "queued", "created": float(i), "kind": "train",
@@ -345,30 +348,30 @@ def test_insert_multiple_writes_one_file_per_run(tmp_path):
 
 
 def test_a_fresh_process_starts_from_the_listing_cache_and_still_sees_later_writes(tmp_path, monkeypatch):
-    monkeypatch.setattr(store, "LISTING_CACHE_MIN_RUNS", 3)
-    monkeypatch.setattr(store, "RACY_NS", 0)  # as if every file were written long ago
+    monkeypatch.setattr(listing, "LISTING_CACHE_MIN_RUNS", 3)
+    monkeypatch.setattr(files, "RACY_NS", 0)  # as if every file were written long ago
     registry = Registry(tmp_path)
     ids = [registry.create_run({"name": f"r{i}", "created": float(i)})["id"] for i in range(5)]
-    store.clear_read_cache()
+    files.clear_read_cache()
     registry.runs()  # parses all five: leaves the cache for the next process
-    assert (tmp_path / store.LISTING_CACHE).exists()
+    assert (tmp_path / listing.LISTING_CACHE).exists()
     loads = []
-    real_load = store._load
-    monkeypatch.setattr(store, "_load", lambda path, *a, **k: loads.append(os.path.basename(path)) or real_load(path, *a, **k))
-    store.clear_read_cache()  # a fresh process
+    real_load = files._load
+    monkeypatch.setattr(files, "_load", lambda path, *a, **k: loads.append(os.path.basename(path)) or real_load(path, *a, **k))
+    files.clear_read_cache()  # a fresh process
     assert [r["name"] for r in Registry(tmp_path).runs()] == [f"r{i}" for i in range(5)]
     assert RUN_FILE not in loads  # every run from the cache, none parsed
     # written after the cache: the stat differs, so that file is read
     Registry(tmp_path).update_run(ids[3], name="changed")
-    store.clear_read_cache()
+    files.clear_read_cache()
     loads.clear()
     assert [r["name"] for r in Registry(tmp_path).runs()] == ["r0", "r1", "r2", "changed", "r4"]
     assert loads.count(RUN_FILE) == 1
 
 
 def test_the_listing_cache_gives_back_exactly_what_the_run_files_hold(tmp_path, monkeypatch):
-    monkeypatch.setattr(store, "LISTING_CACHE_MIN_RUNS", 3)
-    monkeypatch.setattr(store, "RACY_NS", 0)
+    monkeypatch.setattr(listing, "LISTING_CACHE_MIN_RUNS", 3)
+    monkeypatch.setattr(files, "RACY_NS", 0)
     registry = Registry(tmp_path)
     configs = [{"defense": "pgd", "lr": 0.1, "eps": 0.0, "seed": 1, "flag": True, "steps": [1, 2], "x": None},
                {"defense": "pgd", "lr": 0.1, "eps": -0.0, "seed": 1.0, "flag": 1, "steps": [1, 2], "x": None},
@@ -378,13 +381,13 @@ def test_the_listing_cache_gives_back_exactly_what_the_run_files_hold(tmp_path, 
         registry.create_run({"name": f"r{i}", "created": float(i), "config": config})
     odd = registry.create_run({"name": "odd", "created": 9.0})
     registry.update_run(odd["id"], config=3)  # not a config: a damaged file, left out of both listings
-    store.clear_read_cache()
+    files.clear_read_cache()
     expected = registry.runs()  # parses every file, leaves the cache
     assert len(registry.damaged) == 1 and "config is int, not dict" in registry.damaged[0]
-    store.clear_read_cache()
+    files.clear_read_cache()
     loads = []
-    real_load = store._load
-    monkeypatch.setattr(store, "_load", lambda path, *a, **k: loads.append(os.path.basename(path)) or real_load(path, *a, **k))
+    real_load = files._load
+    monkeypatch.setattr(files, "_load", lambda path, *a, **k: loads.append(os.path.basename(path)) or real_load(path, *a, **k))
     got = Registry(tmp_path).runs()
     assert loads.count(RUN_FILE) == 1  # the damaged file only (damage is not cached across processes)
     assert json.dumps(got) == json.dumps(expected)  # values, types, signs and key order
@@ -398,10 +401,10 @@ def test_the_listing_cache_gives_back_exactly_what_the_run_files_hold(tmp_path, 
                                      b'{"runs": {"1": {"config": 4}}}, {"1": {"a": 2}}]}}',
                                      b'{"version": 2, "configs": 5, "files": {}}'])
 def test_a_damaged_listing_cache_is_ignored(tmp_path, monkeypatch, garbage):
-    monkeypatch.setattr(store, "LISTING_CACHE_MIN_RUNS", 3)
+    monkeypatch.setattr(listing, "LISTING_CACHE_MIN_RUNS", 3)
     registry = Registry(tmp_path)
     for i in range(3):
         registry.create_run({"name": f"r{i}", "created": float(i)})
-    (tmp_path / store.LISTING_CACHE).write_bytes(garbage)
-    store.clear_read_cache()
+    (tmp_path / listing.LISTING_CACHE).write_bytes(garbage)
+    files.clear_read_cache()
     assert [r["name"] for r in Registry(tmp_path).runs()] == ["r0", "r1", "r2"]

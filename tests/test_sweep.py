@@ -14,9 +14,9 @@ import pytest
 
 from advtui import sweep as sweeps
 from advtui.cli.sweep import build_run_config, spec_from_flags, typer_options
-from advtui.core import lifecycle
+from advtui.store import lifecycle
 from advtui.jobs.queue import finish_job, jobs_of_run, list_jobs
-from advtui.registry import Registry
+from advtui.store.registry import Registry
 from advtui.sweep_results import compare_sweep, paired_p, t_interval
 
 TINY = ["--defense", "plain", "--epochs", "1", "--train-limit", "128", "--test-limit", "64",

@@ -62,7 +62,7 @@ def _play(out: Path) -> dict:
     import ray
 
     from advtui.jobs.queue import list_jobs
-    from advtui.registry import Registry
+    from advtui.store.registry import Registry
 
     ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False, namespace="advtui")
     address = ray.get_runtime_context().gcs_address

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from advtui.cli import app
 from advtui.cli.train_options import effective_default
-from advtui.config import RunConfig, build_config
+from advtui.core.config import RunConfig, build_config
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 SECTION = "### The learned optimizer and the choices the paper leaves open"

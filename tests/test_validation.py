@@ -23,8 +23,8 @@ import test_faults
 from store_support import store_snapshot
 from test_faults import REPO, TINY, cli, ids, one_error_line, record
 
-from advtui.errors import AdvtuiError
-from advtui.registry import Registry
+from advtui.core.errors import AdvtuiError
+from advtui.store.registry import Registry
 
 # The fault tests' fixtures: two finished tiny runs, trained once per module, copied per test.
 _tiny_runs = test_faults._tiny_runs
@@ -215,7 +215,7 @@ def test_the_dashboards_evaluation_form_is_checked_by_the_same_code(runs):
     with pytest.raises(AdvtuiError, match=r"^--limit must be at least 1, got 0$"):
         queue_eval(Registry(runs), ids(runs)["a"], ["natural"], options={"limit": 0})
     with pytest.raises(AdvtuiError, match=r"^--auto-eval-limit|^--limit"):
-        from advtui.config import build_config
+        from advtui.core.config import build_config
         from advtui.jobs.queue import queue_train
 
         queue_train(Registry(runs), build_config("plain"), auto_eval="natural", eval_options={"limit": -3})
@@ -345,7 +345,7 @@ def test_a_usage_error_is_one_line(runs, monkeypatch, capsys):
 
 # == names unique in a runs folder ================================================================
 def test_a_second_run_of_the_same_name_gets_a_suffix_whichever_way_it_is_made(runs, monkeypatch, capsys):
-    from advtui.config import build_config
+    from advtui.core.config import build_config
     from advtui.jobs.queue import queue_train
 
     for _ in range(2):
@@ -364,9 +364,9 @@ def test_runs_created_at_once_by_several_processes_get_distinct_names(tmp_path):
     root = tmp_path / "runs"
     script = textwrap.dedent(f"""
         import sys
-        from advtui.config import build_config
-        from advtui.core import lifecycle
-        from advtui.registry import Registry
+        from advtui.core.config import build_config
+        from advtui.store import lifecycle
+        from advtui.store.registry import Registry
         registry = Registry({str(root)!r})
         for _ in range(3):
             lifecycle.create_queued(registry, build_config("plain").to_dict())

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from advtui.config import build_config, default_val_size
+from advtui.core.config import build_config, default_val_size
 from advtui.engine.data import _load_mnist, train_val_indices
-from advtui.health import WARNING, HealthMonitor, replay
-from advtui.registry import Registry
+from advtui.core.health import WARNING, HealthMonitor, replay
+from advtui.store.registry import Registry
 from store_support import store_snapshot
 
 TINY = ["--train-limit", "200", "--eval-limit", "64", "--batch-size", "50", "--epochs", "2", "--device", "cpu"]

@@ -38,12 +38,12 @@ import numpy as np
 from advtui.core.attack_specs import AttackSpecError, attack_sort_key, parse_attack, parse_attack_list
 from advtui.core.defenses import DEFENSE_SPECS, DEFENSES
 from advtui.core.paths import run_dir
-from advtui.core.results import PREFERENCES, checkpoint_kind, doc_mask, example_ids, example_set, latest_results
+from advtui.store.results import PREFERENCES, checkpoint_kind, doc_mask, example_ids, example_set, latest_results
 from advtui.core.stats import (ALPHA, MIN_SEEDS_FOR_INTERVAL, PairedDifference, over_seeds, paired_difference,
                                paired_t_p, proportion_interval)
-from advtui.errors import AdvtuiError, ConfigError
-from advtui.events import EVENTS_FILE, read_events
-from advtui.registry import Registry
+from advtui.core.errors import AdvtuiError, ConfigError
+from advtui.core.events import EVENTS_FILE, read_events
+from advtui.store.registry import Registry
 
 FORMATS = ("md", "csv", "latex", "json")
 ROW_KINDS = ("run", "defense")
@@ -72,7 +72,7 @@ class Cell:
     best: bool = False
     cumulative: bool = False  # a cascade result: robust to this and all earlier attacks
     flags: list[str] = field(default_factory=list)  # sanity-check messages
-    flag_codes: list[str] = field(default_factory=list)  # their codes (advtui.core.results), in the same order
+    flag_codes: list[str] = field(default_factory=list)  # their codes (advtui.store.results), in the same order
     n: int | None = None  # test examples behind an accuracy
     low: float | None = None  # 95% interval: exact binomial (a run), t over seeds of the mean (a defense)
     high: float | None = None

@@ -28,9 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from advtui.core.results import all_results_for_run, doc_mask, example_ids
+from advtui.store.results import all_results_for_run, doc_mask, example_ids
 from advtui.core.stats import ALPHA, paired_difference, proportion_interval
-from advtui.registry import Registry
+from advtui.store.registry import Registry
 
 LARGE_EPS_FACTOR = 2.0  # "large": at least this times the training eps
 LARGE_EPS_FLOOR = 5.0  # % robust accuracy left at a large eps that counts as "not about 0"

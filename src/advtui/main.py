@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
-from advtui.errors import AdvtuiError
+from advtui.core.errors import AdvtuiError
 
 RUNS_DIR_OPTION = "--runs-dir"
 
@@ -47,7 +47,7 @@ def _build_app() -> Any:
             if executor_name != "local" or address is not None:
                 from advtui.cli.jobs import check_runs_dir_on_cluster
                 from advtui.core.paths import runs_dir as resolve_runs_dir
-                from advtui.jobs.launcher import build_executor
+                from advtui.jobs.executors import build_executor
 
                 executor = build_executor(executor_name, address, gpus_per_job, cpus_per_job)
                 if executor.places_jobs:

@@ -1,6 +1,6 @@
 """The checks of every command's options, in one place, made before anything is written.
 
-A training run's options are a ``RunConfig`` (``advtui.config``: ``run``, ``queue train``, the
+A training run's options are a ``RunConfig`` (``advtui.core.config``: ``run``, ``queue train``, the
 dashboard's new-run form, and the epochs ``resume`` extends a run to). Everything else a command
 takes (an evaluation's examples and radius, a worker's slots, a kill's grace, a refresh
 interval, a filter, a device, a seed list) is checked here, by ``advtui eval``, ``queue eval``,
@@ -15,8 +15,8 @@ import math
 import re
 from typing import Any, Iterable
 
-from advtui.config import INT_RANGES, MAX_INT
-from advtui.errors import ConfigError
+from advtui.core.config import INT_RANGES, MAX_INT
+from advtui.core.errors import ConfigError
 
 MAX_SEED = 2**63 - 1  # torch.manual_seed takes 64-bit seeds
 MAX_SEEDS = 1000  # runs one `queue train --seeds` may queue

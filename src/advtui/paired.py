@@ -16,11 +16,11 @@ from typing import Any
 import numpy as np
 
 from advtui.core.attack_specs import attack_sort_key
-from advtui.core.results import doc_mask, example_ids, example_set, latest_results
+from advtui.store.results import doc_mask, example_ids, example_set, latest_results
 from advtui.core.stats import (MIN_SEEDS_FOR_INTERVAL, MIN_SEEDS_FOR_WILCOXON, PairedDifference, SeedSummary,
                                over_seeds, paired_difference)
-from advtui.errors import ConfigError
-from advtui.registry import Registry
+from advtui.core.errors import ConfigError
+from advtui.store.registry import Registry
 
 ONE_PAIR_CAVEAT = (
     "This tests these two checkpoints on the same test examples (evaluation noise), not the two defenses: "

@@ -38,18 +38,18 @@ from advtui.compare import EPOCH_TIME, PARAMS, build_comparison
 from advtui.core.atomic import atomic_write_json, atomic_write_text
 from advtui.core.epochs import epoch_accuracy
 from advtui.core.paths import checkpoint_path, run_dir
-from advtui.core.results import file_digest
+from advtui.store.results import file_digest
 from advtui.core.stats import half_width
-from advtui.errors import AdvtuiError, ConfigError
-from advtui.events import EVENTS_FILE, LineTail
-from advtui.health import CHANCE_ACCURACY  # one threshold for the live check and the report
-from advtui.registry import JOBS, Registry
+from advtui.core.errors import AdvtuiError, ConfigError
+from advtui.core.events import EVENTS_FILE, LineTail
+from advtui.core.health import CHANCE_ACCURACY  # one threshold for the live check and the report
+from advtui.store.registry import JOBS, Registry
 from advtui.reproduce import PAPER_TABLE2, ROW_LABELS, SCALES, TABLES, reproductions
 
 FIG2_DEFENSES = ("advtrain", "trades", "rnn-adv", "rnn-trades")  # the paper's four panels
 WHITE_BOX_TABLES = ("table3", "table4", "table5")
 DEFAULT_REPORT_DIR = "report"
-# CHANCE_ACCURACY (from advtui.health): % natural accuracy under which a 10-class model has not
+# CHANCE_ACCURACY (from advtui.core.health): % natural accuracy under which a 10-class model has not
 # learned, for the evaluated Natural column and the learning curves alike.
 CHANCE_LEVEL = 10.0  # % accuracy of a guess among 10 classes (the dotted line of the learning figure)
 CURVE_POINTS = 6  # epochs shown per run in the markdown (first and last always among them)

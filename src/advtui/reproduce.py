@@ -26,14 +26,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from advtui.config import PRESETS, RunConfig, build_config, default_val_size
+from advtui.core.config import PRESETS, RunConfig, build_config, default_val_size
 from advtui.core.attack_specs import parse_attack
 from advtui.core.paths import run_folder
-from advtui.core.results import all_results_for_run
+from advtui.store.results import all_results_for_run
 from advtui.core.stats import MIN_SEEDS_FOR_INTERVAL, half_width
-from advtui.errors import ConfigError
+from advtui.core.errors import ConfigError
 from advtui.jobs.queue import queue_eval, queue_train
-from advtui.registry import JOBS, Registry
+from advtui.store.registry import JOBS, Registry
 
 REPRODUCTIONS = "reproductions"  # registry table: one plan per (table, scale)
 SURROGATE_SEED = 1000  # Table 7's surrogates: "the same architecture ... a different random seed"

@@ -13,18 +13,19 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from advtui.config import RunConfig, recorded_config
-from advtui.core import lifecycle
+from advtui.core.config import RunConfig, recorded_config
+from advtui.store import lifecycle
 from advtui.core.atomic import atomic_copy, remove_stale_temporaries
 from advtui.core.defenses import DEFENSE_SPECS
 from advtui.core.paths import (
     BEST_CHECKPOINT, DATA_ENV, FINAL_CHECKPOINT, LAST_CHECKPOINT, checkpoint_path, data_root, refuse_planted_links,
     run_dir,
 )
-from advtui.errors import AdvtuiError, CheckpointError, ConfigError
-from advtui.events import EVENTS_FILE, EventWriter, ended_epochs, read_events
-from advtui.health import HealthMonitor, RunUnhealthy, replay
-from advtui.registry import Registry
+from advtui.core.errors import AdvtuiError, CheckpointError, ConfigError
+from advtui.core.events import EVENTS_FILE, EventWriter, ended_epochs, read_events
+from advtui.core.health import HealthMonitor, RunUnhealthy, replay
+from advtui.core.status import can_resume
+from advtui.store.registry import Registry
 
 
 class RunInterrupted(AdvtuiError):
@@ -54,7 +55,7 @@ def plan_resume(registry: Registry, ref: str, overrides: dict[str, Any]) -> RunP
     if record.get("status") == "running":
         raise ConfigError(f"run {record['id']} is still running (pid {record.get('pid')}): kill it first")
     stored = recorded_config(record)
-    if record.get("status") == "finished" and not overrides.get("epochs"):
+    if not can_resume(record.get("status"), more_epochs=bool(overrides.get("epochs"))):
         raise ConfigError(f"run {record['id']} already finished: pass --epochs N (more than "
                           f"{stored.epochs}) to train it further")
     if overrides.get("epochs") is not None and overrides["epochs"] <= (record.get("epoch") or 0):

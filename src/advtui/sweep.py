@@ -23,11 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
-from advtui.config import RunConfig
+from advtui.core.config import RunConfig
 from advtui.core.atomic import atomic_write_text
 from advtui.core.paths import check_safe_name
-from advtui.errors import AdvtuiError, ConfigError
-from advtui.registry import Registry
+from advtui.core.errors import AdvtuiError, ConfigError
+from advtui.store.registry import Registry
 
 SWEEPS_DIR = "sweeps"
 MAX_RUNS_WITHOUT_YES = 64  # a larger sweep needs --yes: a typo in a grid should not queue hundreds of runs

@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from advtui.core.results import latest_results
-from advtui.errors import ConfigError
-from advtui.registry import Registry
+from advtui.store.results import latest_results
+from advtui.core.errors import ConfigError
+from advtui.store.registry import Registry
 from advtui.sweep import Combination, RunState, SweepSpec, value_text, flag, match_runs
 
 MIN_SEEDS_FOR_INTERVAL = 3

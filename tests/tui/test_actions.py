@@ -8,16 +8,15 @@ MNIST slices, exactly as a user's dashboard would.
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 from textual.widgets import Button, Input, Label, Log, Select, SelectionList
 
-from advtui.config import build_config
-from advtui.core.results import results_for_run
+from advtui.core.config import build_config
+from advtui.store.results import results_for_run
 from advtui.jobs.launcher import stop_process
 from advtui.jobs.queue import list_jobs
-from advtui.registry import Registry
+from advtui.store.registry import Registry
 from advtui.tui.app import AdvtuiApp
 from advtui.tui.screens.compare import CompareScreen
 from advtui.tui.screens.confirm import ConfirmScreen

@@ -12,9 +12,9 @@ import sys
 
 from rich.console import Console
 
-from advtui.core import lifecycle
+from advtui.store import lifecycle
 from advtui.jobs.scheduler import Scheduler, SchedulerPolicy
-from advtui.registry import JOBS, RUNS, Registry
+from advtui.store.registry import JOBS, RUNS, Registry
 from advtui.tui.screens.confirm import ConfirmScreen
 from advtui.tui.screens.detail import DetailScreen
 from advtui.tui.screens.evaluate import Checklist, EvaluateScreen

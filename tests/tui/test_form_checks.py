@@ -1,11 +1,11 @@
 """The dashboard's forms refuse what the command line refuses, with the same line, and queue
-nothing (the checks are advtui.options and advtui.config, shared with `eval` and `queue`)."""
+nothing (the checks are advtui.options and advtui.core.config, shared with `eval` and `queue`)."""
 
 from __future__ import annotations
 
 from textual.widgets import Button, Input, Label
 
-from advtui.registry import Registry
+from advtui.store.registry import Registry
 from advtui.tui.screens.evaluate import EvaluateScreen
 from store_support import store_snapshot
 from tui_support import SIZE, fixed_app, pilot_test, select_run, wait_until

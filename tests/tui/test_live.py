@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from advtui.events import EventWriter
+from advtui.core.events import EventWriter
 from advtui.tui.live import RunStream, StreamSet, minmax_downsample
 from advtui.core.format import error_summary
 from advtui.tui.rows import RunRow, arrange, matches, progress_bar, run_row

@@ -6,9 +6,9 @@ from textual.widgets import DataTable
 
 from advtui import sweep as sweeps
 from advtui.cli.sweep import build_run_config, spec_from_flags, typer_options
-from advtui.core import lifecycle
+from advtui.store import lifecycle
 from advtui.jobs.queue import finish_job, jobs_of_run
-from advtui.registry import Registry
+from advtui.store.registry import Registry
 from advtui.tui.screens.sweep import SweepScreen
 from tui_support import SIZE, fixed_app, pilot_test, select_run, wait_until
 

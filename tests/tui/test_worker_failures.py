@@ -8,7 +8,7 @@ import json
 
 from advtui.jobs.monitor import GpuSampler
 from advtui.jobs.scheduler import Scheduler
-from advtui.registry import Registry
+from advtui.store.registry import Registry
 from advtui.tui.widgets.system_panel import QueuePanel, SystemPanel
 from tui_support import SIZE, fixed_app, pilot_test, static_text, wait_until
 

@@ -13,11 +13,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from advtui.config import build_config
-from advtui.events import EVENTS_FILE
+from advtui.core.config import build_config
+from advtui.core.events import EVENTS_FILE
 from advtui.jobs.monitor import GpuSampler
 from advtui.jobs.scheduler import SchedulerPolicy
-from advtui.registry import JOBS, RUNS, Registry
+from advtui.store.registry import JOBS, RUNS, Registry
 from advtui.tui.app import AdvtuiApp
 from advtui.tui.services import Services
 
@@ -118,12 +118,10 @@ def _training_events(config: dict, start: float, epochs_done: int, batches: int,
                            "batch": 0, "model_params": 312202, "maximizer_params": 120 if learned else 0,
                            "device": "cpu (2 threads)", "train_size": 2000, "test_size": 500}]
     t = start
-    step = 0
     total_batches = epochs_done * batches + partial
     for g in range(1, total_batches + 1):
         epoch, batch = divmod(g - 1, batches)
         batch += 1
-        step = g
         t += 2.0
         progress = g / (batches * 3)
         outer = 0.35 + 1.95 * math.exp(-4 * progress) * scale + 0.04 * math.sin(g)
@@ -172,7 +170,7 @@ PINNED_CONFIG = dict(momentum=0.9, weight_decay=0.0, milestones=[55, 75, 90], in
 
 def build_fixed_runs(root: Path) -> Registry:
     """A runs directory with fixed records, events, checkpoints, a queued job and eval results."""
-    from advtui.core.results import mask_to_hex, store_result
+    from advtui.store.results import mask_to_hex, store_result
 
     root.mkdir(parents=True, exist_ok=True)
     registry = Registry(root)

@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 
 from advtui.core.paths import runs_dir
-from advtui.registry import Registry
+from advtui.store.registry import Registry
 
 console = Console(highlight=False)
 if not console.is_terminal:  # piped or logged: don't squeeze tables into 80 columns

@@ -19,7 +19,7 @@ from advtui.cli.common import RunsDirOption, console, err_console, open_registry
 from advtui.compare import FORMATS, ROW_KINDS, build_comparison, format_cell, render, select_runs
 from advtui.core.checkpoints import describe as describe_checkpoint
 from advtui.core.format import fmt_duration
-from advtui.errors import ConfigError
+from advtui.core.errors import ConfigError
 from advtui.options import check_device, check_eval_options
 
 app = typer.Typer()  # eval, compare, export: commands of the root, no group of their own

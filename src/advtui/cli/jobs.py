@@ -17,12 +17,14 @@ from rich.table import Table
 
 from advtui.cli.common import RunsDirOption, console, err_console, open_registry
 from advtui.cli.train_options import build_config_from_options, with_train_options
-from advtui.core.format import fmt_time, format_bytes, format_number, styled_status
-from advtui.errors import ConfigError
-from advtui.jobs.launcher import DEFAULT_GRACE_S, describe_exit, build_executor
+from advtui.core.status import JOB_STATUSES
+from advtui.core.format import fmt_time, format_bytes, format_number, plain_line, styled_status
+from advtui.core.errors import ConfigError
+from advtui.jobs.launcher import DEFAULT_GRACE_S, describe_exit
+from advtui.jobs.executors import build_executor
 from advtui.jobs.monitor import GpuSampler, GpuSnapshot, ProcessSampler, process_owners
 from advtui.jobs.queue import (
-    JOB_STATUSES, cancel_job, kill as kill_target, list_jobs, parse_seeds, queue_eval as add_eval, queue_train as add_train,
+    cancel_job, kill as kill_target, list_jobs, parse_seeds, queue_eval as add_eval, queue_train as add_train,
     resume as resume_run, resume_point, seed_configs,
 )
 from advtui.options import (
@@ -30,7 +32,7 @@ from advtui.options import (
     check_worker_options,
 )
 from advtui.jobs.scheduler import Scheduler, SchedulerPolicy, read_holder
-from advtui.registry import RUNS
+from advtui.store.registry import RUNS
 
 app = typer.Typer()  # queue (a group), worker, kill, resume, gpus: commands of the root
 queue_app = typer.Typer(help="Queue trainings and evaluations for `advtui worker` (or the dashboard) to run.",
@@ -112,7 +114,7 @@ def queue_ls(
         table.add_column(column, overflow="fold" if column == "note" else "ellipsis")
     for job in jobs:
         where = _where(job)
-        note = (job.get("error") or "").splitlines()[0][:80] if job.get("error") else ""
+        note = plain_line(job.get("error") or "", limit=80)
         if job.get("kind") == "eval" and not note:
             note = ",".join(job.get("attacks") or ["(default attacks)"])
         if job.get("exit_code") not in (None, 0) and not note:

@@ -12,7 +12,7 @@ from rich.text import Text
 
 from advtui.cli.common import RunsDirOption, console, err_console, open_registry
 from advtui.core.paths import checkpoint_path
-from advtui.errors import ConfigError
+from advtui.core.errors import ConfigError
 from advtui.jobs.scheduler import read_holder
 from advtui.options import check_analysis_options, check_device, check_reproduce_options
 from advtui.report import build_report

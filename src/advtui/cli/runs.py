@@ -16,16 +16,16 @@ from rich.text import Text
 
 from advtui.cli.common import RunsDirOption, console, err_console, open_registry
 from advtui.cli.train_options import build_config_from_options, with_train_options
-from advtui.config import DEFENSES, default_val_size, values_in_force
-from advtui.core import lifecycle
+from advtui.core.config import DEFENSES, default_val_size, values_in_force
+from advtui.store import lifecycle
 from advtui.core.checkpoints import describe as describe_checkpoint
 from advtui.core.checkpoints import kept_epoch, kind_from_path
 from advtui.core.epochs import MONITOR_NOTE, epoch_accuracy, has_epoch_accuracy
 from advtui.core.format import fmt_duration, fmt_pct, fmt_seconds, fmt_time, short_device, styled_status
 from advtui.core.paths import checkpoint_path, run_folder
-from advtui.core.results import evaluated_checkpoints, results_for_run
-from advtui.events import EVENTS_FILE, damaged_note, read_stream
-from advtui.health import ERROR, WARNING, Finding, record_findings, replay, worst_level
+from advtui.store.results import evaluated_checkpoints, results_for_run
+from advtui.core.events import EVENTS_FILE, damaged_note, read_stream
+from advtui.core.health import ERROR, WARNING, Finding, record_findings, replay, worst_level
 from advtui.options import check_choice
 from advtui.runner import VAL_IDS_FILE, RunPlan, execute_run, plan_queued, plan_resume, relaunch_distributed
 

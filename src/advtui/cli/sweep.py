@@ -13,7 +13,7 @@ from rich.table import Table
 from advtui import sweep as sweeps
 from advtui.cli.common import RunsDirOption, console, err_console, open_registry
 from advtui.cli.train_options import TRAIN_OPTIONS, build_config_from_options, with_train_options
-from advtui.errors import ConfigError
+from advtui.core.errors import ConfigError
 from advtui.jobs.queue import parse_seeds
 from advtui.jobs.scheduler import read_holder
 

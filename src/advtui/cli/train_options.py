@@ -10,8 +10,8 @@ from typing import Any, Callable, Optional
 import typer
 from rich.markup import escape
 
-from advtui.config import DEFAULT_PRESET, DEFENSES, PRESETS, RunConfig, build_config
-from advtui.errors import ConfigError
+from advtui.core.config import DEFAULT_PRESET, DEFENSES, PRESETS, RunConfig, build_config
+from advtui.core.errors import ConfigError
 
 # (name, type, typer option). Every option defaults to None (unset), so a preset's values apply
 # unless given explicitly.

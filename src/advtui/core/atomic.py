@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, Iterator
 
-from advtui.errors import UnsafePathError
+from advtui.core.errors import UnsafePathError
 
 BACKUP_SUFFIX = ".bak"
 

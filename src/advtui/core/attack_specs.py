@@ -41,41 +41,52 @@ from dataclasses import dataclass, replace
 from typing import Any, Iterable
 
 from advtui.core.defenses import LEARNED_MAXIMIZERS, learned_maximizer
-from advtui.errors import ConfigError
+from advtui.core.errors import ConfigError
 
 TRANSFER_DEFAULT_STEPS = 20  # the black-box PGD-20 of TRADES' evaluation code
 MAX_STEPS = 100_000
 MAX_RESTARTS = 1_000
 
-# family -> what the grammar allows: steps ("no" | "required" | "optional"), source
-# ("no" | "optional" | "required"), restarts allowed.
-_FAMILIES: dict[str, tuple[str, str, bool]] = {
-    "natural": ("no", "no", False),
-    "fgsm": ("no", "no", False),
-    "pgd": ("required", "no", True),
-    "cw": ("required", "no", True),
-    "pgd-bls": ("required", "no", True),
-    "rnn": ("required", "optional", True),
-    "l2lda": ("required", "optional", True),
-    "transfer": ("no", "required", True),
-    "transfer-pgd": ("required", "required", True),
-    "apgd-ce": ("required", "no", True),
-    "apgd-t": ("required", "no", True),
-    "square": ("required", "no", True),
-    "aa": ("no", "no", False),
+
+@dataclass(frozen=True)
+class Family:
+    """What the grammar allows for one attack family. ``steps`` and ``source`` are "no",
+    "required" or "optional"; ``usage`` is how the help text writes it."""
+
+    steps: str
+    source: str
+    restarts: bool
+    usage: str
+    listed: bool = True  # in the order results are shown (``transfer`` is stored as transfer-pgd)
+    autoattack: bool = False  # run through torchattacks
+
+
+# The one table of families: the regex, the order, the help text and the AutoAttack set are
+# derived from it. The paper's attacks first, then AutoAttack's ("beyond the paper").
+FAMILIES: dict[str, Family] = {
+    "natural": Family("no", "no", False, "natural"),
+    "fgsm": Family("no", "no", False, "fgsm"),
+    "pgd": Family("required", "no", True, "pgd-K"),
+    "cw": Family("required", "no", True, "cw-K"),
+    "pgd-bls": Family("required", "no", True, "pgd-bls-K"),
+    "rnn": Family("required", "optional", True, "rnn-K[:RUN]"),
+    "l2lda": Family("required", "optional", True, "l2lda-K[:RUN]"),
+    "transfer": Family("no", "required", True, "transfer:RUN", listed=False),
+    "transfer-pgd": Family("required", "required", True, "transfer-pgd-K:RUN"),
+    "apgd-ce": Family("required", "no", True, "apgd-ce-K", autoattack=True),
+    "apgd-t": Family("required", "no", True, "apgd-t-K", autoattack=True),
+    "square": Family("required", "no", True, "square-K", autoattack=True),
+    "aa": Family("no", "no", False, "aa", autoattack=True),
 }
-# The paper's attacks first, then AutoAttack's ("beyond the paper").
-FAMILY_ORDER = ("natural", "fgsm", "pgd", "cw", "pgd-bls", "rnn", "l2lda", "transfer-pgd",
-                "apgd-ce", "apgd-t", "square", "aa")
-AUTOATTACK_FAMILIES = ("apgd-ce", "apgd-t", "square", "aa")
+FAMILY_ORDER = tuple(name for name, family in FAMILIES.items() if family.listed)
+AUTOATTACK_FAMILIES = tuple(name for name, family in FAMILIES.items() if family.autoattack)
 AA_ITERATIONS = 100  # what the spec "aa" stores as its steps: the standard version's APGD/FAB iterations
 LEARNED_FAMILIES = LEARNED_MAXIMIZERS  # the attacker is a maximizer learned by a training run
-_SPEC = re.compile(
-    r"^(?P<family>pgd-bls|transfer-pgd|apgd-ce|apgd-t|natural|fgsm|pgd|cw|rnn|l2lda|transfer|square|aa)"
+_SPEC = re.compile(  # longest names first, so "pgd" never takes the start of "pgd-bls"
+    rf"^(?P<family>{'|'.join(sorted(FAMILIES, key=len, reverse=True))})"
     r"(?:-(?P<steps>\d+))?(?:x(?P<restarts>\d+))?(?::(?P<source>.*))?$"
 )
-KNOWN_ATTACKS = ("natural, fgsm, pgd-K, cw-K, pgd-bls-K, rnn-K[:RUN], l2lda-K[:RUN], transfer:RUN, transfer-pgd-K:RUN, "
-                 "aa, apgd-ce-K, apgd-t-K, square-K")
+KNOWN_ATTACKS = ", ".join(family.usage for family in FAMILIES.values())
 
 # The dashboard's evaluation checklist: (spec, label), the paper's white-box attacks, then
 # AutoAttack beyond the paper. Learned attackers and transfer sources are added per run.
@@ -150,7 +161,8 @@ def parse_attack(spec: str) -> AttackSpec:
     if not match:
         raise AttackSpecError(f"unknown attack {raw!r}: use one of {KNOWN_ATTACKS} (e.g. pgd-100, rnn-10:RUN)")
     family = match["family"]
-    steps_rule, source_rule, restarts_ok = _FAMILIES[family]
+    rules = FAMILIES[family]
+    steps_rule, source_rule, restarts_ok = rules.steps, rules.source, rules.restarts
     steps, restarts, source = match["steps"], match["restarts"], match["source"]
     if source is not None and not source.strip():
         raise AttackSpecError(f"attack {raw!r} has an empty source after ':': name a run (id, prefix or name)")

@@ -10,20 +10,17 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from advtui.core.paths import checkpoint_path, run_folder
-from advtui.errors import CheckpointError, ConfigError
-
-if TYPE_CHECKING:
-    from advtui.registry import Registry
+from advtui.core.errors import CheckpointError, ConfigError
+from advtui.core.paths import RunsRoot, checkpoint_path, run_folder
 
 KINDS = ("best", "final", "last")
 CHOICES_HELP = "best, final, last or epoch:N"
 _EPOCH = re.compile(r"^epoch:(\S+)$")
 
 
-def resolve_checkpoint(registry: Registry, record: dict[str, Any], choice: str | Path | None) -> tuple[Path, str]:
+def resolve_checkpoint(registry: RunsRoot, record: dict[str, Any], choice: str | Path | None) -> tuple[Path, str]:
     """(the file, its kind) for ``choice``: None is the final checkpoint (the last one of a run
     that has not finished); a kind must exist; ``epoch:N`` names the kept checkpoint of epoch N;
     a path must be one of the run's own checkpoints (another run's model is evaluated as that run)."""
@@ -41,7 +38,7 @@ def resolve_checkpoint(registry: Registry, record: dict[str, Any], choice: str |
     return _own_file(registry, record, Path(text).expanduser())
 
 
-def _kept(registry: Registry, record: dict[str, Any], kind: str) -> Path:
+def _kept(registry: RunsRoot, record: dict[str, Any], kind: str) -> Path:
     if not (record.get("checkpoints") or {}).get(kind):
         raise CheckpointError(f"run {record['id']} ({record.get('status')}) has no {kind} checkpoint{_why_none(kind)}: "
                               f"it keeps {_kept_list(record)}")
@@ -60,7 +57,7 @@ def _why_none(kind: str) -> str:
     return ""
 
 
-def _kept_list(record: dict[str, Any], existing_only: Registry | None = None) -> str:
+def _kept_list(record: dict[str, Any], existing_only: RunsRoot | None = None) -> str:
     """"best (epoch 2), last (epoch 3)": the run's checkpoints, for an error line."""
     names = []
     for kind in KINDS:
@@ -103,7 +100,7 @@ def _kind_of_epoch(record: dict[str, Any], text: str) -> str:
                           f"only {_kept_list(record)}")
 
 
-def _own_file(registry: Registry, record: dict[str, Any], path: Path) -> tuple[Path, str]:
+def _own_file(registry: RunsRoot, record: dict[str, Any], path: Path) -> tuple[Path, str]:
     """A path given by hand: the kind of the run's own checkpoint it is, else refused."""
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist: pass --checkpoint {CHOICES_HELP} "

@@ -1,6 +1,6 @@
-"""The defense table (DESIGN.md): each defense is an outer objective plus an inner maximizer.
+"""The defense table (docs/architecture.md): each defense is an outer objective plus an inner maximizer.
 
-This is the one list of defenses: ``advtui.config`` validates run configs against it and
+This is the one list of defenses: ``advtui.core.config`` validates run configs against it and
 ``advtui.engine.defenses`` builds the torch objects it names, so a defense added here is known
 to the CLI, the dashboard, the comparison tables and the trainer alike.
 """

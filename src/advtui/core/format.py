@@ -9,13 +9,15 @@ import datetime as dt
 import re
 from typing import Union
 
+from advtui.core.status import JobStatus, RunStatus
+
 Number = Union[int, float]
 NA = "n/a"  # a value that was not measured (a GPU or driver that does not report it)
 
 # Colors of run statuses (and of job statuses, which add done and cancelled).
 STATUS_STYLE = {
-    "queued": "cyan", "running": "yellow", "finished": "green", "failed": "red", "killed": "magenta",
-    "done": "green", "cancelled": "dim",
+    RunStatus.QUEUED: "cyan", RunStatus.RUNNING: "yellow", RunStatus.FINISHED: "green", RunStatus.FAILED: "red",
+    RunStatus.KILLED: "magenta", JobStatus.DONE: "green", JobStatus.CANCELLED: "dim",
 }
 
 

@@ -6,14 +6,18 @@ import errno
 import os
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from platformdirs import user_cache_dir
 
-from advtui.errors import CheckpointError, ConfigError, UnsafePathError
+from advtui.core.errors import CheckpointError, ConfigError, UnsafePathError
 
-if TYPE_CHECKING:  # the registry stores records; these functions only need its root
-    from advtui.registry import Registry
+
+class RunsRoot(Protocol):
+    """What these functions need of the run store: its runs directory (the core knows no store)."""
+
+    root: Path
+
 
 RUNS_ENV = "ADVTUI_RUNS"
 DATA_ENV = "ADVTUI_DATA"
@@ -43,9 +47,15 @@ def data_root(explicit: str | os.PathLike | None = None) -> Path:
     return _chosen_path(explicit, DATA_ENV) or Path(user_cache_dir("advtui")) / "data"
 
 
+def is_safe_name(name: Any) -> bool:
+    """Whether ``name`` can be a run id or a folder name: the one rule the CLI and the store share."""
+    # fullmatch: "$" would accept a final newline
+    return isinstance(name, str) and bool(_SAFE_NAME.fullmatch(name)) and ".." not in name
+
+
 def check_safe_name(name: str, what: str = "run name") -> str:
     """Reject names that could escape runs/ (path separators, '..', odd characters)."""
-    if not _SAFE_NAME.fullmatch(name) or ".." in name:  # fullmatch: "$" would accept a final newline
+    if not is_safe_name(name):
         raise ConfigError(
             f"invalid {what} {name!r}: use letters, digits, '.', '_' and '-' only "
             "(at most 96 characters, no '..')"
@@ -77,12 +87,12 @@ def refuse_planted_links(folder: Path) -> None:
                                                "through a link; remove it (the run recreates the file)")
 
 
-def run_folder(registry: Registry, record: dict[str, Any]) -> Path:
+def run_folder(registry: RunsRoot, record: dict[str, Any]) -> Path:
     """The folder of a run: runs/<run-id>/."""
     return run_dir(registry.root, record["id"])
 
 
-def checkpoint_path(registry: Registry, record: dict[str, Any], which: str = "final") -> Path:
+def checkpoint_path(registry: RunsRoot, record: dict[str, Any], which: str = "final") -> Path:
     """Absolute path of a run's checkpoint ('final', else 'last'); CheckpointError if none."""
     checkpoints = record.get("checkpoints") or {}
     rel = checkpoints.get(which) or (checkpoints.get("last") if which == "final" else None)

@@ -34,9 +34,9 @@ from advtui.engine.attacks import build_attacks, build_run_model, load_run_check
 from advtui.engine.data import load_split
 from advtui.engine.objectives import ce_per_example
 from advtui.engine.train import resolve_device
-from advtui.errors import ConfigError
+from advtui.core.errors import ConfigError
 from advtui.options import check_analysis_options, check_device, check_landscape_memory
-from advtui.registry import Registry
+from advtui.store.registry import Registry
 
 DEFAULT_TRAJECTORY_LIMIT = 200
 DEFAULT_GRID = 21

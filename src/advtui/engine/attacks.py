@@ -1,6 +1,6 @@
 """Attacks for evaluation: a parsed spec (``advtui.core.attack_specs``) built into a runnable attack.
 
-An attack is the same shape as a defense's inner problem (DESIGN.md): a per-example loss (CE,
+An attack is the same shape as a defense's inner problem (docs/architecture.md): a per-example loss (CE,
 or the Carlini-Wagner margin) plus a ``Maximizer`` plus a number of steps, so every attack
 reports its per-step loss trajectory like the training maximizers do. The spec grammar and
 its canonical names live in ``advtui.core.attack_specs``, which needs no torch.
@@ -15,17 +15,18 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
-from advtui.config import RunConfig
+from advtui.core.config import RunConfig
 from advtui.core.attack_specs import AttackSpec, check_transfer_source
+from advtui.core.format import plain_line
 from advtui.core.paths import checkpoint_path
-from advtui.core.results import file_digest
+from advtui.store.results import file_digest
 from advtui.engine.checkpoint import load_checkpoint
 from advtui.engine.defenses import build_maximizer
 from advtui.engine.maximizers import PGD, PGDBLS, Maximizer, MaxResult, loss_and_grad, project
 from advtui.engine.models import build_model
 from advtui.engine.objectives import ce_per_example
-from advtui.errors import CheckpointError, ConfigError
-from advtui.registry import Registry
+from advtui.core.errors import CheckpointError, ConfigError
+from advtui.store.registry import Registry
 
 CW_KAPPA = 50.0
 
@@ -206,7 +207,7 @@ def build_run_model(checkpoint: RunCheckpoint, device: torch.device | str) -> nn
     try:
         model.load_state_dict(checkpoint.state["model"])
     except (RuntimeError, KeyError) as exc:
-        first = str(exc).strip().splitlines()[0][:160]
+        first = plain_line(str(exc)) or type(exc).__name__
         raise CheckpointError(f"checkpoint {checkpoint.path} does not fit a {checkpoint.config.model} model ({first})") from exc
     return frozen(model)
 
@@ -353,7 +354,7 @@ def _load_learned_maximizer(spec: AttackSpec, source: RunCheckpoint, device) -> 
     try:
         maximizer.load_state_dict(source.state["maximizer"])
     except (RuntimeError, KeyError, ValueError, TypeError) as exc:
-        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        first = plain_line(str(exc)) or type(exc).__name__
         raise CheckpointError(f"{spec.text}: the {spec.family} maximizer in {source.path} does not load ({first})") from exc
     return _freeze_maximizer(maximizer)
 

@@ -16,7 +16,7 @@ import torch
 
 from advtui.core.atomic import atomic_open
 from advtui.core.format import plain_line
-from advtui.errors import CheckpointError
+from advtui.core.errors import CheckpointError
 
 CHECKPOINT_FORMAT = 1
 

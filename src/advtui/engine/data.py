@@ -16,9 +16,11 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from advtui.config import default_val_size
+from advtui.core.config import default_val_size
 from advtui.engine.vision import import_torchvision
-from advtui.errors import ConfigError, DataMissingError
+from advtui.core.errors import ConfigError, DataMissingError
+
+from advtui.core.format import plain_line
 
 torchvision = import_torchvision()
 
@@ -154,8 +156,8 @@ def _missing(dataset: str, root: Path, cause: Exception | None) -> DataMissingEr
     if cause is not None:
         text = str(cause)
         offline = any(s in text for s in ("urlopen", "Name or service", "Temporary failure", "Network is unreachable"))
-        first_line = text.strip().splitlines()[0] if text.strip() else type(cause).__name__
-        why = " (offline: no network)" if offline else f" ({type(cause).__name__}: {first_line[:120]})"
+        first_line = plain_line(text, limit=120) or type(cause).__name__
+        why = " (offline: no network)" if offline else f" ({type(cause).__name__}: {first_line})"
     return DataMissingError(
         f"{dataset} is not under {where} and could not be downloaded{why}: "
         f"put the files there, or pass --data-root / set ADVTUI_DATA to where they are"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from advtui.config import RunConfig
+from advtui.core.config import RunConfig
 from advtui.core.defenses import DEFENSE_SPECS
 from advtui.engine.l2lda import L2LDAGenerator
 from advtui.engine.maximizers import PGD, PGDBLS, Maximizer, RNNOptimizer

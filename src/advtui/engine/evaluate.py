@@ -18,7 +18,7 @@ broke: faster, and worst-case is still exact, but such an attack's own number is
 *cumulative* robust accuracy (robust to it and every attack before it), stored with
 ``accuracy_kind: "cumulative"`` and left out of ``min`` and of the sanity checks.
 
-Result documents are described in ``advtui.core.results``, which stores and reads them.
+Result documents are described in ``advtui.store.results``, which stores and reads them.
 
 Events (``eval`` kind in the run's events.jsonl; every one has ``eval_id`` and ``phase``)
 ------------------------------------------------------------------------------------------
@@ -49,15 +49,15 @@ import torch
 from advtui.core.attack_specs import AttackSpec, attack_specs_for
 from advtui.core.checkpoints import resolve_checkpoint
 from advtui.core.paths import DATA_ENV, data_root, run_folder
-from advtui.core.results import all_results_for_run, ids_digest, ids_to_hex, mask_to_hex, store_result
+from advtui.store.results import all_results_for_run, ids_digest, ids_to_hex, mask_to_hex, store_result
 from advtui.engine.attacks import Attack, RunCheckpoint, build_attacks, build_run_model, load_run_checkpoint
 from advtui.engine.data import Split, balanced_subset, load_split
 from advtui.engine.maximizers import loss_and_grad
 from advtui.engine.objectives import ce_per_example
 from advtui.engine.train import device_name, resolve_device
-from advtui.events import EVENTS_FILE, EventWriter
+from advtui.core.events import EVENTS_FILE, EventWriter
 from advtui.options import check_device, check_eval_options
-from advtui.registry import Registry
+from advtui.store.registry import Registry
 
 DEFAULT_BATCH_SIZE = 256
 PROGRESS_EVENT_INTERVAL_S = 1.0

@@ -26,11 +26,11 @@ from typing import Any
 import torch
 
 from advtui.core.atomic import atomic_open, atomic_write_text
-from advtui.core.results import results_for_run
+from advtui.store.results import results_for_run
 from advtui.core.stats import proportion_interval
 from advtui.engine.attacks import load_run_checkpoint
-from advtui.errors import ConfigError
-from advtui.registry import Registry
+from advtui.core.errors import ConfigError
+from advtui.store.registry import Registry
 
 THREAT_MODEL = "Linf"
 ARCHITECTURES = {"smallcnn": "SmallCNN", "vgg16": "VGG-16", "resnet18": "ResNet-18"}

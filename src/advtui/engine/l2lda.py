@@ -45,7 +45,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from advtui.engine.maximizers import LearnedMaximizer, MaxResult, loss_and_grad, project
-from advtui.errors import ConfigError
+from advtui.core.errors import ConfigError
 
 STEP_FRACTION = 0.25  # each generator step moves at most a quarter of eps per pixel
 GRAD_CLIP_NORM = 1.0  # the authors clip the generator's gradient norm at 1

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from advtui.config import check_model_name
+from advtui.core.config import check_model_name
 from advtui.engine.data import DATASET_SHAPES
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)

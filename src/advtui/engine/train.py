@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 import advtui
-from advtui.config import RunConfig
+from advtui.core.config import RunConfig
 from advtui.core.defenses import DEFENSE_SPECS
 from advtui.core.paths import data_root
 from advtui.engine.checkpoint import load_checkpoint, save_checkpoint
@@ -32,9 +32,9 @@ from advtui.engine.maximizers import PGD, Maximizer
 from advtui.engine.models import build_model, count_parameters
 from advtui.engine.objectives import ce_per_example
 from advtui.engine.vision import import_torchvision
-from advtui.errors import ConfigError
-from advtui.events import EventWriter
-from advtui.health import ERROR, Finding, HealthMonitor, RunUnhealthy
+from advtui.core.errors import ConfigError
+from advtui.core.events import EventWriter
+from advtui.core.health import ERROR, Finding, HealthMonitor, RunUnhealthy
 
 torchvision = import_torchvision()
 

@@ -14,7 +14,7 @@ from types import ModuleType
 
 import torch
 
-from advtui.errors import AdvtuiError
+from advtui.core.errors import AdvtuiError
 
 
 class TorchvisionMismatchError(AdvtuiError):

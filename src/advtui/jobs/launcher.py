@@ -252,23 +252,3 @@ class LocalExecutor(Executor):
         """Collect exited children without reporting them (poll reports them later)."""
         for child in list(self._children.values()):
             child.poll()
-
-
-def build_executor(name: str, address: str | None = None, gpus_per_job: float = 1.0, cpus_per_job: float = 1.0
-                   ) -> Executor:
-    """The executor a ``--executor`` option names: ``local`` processes, or a Ray cluster at
-    ``address`` (connected now, so a wrong address or a missing Ray is one clear error before
-    anything runs)."""
-    from advtui.errors import ConfigError
-
-    if name == "local":
-        if address is not None:
-            raise ConfigError("--address is for --executor ray")
-        return LocalExecutor()
-    if name != "ray":
-        raise ConfigError(f"--executor must be local or ray, got {name!r}")
-    from advtui.jobs.ray_executor import RayExecutor, RayResources
-
-    executor = RayExecutor(address, RayResources(cpus=cpus_per_job, gpus=gpus_per_job))
-    executor.ray  # connect
-    return executor

@@ -24,7 +24,7 @@ import psutil
 
 from advtui.core.format import NA, Number
 from advtui.core.process import live_process
-from advtui.registry import JOBS, RUNS, Registry
+from advtui.store.registry import JOBS, RUNS, Registry
 
 DEFAULT_HISTORY = 120  # samples kept per GPU (two minutes at one sample a second)
 

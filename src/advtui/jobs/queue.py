@@ -33,25 +33,27 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from advtui.config import RunConfig, recorded_config
-from advtui.core import lifecycle
+from advtui.core.config import RunConfig, recorded_config
+from advtui.store import lifecycle
 from advtui.core.attack_specs import check_transfer_source, parse_attack
+from advtui.core.format import plain_line
+from advtui.core.status import ACTIVE_JOBS, can_resume
 from advtui.core.paths import run_dir
 from advtui.core.process import record_alive
-from advtui.errors import (
+from advtui.core.errors import (
     AdvtuiError,
     AmbiguousRunError,
     ConfigError,
     RegistryError,
     RunNotFoundError,
 )
-from advtui.events import EVENTS_FILE, read_events
+from advtui.core.events import EVENTS_FILE, read_events
 from advtui.jobs.launcher import DEFAULT_GRACE_S, stop_process
 from advtui.options import check_epochs, check_eval_options, check_grace, check_priority, expand_seeds
-from advtui.registry import JOBS, Registry
+from advtui.store.registry import JOBS, Registry
+from advtui.jobs.executors import executor_of_job
 
-JOB_STATUSES = ("queued", "running", "done", "failed", "cancelled")
-ACTIVE = ("queued", "running")
+ACTIVE = ACTIVE_JOBS
 FINAL = ("done", "failed", "cancelled")
 EVAL_OPTION_FLAGS = {"limit": "--limit", "batch_size": "--batch-size", "eps": "--eps", "step_size": "--step-size",
                      "seed": "--seed"}
@@ -314,11 +316,9 @@ def kill(registry: Registry, ref: str, grace_s: float = DEFAULT_GRACE_S, executo
         pid, started = run.get("pid"), run.get("pid_start_time")
     if job is not None:
         registry.update(JOBS, {"id": job["id"], "status": "running"}, {"kill_requested": time.time()})
-    if executor is None and job is not None and job.get("executor") == "ray":
-        # The process may be on another node: only its Ray actor can stop it.
-        from advtui.jobs.ray_executor import RayExecutor
-
-        executor = RayExecutor(job.get("ray_address"))
+    if executor is None and job is not None:
+        # The process may be on another node: only the executor that placed it (a Ray actor) can stop it.
+        executor = executor_of_job(job)
     if pid and started is None:
         outcome = "unverified"  # any process may have that pid now: it is never signalled
     elif executor is not None and job is not None and pid:
@@ -381,7 +381,7 @@ def _kill_target(registry: Registry, ref: str) -> tuple[dict | None, dict | None
     evals = [j for j in active if j["kind"] == "eval" and j["status"] == "running"]
     if evals:
         return evals[-1], None
-    why = f": {run['error'].splitlines()[0]}" if str(run.get("error") or "").startswith("process vanished") else ""
+    why = f": {plain_line(run['error'])}" if str(run.get("error") or "").startswith("process vanished") else ""
     raise ConfigError(f"run {run['id']} is not running (status {run.get('status')}){why}")
 
 
@@ -435,7 +435,7 @@ def resume(registry: Registry, ref: str, *, epochs: int | None = None, priority:
         if epochs <= run.get("epoch", 0):
             raise ConfigError(f"--epochs must exceed the {run.get('epoch', 0)} epochs run {run['id']} has done")
         config["epochs"] = epochs
-    elif status == "finished":
+    elif not can_resume(status):
         raise ConfigError(f"run {run['id']} already finished: pass --epochs N (more than "
                           f"{config.get('epochs')}) to train it further")
     try:

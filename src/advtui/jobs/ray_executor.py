@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from advtui.core.format import plain_line
-from advtui.errors import ConfigError
+from advtui.core.errors import ConfigError
 from advtui.jobs.launcher import (
     DEFAULT_GRACE_S, ExitStatus, Executor, LaunchSpec, ProcessHandle, spawn_logged, stop_process,
 )
@@ -73,7 +73,7 @@ def connect(address: str | None) -> Any:
         ray.init(address=target, namespace=NAMESPACE, log_to_driver=False, configure_logging=False,
                  logging_level="ERROR")
     except (ConnectionError, RuntimeError, ValueError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        first = plain_line(str(exc)) or type(exc).__name__
         raise ConfigError(f"cannot reach a Ray cluster at {target} ({first}): start one with "
                           f"`ray start --head` and pass --address HOST:PORT") from None
     return ray
@@ -454,7 +454,7 @@ class ClusterGpuSampler:
 def process_owners_by_node(registry) -> dict[str, dict]:
     """node IP -> {pid: ProcessOwner} for the running jobs Ray placed (pids are per node)."""
     from advtui.jobs.monitor import ProcessOwner
-    from advtui.registry import JOBS
+    from advtui.store.registry import JOBS
 
     owners: dict[str, dict] = {}
     if not registry.path.exists():

@@ -45,15 +45,16 @@ from typing import Any, Callable
 
 from filelock import FileLock, Timeout
 
-from advtui.core import lifecycle
+from advtui.store import lifecycle
 from advtui.core.atomic import atomic_write_json
+from advtui.core.format import plain_line
 from advtui.core.paths import check_safe_name, run_dir
 from advtui.core.process import live_process, record_alive, why_not_alive
-from advtui.errors import ConfigError, RegistryError
+from advtui.core.errors import ConfigError, RegistryError
 from advtui.jobs.launcher import ExitStatus, Executor, LaunchSpec, LocalExecutor, ProcessHandle, describe_exit, log_tail
 from advtui.jobs.monitor import NA, GpuSampler, GpuSnapshot, GpuState
 from advtui.jobs.queue import EVAL_OPTION_FLAGS, cancel_dependents, finish_job
-from advtui.registry import JOBS, RUNS, Registry
+from advtui.store.registry import JOBS, RUNS, Registry
 
 SCHEDULER_LOCK = "scheduler.lock"
 SCHEDULER_HOLDER = "scheduler.json"
@@ -374,7 +375,7 @@ class Scheduler:
         finish_job(self.registry, job, status, exit_code=code, error=error)
         if status != "done":
             cancel_dependents(self.registry, job, status)
-        detail = f"{describe_exit(code)}" + (f": {error.splitlines()[0]}" if error else "")
+        detail = f"{describe_exit(code)}" + (f": {plain_line(error)}" if error else "")
         self._emit("finished", {**job, "status": status, "exit_code": code, "error": error},
                    f"job {job['id']} ({job['kind']} of run {job['run_id']}) {status}: {detail}")
         return status

@@ -19,7 +19,7 @@ from textual.binding import Binding
 from textual.screen import Screen
 
 from advtui.core.paths import runs_dir as resolve_runs_dir
-from advtui.registry import Registry
+from advtui.store.registry import Registry
 from advtui.tui.live import StreamSet
 from advtui.tui.screens.main import MainScreen
 

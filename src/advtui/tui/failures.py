@@ -14,8 +14,8 @@ import traceback
 from typing import Any
 
 from advtui.core.format import plain_line
-from advtui.errors import AdvtuiError
-from advtui.registry import Registry
+from advtui.core.errors import AdvtuiError
+from advtui.store.registry import Registry
 
 # The fields the runs table computes with (elapsed = now - started, progress = epoch / epochs,
 # rows sorted by created): a record where one of them has another type is left out of the table

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from advtui.events import EVENTS_FILE, EventTail
-from advtui.health import HealthMonitor
+from advtui.core.events import EVENTS_FILE, EventTail
+from advtui.core.health import HealthMonitor
 
 # How many recent inner trajectories the inner-loss plot overlays.
 RECENT_INNER = 6

@@ -12,7 +12,7 @@ from rich.text import Text
 
 from advtui.core.epochs import epoch_accuracy
 from advtui.core.format import fmt_duration, short_device, status_style
-from advtui.health import ERROR, WARNING, record_findings, worst_level
+from advtui.core.health import ERROR, WARNING, record_findings, worst_level
 from advtui.tui.live import RunStream
 from advtui.tui.sweep_view import sweep_cells
 
@@ -67,7 +67,7 @@ def progress_bar(fraction: float | None, width: int = BAR_WIDTH) -> str:
 
 
 # How the queue words the end of a run stopped while it waited (jobs.queue cancel_job and kill,
-# through core.lifecycle.mark_killed): the store keeps it "killed", so that ``resume`` queues
+# through store.lifecycle.mark_killed): the store keeps it "killed", so that ``resume`` queues
 # it again, but it never trained, and the dashboard calls it what it was.
 NOT_STARTED = "before it started"
 

@@ -18,16 +18,16 @@ from typing import Any
 
 import psutil
 
-from advtui.config import RunConfig
+from advtui.core.config import RunConfig
 from advtui.core.attack_specs import default_attacks, parse_attack
 from advtui.core.defenses import learned_maximizer
-from advtui.errors import AdvtuiError
+from advtui.core.errors import AdvtuiError
 from advtui.jobs.launcher import Executor, LocalExecutor
 from advtui.jobs.monitor import GpuSampler, GpuSnapshot, ProcessSampler, ProcessStats, process_owners
 from advtui.jobs.queue import kill as kill_target
 from advtui.jobs.queue import list_jobs, parse_seeds, queue_eval, queue_train, resume, resume_point, seed_configs
 from advtui.jobs.scheduler import Scheduler, SchedulerPolicy, read_holder, threads_per_job
-from advtui.registry import RUNS, Registry
+from advtui.store.registry import RUNS, Registry
 
 # Finished jobs listed in the queue panel below the active ones.
 RECENT_JOBS = 4
@@ -221,7 +221,7 @@ class Services:
     def results(self, run_id: str) -> dict[str, dict]:
         # Imported here, not at the top: the results store loads numpy, which the first paint
         # of the dashboard does not need (the detail and compare screens do).
-        from advtui.core.results import results_for_run
+        from advtui.store.results import results_for_run
 
         return results_for_run(self.registry, run_id)
 

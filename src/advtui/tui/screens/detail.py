@@ -16,13 +16,13 @@ from textual.containers import VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Footer, Header, Static
 
-from advtui.config import values_in_force
+from advtui.core.config import values_in_force
 from advtui.core.checkpoints import describe as describe_checkpoint
 from advtui.core.checkpoints import kept_epoch, kind_from_path
 from advtui.core.defenses import DEFENSE_SPECS
 from advtui.core.epochs import MONITOR_NOTE, epoch_accuracy, has_epoch_accuracy
 from advtui.core.format import error_summary, fmt_duration, format_bytes, status_style
-from advtui.health import ERROR, Finding, record_findings
+from advtui.core.health import ERROR, Finding, record_findings
 from advtui.jobs.queue import jobs_of_run
 from advtui.tui.failures import one_line
 from advtui.tui.live import RunStream

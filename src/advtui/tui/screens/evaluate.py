@@ -24,7 +24,7 @@ from textual.widgets.option_list import OptionDoesNotExist
 from textual.widgets.selection_list import Selection, SelectionType
 
 from advtui.core.attack_specs import EVALUATION_CHECKLIST
-from advtui.errors import AdvtuiError
+from advtui.core.errors import AdvtuiError
 from advtui.options import check_eval_options
 
 WHITE_BOX = EVALUATION_CHECKLIST  # the paper's white-box attacks, then AutoAttack (core.attack_specs)

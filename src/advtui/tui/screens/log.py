@@ -17,7 +17,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Header, Log
 
 from advtui.core.epochs import epoch_accuracy
-from advtui.events import EVENTS_FILE, EventTail, LineTail
+from advtui.core.events import EVENTS_FILE, EventTail, LineTail
 
 LOG_FILE = "log.txt"
 # A long log is opened at its end: the first read takes at most this many bytes.

@@ -20,7 +20,8 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Header
 from textual.worker import Worker, WorkerState
 
-from advtui.errors import AdvtuiError
+from advtui.core.errors import AdvtuiError
+from advtui.core.status import ACTIVE_RUNS, can_resume
 from advtui.tui.failures import one_line, runs_one_by_one, vet_records
 from advtui.tui.rows import COLUMNS, NARROW_COLUMNS
 from advtui.tui.widgets.footer import BindingsFooter
@@ -32,7 +33,7 @@ from advtui.tui.widgets.system_panel import QueuePanel, SystemPanel
 if TYPE_CHECKING:
     from advtui.tui.app import AdvtuiApp
 
-ACTIVE = ("running", "queued")
+ACTIVE = ACTIVE_RUNS
 # Streams of finished runs kept in memory after they were viewed (re-reading one is cheap).
 RECENT_STREAMS = 16
 # What each worker group does, for the line that says it failed.
@@ -525,9 +526,10 @@ class MainScreen(Screen):
 
     def action_resume(self) -> None:
         ids = [rid for rid in self.runs.selected_run_ids()
-               if self.records.get(rid, {}).get("status") in ("killed", "failed")]
+               if can_resume(self.records.get(rid, {}).get("status"))]
         if not ids:
-            self.notify("only killed, cancelled or failed runs can be resumed", severity="warning")
+            self.notify("a finished run is not resumed from here: `advtui resume RUN --epochs N` trains it further",
+                        severity="warning")
             return
         self.run_worker(lambda: self._resume_work(ids), thread=True, group="action", exit_on_error=False)
 

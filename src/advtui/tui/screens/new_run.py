@@ -1,7 +1,7 @@
 """``n``: a form that queues training runs (one per seed) with validation messages in place.
 
 Every field is checked as it changes: numbers are parsed here, and the whole configuration goes
-through ``advtui.config.build_config`` (the same validation as ``advtui run``), whose message is
+through ``advtui.core.config.build_config`` (the same validation as ``advtui run``), whose message is
 shown under the field it names. Queueing itself is ``advtui.jobs.queue.queue_train`` (through
 ``Services``); the scheduler inside the dashboard then starts the job.
 """
@@ -19,8 +19,8 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Select, Static
 
-from advtui.config import DATASETS, DEFENSES, MODELS, RunConfig, build_config
-from advtui.errors import AdvtuiError
+from advtui.core.config import DATASETS, DEFENSES, MODELS, RunConfig, build_config
+from advtui.core.errors import AdvtuiError
 from advtui.jobs.queue import parse_seeds
 from advtui.options import check_eval_options
 

@@ -15,8 +15,8 @@ from textual.widgets import Static
 
 from advtui.core.defenses import DEFENSE_SPECS
 from advtui.core.format import short_device, status_style
-from advtui.events import EVENTS_FILE, damaged_note
-from advtui.health import ERROR, record_findings, worst_level
+from advtui.core.events import EVENTS_FILE, damaged_note
+from advtui.core.health import ERROR, record_findings, worst_level
 from advtui.tui.live import RunStream
 from advtui.tui.rows import shown_status
 from advtui.tui.widgets.system_panel import text_key

@@ -32,24 +32,13 @@ import time
 from typing import Any
 
 from advtui.core.process import record_alive, this_process, why_not_alive
-from advtui.errors import AdvtuiError
-from advtui.registry import RUNS, Registry
+from advtui.core.errors import AdvtuiError
+from advtui.core.status import ACTIVE_RUNS, ENDED_RUNS, RUN_STATUSES, RUN_TRANSITIONS
+from advtui.store.registry import RUNS, Registry
 
-QUEUED, RUNNING, FINISHED, FAILED, KILLED = "queued", "running", "finished", "failed", "killed"
-RUN_STATUSES = (QUEUED, RUNNING, FINISHED, FAILED, KILLED)
-ACTIVE = (QUEUED, RUNNING)
-ENDED = (FINISHED, FAILED, KILLED)
-
-# status -> the statuses a run may move to from it. A running record whose process died
-# without recording its end (SIGKILL, power loss) may be started or queued again like a
-# stopped run, once the process is known to be gone.
-TRANSITIONS: dict[str, tuple[str, ...]] = {
-    QUEUED: (RUNNING, FAILED, KILLED),
-    RUNNING: (FINISHED, FAILED, KILLED, RUNNING, QUEUED),
-    FINISHED: (QUEUED, RUNNING),
-    FAILED: (QUEUED, RUNNING),
-    KILLED: (QUEUED, RUNNING),
-}
+QUEUED, RUNNING, FINISHED, FAILED, KILLED = RUN_STATUSES
+# The sets and the transition table are the core's (advtui.core.status); these names stay the lifecycle's.
+ACTIVE, ENDED, TRANSITIONS = ACTIVE_RUNS, ENDED_RUNS, RUN_TRANSITIONS
 
 
 def default_run_name(config: dict[str, Any]) -> str:

@@ -15,7 +15,7 @@ from typing import Any
 
 from advtui.core.defenses import DEFENSE_SPECS, DEFENSES
 from advtui.core.paths import check_safe_name
-from advtui.errors import ConfigError
+from advtui.core.errors import ConfigError
 
 DATASETS = ("mnist", "cifar10")
 MODELS = ("smallcnn", "vgg16", "resnet18", "wrn-34-10")
@@ -111,7 +111,7 @@ class RunConfig:
     # Recording.
     log_every: int = 10  # batches between step events
     compare_every: int = 20  # K: batches between inner-trajectory records (rnn runs: vs PGD)
-    # Health checks (advtui.health): epoch ends at chance-level clean accuracy before a warning.
+    # Health checks (advtui.core.health): epoch ends at chance-level clean accuracy before a warning.
     chance_patience: int = 2
 
     # -- derived values ---------------------------------------------------------------------

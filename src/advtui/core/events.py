@@ -12,7 +12,7 @@ validation split, or on the test split with ``--val-size 0``: ``eval_split`` say
 (last.pt, best.pt, final.pt), ``eval`` (attack progress and results) and ``end``.
 
 ``health`` events carry the findings of the training process's health checks
-(``advtui.health``): ``code`` (``nan-loss``, ``stuck-at-chance``, ``rnn-behind-pgd``,
+(``advtui.core.health``): ``code`` (``nan-loss``, ``stuck-at-chance``, ``rnn-behind-pgd``,
 ``rnn-behind-pgd-val``, ``robust-above-natural``, ``robust-overfitting``,
 ``catastrophic-overfitting``), ``level`` (``warning`` or ``error``), ``epoch`` (1-based, where the
 condition began), ``message`` (what went wrong and what to try) and ``cleared`` (null when the

@@ -46,7 +46,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any, Iterable
 
 from advtui.core.epochs import EpochAccuracy, epoch_accuracy
-from advtui.errors import AdvtuiError
+from advtui.core.errors import AdvtuiError
 
 WARNING, ERROR = "warning", "error"
 

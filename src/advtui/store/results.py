@@ -61,7 +61,7 @@ import numpy as np
 from tinydb import Query
 
 from advtui.core.attack_specs import attack_sort_key
-from advtui.registry import RESULTS, Registry
+from advtui.store.registry import RESULTS, Registry
 
 SUMMARIES = ("min", "worst-case")
 

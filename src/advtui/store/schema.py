@@ -1,0 +1,193 @@
+"""What the store's files and records are: names, tables, schema version, and the checks that
+tell a damaged file or record from a good one."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Literal
+
+import msgspec
+
+from advtui.core.paths import is_safe_name
+from advtui.core.status import ENDED_JOBS, JOB_STATUSES, RUN_STATUSES
+
+
+REGISTRY_FILE = "registry.json"
+QUEUE_FILE = "queue.json"
+ARCHIVE_DIR = "queue-archive"
+RUN_FILE = "run.json"
+LEGACY_FILE = "advtui.json"  # the single-file registry of earlier versions (schema 1)
+MIGRATED_SUFFIX = ".migrated"
+SCHEMA_VERSION = 2
+LEGACY_SCHEMA_VERSION = 1
+LOCK_TIMEOUT_S = 60.0
+
+RUNS, JOBS, RESULTS, META = "runs", "jobs", "results", "_meta"
+
+ENDED_JOB_STATUSES = ENDED_JOBS  # these may move to the archive; any other status stays in queue.json
+
+_safe_id = is_safe_name  # a record's id names its folder: the CLI's rule for run names
+
+
+def _tables_of_documents(data: Any) -> bool:
+    """What TinyDB reads: {table: {doc id: {field: value}}}."""
+    if type(data) is not dict:
+        return False
+    for table in data.values():
+        if type(table) is not dict:
+            return False
+        for doc in table.values():
+            if type(doc) is not dict:
+                return False
+    return True
+
+
+# The fields of a run record that readers use, and their types (when present and not null): a
+# record edited into another shape or type (``created: "yesterday"``) is a damaged file, one run
+# hidden with one line, not a traceback in `ls`, `compare` or the worker.
+_NUMBER = (int, float)  # not bool: type() is checked, and json gives True/False as bool
+_RUN_FIELD_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    **{name: ((str,), "str") for name in ("status", "name", "error", "defense", "dataset", "model", "host", "group",
+                                          "device")},
+    **{name: ((dict,), "dict") for name in ("config", "checkpoints", "metrics")},
+    **{name: ((int,), "int") for name in ("epoch", "epochs", "pid")},
+    **{name: (_NUMBER, "a number") for name in ("created", "started", "ended", "pid_start_time")},
+}
+
+
+def _run_problem(doc: dict) -> str | None:
+    for name, (types, label) in _RUN_FIELD_TYPES.items():
+        value = doc.get(name)
+        if value is not None and type(value) not in types:
+            return f"has a run whose {name} is {type(value).__name__}, not {label}"
+    if doc.get("status") is not None and doc["status"] not in RUN_STATUSES:
+        return f"has a run whose status {doc['status']!r} is none of {', '.join(RUN_STATUSES)}"
+    for which, rel in (doc.get("checkpoints") or {}).items():
+        if rel is not None and type(rel) is not str:
+            return f"has a run whose {which} checkpoint is {type(rel).__name__}, not a path"
+    return None
+
+
+# -- typed records that live many to a file (jobs, reproduction plans) ----------------------------
+# One damaged record must not take its neighbours with it: it is hidden from every reader (with
+# one line in ``record_problems()``) and kept, as it is, in its file.
+EVAL_OPTION_KEYS = ("limit", "batch_size", "eps", "step_size", "seed")  # what `advtui eval` takes from a job
+_Number = float  # msgspec takes ints for a float field, and refuses bool and str
+
+
+class _EvalOptions(msgspec.Struct, forbid_unknown_fields=True):
+    limit: int | None = None
+    batch_size: int | None = None
+    eps: _Number | None = None
+    step_size: _Number | None = None
+    seed: int | None = None
+
+
+class _Job(msgspec.Struct):
+    """The fields of a job the queue and the scheduler read (others are kept, unchecked)."""
+
+    id: str | None = None
+    kind: Literal["train", "eval"] | None = None
+    run_id: str | None = None
+    status: Literal[JOB_STATUSES] | None = None  # type: ignore[valid-type]
+    priority: int | None = None
+    needs: Literal["gpu", "cpu", "auto"] | None = None
+    gpu_index: int | None = None
+    nproc: int | None = None
+    depends_on: list[str] | None = None
+    attacks: list[str] | None = None
+    eval_options: _EvalOptions | None = None
+    created: _Number | None = None
+    started: _Number | None = None
+    ended: _Number | None = None
+    pid: int | None = None
+    pid_start_time: _Number | None = None
+    host: str | None = None
+    slot: dict[str, Any] | None = None
+    exit_code: int | None = None
+    error: str | None = None
+    blocked_by: str | None = None
+    kill_requested: _Number | None = None
+
+
+class _Plan(msgspec.Struct):
+    """A reproduction plan (``advtui reproduce``), as ``advtui report`` reads it."""
+
+    table: str
+    scale: str
+    rows: dict[str, list[str]]
+    columns: list[dict[str, Any]]
+    eval_options: dict[str, Any]
+    extra_columns: list[dict[str, Any]] | None = None
+    surrogates: dict[str, str] | None = None
+    attackers: dict[str, str] | None = None
+    seeds: list[int] | None = None
+
+
+_RECORD_SCHEMAS: dict[str, tuple[type[msgspec.Struct], str]] = {JOBS: (_Job, "job"), "reproductions": (_Plan, "plan")}
+
+
+class _BadDoc(dict):
+    """A record whose fields do not have their types: kept in its file as it is (it is a dict,
+    so TinyDB and json write it back unchanged) and left out of every read (``_docs``)."""
+
+    __slots__ = ("problem",)
+
+
+def _record_problem(schema: type[msgspec.Struct], doc: dict) -> str | None:
+    try:
+        msgspec.convert(doc, schema, strict=True)
+    except msgspec.ValidationError as exc:
+        return " ".join(str(exc).split())[:200]
+    for column in (doc.get("columns") or []) if schema is _Plan else ():
+        if type(column.get("attack")) is not str:
+            return "a column without an attack"
+    return None
+
+
+def _mark_bad_records(path: str, data: dict) -> None:
+    """Wrap each record of ``data`` that does not fit its table's schema in ``_BadDoc``."""
+    for table, (schema, what) in _RECORD_SCHEMAS.items():
+        docs = data.get(table)
+        if not docs:
+            continue
+        for key, doc in docs.items():
+            problem = _record_problem(schema, doc)
+            if problem is not None:
+                bad = docs[key] = _BadDoc(doc)
+                name = doc.get("id") or doc.get("table") or f"#{key}"
+                bad.problem = (f"the registry file {path} has a damaged {what} {name!s:.40} ({problem}); it is "
+                               "hidden, and kept as it is: fix or remove it by hand")
+
+
+def _shape_problem(path: str, data: dict) -> str | None:
+    """What makes parsed JSON not this kind of store file (None when it is one). A file that
+    parses but holds something else (``{}``, ``[]``, other tables) must not be taken as an
+    empty store: the next write would replace it, and its backup, with nothing."""
+    if not data:
+        return "holds an empty object, not a registry"
+    name = os.path.basename(path)
+    tables = set(data)
+    if name == REGISTRY_FILE:
+        if not any(type(doc.get("schema")) is int for doc in data.get(META, {}).values()):
+            return f"has no {META} table with a schema, so it is not a registry"
+    elif name == LEGACY_FILE:
+        for doc in data.get(META, {}).values():
+            if "schema" in doc and type(doc["schema"]) is not int:
+                return f"has a schema that is {type(doc['schema']).__name__}, not int"
+    elif name == RUN_FILE:
+        if not tables <= {RUNS, RESULTS}:
+            return f"has tables {', '.join(sorted(tables - {RUNS, RESULTS}))}, not a run's ({RUNS}, {RESULTS})"
+        runs = data.get(RUNS) or {}
+        if len(runs) > 1 or any(type(doc.get("id")) is not str for doc in runs.values()):
+            return f"does not hold one run with an id in its {RUNS} table"
+        for doc in runs.values():
+            problem = _run_problem(doc)
+            if problem is not None:
+                return problem
+    elif name == QUEUE_FILE or os.path.basename(os.path.dirname(path)) == ARCHIVE_DIR:
+        if tables != {JOBS}:
+            return f"does not hold the {JOBS} table alone, so it is not a job queue"
+    return None
+
+
