@@ -30,6 +30,7 @@ from advtui.core.errors import AdvtuiError, ConfigError
 from advtui.store.registry import Registry
 
 SWEEPS_DIR = "sweeps"
+MAX_SWEEP_RUNS = 10_000  # the most runs one sweep may hold, --yes or not: checked before anything is expanded
 MAX_RUNS_WITHOUT_YES = 64  # a larger sweep needs --yes: a typo in a grid should not queue hundreds of runs
 ORDERS = ("given", "shuffled")
 NOT_SWEPT = ("name", "group", "seed")  # a sweep names and groups its runs; seeds have --seeds
@@ -229,6 +230,10 @@ def plan(spec: SweepSpec, build: Callable[..., RunConfig]) -> list[PlannedRun]:
         raise ConfigError(f"seeds {spec.seeds} name a seed twice")
     if spec.random < 0:
         raise ConfigError(f"random must be 0 (the whole grid) or a number of combinations, got {spec.random}")
+    combinations = spec.random or math.prod(len(values) for values in spec.grid.values())
+    if combinations * len(spec.seeds) > MAX_SWEEP_RUNS:
+        raise ConfigError(f"this sweep would hold {combinations * len(spec.seeds):,} runs, more than "
+                          f"{MAX_SWEEP_RUNS:,}: narrow the grid, --random or --seeds")
     runs = []
     for combination in expand(spec):
         for seed in spec.seeds:

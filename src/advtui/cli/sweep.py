@@ -13,6 +13,7 @@ from rich.table import Table
 from advtui import sweep as sweeps
 from advtui.cli.common import RunsDirOption, console, err_console, open_registry
 from advtui.cli.train_options import TRAIN_OPTIONS, build_config_from_options, with_train_options
+from advtui.options import MAX_INT, MAX_SEED, check_int, check_priority
 from advtui.core.errors import ConfigError
 from advtui.jobs.queue import parse_seeds
 from advtui.jobs.scheduler import read_holder
@@ -97,6 +98,12 @@ def spec_from_flags(train_options: dict[str, Any], grid: list[str], seeds: Optio
         raise ConfigError(f"{sweeps.flag(both[0])} is both fixed (--{sweeps.flag(both[0])}) and swept (--grid): give one")
     if random_n < 0:
         raise ConfigError(f"--random must be 0 (the whole grid) or a number of combinations, got {random_n}")
+    # Checked before any sampling: a huge N would otherwise draw for ever.
+    check_int("--random", random_n, 0, sweeps.MAX_SWEEP_RUNS)
+    check_int("--random-seed", random_seed, 0, MAX_SEED)
+    check_priority(priority)
+    if auto_eval_limit is not None:
+        check_int("--auto-eval-limit", auto_eval_limit, 1, MAX_INT)
     name = given.get("name") or default_name(fixed, swept)
     return sweeps.SweepSpec(name=name, fixed=fixed, grid=swept, seeds=seed_list, random=random_n,
                             random_seed=random_seed, order=order, priority=priority, auto_eval=auto_eval,
