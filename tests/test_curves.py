@@ -81,7 +81,7 @@ def test_eval_takes_an_eps_list_and_refuses_a_bad_one_in_one_line(healthy):
     registry, _ = healthy
     before = store_snapshot(registry.root)
     for value, says in (("0.1,abc", "error: --eps takes numbers in [0, 1], comma-separated"),
-                        ("0.1,1.5", "error: --eps must be in [0, 1] for inputs in [0, 1], got 1.5")):
+                        ("0.1,1.5", "error: --eps must be in [0, 1] (inputs are in [0, 1]), got 1.5")):
         proc = subprocess.run([sys.executable, "-m", "advtui", "eval", "h", "--eps", value, "--runs-dir",
                                str(registry.root)], capture_output=True, text=True, timeout=120,
                               env={**os.environ, "PYTHONPATH": "src"})

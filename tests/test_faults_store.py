@@ -420,7 +420,7 @@ def test_a_resume_sweeps_stale_checkpoint_temporaries_and_ends_each_epoch_once(r
     code, _, err = cli(monkeypatch, capsys, "run", "--resume", names["a"], "--epochs", "2")
     assert code == 0, err
     left = sorted(p.name for p in (folder / "checkpoints").iterdir())
-    assert left == sorted(["last.pt", "final.pt", *others])
+    assert left == sorted(["best.pt", "last.pt", "final.pt", *others])
     from advtui.core.events import read_events
 
     assert [e["epoch"] for e in read_events(folder / "events.jsonl", {"epoch"})] == [1, 2]

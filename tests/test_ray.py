@@ -25,9 +25,10 @@ from advtui.jobs.ray_executor import RayResources, RaySlots
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--defense", "plain", "--device", "cpu", "--train-limit", "20", "--test-limit", "10", "--eval-limit", "10",
         "--batch-size", "10", "--epochs", "1"]
-# Long enough (300 batches) to be stopped mid-epoch on a slow shared machine; still seconds.
+# Long enough (3 epochs of 300 batches) to be stopped mid-run on a slow shared machine, and for its
+# twin to be still running when its Ray worker is killed; under a minute in all.
 SLOW = ["--defense", "plain", "--device", "cpu", "--train-limit", "3000", "--test-limit", "10", "--eval-limit", "10",
-        "--batch-size", "10", "--epochs", "1", "--log-every", "5"]
+        "--batch-size", "10", "--epochs", "3", "--log-every", "5"]
 
 
 # -- no cluster needed ----------------------------------------------------------------------------

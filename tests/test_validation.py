@@ -48,10 +48,11 @@ def _reached(*args, **kwargs):
 LEGAL_BY_OPTION = {
     "--seed": {"0"}, "--priority": {"0", "-1"}, "--momentum": {"0"}, "--weight-decay": {"0"}, "--beta": {"0"},
     "--l2lda-latent": {"0"}, "--l2lda-diversity": {"0"}, "--grace": {"0"}, "--min-free-memory": {"0"},
-    "--max-utilization": {"0"}, "--gpus-per-job": {"0"}, "--cpus-per-job": {"0"},
+    "--max-utilization": {"0"}, "--gpus-per-job": {"0"}, "--cpus-per-job": {"0"}, "--val-size": {"0"},
+    "--random": {"0"}, "--random-seed": {"0"},
 }
 LEGAL_BY_COMMAND = {
-    ("eval", "--eps"): {"0"}, ("queue eval", "--eps"): {"0"}, ("analyze trajectories", "--eps"): {"0"},
+    ("eval", "--eps"): {"0"}, ("compare", "--eps"): {"0"}, ("queue eval", "--eps"): {"0"}, ("analyze trajectories", "--eps"): {"0"},
 }
 # The command line each command is walked with ({run}: a finished run), the tested option added.
 BASE = {
@@ -59,7 +60,8 @@ BASE = {
     "eval": ["eval", "{run}"], "queue eval": ["queue", "eval", "{run}"], "resume": ["resume", "{run}", "--epochs", "3"],
     "kill": ["kill", "{run}"], "worker": ["worker", "--once"], "gpus": ["gpus", "--watch"],
     "reproduce": ["reproduce", "table1", "--dry-run"], "analyze trajectories": ["analyze", "trajectories", "{run}"],
-    "analyze landscape": ["analyze", "landscape", "{run}"],
+    "analyze landscape": ["analyze", "landscape", "{run}"], "compare": ["compare", "{run}"],
+    "sweep": ["sweep", "-d", "plain", *TINY, "--grid", "lr=0.01,0.02", "--dry-run"],
 }
 
 

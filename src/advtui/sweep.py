@@ -230,7 +230,8 @@ def plan(spec: SweepSpec, build: Callable[..., RunConfig]) -> list[PlannedRun]:
         raise ConfigError(f"seeds {spec.seeds} name a seed twice")
     if spec.random < 0:
         raise ConfigError(f"random must be 0 (the whole grid) or a number of combinations, got {spec.random}")
-    combinations = spec.random or math.prod(len(values) for values in spec.grid.values())
+    combinations = spec.random or math.prod(
+        len(values) for values in spec.grid.values() if not isinstance(values, Range))  # a range needs --random
     if combinations * len(spec.seeds) > MAX_SWEEP_RUNS:
         raise ConfigError(f"this sweep would hold {combinations * len(spec.seeds):,} runs, more than "
                           f"{MAX_SWEEP_RUNS:,}: narrow the grid, --random or --seeds")

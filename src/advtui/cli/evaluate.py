@@ -353,6 +353,7 @@ def compare(
     """Runs side by side: attack columns with n and 95% intervals, min, worst-case, inner-maximizer
     parameters, time per epoch; --paired tests two runs or defenses against each other; --sweep
     gives one row per combination of a sweep."""
+    check_eval_options(eps=eps)
     if sweep is not None:
         if refs or group or defense:
             raise ConfigError("--sweep selects the runs itself: drop the RUN arguments, --group and --defense")

@@ -250,6 +250,8 @@ class MainScreen(Screen):
         damage += problems
         if failure and not damage:  # no record to blame: the listing's own error is the news
             damage.append(failure)
+        if damage:
+            stamp = None  # a record left out may be repaired by hand, which registry.json does not see
         self._registry_stamp = stamp
         self._last_error = ""
         return records, damage
