@@ -88,7 +88,9 @@ def test_three_jobs_on_one_slot_run_one_after_another_and_a_second_worker_never_
 
 def test_kill_then_resume_finishes_the_run_and_its_auto_eval_starts_after_the_training(runs_root):
     # queued in-process (the CLI's `queue train` is exercised above): one process start less
-    config = build_config("advtrain", inner_steps=2, device="cpu", train_limit=100, test_limit=20, eval_limit=10,
+    # 2 epochs of 40 batches: long enough that the kill below (a new process) still finds it training
+    # on a loaded 2-core machine
+    config = build_config("advtrain", inner_steps=2, device="cpu", train_limit=400, test_limit=20, eval_limit=10,
                           batch_size=10, epochs=2, log_every=1, name="victim")
     reg = Registry(runs_root)
     queue_train(reg, config, auto_eval="natural", eval_options={"limit": 10})
