@@ -10,28 +10,15 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from test_ray import _namespace_problem  # a private network namespace with Ray, or why not
 
 TINY = ["--defense", "plain", "--device", "cpu", "--train-limit", "20", "--test-limit", "10", "--eval-limit", "10",
         "--batch-size", "10", "--epochs", "1"]
-
-
-def _namespace_problem() -> str | None:
-    if shutil.which("unshare") is None or shutil.which("ip") is None:
-        return "needs `unshare` and `ip` (util-linux, iproute2) for a private network namespace"
-    probe = subprocess.run(["unshare", "-rn", "sh", "-c", "ip link set lo up"], capture_output=True, text=True)
-    if probe.returncode != 0:
-        return f"cannot make a private network namespace here (unshare -rn: {probe.stderr.strip()[:120]})"
-    try:
-        import ray  # noqa: F401
-    except ImportError:
-        return "Ray is not installed (pip install -e '.[ray]')"
-    return None
 
 
 def test_a_sweep_is_drained_by_a_ray_worker(tmp_path, mnist_root):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,23 +20,9 @@ from advtui.engine.data import _load_mnist, train_val_indices
 from advtui.core.health import WARNING, HealthMonitor, replay
 from advtui.store.registry import Registry
 from store_support import store_snapshot
+from test_faults import cli  # `advtui ARGS` in this process through the program's entry point
 
 TINY = ["--train-limit", "200", "--eval-limit", "64", "--batch-size", "50", "--epochs", "2", "--device", "cpu"]
-
-
-def cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    """`advtui ARGS` in this process through the program's entry point: (exit code, stdout, stderr)."""
-    from advtui.main import main
-
-    monkeypatch.setattr(sys, "argv", ["advtui", *args])
-    capsys.readouterr()
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def one_error_line(err: str, *fragments: str) -> None:

@@ -306,29 +306,26 @@ class HealthMonitor:
                            f"is in eval mode during attacks")
 
     def _check_learned_vs_pgd(self, epoch: int) -> list[Finding]:
-        counts = self._compared.pop(epoch, None)
+        return self._check_learned_behind("rnn-behind-pgd", self._compared.pop(epoch, None), epoch,
+                                          where="", batches="compared batches", why="")
+
+    def _check_learned_vs_pgd_held_out(self, epoch: int) -> list[Finding]:
+        return self._check_learned_behind("rnn-behind-pgd-val", self._compared_val.pop(epoch, None), epoch,
+                                          where=" on held-out data", batches="validation batches",
+                                          why=", so it attacks the training batches better than new ones")
+
+    def _check_learned_behind(self, code: str, counts, epoch: int, *, where: str, batches: str,
+                              why: str) -> list[Finding]:
+        """The learned maximizer against PGD on one epoch's compared batches (training or held-out)."""
         if not counts or counts[1] < MIN_COMPARED_BATCHES:
             return []  # too few compared batches in this epoch to say anything either way
         if not _behind(counts):
-            return self._clear("rnn-behind-pgd", epoch)
+            return self._clear(code, epoch)
         _, compared, learned_sum, pgd_sum = counts
-        return self._raise("rnn-behind-pgd", WARNING, epoch,
-                           f"{self._learned_name()} behind PGD in epoch {epoch}: its final inner loss was below "
-                           f"PGD's on all {int(compared)} compared batches (mean {learned_sum / compared:.3f} vs "
-                           f"{pgd_sum / compared:.3f}); {self._learned_advice()}")
-
-    def _check_learned_vs_pgd_held_out(self, epoch: int) -> list[Finding]:
-        counts = self._compared_val.pop(epoch, None)
-        if not counts or counts[1] < MIN_COMPARED_BATCHES:
-            return []
-        if not _behind(counts):
-            return self._clear("rnn-behind-pgd-val", epoch)
-        _, compared, learned_sum, pgd_sum = counts
-        return self._raise("rnn-behind-pgd-val", WARNING, epoch,
-                           f"{self._learned_name()} behind PGD on held-out data in epoch {epoch}: its final inner "
-                           f"loss was below PGD's on all {int(compared)} validation batches (mean "
-                           f"{learned_sum / compared:.3f} vs {pgd_sum / compared:.3f}), so it attacks the training "
-                           f"batches better than new ones; {self._learned_advice()}")
+        return self._raise(code, WARNING, epoch,
+                           f"{self._learned_name()} behind PGD{where} in epoch {epoch}: its final inner loss was "
+                           f"below PGD's on all {int(compared)} {batches} (mean {learned_sum / compared:.3f} vs "
+                           f"{pgd_sum / compared:.3f}){why}; {self._learned_advice()}")
 
     def _check_robust_overfitting(self, epoch: int, accuracy: EpochAccuracy) -> list[Finding]:
         robust = accuracy.robust
