@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from advtui.core.config import build_config
+from advtui.core.datasets import DATASET_SPECS
 from advtui.core.attack_specs import parse_attack
 from advtui.core.paths import data_root
 from advtui.engine.attacks import CW_KAPPA, build_attack
@@ -78,8 +79,8 @@ def examples(dataset, n, device):
         x = split.images.float().div(255.0)
         return x.to(device), split.labels.to(device)
     except Exception:  # no dataset here: random images of the right shape measure the same work
-        shape = (1, 28, 28) if dataset == "mnist" else (3, 32, 32)
-        return torch.rand(n, *shape, device=device), torch.randint(0, 10, (n,), device=device)
+        spec = DATASET_SPECS[dataset]
+        return torch.rand(n, *spec.shape, device=device), torch.randint(0, spec.num_classes, (n,), device=device)
 
 
 def timed(fn, device) -> tuple[float, float]:

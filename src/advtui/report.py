@@ -18,7 +18,8 @@ Beside every table, the learning curve of each of its row runs (read from the ``
 ``runs/<run-id>/events.jsonl``: clean and PGD-T accuracy on the validation split, or on the test
 split for a run without one, after each epoch), as a markdown table and as small multiples (``figures/<table>-<scale>-learning.png``, one
 panel per row defense), so a reader sees whether a row is a run that never learned: a run whose
-clean accuracy stays under ``CHANCE_ACCURACY`` at every epoch is flagged.
+clean accuracy stays under twice chance for its dataset (``core.health.chance_accuracy``: 20% for
+10 classes) at every epoch is flagged.
 
 Output: ``OUT/report.md``, ``OUT/report.json`` (the measured numbers, per table and cell) and
 ``OUT/figures/*.png`` (+ the figures' data as JSON).
@@ -36,22 +37,25 @@ from typing import Any, Callable
 
 from advtui.compare import EPOCH_TIME, PARAMS, build_comparison
 from advtui.core.atomic import atomic_write_json, atomic_write_text
+from advtui.core.config import PRESETS
 from advtui.core.epochs import epoch_accuracy
 from advtui.core.paths import checkpoint_path, run_dir
 from advtui.store.results import file_digest
 from advtui.core.stats import half_width
 from advtui.core.errors import AdvtuiError, ConfigError
 from advtui.core.events import EVENTS_FILE, LineTail
-from advtui.core.health import CHANCE_ACCURACY  # one threshold for the live check and the report
+# One threshold for the live check and the report: twice chance on the run's dataset.
+from advtui.core.health import CHANCE_ACCURACY as CHANCE_ACCURACY, DEFAULT_CHANCE_LEVEL, chance_accuracy, chance_level
 from advtui.store.registry import JOBS, Registry
 from advtui.reproduce import PAPER_TABLE2, ROW_LABELS, SCALES, TABLES, reproductions
 
 FIG2_DEFENSES = ("advtrain", "trades", "rnn-adv", "rnn-trades")  # the paper's four panels
 WHITE_BOX_TABLES = ("table3", "table4", "table5")
 DEFAULT_REPORT_DIR = "report"
-# CHANCE_ACCURACY (from advtui.core.health): % natural accuracy under which a 10-class model has not
-# learned, for the evaluated Natural column and the learning curves alike.
-CHANCE_LEVEL = 10.0  # % accuracy of a guess among 10 classes (the dotted line of the learning figure)
+# chance_accuracy(dataset) (from advtui.core.health): % natural accuracy under which a model has not
+# learned (CHANCE_ACCURACY, 20%, for 10 classes), for the evaluated Natural column and the learning
+# curves alike; chance_level(dataset): % accuracy of a guess (the dotted line of the learning figure).
+CHANCE_LEVEL = DEFAULT_CHANCE_LEVEL  # 10 classes
 CURVE_POINTS = 6  # epochs shown per run in the markdown (first and last always among them)
 
 
@@ -397,17 +401,19 @@ class Curve:
     test_n: int | None = None  # examples per epoch-end evaluation, on ``split``
     pgd_steps: int | None = None
     split: str = "test"  # "val": the validation split; "test": --val-size 0 or an older run
+    dataset: str | None = None  # the run's (None: not recorded; chance is then 10 classes')
 
     @property
     def flag(self) -> str:
         """"no epochs recorded", "never left chance", "back at chance" (learned, then fell back to
-        chance by the last epoch) or "" (above chance)."""
+        chance by the last epoch) or "" (above chance: twice chance on the run's dataset)."""
         known = [v for v in self.clean if v is not None]
         if not known:
             return "no epochs recorded"
-        if max(known) < CHANCE_ACCURACY:
+        threshold = chance_accuracy(self.dataset)
+        if max(known) < threshold:
             return "never left chance"
-        if self.clean[-1] is not None and self.clean[-1] < CHANCE_ACCURACY:
+        if self.clean[-1] is not None and self.clean[-1] < threshold:
             return "back at chance"
         return ""
 
@@ -461,7 +467,7 @@ def run_curve(registry: Registry, run_id: str, defense: str, record: dict[str, A
                  [e["epoch"] for e in events], [_number(a.clean) for a in accuracies],
                  [_number(a.robust) for a in accuracies],
                  max(sizes) if len(sizes) == 1 else None, config.get("inner_steps"),
-                 accuracies[-1].split if accuracies else "test")
+                 accuracies[-1].split if accuracies else "test", config.get("dataset"))
 
 
 def _curves(registry: Registry, plan: dict[str, Any]) -> list[Curve]:
@@ -469,6 +475,11 @@ def _curves(registry: Registry, plan: dict[str, Any]) -> list[Curve]:
     known = {r["id"]: r for r in registry.runs()}
     return [run_curve(registry, run_id, defense, known.get(run_id) or {})
             for defense in TABLES[plan["table"]].rows for run_id in plan["rows"].get(defense, [])]
+
+
+def table_dataset(plan: dict[str, Any]) -> str | None:
+    """The dataset of a reproduced table's runs (its preset's)."""
+    return PRESETS.get(TABLES[plan["table"]].preset, {}).get("dataset")
 
 
 def _sample(n: int, points: int = CURVE_POINTS) -> list[int]:
@@ -486,9 +497,10 @@ def _sequence(values: list[float | None], shown: list[int]) -> str:
     return " → ".join("–" if values[i] is None else f"{values[i]:.0f}" for i in shown)
 
 
-def _learning_markdown(curves: list[Curve], figure: Path | None) -> list[str]:
+def _learning_markdown(curves: list[Curve], figure: Path | None, dataset: str | None = None) -> list[str]:
     if not curves:
         return []
+    threshold, chance = chance_accuracy(dataset), chance_level(dataset)
     sizes = sorted({c.test_n for c in curves if c.test_n is not None})
     steps = sorted({c.pgd_steps for c in curves if c.pgd_steps is not None})
     pgd = f"PGD-{steps[0]}" if len(steps) == 1 else "PGD-T"
@@ -503,7 +515,7 @@ def _learning_markdown(curves: list[Curve], figure: Path | None) -> list[str]:
     lines = ["### Learning curves", "",
              f"Clean and {pgd} accuracy (%) of every row run on {on} after each epoch (model in eval mode; "
              f"PGD with each run's T inner steps), first → last epoch{sampled}. A run whose clean accuracy "
-             f"stays under {CHANCE_ACCURACY:g}% (chance: {CHANCE_LEVEL:g}%) never learned.", ""]
+             f"stays under {threshold:g}% (chance: {chance:g}%) never learned.", ""]
     if figure is not None:
         lines += [f"![{figure.stem}](figures/{figure.name})", ""]
     lines += [f"| Defense | Seed | Run | Epochs | Clean % | {pgd} % | Check |", "|:---|---:|:---|:---|:---|:---|:---|"]
@@ -517,8 +529,9 @@ def _learning_markdown(curves: list[Curve], figure: Path | None) -> list[str]:
         done = str(c.epochs[-1]) if c.planned in (None, c.epochs[-1]) else f"{c.epochs[-1]} of {c.planned}"
         if len(shown) < len(c.epochs) and common is None:
             done += " (shown: " + ", ".join(str(c.epochs[i]) for i in shown) + ")"
-        check = {"never left chance": f"**never left chance** (clean < {CHANCE_ACCURACY:g}% at every epoch)",
-                 "back at chance": f"**back at chance** (clean < {CHANCE_ACCURACY:g}% at the last epoch)",
+        below = chance_accuracy(c.dataset if c.dataset is not None else dataset)
+        check = {"never left chance": f"**never left chance** (clean < {below:g}% at every epoch)",
+                 "back at chance": f"**back at chance** (clean < {below:g}% at the last epoch)",
                  "no epochs recorded": "no accuracy recorded", "": "above chance"}[c.flag]
         lines.append(f"| {label} | {_seed_text(c.seed)} | `{c.run_id}` | {done} | {_sequence(c.clean, shown)} | "
                      f"{_sequence(c.pgd, shown)} | {check} |")
@@ -536,6 +549,8 @@ def _learning_chart(plan: dict[str, Any], curves: list[Curve], path: Path) -> Pa
     from matplotlib.ticker import MaxNLocator
 
     spec = TABLES[plan["table"]]
+    dataset = table_dataset(plan)
+    chance = chance_level(dataset)
     defenses = [d for d in spec.rows if plan["rows"].get(d)]
     cols = min(len(defenses), 3)
     rows = math.ceil(len(defenses) / cols)
@@ -551,7 +566,7 @@ def _learning_chart(plan: dict[str, Any], curves: list[Curve], path: Path) -> Pa
             continue
         defense = defenses[k]
         mine = [c for c in curves if c.defense == defense]
-        ax.axhline(CHANCE_LEVEL, color="gray", linestyle=":", linewidth=1)
+        ax.axhline(chance, color="gray", linestyle=":", linewidth=1)
         for c in mine:
             color = colors.get(c.seed, "black")
             for values, style in ((c.pgd, "--"), (c.clean, "-")):
@@ -588,7 +603,7 @@ def _learning_chart(plan: dict[str, Any], curves: list[Curve], path: Path) -> Pa
     handles = [Line2D([], [], color="black", linestyle="-", marker="o", markersize=3.5, label="clean"),
                Line2D([], [], color="black", linestyle="--", marker="o", markersize=6, markerfacecolor="none",
                       label=pgd),
-               Line2D([], [], color="gray", linestyle=":", label=f"chance ({CHANCE_LEVEL:g}%)")]
+               Line2D([], [], color="gray", linestyle=":", label=f"chance ({chance:g}%)")]
     handles += [Line2D([], [], color=colors[s], linewidth=3, label=f"seed {s}") for s in seeds]
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=7, frameon=False)
     scale = SCALES[plan["scale"]]
@@ -596,7 +611,7 @@ def _learning_chart(plan: dict[str, Any], curves: list[Curve], path: Path) -> Pa
     fig.tight_layout(rect=(0, 0.06, 1, 1))
     fig.savefig(path)
     atomic_write_text(path.with_suffix(".json"), json.dumps({
-        "table": spec.name, "scale": scale.name, "chance_accuracy": CHANCE_ACCURACY, "chance_level": CHANCE_LEVEL,
+        "table": spec.name, "scale": scale.name, "chance_accuracy": chance_accuracy(dataset), "chance_level": chance,
         "runs": [c.to_dict() for c in curves]}, indent=1))
     return path
 
@@ -680,16 +695,17 @@ def build_report(registry: Registry, tables: list[str] | None = None, out_dir: P
             notes.append("AA (beyond the paper): AutoAttack's standard version (APGD-CE, APGD-T, FAB-T, Square as a "
                          "cascade, built from torchattacks' pieces with the original settings) on the same examples; "
                          "the paper reports no AutoAttack numbers, and AA is not part of its Min.")
+        threshold = chance_accuracy(table_dataset(plan))
         chance = [ROW_LABELS[d] for d in spec.rows
-                  if (values[d].get("Natural") is not None and values[d]["Natural"] < CHANCE_ACCURACY)]
+                  if (values[d].get("Natural") is not None and values[d]["Natural"] < threshold)]
         if chance:
-            notes.append(f"{', '.join(chance)}: natural accuracy under {CHANCE_ACCURACY:g}%, at chance level (not "
+            notes.append(f"{', '.join(chance)}: natural accuracy under {threshold:g}%, at chance level (not "
                          "learned at this scale): the other columns of such a row mean nothing.")
         curves = _curves(registry, plan)
         stuck = [c for c in curves if c.flag in ("never left chance", "back at chance")]
         if stuck:
             notes.append("Learning curves: " + "; ".join(
-                f"{flag} (clean test accuracy under {CHANCE_ACCURACY:g}%"
+                f"{flag} (clean test accuracy under {threshold:g}%"
                 + (" at every epoch" if flag == "never left chance" else " at the last epoch") + "): "
                 + ", ".join(f"{ROW_LABELS.get(c.defense, c.defense)} (seed {_seed_text(c.seed)}, `{c.run_id}`)"
                             for c in stuck if c.flag == flag)
@@ -711,7 +727,7 @@ def build_report(registry: Registry, tables: list[str] | None = None, out_dir: P
             written.append(learning)
             result.figures.append(learning.name)
         result.curves = {c.run_id: c.to_dict() for c in curves}
-        lines += _learning_markdown(curves, learning)
+        lines += _learning_markdown(curves, learning, table_dataset(plan))
         robustness, robustness_png = _robustness_section(registry, runs, figures / f"{spec.name}-{scale.name}-robustness.png")
         if robustness_png is not None:
             written.append(robustness_png)

@@ -288,7 +288,7 @@ def _validation_line(r: dict) -> str:
     size = r.get("val_size") if isinstance(r.get("val_size"), int) else config.get("val_size")
     if split is None:  # not started: what it will hold out (a record without val_size predates them)
         if "val_size" in config and size is None:
-            size = default_val_size(config.get("train_limit"))
+            size = default_val_size(config.get("train_limit"), config.get("dataset"))
         split = "val" if size else "test"
     if split == "val":
         where = f"per-epoch accuracy on a validation split of {size} training images ({VAL_IDS_FILE} holds their ids)"

@@ -11,13 +11,25 @@ import typer
 from rich.markup import escape
 
 from advtui.core.config import DEFAULT_PRESET, DEFENSES, PRESETS, RunConfig, build_config
+from advtui.core.datasets import DATASET_SPECS, DATASETS, DEFAULT_DATASET
+from advtui.core.health import CHANCE_MULTIPLE
 from advtui.core.errors import ConfigError
+
+def _either(names) -> str:
+    names = list(names)
+    return " or ".join(names) if len(names) <= 2 else f"{', '.join(names[:-1])} or {names[-1]}"
+
+
+# Texts of the dataset table (core/datasets.py): "1 on MNIST, 6 on CIFAR-10", "paper-cifar with --dataset cifar10".
+_BETAS = ", ".join(f"{spec.default_beta:g} on {spec.title}" for spec in DATASET_SPECS.values())
+_PRESET_DEFAULTS = "; ".join([DEFAULT_PRESET[DEFAULT_DATASET]] + [
+    f"{DEFAULT_PRESET[d]} with --dataset {d}" for d in DATASETS if d != DEFAULT_DATASET])
 
 # (name, type, typer option). Every option defaults to None (unset), so a preset's values apply
 # unless given explicitly.
 TRAIN_OPTIONS: list[tuple[str, Any, Any]] = [
     ("defense", Optional[str], typer.Option(None, "--defense", "-d", help=f"One of: {', '.join(DEFENSES)}.")),
-    ("dataset", Optional[str], typer.Option(None, help="mnist or cifar10.")),
+    ("dataset", Optional[str], typer.Option(None, help=f"{_either(DATASETS)}.")),
     ("model", Optional[str], typer.Option(None, help="smallcnn, vgg16, resnet18, wrn-34-10 (wrn-DEPTH-WIDTH).")),
     ("epochs", Optional[int], typer.Option(None, help="Training epochs.")),
     ("batch_size", Optional[int], typer.Option(None, "--batch-size", help="Batch size.")),
@@ -28,14 +40,13 @@ TRAIN_OPTIONS: list[tuple[str, Any, Any]] = [
     ("momentum", Optional[float], typer.Option(None, help="SGD momentum.")),
     ("weight_decay", Optional[float], typer.Option(None, "--weight-decay", help="SGD weight decay.")),
     ("milestones", Optional[str], typer.Option(None, help="Epochs at which lr decays 10x, e.g. 55,75,90.")),
-    ("beta", Optional[float], typer.Option(None, help="TRADES beta (default 1 on MNIST, 6 on CIFAR-10).")),
+    ("beta", Optional[float], typer.Option(None, help=f"TRADES beta (default {_BETAS}).")),
     ("seed", Optional[int], typer.Option(None, help="Random seed.")),
     ("device", Optional[str], typer.Option(None, help="auto, cpu, cuda or cuda:N.")),
     ("nproc", Optional[int], typer.Option(None, "--nproc", help="Processes training this run together (DistributedDataParallel through torchrun: one per GPU, gloo on the CPU).")),
     ("name", Optional[str], typer.Option(None, help="A name for the run (default DEFENSE-DATASET-sSEED).")),
     ("group", Optional[str], typer.Option(None, help="Group name (seeds of one experiment).")),
-    ("preset", Optional[str], typer.Option(None, help="paper-mnist, paper-cifar, paper-cifar-vgg16, paper-cifar-wrn, trades-mnist "
-                                                   "(default paper-mnist; paper-cifar with --dataset cifar10).")),
+    ("preset", Optional[str], typer.Option(None, help=f"{', '.join(PRESETS)} (default {_PRESET_DEFAULTS}).")),
     ("data_root", Optional[str], typer.Option(None, "--data-root", help="Dataset root (default $ADVTUI_DATA or a cache folder).")),
     ("train_limit", Optional[int], typer.Option(None, "--train-limit", help="Class-balanced training subset size.")),
     ("test_limit", Optional[int], typer.Option(None, "--test-limit", help="Class-balanced test subset size.")),
@@ -56,7 +67,7 @@ TRAIN_OPTIONS: list[tuple[str, Any, Any]] = [
     ("l2lda_diversity", Optional[float], typer.Option(None, "--l2lda-diversity", help="L2LDA diversity term weight.")),
     ("compare_every", Optional[int], typer.Option(None, "--compare-every", help="Batches between inner trajectory records (K).")),
     ("log_every", Optional[int], typer.Option(None, "--log-every", help="Batches between step events.")),
-    ("chance_patience", Optional[int], typer.Option(None, "--chance-patience", help="Epoch ends at chance-level clean accuracy (under 20%) before a health warning.")),
+    ("chance_patience", Optional[int], typer.Option(None, "--chance-patience", help=f"Epoch ends at chance-level clean accuracy (under {CHANCE_MULTIPLE}x chance: 20% for 10 classes) before a health warning.")),
     ("deterministic", bool, typer.Option(False, "--deterministic", help="Deterministic kernels (slower).")),
     ("amp", bool, typer.Option(False, "--amp", help="bfloat16 autocast on CUDA.")),
     ("init_from", Optional[str], typer.Option(None, "--init-from", help="Start from RUN's final weights (classifier, and its learned optimizer when the kinds match).")),
@@ -64,7 +75,7 @@ TRAIN_OPTIONS: list[tuple[str, Any, Any]] = [
 _TRAIN_OPTION_NAMES = tuple(name for name, _, _ in TRAIN_OPTIONS)
 
 
-def effective_default(name: str, dataset: str = "mnist") -> Any:
+def effective_default(name: str, dataset: str = DEFAULT_DATASET) -> Any:
     """The value an unset option takes on ``dataset``: its default preset's, else RunConfig's
     field default (None where the option's help says what None means)."""
     preset = PRESETS[DEFAULT_PRESET[dataset]]
@@ -89,13 +100,14 @@ def format_default(value: Any) -> str:
 def _with_default(name: str, option: Any) -> Any:
     """``option`` with its effective default at the end of its help: the options themselves
     default to None (so a preset's values apply), which --help would otherwise show as nothing."""
-    mnist = effective_default(name, "mnist")
-    if mnist is None or isinstance(mnist, bool):
+    first = effective_default(name, DEFAULT_DATASET)
+    if first is None or isinstance(first, bool):
         return option
-    text = format_default(mnist)
-    cifar = effective_default(name, "cifar10")
-    if cifar != mnist and name != "dataset":
-        text += f"; {format_default(cifar)} on cifar10"
+    text = format_default(first)
+    for dataset in DATASETS:
+        other = effective_default(name, dataset)
+        if dataset != DEFAULT_DATASET and other != first and name != "dataset":
+            text += f"; {format_default(other)} on {dataset}"
     option.help = f"{option.help} {escape(f'[default: {text}]')}"
     return option
 

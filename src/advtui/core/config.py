@@ -13,11 +13,11 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from advtui.core.datasets import DATASET_SPECS, DATASETS, DEFAULT_DATASET
 from advtui.core.defenses import DEFENSE_SPECS, DEFENSES
 from advtui.core.paths import check_safe_name
 from advtui.core.errors import ConfigError
 
-DATASETS = ("mnist", "cifar10")
 MODELS = ("smallcnn", "vgg16", "resnet18", "wrn-34-10")
 _WRN = re.compile(r"^wrn-(\d+)-(\d+)$")
 
@@ -45,8 +45,9 @@ PRESETS["paper-cifar-wrn"] = dict(PRESETS["paper-cifar"], model="wrn-34-10")
 # TRADES' own MNIST training as published (train_trades_mnist.py): 40 inner steps of 0.01 with
 # beta 1. The paper runs every defense with T = 10 (paper-mnist); this is the reference's recipe.
 PRESETS["trades-mnist"] = dict(PRESETS["paper-mnist"], inner_steps=40, step_size=0.01, beta=1.0)
-DEFAULT_PRESET = {"mnist": "paper-mnist", "cifar10": "paper-cifar"}
-DEFAULT_BETA = {"mnist": 1.0, "cifar10": 6.0}
+# Per dataset (core/datasets.py): the recipe of a run that names only the dataset, and TRADES' beta.
+DEFAULT_PRESET = {name: spec.default_preset for name, spec in DATASET_SPECS.items()}
+DEFAULT_BETA = {name: spec.default_beta for name, spec in DATASET_SPECS.items()}
 
 
 @dataclass
@@ -54,7 +55,7 @@ class RunConfig:
     """Everything that determines a training run."""
 
     defense: str
-    dataset: str = "mnist"
+    dataset: str = DEFAULT_DATASET
     model: str = "smallcnn"
     preset: str | None = None
     name: str | None = None
@@ -73,7 +74,7 @@ class RunConfig:
     inner_steps: int = 10
     step_size: float | None = None  # PGD step; None means eps/4
     init: str = "normal"  # x'_0 = x + 0.001 N(0, I) (Algorithm 1), or "uniform" in the ball
-    beta: float | None = None  # TRADES beta; None means 1 on MNIST, 6 on CIFAR-10
+    beta: float | None = None  # TRADES beta; None means the dataset's (1 on MNIST, 6 on CIFAR-10)
     inner_train_mode: bool = False  # run the inner maximizer with the model in train mode
     # Backtracking line search (paper eq. 4).
     bls_alpha0: float | None = None  # first candidate step; None means eps
@@ -142,13 +143,14 @@ class RunConfig:
         check_model_name(self.model)
         for name, (low, high) in INT_RANGES.items():
             _check_int(name, getattr(self, name), low, high)
-        self._check_validation()
+        classes = DATASET_SPECS[self.dataset].num_classes
+        self._check_validation(classes)
         for name in ("train_limit", "test_limit"):
             value = getattr(self, name)
             if value is not None:
                 # At least one example per class; the upper bound is the split's size, checked
                 # when the data is loaded (a larger limit is a warning and the real size is kept).
-                _check_int(name, value, 10, MAX_INT)
+                _check_int(name, value, classes, MAX_INT)
         if not isinstance(self.milestones, list):
             raise ConfigError(f"milestones must be a list of epochs, got {self.milestones!r}")
         for milestone in self.milestones:
@@ -173,13 +175,13 @@ class RunConfig:
             check_safe_name(self.name)
         return self
 
-    def _check_validation(self) -> None:
+    def _check_validation(self, classes: int) -> None:
         """--val-size 0 or at least one example per class (its upper bound, the training split,
         is checked when the data is loaded); --early-stop needs a validation split to watch."""
         if self.val_size is not None:
             _check_int("val_size", self.val_size, 0, MAX_INT)
-            if 0 < self.val_size < MIN_VAL_SIZE:
-                raise ConfigError(f"val-size must be 0 (no validation split) or at least {MIN_VAL_SIZE} "
+            if 0 < self.val_size < classes:
+                raise ConfigError(f"val-size must be 0 (no validation split) or at least {classes} "
                                   f"(one example per class), got {self.val_size}")
         if self.early_stop is not None:
             _check_int("early_stop", self.early_stop, 1, 100_000)
@@ -189,16 +191,18 @@ class RunConfig:
 
 # A validation split of 1,000 examples, as Rice et al. (2020) hold out of CIFAR-10's training
 # set; with a --train-limit below 10,000, a tenth of it (the per-epoch evaluation then costs
-# about a tenth of an epoch), and never under one example per class.
+# about a tenth of an epoch), and never under one example per class (MIN_VAL_SIZE: 10 classes).
 DEFAULT_VAL_SIZE = 1000
 MIN_VAL_SIZE = 10
 
 
-def default_val_size(train_limit: int | None) -> int:
-    """1,000, or a tenth of ``train_limit`` (the training images asked for, or a split's size)."""
+def default_val_size(train_limit: int | None, dataset: str | None = None) -> int:
+    """1,000, or a tenth of ``train_limit`` (the training images asked for, or a split's size),
+    and at least one image per class of ``dataset`` (of 10 classes when it is not given)."""
     if train_limit is None:
         return DEFAULT_VAL_SIZE
-    return max(MIN_VAL_SIZE, min(DEFAULT_VAL_SIZE, train_limit // 10))
+    spec = DATASET_SPECS.get(dataset) if isinstance(dataset, str) else None
+    return max(spec.num_classes if spec else MIN_VAL_SIZE, min(DEFAULT_VAL_SIZE, train_limit // 10))
 
 
 # Integer options: (smallest, largest). Every one is checked, so a negative, zero or absurd
@@ -259,7 +263,7 @@ def _check_float(name: str, value: Any, low: float, high: float, open_low: bool,
 
 def values_in_force(config: dict[str, Any]) -> dict[str, Any]:
     """A recorded config with the defaults it ran with filled in: the PGD step (eps/4 unless
-    given) and, for a TRADES objective, beta (1 on MNIST, 6 on CIFAR-10 unless given); beta is
+    given) and, for a TRADES objective, beta (the dataset's, 1 on MNIST, 6 on CIFAR-10, unless given); beta is
     left out for defenses that do not use it. Never raises on an odd record."""
     shown = dict(config)
     eps = config.get("eps")
@@ -274,7 +278,8 @@ def values_in_force(config: dict[str, Any]) -> dict[str, Any]:
         shown["val_size"] = 0  # recorded before validation splits: it trained (and resumes) on the whole split
     elif shown["val_size"] is None:
         train_limit = config.get("train_limit")
-        shown["val_size"] = default_val_size(train_limit if isinstance(train_limit, int) else None)
+        shown["val_size"] = default_val_size(train_limit if isinstance(train_limit, int) else None,
+                                             config.get("dataset"))
     if shown.get("early_stop") is None:
         shown["early_stop"] = "off"
     return shown
@@ -309,7 +314,7 @@ def build_config(defense: str, preset: str | None = None, **overrides: Any) -> R
     if preset is None:
         if dataset is not None and dataset not in DATASETS:
             raise ConfigError(f"unknown dataset {dataset!r}; choose one of: {', '.join(DATASETS)}")
-        preset = DEFAULT_PRESET[dataset or "mnist"]
+        preset = DEFAULT_PRESET[dataset or DEFAULT_DATASET]
     values: dict[str, Any] = dict(PRESETS[preset])
     values.update({k: v for k, v in overrides.items() if v is not None})
     config = RunConfig(defense=defense, preset=preset, **values)

@@ -13,8 +13,9 @@ began in, and a one-line ``message`` that says what to try next.
   training process fails the run with the message. A stream read back holds ``null`` where the
   float was not finite (JSON has no NaN), and that counts too.
 - ``stuck-at-chance`` (warning): the epoch end's clean accuracy (validation, or test with
-  ``--val-size 0``: ``advtui.core.epochs``) under ``CHANCE_ACCURACY`` (chance is 10% for 10
-  classes) at ``chance_patience`` epoch ends in a row (RunConfig, default 2).
+  ``--val-size 0``: ``advtui.core.epochs``) under ``chance_accuracy`` of the run's dataset,
+  ``CHANCE_MULTIPLE`` times its chance level (``core.datasets``: 20% for 10 classes, where
+  chance is 10%), at ``chance_patience`` epoch ends in a row (RunConfig, default 2).
 - ``rnn-behind-pgd`` (warning): in one epoch, on every batch where the learned maximizer was
   compared with PGD (``inner`` events with a ``pgd`` trajectory; at least
   ``MIN_COMPARED_BATCHES``), its final inner loss was below PGD's, and its mean by at least
@@ -45,13 +46,19 @@ import math
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Iterable
 
+from advtui.core.datasets import dataset_spec
 from advtui.core.epochs import EpochAccuracy, epoch_accuracy
 from advtui.core.errors import AdvtuiError
 
 WARNING, ERROR = "warning", "error"
 
-# Chance is 10% for 10 classes; a model that has learned anything is well above 20%.
+
+# A model that has learned anything is well above twice chance: 20% for 10 classes, where
+# chance (a uniform guess) is 10%. CHANCE_ACCURACY is that threshold for 10 classes, and for a
+# run whose dataset is not in the table (an odd record).
+CHANCE_MULTIPLE = 2
 CHANCE_ACCURACY = 20.0
+DEFAULT_CHANCE_LEVEL = 10.0
 DEFAULT_CHANCE_PATIENCE = 2
 # Robust accuracy is at most natural accuracy on the same examples, up to noise in a sample of
 # a few hundred; more than a point above it means the attack is not finding the model's worst case.
@@ -71,6 +78,18 @@ TRAIN_ATTACK_HELD = 5.0
 
 CODES = ("nan-loss", "stuck-at-chance", "rnn-behind-pgd", "rnn-behind-pgd-val", "robust-above-natural",
          "robust-overfitting", "catastrophic-overfitting")
+
+
+def chance_level(dataset: Any) -> float:
+    """The accuracy (%) of a uniform guess among ``dataset``'s classes (10% for 10 classes)."""
+    spec = dataset_spec(dataset)
+    return spec.chance_percent if spec is not None else DEFAULT_CHANCE_LEVEL
+
+
+def chance_accuracy(dataset: Any) -> float:
+    """The clean accuracy (%) under which a model of ``dataset`` has not learned: twice chance."""
+    spec = dataset_spec(dataset)
+    return CHANCE_MULTIPLE * 100.0 / spec.num_classes if spec is not None else CHANCE_ACCURACY
 
 
 @dataclass(frozen=True)
@@ -271,7 +290,8 @@ class HealthMonitor:
     def _check_chance(self, epoch: int, clean: Any) -> list[Finding]:
         if not _finite(clean):
             return []
-        if clean >= CHANCE_ACCURACY:
+        dataset = self.config.get("dataset")
+        if clean >= chance_accuracy(dataset):
             self._chance_since = None
             return self._clear("stuck-at-chance", epoch)
         if self._chance_since is None:
@@ -281,7 +301,7 @@ class HealthMonitor:
             return []
         return self._raise("stuck-at-chance", WARNING, self._chance_since,
                            f"stuck at chance since epoch {self._chance_since}: clean accuracy {clean:.1f}% "
-                           f"(chance 10%) for {epochs_at_chance} epoch{'s' if epochs_at_chance > 1 else ''}; "
+                           f"(chance {chance_level(dataset):g}%) for {epochs_at_chance} epoch{'s' if epochs_at_chance > 1 else ''}; "
                            f"{self._chance_advice()}")
 
     def _chance_patience(self) -> int:

@@ -17,10 +17,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from advtui.core.config import check_model_name
-from advtui.engine.data import DATASET_SHAPES
-
-CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR_STD = (0.2471, 0.2435, 0.2616)
+from advtui.core.datasets import DATASET_SPECS
 
 
 class Normalize(nn.Module):
@@ -206,20 +203,23 @@ class ResNet18(nn.Module):
 
 
 def build_model(name: str, dataset: str) -> nn.Module:
-    """A fresh classifier for ``dataset``'s input shape, normalization included."""
+    """A fresh classifier for ``dataset``'s input shape and classes (its row in
+    ``core.datasets.DATASET_SPECS``), the row's normalization included."""
     check_model_name(name)
-    channels, size, _ = DATASET_SHAPES[dataset]
+    spec = DATASET_SPECS[dataset]
+    channels, size, _ = spec.shape
+    classes = spec.num_classes
     if name == "smallcnn":
-        net: nn.Module = SmallCNN(channels, size)
+        net: nn.Module = SmallCNN(channels, size, classes)
     elif name == "vgg16":
-        net = VGG16(channels, size)
+        net = VGG16(channels, size, classes)
     elif name == "resnet18":
-        net = ResNet18(channels)
+        net = ResNet18(channels, classes)
     else:
         depth, width = (int(v) for v in re.match(r"^wrn-(\d+)-(\d+)$", name).groups())
-        net = WideResNet(depth, width, channels)
-    if dataset == "cifar10":
-        return nn.Sequential(Normalize(CIFAR_MEAN, CIFAR_STD), net)
+        net = WideResNet(depth, width, channels, classes)
+    if spec.normalization is not None:
+        return nn.Sequential(Normalize(*spec.normalization), net)
     return net
 
 

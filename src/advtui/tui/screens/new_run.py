@@ -20,6 +20,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Select, Static
 
 from advtui.core.config import DATASETS, DEFENSES, MODELS, RunConfig, build_config
+from advtui.core.datasets import DEFAULT_DATASET
 from advtui.core.errors import AdvtuiError
 from advtui.jobs.queue import parse_seeds
 from advtui.options import check_eval_options
@@ -148,7 +149,7 @@ class NewRunScreen(ModalScreen[str | None]):
 
     @staticmethod
     def _default(key: str) -> str:
-        return {"defense": "rnn-adv", "dataset": "mnist", "model": "smallcnn", "device": "auto"}[key]
+        return {"defense": "rnn-adv", "dataset": DEFAULT_DATASET, "model": "smallcnn", "device": "auto"}[key]
 
     def on_mount(self) -> None:
         self.query_one("#defense", Select).focus()
