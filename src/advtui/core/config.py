@@ -20,6 +20,9 @@ from advtui.core.errors import ConfigError
 
 MODELS = ("smallcnn", "vgg16", "resnet18", "wrn-34-10")
 _WRN = re.compile(r"^wrn-(\d+)-(\d+)$")
+# The smallest image side a model takes: VGG-16's five 2x2 max-poolings leave nothing of a
+# 28x28 MNIST image (28 -> 14 -> 7 -> 3 -> 1 -> 0), so it needs CIFAR's 32x32.
+MIN_IMAGE_SIDE = {"vgg16": 32}
 
 # The paper's recipes (section 5.1 and the public code of its baselines). Milestones count
 # epochs from 1, as the references' ``adjust_learning_rate(optimizer, epoch)`` does: the lower
@@ -141,6 +144,11 @@ class RunConfig:
         if self.dataset not in DATASETS:
             raise ConfigError(f"unknown dataset {self.dataset!r}; choose one of: {', '.join(DATASETS)}")
         check_model_name(self.model)
+        side = min(DATASET_SPECS[self.dataset].shape[1:])
+        if side < MIN_IMAGE_SIDE.get(self.model, 0):
+            fits = ", ".join(m for m in MODELS if side >= MIN_IMAGE_SIDE.get(m, 0))
+            raise ConfigError(f"model {self.model} needs images of at least {MIN_IMAGE_SIDE[self.model]} pixels a "
+                              f"side and {self.dataset}'s are {side}: choose {fits} or wrn-DEPTH-WIDTH")
         for name, (low, high) in INT_RANGES.items():
             _check_int(name, getattr(self, name), low, high)
         classes = DATASET_SPECS[self.dataset].num_classes
