@@ -23,9 +23,10 @@ import time
 import torch
 
 from advtui.core.paths import runs_dir
-from advtui.store.results import hex_to_mask
-from advtui.engine.attacks import build_run_model, load_run_checkpoint
-from advtui.engine.evaluate import _test_split, evaluate_run
+from advtui.core.digests import hex_to_mask
+from advtui.engine.attacks import build_run_model
+from advtui.engine.evaluate import _test_split
+from advtui.evaluation import evaluate_run, run_checkpoint
 from advtui.engine.train import resolve_device
 from advtui.store.registry import Registry
 
@@ -69,7 +70,7 @@ def main() -> None:
         print(f"  {attack:8s} {d['accuracy']:6.2f}%  ({d['robust']}/{d['n']})  {d['wall_time']:8.1f} s")
 
     record = registry.resolve_run(args.run)
-    target = load_run_checkpoint(registry, record)
+    target = run_checkpoint(registry, record)
     device = resolve_device(args.device)
     model = build_run_model(target, device)
     split = _test_split(target.config, args.limit, None).to(device)

@@ -60,13 +60,14 @@ def reference_pgd(model, x, y, eps, alpha, steps, loss="ce"):
 
 def load_model(args, device):
     if args.run:
-        from advtui.engine.attacks import build_run_model, load_run_checkpoint
+        from advtui.engine.attacks import build_run_model
+        from advtui.evaluation import run_checkpoint
         from advtui.store.registry import Registry
         from advtui.core.paths import runs_dir
 
         registry = Registry(runs_dir(args.runs_dir))
         record = registry.resolve_run(args.run)
-        return build_run_model(load_run_checkpoint(registry, record, device=device), device), record["config"]["dataset"]
+        return build_run_model(run_checkpoint(registry, record, device=device), device), record["config"]["dataset"]
     torch.manual_seed(0)
     model = build_model("smallcnn", "mnist").to(device).eval()
     model.requires_grad_(False)

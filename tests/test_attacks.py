@@ -11,6 +11,7 @@ from advtui.core.attack_specs import (
 from advtui.engine.attacks import FGSM, build_attack, cw_margin_loss
 from advtui.engine.maximizers import PGD, RNNOptimizer
 from advtui.engine.objectives import ce_per_example
+from advtui.evaluation import run_lookup
 from advtui.core.errors import AdvtuiError, CheckpointError, ConfigError, RunNotFoundError
 from advtui.store.registry import Registry
 
@@ -113,7 +114,7 @@ def test_fgsm_takes_one_signed_step_of_size_eps():
 def test_rnn_attack_loads_the_learned_optimizer_of_a_run(trained_runs):
     registry = Registry(trained_runs)
     rnn_run, target = registry.resolve_run("rnn-adv"), registry.resolve_run("advtrain")
-    attack = build_attack(parse_attack("rnn-10:rnn-adv"), registry, target, eps=0.1)
+    attack = build_attack(parse_attack("rnn-10:rnn-adv"), run_lookup(registry), target, eps=0.1)
     assert attack.text == f"rnn-10:{rnn_run['id']}" and attack.label == "rnn-10:rnn-adv"
     assert isinstance(attack.maximizer, RNNOptimizer) and attack.maximizer.num_parameters() == 120
     assert not any(p.requires_grad for p in attack.maximizer.net.parameters())
@@ -121,7 +122,7 @@ def test_rnn_attack_loads_the_learned_optimizer_of_a_run(trained_runs):
     for key, value in attack.maximizer.net.state_dict().items():
         assert torch.equal(value, saved[key])  # the trained weights, not a fresh RNN
     # Without a source the evaluated run's own optimizer is used, under the same canonical key.
-    own = build_attack(parse_attack("rnn-10"), registry, rnn_run, eps=0.1)
+    own = build_attack(parse_attack("rnn-10"), run_lookup(registry), rnn_run, eps=0.1)
     assert own.text == attack.text
 
 
@@ -135,13 +136,13 @@ def test_rnn_attack_loads_the_learned_optimizer_of_a_run(trained_runs):
 def test_bad_sources_fail_with_one_line(trained_runs, spec, target, error, message):
     registry = Registry(trained_runs)
     with pytest.raises(error) as info:
-        build_attack(parse_attack(spec), registry, registry.resolve_run(target), eps=0.1)
+        build_attack(parse_attack(spec), run_lookup(registry), registry.resolve_run(target), eps=0.1)
     assert message in str(info.value) and "\n" not in str(info.value)
 
 
 def test_transfer_attack_crafts_on_the_surrogate(trained_runs):
     registry = Registry(trained_runs)
-    attack = build_attack(parse_attack("transfer-pgd-5:advtrain"), registry, registry.resolve_run("rnn-adv"), eps=0.1)
+    attack = build_attack(parse_attack("transfer-pgd-5:advtrain"), run_lookup(registry), registry.resolve_run("rnn-adv"), eps=0.1)
     assert isinstance(attack.maximizer, PGD) and attack.maximizer.step_size == pytest.approx(0.025)
     assert attack.surrogate is not None and not attack.surrogate.training
     assert not any(p.requires_grad for p in attack.surrogate.parameters())
@@ -153,4 +154,4 @@ def test_missing_checkpoint_of_a_source_is_a_checkpoint_error(trained_runs):
     for name in ("final.pt", "last.pt"):
         (trained_runs / rnn_run["id"] / "checkpoints" / name).unlink()
     with pytest.raises(CheckpointError, match="does not exist"):
-        build_attack(parse_attack("rnn-10:rnn-adv"), registry, registry.resolve_run("advtrain"), eps=0.1)
+        build_attack(parse_attack("rnn-10:rnn-adv"), run_lookup(registry), registry.resolve_run("advtrain"), eps=0.1)

@@ -16,11 +16,11 @@ import torch
 
 from advtui.core.attack_specs import (EVALUATION_CHECKLIST, AttackSpecError, attack_sort_key, parse_attack,
                                       parse_attack_list)
-from advtui.store.results import hex_to_mask
+from advtui.core.digests import hex_to_mask
 from advtui.engine import attacks as engine_attacks
-from advtui.engine.attacks import AutoAttackSettings, autoattack_piece, build_run_model, load_run_checkpoint
+from advtui.engine.attacks import AutoAttackSettings, autoattack_piece, build_run_model
 from advtui.engine.data import load_split
-from advtui.engine.evaluate import evaluate_run
+from advtui.evaluation import evaluate_run, run_checkpoint
 from advtui.store.registry import Registry
 
 
@@ -118,7 +118,7 @@ def test_aa_equals_the_torchattacks_cascade_and_is_not_weaker_than_pgd100(traine
     assert sum(p["wall_time"] for p in pieces) <= aa["wall_time"] + 1e-6
 
     record = registry.resolve_run("advtrain")
-    model = build_run_model(load_run_checkpoint(registry, record), "cpu")
+    model = build_run_model(run_checkpoint(registry, record), "cpu")
     split = load_split("mnist", mnist_root, False, N, seed=0)
     x, y = split.images.float().div(255.0), split.labels
     with torch.no_grad():
@@ -169,7 +169,7 @@ def test_export_robustbench_writes_a_loadable_state_dict_and_a_zoo_card(trained_
     state = torch.load(out / "models" / "mnist" / "Linf" / "advtrain.pt", weights_only=True)
     model = build_model("smallcnn", "mnist")
     model.load_state_dict(state)
-    stored = build_run_model(load_run_checkpoint(registry, registry.resolve_run("advtrain")), "cpu")
+    stored = build_run_model(run_checkpoint(registry, registry.resolve_run("advtrain")), "cpu")
     x = torch.rand(4, 1, 28, 28)
     with torch.no_grad():
         assert torch.equal(model.eval()(x), stored(x))

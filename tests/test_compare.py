@@ -13,8 +13,9 @@ from typer.testing import CliRunner
 
 from advtui.cli import app
 from advtui.compare import build_comparison, format_cell, render, select_runs, to_csv, to_latex, to_markdown
-from advtui.store.results import mask_to_hex, results_for_run, store_result
-from advtui.engine.evaluate import evaluate_run
+from advtui.core.digests import mask_to_hex
+from advtui.store.results import results_for_run, store_result
+from advtui.evaluation import evaluate_run
 from advtui.core.errors import ConfigError, RunNotFoundError
 from advtui.store.registry import Registry
 

@@ -18,8 +18,9 @@ from typer.testing import CliRunner
 
 from advtui.cli import app
 from advtui.engine.checkpoint import load_checkpoint, save_checkpoint
-from advtui.store.results import compute_flags, hex_to_mask, mask_to_hex, results_for_run, summarize
-from advtui.engine.evaluate import evaluate_run
+from advtui.core.digests import hex_to_mask, mask_to_hex
+from advtui.store.results import compute_flags, results_for_run, summarize
+from advtui.evaluation import evaluate_run
 from advtui.core.errors import AdvtuiError
 from advtui.store.registry import RESULTS, Registry
 from store_support import store_snapshot

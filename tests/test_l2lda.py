@@ -130,7 +130,7 @@ def test_l2lda_trains_through_advtui_run_and_its_attacker_loads_in_eval(runs_roo
     state = load_checkpoint(runs_root / record["id"] / "checkpoints" / "final.pt")
     assert state["maximizer_kind"] == "l2lda" and state["maximizer"] is not None
 
-    from advtui.engine.evaluate import evaluate_run
+    from advtui.evaluation import evaluate_run
 
     report = evaluate_run(registry, "gen", "natural,l2lda-3:gen", limit=20, device="cpu")
     by_attack = {d["attack"]: d for d in report.results}

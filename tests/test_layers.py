@@ -21,7 +21,8 @@ import typer.main
 
 from advtui.core.config import build_config
 from advtui.store import lifecycle
-from advtui.store.results import mask_to_hex, store_result
+from advtui.core.digests import mask_to_hex
+from advtui.store.results import store_result
 from advtui.store.registry import Registry
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "advtui"
@@ -254,9 +255,16 @@ def test_the_static_walk_sees_the_imports_it_checks():
 
 
 def test_the_engine_never_imports_the_layers_above_it():
-    above = ("advtui.runner", "advtui.jobs", "advtui.cli", "advtui.tui", "advtui.main", "advtui.compare",
-             "advtui.reproduce", "advtui.report")
+    above = ("advtui.runner", "advtui.evaluation", "advtui.jobs", "advtui.cli", "advtui.tui", "advtui.main",
+             "advtui.compare", "advtui.reproduce", "advtui.report")
     assert _violations("advtui.engine", above) == []
+
+
+def test_the_engine_never_imports_the_store():
+    """The engine computes on what it is given (a run's record, its checkpoint file, results already
+    read); reading and writing the store is the layer above (advtui.evaluation, advtui.runner)."""
+    assert any(_in(t, "advtui.store") for t in IMPORTS["advtui.evaluation"])  # the walk sees store imports
+    assert _violations("advtui.engine", ("advtui.store",)) == []
 
 
 def test_the_cli_and_the_dashboard_never_import_each_other():

@@ -10,7 +10,8 @@ import time
 import numpy as np
 import pytest
 
-from advtui.store.results import mask_to_hex, store_result
+from advtui.core.digests import mask_to_hex
+from advtui.store.results import store_result
 from advtui.core.paths import run_dir
 from advtui.store.registry import Registry
 from advtui.report import CHANCE_ACCURACY, Curve, build_report, epoch_events

@@ -18,7 +18,8 @@ from typer.testing import CliRunner
 from advtui.cli import app
 from advtui.compare import build_comparison, format_cell, select_runs
 from advtui.core.paths import run_dir
-from advtui.store.results import ids_digest, ids_to_hex, mask_to_hex, results_for_run, store_result
+from advtui.core.digests import ids_digest, ids_to_hex, mask_to_hex
+from advtui.store.results import results_for_run, store_result
 from advtui.core.stats import over_seeds, paired_difference, proportion_interval
 from advtui.core.errors import ConfigError
 from advtui.paired import paired_report
@@ -303,7 +304,7 @@ def test_an_evaluation_stores_its_manifest_and_keeps_each_eps_beside_the_others(
     from advtui.core.config import build_config
     from advtui.store.results import all_results_for_run, example_ids
     from advtui.engine.data import balanced_subset, load_split
-    from advtui.engine.evaluate import evaluate_run
+    from advtui.evaluation import evaluate_run
     from advtui.runner import RunPlan, execute_run
 
     run = execute_run(RunPlan(build_config("plain", name="tiny", train_limit=100, test_limit=100, eval_limit=20,

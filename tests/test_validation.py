@@ -97,11 +97,10 @@ def _argv(command: str, option: str, value: str, run_id: str) -> list[str]:
 def test_every_numeric_option_of_every_command_is_checked(runs, tmp_path, monkeypatch, capsys):
     import advtui.cli.jobs
     import advtui.cli.runs
-    import advtui.engine.analysis
-    import advtui.engine.evaluate
+    import advtui.evaluation
 
-    for owner, name in ((advtui.cli.runs, "execute_run"), (advtui.engine.evaluate, "evaluate_run"),
-                        (advtui.engine.analysis, "analyze_landscape"), (advtui.engine.analysis, "analyze_trajectories"),
+    for owner, name in ((advtui.cli.runs, "execute_run"), (advtui.evaluation, "evaluate_run"),
+                        (advtui.evaluation, "analyze_landscape"), (advtui.evaluation, "analyze_trajectories"),
                         (advtui.cli.jobs, "kill_target"), (advtui.cli.jobs, "Scheduler"), (advtui.cli.jobs, "Live")):
         monkeypatch.setattr(owner, name, _reached)
     run_a = ids(runs)["a"]
@@ -384,7 +383,7 @@ def test_runs_created_at_once_by_several_processes_get_distinct_names(tmp_path):
 
 # == evaluation progress that agrees with itself ====================================================
 def test_eval_progress_counts_examples_done_of_the_limit_and_robust_of_done(runs):
-    from advtui.engine.evaluate import evaluate_run
+    from advtui.evaluation import evaluate_run
 
     seen = []
     report = evaluate_run(Registry(runs), "a", "natural,pgd-30x2", limit=20, batch_size=8, device="cpu",

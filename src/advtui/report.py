@@ -40,7 +40,7 @@ from advtui.core.atomic import atomic_write_json, atomic_write_text
 from advtui.core.config import PRESETS
 from advtui.core.epochs import epoch_accuracy
 from advtui.core.paths import checkpoint_path, run_dir
-from advtui.store.results import file_digest
+from advtui.core.digests import file_digest
 from advtui.core.stats import half_width
 from advtui.core.errors import AdvtuiError, ConfigError
 from advtui.core.events import EVENTS_FILE, LineTail
@@ -290,7 +290,8 @@ def _stamp(path: Path, settings: dict[str, Any]) -> None:
 
 def _fig2(registry: Registry, plan: dict[str, Any], figures: Path, device: str, status: Status | None) -> list[str]:
     """Fig. 2 panels on this table's models: markdown lines (empty if nothing to draw)."""
-    from advtui.engine.analysis import TrajectoryAnalysis, analyze_trajectories, save_trajectories
+    from advtui.engine.analysis import TrajectoryAnalysis, save_trajectories
+    from advtui.evaluation import analyze_trajectories
 
     attackers = plan.get("attackers") or {}
     if "l2lda" not in attackers or "rnn-adv" not in attackers:
@@ -330,7 +331,8 @@ def _fig2(registry: Registry, plan: dict[str, Any], figures: Path, device: str, 
 
 
 def _fig3(registry: Registry, plan: dict[str, Any], figures: Path, device: str, status: Status | None) -> list[str]:
-    from advtui.engine.analysis import LandscapeAnalysis, analyze_landscape, save_landscape
+    from advtui.engine.analysis import LandscapeAnalysis, save_landscape
+    from advtui.evaluation import analyze_landscape
 
     scale = SCALES[plan["scale"]]
     limit, grid = scale.analysis["landscape_limit"], scale.analysis["landscape_grid"]

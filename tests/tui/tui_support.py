@@ -170,7 +170,8 @@ PINNED_CONFIG = dict(momentum=0.9, weight_decay=0.0, milestones=[55, 75, 90], in
 
 def build_fixed_runs(root: Path) -> Registry:
     """A runs directory with fixed records, events, checkpoints, a queued job and eval results."""
-    from advtui.store.results import mask_to_hex, store_result
+    from advtui.core.digests import mask_to_hex
+    from advtui.store.results import store_result
 
     root.mkdir(parents=True, exist_ok=True)
     registry = Registry(root)

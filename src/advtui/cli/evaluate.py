@@ -151,7 +151,7 @@ def eval_command(
     """Attack a run's checkpoint and store accuracy, loss trajectories and sanity checks."""
     check_eval_options(limit=limit, batch_size=batch_size, step_size=step_size, seed=seed)
     device = check_device(device)
-    from advtui.engine.evaluate import evaluate_run  # torch: loaded by this command only
+    from advtui.evaluation import evaluate_run  # torch: loaded by this command only
 
     eps_values = parse_eps_list(eps)
     registry = open_registry(runs_dir)
@@ -390,7 +390,7 @@ EXPORT_FORMATS = (*FORMATS, "robustbench")
 def _export_robustbench(refs, group, defense, out, checkpoint, runs_dir) -> None:
     if group or defense or len(refs or []) != 1:
         raise ConfigError("--format robustbench exports one run: name exactly one RUN (no --group or --defense)")
-    from advtui.engine.export import export_robustbench  # torch: loaded by this format only
+    from advtui.evaluation import export_robustbench  # torch: loaded by this format only
 
     done = export_robustbench(open_registry(runs_dir), refs[0], out or Path("robustbench"), checkpoint)
     card = done.card

@@ -58,7 +58,8 @@ def analyze_trajectories_command(
     device = check_device(device)
     registry = open_registry(runs_dir)
     run_ref = _checked_run(registry, run_ref)["id"]
-    from advtui.engine.analysis import analyze_trajectories, default_output_dir, save_trajectories, trajectories_plot_text
+    from advtui.engine.analysis import save_trajectories, trajectories_plot_text
+    from advtui.evaluation import analyze_trajectories, default_output_dir
 
     with err_console.status("attacking..."):
         analysis = analyze_trajectories(registry, run_ref, attackers, limit=limit, batch_size=batch_size, eps=eps,
@@ -96,7 +97,8 @@ def analyze_landscape_command(
     device = check_device(device)
     registry = open_registry(runs_dir)
     run_ref = _checked_run(registry, run_ref)["id"]
-    from advtui.engine.analysis import analyze_landscape, default_output_dir, landscape_heatmap, save_landscape
+    from advtui.engine.analysis import landscape_heatmap, save_landscape
+    from advtui.evaluation import analyze_landscape, default_output_dir
 
     with err_console.status("computing the loss surface..."):
         analysis = analyze_landscape(registry, run_ref, limit=limit, grid=grid, span=span, seed=seed,

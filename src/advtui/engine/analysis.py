@@ -1,11 +1,14 @@
 """The analyses behind the paper's figures, computed on a run's checkpoint.
 
-- ``analyze_trajectories`` (Fig. 2): the mean attack loss at x'_0, x'_1, ..., x'_K for several
+The engine reads no store: each analysis takes the run's record and checkpoint file; the layer
+above (``advtui.evaluation``) finds them in the store from a run reference.
+
+- ``compute_trajectories`` (Fig. 2): the mean attack loss at x'_0, x'_1, ..., x'_K for several
   attackers on the same test examples. Attackers are attack specs of ``advtui eval``
   (``pgd-10``, ``rnn-10:RUN``, ``l2lda-10:RUN``, ...), built by ``advtui.engine.attacks``.
   The mean is over *every* example of the set (not only the correctly classified ones), so
   the curves of different attackers average the same problems.
-- ``analyze_landscape`` (Fig. 3, after Engstrom et al. 2018): the CE loss of
+- ``compute_landscape`` (Fig. 3, after Engstrom et al. 2018): the CE loss of
   ``clip(x + a * sign(grad_x L(x, y)) + b * r, 0, 1)`` over a grid of (a, b) in
   [-span, span]^2, where r is a Rademacher vector (entries +-1 with equal probability) and
   sign(0) = +1 as in the paper's notation. Over several examples the grid is the mean loss.
@@ -28,15 +31,13 @@ from typing import Any
 import torch
 
 from advtui.core.atomic import atomic_write_json
-from advtui.core.attack_specs import parse_attack_list
+from advtui.core.attack_specs import AttackSpec
 from advtui.core.paths import DATA_ENV, data_root
-from advtui.engine.attacks import build_attacks, build_run_model, load_run_checkpoint
+from advtui.engine.attacks import RunLookup, build_attacks, build_run_model, load_run_checkpoint
 from advtui.engine.data import load_split
 from advtui.engine.objectives import ce_per_example
-from advtui.engine.train import resolve_device
 from advtui.core.errors import ConfigError
-from advtui.options import check_analysis_options, check_device, check_landscape_memory
-from advtui.store.registry import Registry
+from advtui.options import check_landscape_memory
 
 DEFAULT_TRAJECTORY_LIMIT = 200
 DEFAULT_GRID = 21
@@ -52,12 +53,11 @@ def _test_examples(config, limit: int | None, data_root_opt: str | None, device:
     return split.images.float().div_(255.0), split.labels
 
 
-def _target(registry: Registry, run_ref: str, device: torch.device):
-    """The run record, its checkpoint and its frozen model; CheckpointError (one line) when the
-    run has no checkpoint yet."""
-    record = registry.resolve_run(run_ref)
-    checkpoint = load_run_checkpoint(registry, record, device=device)
-    return record, checkpoint, build_run_model(checkpoint, device)
+def _target(record: dict[str, Any], path: Path, device: torch.device):
+    """The run's checkpoint and its frozen model; CheckpointError (one line) when the file is
+    missing or not a checkpoint of this run."""
+    checkpoint = load_run_checkpoint(record, path, device=device)
+    return checkpoint, build_run_model(checkpoint, device)
 
 
 # -- Fig. 2: attack trajectories ---------------------------------------------------------------------
@@ -93,25 +93,21 @@ class TrajectoryAnalysis:
         return cls(**{**{k: v for k, v in data.items() if k != "curves"}, "curves": curves})
 
 
-def analyze_trajectories(
-    registry: Registry, run_ref: str, attackers: str | list[str] = "pgd-10", *,
+def compute_trajectories(
+    record: dict[str, Any], path: Path, specs: list[AttackSpec], runs: RunLookup, *,
     limit: int | None = DEFAULT_TRAJECTORY_LIMIT, batch_size: int = DEFAULT_BATCH_SIZE, eps: float | None = None,
-    seed: int = 0, device: str = "auto", data_root: str | None = None,
+    seed: int = 0, device: torch.device, data_root: str | None = None,
 ) -> TrajectoryAnalysis:
-    """Mean loss at every attack step of each attacker on RUN's model (paper Fig. 2).
+    """Mean loss at every attack step of each attacker (attack ``specs``, other runs found
+    through ``runs``) on the model of the run ``record`` in checkpoint file ``path`` (paper Fig. 2).
 
     Every attacker starts from the same seed (``torch.manual_seed(seed)`` before it), so its
     curve does not depend on which attackers ran before it.
     """
-    check_analysis_options(limit=limit, batch_size=batch_size, eps=eps, seed=seed)
-    specs = parse_attack_list(attackers)
-    stepless = [s.text for s in specs if s.family == "natural"]
-    if stepless:
-        raise ConfigError("natural has no attack steps to draw: list attackers such as pgd-10, rnn-10:RUN, l2lda-10:RUN")
-    torch_device = resolve_device(check_device(device))
-    record, checkpoint, model = _target(registry, run_ref, torch_device)
+    torch_device = device
+    checkpoint, model = _target(record, path, torch_device)
     eval_eps = float(eps) if eps is not None else float(checkpoint.config.eps)
-    attacks = build_attacks(specs, registry, record, eps=eval_eps, device=torch_device,
+    attacks = build_attacks(specs, runs, record, eps=eval_eps, device=torch_device,
                             target_config=checkpoint.config)
     x_all, y_all = _test_examples(checkpoint.config, limit, data_root, torch_device)
     n = len(y_all)
@@ -176,16 +172,16 @@ def gradient_sign(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> t
     return torch.where(grad >= 0, torch.ones_like(grad), -torch.ones_like(grad))
 
 
-def analyze_landscape(
-    registry: Registry, run_ref: str, *, limit: int = 1, grid: int = DEFAULT_GRID, span: float | None = None,
-    seed: int = 0, batch_size: int = DEFAULT_BATCH_SIZE, device: str = "auto", data_root: str | None = None,
+def compute_landscape(
+    record: dict[str, Any], path: Path, *, limit: int = 1, grid: int = DEFAULT_GRID, span: float | None = None,
+    seed: int = 0, batch_size: int = DEFAULT_BATCH_SIZE, device: torch.device, data_root: str | None = None,
 ) -> LandscapeAnalysis:
     """CE loss over the plane spanned by sign(grad) and a Rademacher direction (paper Fig. 3),
-    on the first ``limit`` test examples (mean over them), ``grid`` x ``grid`` points in
-    [-span, span]^2 (span defaults to the run's eps)."""
-    check_analysis_options(limit=limit, batch_size=batch_size, seed=seed, grid=grid, span=span)
-    torch_device = resolve_device(check_device(device))
-    record, checkpoint, model = _target(registry, run_ref, torch_device)
+    for the model of the run ``record`` in checkpoint file ``path``, on the first ``limit`` test
+    examples (mean over them), ``grid`` x ``grid`` points in [-span, span]^2 (span defaults to
+    the run's eps)."""
+    torch_device = device
+    checkpoint, model = _target(record, path, torch_device)
     reach = float(span) if span is not None else float(checkpoint.config.eps)
     x, y = _test_examples(checkpoint.config, limit, data_root, torch_device)
     gpu_free = torch.cuda.mem_get_info(torch_device)[0] if torch_device.type == "cuda" else None
@@ -217,10 +213,6 @@ def analyze_landscape(
 
 
 # -- files -----------------------------------------------------------------------------------------
-def default_output_dir(registry: Registry, run_id: str) -> Path:
-    return registry.root / run_id / "analysis"
-
-
 def _write_json(path: Path, data: dict[str, Any]) -> None:
     atomic_write_json(path, data, indent=1)
 

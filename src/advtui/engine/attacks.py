@@ -4,6 +4,10 @@ An attack is the same shape as a defense's inner problem (docs/architecture.md):
 or the Carlini-Wagner margin) plus a ``Maximizer`` plus a number of steps, so every attack
 reports its per-step loss trajectory like the training maximizers do. The spec grammar and
 its canonical names live in ``advtui.core.attack_specs``, which needs no torch.
+
+The engine reads no store: a run's checkpoint is loaded from the file it is given, and an attack
+that reads another run (a learned maximizer's, a transfer surrogate's) finds that run through
+the ``RunLookup`` the layer above passes in (``advtui.evaluation.run_lookup``).
 """
 
 from __future__ import annotations
@@ -18,15 +22,13 @@ from torch import nn
 from advtui.core.config import RunConfig
 from advtui.core.attack_specs import AttackSpec, check_transfer_source
 from advtui.core.format import plain_line
-from advtui.core.paths import checkpoint_path
-from advtui.store.results import file_digest
+from advtui.core.digests import file_digest
 from advtui.engine.checkpoint import load_checkpoint
 from advtui.engine.defenses import build_maximizer
 from advtui.engine.maximizers import PGD, PGDBLS, Maximizer, MaxResult, loss_and_grad, project
 from advtui.engine.models import build_model
 from advtui.engine.objectives import ce_per_example
 from advtui.core.errors import CheckpointError, ConfigError
-from advtui.store.registry import Registry
 
 CW_KAPPA = 50.0
 
@@ -178,11 +180,20 @@ class RunCheckpoint:
     kind: str | None = None  # best, final or last, when known
 
 
-def load_run_checkpoint(registry: Registry, record: dict[str, Any], path: Path | str | None = None,
-                        device: torch.device | str = "cpu") -> RunCheckpoint:
-    """The run's final checkpoint (else its last), or ``path``; CheckpointError when missing,
-    corrupt, or not a checkpoint of this run's dataset and model."""
-    file = Path(path).expanduser() if path is not None else checkpoint_path(registry, record, "final")
+@dataclass(frozen=True)
+class RunLookup:
+    """What attacks that read other runs need of the run store, given by the layer above the
+    engine: ``resolve`` a run reference to its record (an error line for an unknown one), and a
+    record's ``final_checkpoint`` file (its last one before it finishes; an error line for none)."""
+
+    resolve: Callable[[str], dict[str, Any]]
+    final_checkpoint: Callable[[dict[str, Any]], Path]
+
+
+def load_run_checkpoint(record: dict[str, Any], path: Path | str, device: torch.device | str = "cpu") -> RunCheckpoint:
+    """The checkpoint file ``path`` of the run ``record``; CheckpointError when missing, corrupt,
+    or not a checkpoint of this run's dataset and model."""
+    file = Path(path).expanduser()
     state = load_checkpoint(file, map_location=device)
     if not isinstance(state.get("config"), dict):
         raise CheckpointError(f"checkpoint {file} has no run config: it was not written by advtui")
@@ -292,7 +303,7 @@ def _source_label(record: dict[str, Any]) -> str:
     return record.get("name") or record["id"]
 
 
-def build_attack(spec: AttackSpec, registry: Registry, target: dict[str, Any], *, eps: float,
+def build_attack(spec: AttackSpec, runs: RunLookup, target: dict[str, Any], *, eps: float,
                  step_size: float | None = None, device: torch.device | str = "cpu",
                  target_config: RunConfig | None = None, seed: int = 0) -> Attack:
     """Everything an attack needs, loaded and checked: a bad source run, a checkpoint without the
@@ -316,12 +327,12 @@ def build_attack(spec: AttackSpec, registry: Registry, target: dict[str, Any], *
         return Attack(spec, spec.text, loss_fn,
                       PGDBLS(eps, config.bls_rho, config.bls_c, config.bls_max_backtracks, init="uniform"))
 
-    source_record = registry.resolve_run(spec.source) if spec.source else target
+    source_record = runs.resolve(spec.source) if spec.source else target
     if spec.transfer:
         check_transfer_source(spec, source_record["id"], target["id"])
     resolved = spec.with_source(source_record["id"])
     label = resolved.with_source(_source_label(source_record)).text
-    source = load_run_checkpoint(registry, source_record, device=device)
+    source = load_run_checkpoint(source_record, runs.final_checkpoint(source_record), device=device)
     if spec.learned:
         return Attack(resolved, label, loss_fn, _load_learned_maximizer(spec, source, device), source=source)
 
@@ -359,12 +370,12 @@ def _load_learned_maximizer(spec: AttackSpec, source: RunCheckpoint, device) -> 
     return _freeze_maximizer(maximizer)
 
 
-def build_attacks(specs: Iterable[AttackSpec], registry: Registry, target: dict[str, Any], **kwargs) -> list[Attack]:
+def build_attacks(specs: Iterable[AttackSpec], runs: RunLookup, target: dict[str, Any], **kwargs) -> list[Attack]:
     """Build every attack before running any, so bad input fails before anything is measured.
     Specs that resolve to the same canonical attack are kept once."""
     attacks: list[Attack] = []
     for spec in specs:
-        attack = build_attack(spec, registry, target, **kwargs)
+        attack = build_attack(spec, runs, target, **kwargs)
         if all(a.text != attack.text for a in attacks):
             attacks.append(attack)
     return attacks

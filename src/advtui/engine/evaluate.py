@@ -1,8 +1,10 @@
 """Evaluating a run's checkpoint under a list of attacks.
 
-``evaluate_run`` is what ``advtui eval``, a queued eval job and the dashboard all call. It
-checks everything that can be wrong with the input first (run, checkpoint, every attack spec
-and source run, data, device): bad input raises an AdvtuiError before anything is stored.
+``evaluate_checkpoint`` attacks one checkpoint file of a run; it reads no store. The layer above
+(``advtui.evaluation.evaluate_run``, what ``advtui eval``, a queued eval job and the dashboard
+all call) resolves the run and the checkpoint and hands in where each result goes
+(``ResultSink``). Everything that can be wrong with the input (run, checkpoint, every attack
+spec and source run, data, device) raises an AdvtuiError before the first result is handed on.
 
 How examples are counted (AutoAttack's convention)
 --------------------------------------------------
@@ -46,18 +48,15 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-from advtui.core.attack_specs import AttackSpec, attack_specs_for
-from advtui.core.checkpoints import resolve_checkpoint
-from advtui.core.paths import DATA_ENV, data_root, run_folder
-from advtui.store.results import all_results_for_run, ids_digest, ids_to_hex, mask_to_hex, store_result
-from advtui.engine.attacks import Attack, RunCheckpoint, build_attacks, build_run_model, load_run_checkpoint
+from advtui.core.attack_specs import AttackSpec
+from advtui.core.digests import ids_digest, ids_to_hex, mask_to_hex
+from advtui.core.paths import DATA_ENV, data_root
+from advtui.engine.attacks import Attack, RunCheckpoint, RunLookup, build_attacks, build_run_model, load_run_checkpoint
 from advtui.engine.data import Split, balanced_subset, load_split
 from advtui.engine.maximizers import loss_and_grad
 from advtui.engine.objectives import ce_per_example
-from advtui.engine.train import device_name, resolve_device
+from advtui.engine.train import device_name
 from advtui.core.events import EVENTS_FILE, EventWriter
-from advtui.options import check_device, check_eval_options
-from advtui.store.registry import Registry
 
 DEFAULT_BATCH_SIZE = 256
 PROGRESS_EVENT_INTERVAL_S = 1.0
@@ -84,6 +83,17 @@ class EvalProgress:
     passes: int = 1
     step: int = 0  # attack steps done on the batch being attacked, of steps (0: between batches)
     steps: int = 0
+
+
+@dataclass(frozen=True)
+class ResultSink:
+    """Where an evaluation's results go, given by the layer above the engine: ``store(doc)`` keeps
+    one attack's result as soon as it is measured and returns (its flags, the summaries of its
+    run and checkpoint); ``stored(run_id, checkpoint_hash)`` reads back every attack result of
+    that checkpoint (their flags can change with later results)."""
+
+    store: Callable[[dict[str, Any]], tuple[list[dict[str, str]], dict[str, dict[str, Any]]]]
+    stored: Callable[[str, str], list[dict[str, Any]]]
 
 
 @dataclass
@@ -175,9 +185,9 @@ def _relative_to_run(path: Path, folder: Path) -> str:
 class _Evaluation:
     """One evaluation in progress: the model, the examples, and what has been measured."""
 
-    def __init__(self, registry, record, target: RunCheckpoint, model, split, attacks: list[Attack], *,
+    def __init__(self, results: ResultSink, record, target: RunCheckpoint, model, split, attacks: list[Attack], *,
                  eps, step_size, batch_size, seed, cascade, settings, checkpoint_label, events, on_progress):
-        self.registry, self.record, self.target, self.model, self.split = registry, record, target, model, split
+        self.results, self.record, self.target, self.model, self.split = results, record, target, model, split
         self.attacks, self.eps, self.step_size, self.batch_size = attacks, eps, step_size, batch_size
         self.seed, self.cascade, self.settings, self.checkpoint_label = seed, cascade, settings, checkpoint_label
         self.events, self.on_progress = events, on_progress
@@ -336,7 +346,7 @@ class _Evaluation:
                 robust, trajectory, n_attacked, wall, passes = self.run_attack(index, attack, attack_set)
                 alive &= robust
                 doc = self.result_doc(attack, robust, trajectory, n_attacked, wall, exact, passes)
-                doc["flags"], report.summaries = store_result(self.registry, doc)
+                doc["flags"], report.summaries = self.results.store(doc)
                 report.results.append(doc)
                 self.emit("attack", attack=doc["attack"], label=doc["label"], index=index,
                           accuracy=doc["accuracy"], robust=doc["robust"], n=doc["n"], n_attacked=n_attacked,
@@ -346,8 +356,8 @@ class _Evaluation:
                     self.on_progress(EvalProgress(attack.label, index, len(self.attacks), self.n, self.n,
                                                   doc["robust"], finished=True, accuracy=doc["accuracy"]))
             # Flags of earlier results may have changed with later ones (e.g. pgd-100 after pgd-10).
-            final_flags = {d["attack"]: d.get("flags", []) for d in all_results_for_run(
-                self.registry, self.record["id"], self.target.digest)
+            final_flags = {d["attack"]: d.get("flags", []) for d in self.results.stored(
+                self.record["id"], self.target.digest)
                 if d["settings"]["eps"] == self.settings["eps"] and d["settings"]["examples"] == self.settings["examples"]}
             for doc in report.results:
                 doc["flags"] = final_flags.get(doc["attack"], doc["flags"])
@@ -364,52 +374,50 @@ class _Evaluation:
         return report
 
 
-def evaluate_run(
-    registry: Registry,
-    run_ref: str,
-    attacks: str | Iterable[str | AttackSpec] | None = None,
+def evaluate_checkpoint(
+    record: dict[str, Any],
+    checkpoint: Path,
+    checkpoint_kind: str | None,
+    specs: Iterable[AttackSpec],
+    runs: RunLookup,
+    results: ResultSink,
+    folder: Path,
     *,
     limit: int | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     eps: float | None = None,
     step_size: float | None = None,
     seed: int = 0,
-    checkpoint: str | Path | None = None,  # best, final, last, epoch:N or one of the run's own files
-    device: str = "auto",
+    device: torch.device,
     cascade: bool = False,
     data_root: str | None = None,
     on_progress: Callable[[EvalProgress], None] | None = None,
 ) -> EvalReport:
-    """Evaluate RUN's checkpoint (final, else last, or ``checkpoint``: ``resolve_checkpoint``) under ``attacks``
-    (a spec list; None: the paper's Table 3 list) on the first ``limit`` test examples.
+    """Evaluate the run ``record``'s checkpoint file (of kind best, final or last) under the attack
+    ``specs`` on the first ``limit`` test examples, writing eval events to the run's ``folder``.
 
-    eps defaults to the run's training eps, the PGD/CW step size to eps/4. Every result is
-    stored as soon as its attack finishes; all input is checked before the first one runs.
+    eps defaults to the run's training eps, the PGD/CW step size to eps/4. Every result goes to
+    ``results`` as soon as its attack finishes; every attack is built (other runs found through
+    ``runs``) before the first one runs.
     """
-    record = registry.resolve_run(run_ref)
-    specs = attack_specs_for(attacks, record)
-    check_eval_options(limit=limit, batch_size=batch_size, eps=eps, step_size=step_size, seed=seed)
-    torch_device = resolve_device(check_device(device))
-    path, kind = resolve_checkpoint(registry, record, checkpoint)
-    target = load_run_checkpoint(registry, record, path, torch_device)
-    target.kind = kind
+    target = load_run_checkpoint(record, checkpoint, device)
+    target.kind = checkpoint_kind
     eval_eps = float(eps) if eps is not None else float(target.config.eps)
     step = float(step_size) if step_size is not None else eval_eps / 4
     split, ids, split_size = _test_split(target.config, limit, data_root)
-    split = split.to(torch_device)
-    model = build_run_model(target, torch_device)
-    built = build_attacks(specs, registry, record, eps=eval_eps, step_size=step, device=torch_device,
+    split = split.to(device)
+    model = build_run_model(target, device)
+    built = build_attacks(specs, runs, record, eps=eval_eps, step_size=step, device=device,
                           target_config=target.config, seed=seed)
 
-    folder = run_folder(registry, record)
     settings = {
         "eps": eval_eps, "step_size": step, "limit": limit, "examples": f"{target.config.dataset}/test/{limit or 'all'}",
-        "n": len(split), "batch_size": batch_size, "seed": seed, "device": device_name(torch_device),
+        "n": len(split), "batch_size": batch_size, "seed": seed, "device": device_name(device),
         "cascade": cascade,
     }
     with EventWriter(folder / EVENTS_FILE) as events:
         evaluation = _Evaluation(
-            registry, record, target, model, split, built, eps=eval_eps, step_size=step, batch_size=batch_size,
+            results, record, target, model, split, built, eps=eval_eps, step_size=step, batch_size=batch_size,
             seed=seed, cascade=cascade, settings=settings, checkpoint_label=_relative_to_run(target.path, folder),
             events=events, on_progress=on_progress)
         evaluation.manifest = _manifest(target, evaluation.checkpoint_label, settings, ids, split_size)

@@ -13,6 +13,9 @@ The accuracies are the stored ``aa`` result of the exported checkpoint (run ``ad
 -a aa`` first); clean_acc is measured on the same examples. Fields only the author can know
 (link, authors, venue, reported) are left empty to fill in. RobustBench's own zoo lists
 CIFAR-10/100 and ImageNet only: an MNIST card is for the user's own records.
+
+The engine reads no store: ``write_robustbench`` takes the loaded checkpoint and the results
+already read for it; ``advtui.evaluation.export_robustbench`` finds both from a run reference.
 """
 
 from __future__ import annotations
@@ -26,11 +29,9 @@ from typing import Any
 import torch
 
 from advtui.core.atomic import atomic_open, atomic_write_text
-from advtui.store.results import results_for_run
 from advtui.core.stats import proportion_interval
-from advtui.engine.attacks import load_run_checkpoint
+from advtui.engine.attacks import RunCheckpoint
 from advtui.core.errors import ConfigError
-from advtui.store.registry import Registry
 
 THREAT_MODEL = "Linf"
 ARCHITECTURES = {"smallcnn": "SmallCNN", "vgg16": "VGG-16", "resnet18": "ResNet-18"}
@@ -67,12 +68,11 @@ def model_name(record: dict[str, Any]) -> str:
     return re.sub(r"[^A-Za-z0-9_-]+", "-", record.get("name") or record["id"]).strip("-") or record["id"]
 
 
-def export_robustbench(registry: Registry, run_ref: str, out_dir: Path, checkpoint: Path | None = None) -> Export:
-    """Write RUN's model and card under ``out_dir``; ConfigError (one line) when the checkpoint
-    has no stored AutoAttack result. Nothing is written unless everything needed is there."""
-    record = registry.resolve_run(run_ref)
-    target = load_run_checkpoint(registry, record, checkpoint)
-    results = results_for_run(registry, record["id"], target.digest)
+def write_robustbench(record: dict[str, Any], target: RunCheckpoint, results: dict[str, dict[str, Any]],
+                      out_dir: Path) -> Export:
+    """Write the model of the run ``record`` in checkpoint ``target`` and its card under ``out_dir``,
+    from ``results`` (the stored results of that checkpoint, by attack spec); ConfigError (one line)
+    when they hold no AutoAttack result. Nothing is written unless everything needed is there."""
     aa = results.get("aa")
     if aa is None:
         raise ConfigError(f"run {record['id']} has no AutoAttack result for checkpoint {target.path.name} "

@@ -1,7 +1,7 @@
 """The evaluation results store: what ``advtui eval`` measured, kept in the registry's
 ``results`` table, with the sanity flags and the min / worst-case summaries derived from it.
 
-Torch-free: the evaluation (``advtui.engine.evaluate``) writes here as each attack finishes;
+Torch-free: an evaluation (``advtui.evaluation``) writes here as each attack finishes;
 ``advtui show``, ``compare``, ``export``, ``report`` and the dashboard read from here without
 loading the engine.
 
@@ -52,7 +52,6 @@ same example set and eps as the evaluation that last wrote them.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from pathlib import Path
 from typing import Any, Iterable
@@ -61,30 +60,10 @@ import numpy as np
 from tinydb import Query
 
 from advtui.core.attack_specs import attack_sort_key
+from advtui.core.digests import hex_to_mask
 from advtui.store.registry import RESULTS, Registry
 
 SUMMARIES = ("min", "worst-case")
-
-
-def file_digest(path: Path) -> str:
-    """sha256 of a checkpoint file, 16 hex digits: what its results are keyed by."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:16]
-
-
-# -- per-example masks, stored compactly -------------------------------------------------------------
-def mask_to_hex(mask: Any) -> str:
-    """Per-example booleans (a sequence, an array, or a torch tensor on any device) as hex."""
-    if hasattr(mask, "detach"):  # a torch tensor, recognized without importing torch
-        mask = mask.detach().cpu().numpy()
-    return np.packbits(np.asarray(mask).astype(bool)).tobytes().hex()
-
-
-def hex_to_mask(text: str, n: int) -> np.ndarray:
-    return np.unpackbits(np.frombuffer(bytes.fromhex(text), dtype=np.uint8))[:n].astype(bool)
 
 
 def doc_mask(doc: dict[str, Any]) -> np.ndarray | None:
@@ -244,17 +223,6 @@ def store_result(registry: Registry, doc: dict[str, Any]) -> tuple[list[dict[str
 
 
 # -- manifests: what a stored number rests on ------------------------------------------------------------
-def ids_to_hex(ids: Any, split_size: int) -> str:
-    """Example indices (into a split of ``split_size``) as a hex bitmap."""
-    bitmap = np.zeros(int(split_size), dtype=bool)
-    bitmap[np.asarray(ids, dtype=np.int64)] = True
-    return mask_to_hex(bitmap)
-
-
-def ids_digest(ids: Any) -> str:
-    return hashlib.sha256(np.asarray(ids, dtype=np.int64).tobytes()).hexdigest()[:16]
-
-
 def example_ids(doc: dict[str, Any]) -> np.ndarray | None:
     """The split indices a result was measured on, in the order of its robust mask (ascending),
     or None for a result stored without a manifest."""
