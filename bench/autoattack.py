@@ -73,7 +73,7 @@ def main() -> None:
     target = run_checkpoint(registry, record)
     device = resolve_device(args.device)
     model = build_run_model(target, device)
-    split = _test_split(target.config, args.limit, None).to(device)
+    split = _test_split(target.config, args.limit, None)[0].to(device)  # (examples, their ids, split size)
     x, y = split.images.float().div(255.0), split.labels
     with torch.no_grad():
         robust = model(x).argmax(1) == y
