@@ -42,6 +42,7 @@ from advtui.core.epochs import epoch_accuracy
 from advtui.core.paths import checkpoint_path, run_dir
 from advtui.core.digests import file_digest
 from advtui.core.stats import half_width
+from advtui.core.status import ACTIVE_JOBS
 from advtui.core.errors import AdvtuiError, ConfigError
 from advtui.core.events import EVENTS_FILE, LineTail
 # One threshold for the live check and the report: twice chance on the run's dataset.
@@ -218,7 +219,7 @@ def _settings_line(registry: Registry, plan: dict[str, Any], runs: list[dict[str
 
 def _pending_jobs(registry: Registry, plan: dict[str, Any]) -> int:
     ids = {run_id for ids in plan["rows"].values() for run_id in ids} | set(plan.get("surrogates", {}).values())
-    return sum(1 for j in registry.all(JOBS) if j.get("run_id") in ids and j.get("status") in ("queued", "running"))
+    return sum(1 for j in registry.all(JOBS) if j.get("run_id") in ids and j.get("status") in ACTIVE_JOBS)
 
 
 # -- figures ---------------------------------------------------------------------------------------
