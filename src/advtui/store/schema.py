@@ -4,6 +4,7 @@ tell a damaged file or record from a good one."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any, Literal
 
 import msgspec
@@ -27,6 +28,20 @@ RUNS, JOBS, RESULTS, META = "runs", "jobs", "results", "_meta"
 ENDED_JOB_STATUSES = ENDED_JOBS  # these may move to the archive; any other status stays in queue.json
 
 _safe_id = is_safe_name  # a record's id names its folder: the CLI's rule for run names
+
+
+class StorePaths:
+    """Where a store's files are, as ``Registry.__init__`` sets them: what its parts (the
+    listing, the archive, the migration) work under."""
+
+    root: Path  # the runs directory, as given
+    path: Path  # registry.json
+    queue_path: Path
+    legacy_path: Path
+    _dir: str  # the runs directory made absolute: the key of its files and locks
+    _registry_file: str
+    _queue_file: str
+    _archive: str  # queue-archive/
 
 
 def _tables_of_documents(data: Any) -> bool:
@@ -132,6 +147,7 @@ class _BadDoc(dict):
     so TinyDB and json write it back unchanged) and left out of every read (``_docs``)."""
 
     __slots__ = ("problem",)
+    problem: str  # one line: which record, what is wrong with it, what to do
 
 
 def _record_problem(schema: type[msgspec.Struct], doc: dict) -> str | None:
