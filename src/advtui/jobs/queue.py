@@ -37,6 +37,7 @@ from advtui.core.config import RunConfig, recorded_config
 from advtui.store import lifecycle
 from advtui.core.attack_specs import check_transfer_source, parse_attack
 from advtui.core.format import plain_line
+from advtui.core.records import KILLED_BY_USER
 from advtui.core.status import ACTIVE_JOBS, can_resume
 from advtui.core.paths import run_dir
 from advtui.core.process import record_alive
@@ -342,7 +343,7 @@ def kill(registry: Registry, ref: str, grace_s: float = DEFAULT_GRACE_S, executo
     if job is not None:
         current = resolve_job(registry, job["id"])
         if current["status"] == "running":
-            finish_job(registry, current, "cancelled", error=f"killed by user: {note}")
+            finish_job(registry, current, "cancelled", error=f"{KILLED_BY_USER}: {note}", stopped_by="user")
         cancel_dependents(registry, current, "was killed")
     what = f"run {run_id}" + (f" (job {job['id']})" if job else "")
     return KillReport(run_id, job["id"] if job else None, outcome, f"{what}: {note}")
@@ -460,6 +461,6 @@ def resume(registry: Registry, ref: str, *, epochs: int | None = None, priority:
             if other["status"] == "cancelled" and other.get("blocked_by") in previous:
                 registry.update(JOBS, {"id": other["id"], "status": "cancelled"},
                                 {"status": "queued", "depends_on": [job["id"]], "blocked_by": None,
-                                 "error": None, "ended": None})
+                                 "error": None, "ended": None, "stopped_by": None})
                 evals.append({**other, "status": "queued", "depends_on": [job["id"]]})
     return QueuedTraining(registry.get_run(run["id"]) or run, job, evals)
