@@ -167,6 +167,23 @@ def test_kill_a_foreground_run_without_a_job(tmp_path):
     assert list_jobs(reg) == [] and reg.all(JOBS) == []
 
 
+def test_kill_a_running_job_records_that_the_user_stopped_it(tmp_path):
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    try:
+        reg = Registry(tmp_path)
+        queued = queue_train(reg, tiny(name="busy"))
+        reg.update(JOBS, {"id": queued.job["id"]}, {"status": "running", "pid": child.pid,
+                                                   "pid_start_time": psutil.Process(child.pid).create_time()})
+        report = kill(reg, queued.job["id"], grace_s=10)
+        assert report.outcome == "terminated" and child.wait(timeout=10) == -15
+        job = resolve_job(reg, queued.job["id"])
+        assert job["status"] == "cancelled" and job["stopped_by"] == "user"
+        assert job["error"] == "killed by user: stopped by SIGTERM"  # what the dashboard shows
+    finally:
+        child.kill()
+        child.wait()
+
+
 def test_a_run_started_from_another_waits_for_its_training(tmp_path):
     reg = Registry(tmp_path)
     source = queue_train(reg, tiny(name="pretrain"))

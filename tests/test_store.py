@@ -250,6 +250,20 @@ def test_ended_jobs_move_to_the_archive_and_stay_readable_and_changeable(tmp_pat
     assert registry.update(JOBS, {"id": "j000003", "status": "queued"}, {"status": "running"}) == 0
 
 
+def test_a_second_archiving_fills_the_last_archive_file_before_starting_a_new_one(tmp_path, monkeypatch):
+    monkeypatch.setattr(archive, "ARCHIVE_AFTER", 2)
+    monkeypatch.setattr(archive, "ARCHIVE_CHUNK", 5)
+    registry = Registry(tmp_path)
+    for i in range(6):
+        registry.insert(JOBS, {"id": f"j{i:06x}", "status": "queued", "created": float(i)})
+    for i in range(6):  # the third and the sixth ended job each move the ended ones out
+        registry.update(JOBS, {"id": f"j{i:06x}"}, {"status": "done", "ended": float(i)})
+    archived = sorted((tmp_path / ARCHIVE_DIR).glob("*.json"))
+    assert [len(_docs(json.loads(p.read_text()), JOBS)) for p in archived] == [5, 1]
+    assert registry.archived_job_ids() == {f"j{i:06x}" for i in range(6)}
+    assert sorted(j["id"] for j in registry.all(JOBS)) == [f"j{i:06x}" for i in range(6)]
+
+
 def test_a_job_in_both_the_queue_and_the_archive_is_listed_once(tmp_path, monkeypatch):
     """An archiving interrupted between its two writes leaves a copy behind: never a loss."""
     registry = Registry(tmp_path)

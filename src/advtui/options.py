@@ -11,11 +11,12 @@ refused.
 
 from __future__ import annotations
 
-import math
 import re
 from typing import Any, Iterable
 
-from advtui.core.config import INT_RANGES, MAX_INT
+from advtui.core import ranges
+from advtui.core.config import INT_RANGES
+from advtui.core.ranges import MAX_INT
 from advtui.core.errors import ConfigError
 
 MAX_SEED = 2**63 - 1  # torch.manual_seed takes 64-bit seeds
@@ -28,27 +29,13 @@ MAX_THREADS = 4096
 
 def check_int(flag: str, value: Any, low: int, high: int) -> int:
     """``value`` if it is an integer in [low, high]; else one line naming ``flag``."""
-    if type(value) is not int:
-        raise ConfigError(f"{flag} must be a whole number, got {value!r}")
-    if not low <= value <= high:
-        bound = f"at least {low}" if high >= MAX_INT and value < low else f"between {low} and {high}"
-        raise ConfigError(f"{flag} must be {bound}, got {value}")
-    return value
+    return ranges.check_int(flag, value, low, high, noun="a whole number", names_ceiling=False)
 
 
 def check_float(flag: str, value: Any, low: float, high: float, *, open_low: bool = False,
                 open_high: bool = False, unit: str = "") -> float:
     """``value`` if it is a finite number in the interval; else one line naming ``flag``."""
-    if type(value) not in (int, float):
-        raise ConfigError(f"{flag} must be a number, got {value!r}")
-    if not math.isfinite(value):
-        raise ConfigError(f"{flag} must be a finite number, got {value}")
-    too_low = value <= low if open_low else value < low
-    too_high = value >= high if open_high else value > high
-    if too_low or too_high:
-        interval = f"{'(' if open_low else '['}{low:g}, {high:g}{')' if open_high else ']'}"
-        raise ConfigError(f"{flag} must be in {interval}{unit}, got {value:g}")
-    return float(value)
+    return ranges.check_float(flag, value, low, high, open_low=open_low, open_high=open_high, unit=unit)
 
 
 def check_choice(flag: str, value: str | None, choices: Iterable[str]) -> str | None:

@@ -152,9 +152,9 @@ def remove_stale_temporaries(folder: str | os.PathLike, names: tuple[str, ...]) 
     names. Call it only while no other process can be writing those files (a run's process,
     once its record says it is the one running the run): a temporary in use would go."""
     patterns = [re.compile(rf"\.{re.escape(name)}\.[a-z0-9_]{{8}}\.tmp") for name in names]
-    removed = []
+    removed: list[str] = []
     try:
-        entries = list(os.scandir(folder))
+        entries = list(os.scandir(os.fspath(folder)))
     except OSError:
         return removed
     for entry in entries:

@@ -231,8 +231,9 @@ def attack_specs_for(attacks: str | Iterable[str | AttackSpec] | None, record: d
     if isinstance(attacks, str):
         return parse_attack_list(attacks)
     items = list(attacks)
-    if items and all(isinstance(a, AttackSpec) for a in items):
-        return items
+    specs = [a for a in items if isinstance(a, AttackSpec)]
+    if items and len(specs) == len(items):
+        return specs
     return parse_attack_list([str(a) for a in items])
 
 

@@ -88,7 +88,8 @@ def _kind_of_epoch(record: dict[str, Any], text: str) -> str:
         epoch = int(text)
     except ValueError:
         raise ConfigError(f"--checkpoint epoch:{text}: N must be an epoch number, as in epoch:3") from None
-    done = record.get("epoch") if isinstance(record.get("epoch"), int) else 0
+    recorded = record.get("epoch")
+    done = recorded if isinstance(recorded, int) else 0
     if epoch < 1 or epoch > done:
         raise ConfigError(f"--checkpoint epoch:{epoch}: run {record['id']} has trained {done} epoch"
                           f"{'' if done == 1 else 's'}: pass an epoch from 1 to {done}" if done else

@@ -8,7 +8,6 @@ recipes; explicit options override them.
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +16,7 @@ from advtui.core.datasets import DATASET_SPECS, DATASETS, DEFAULT_DATASET
 from advtui.core.defenses import DEFENSE_SPECS, DEFENSES
 from advtui.core.paths import check_safe_name
 from advtui.core.errors import ConfigError
+from advtui.core.ranges import MAX_INT, MAX_RATE, check_float, check_int
 
 MODELS = ("smallcnn", "vgg16", "resnet18", "wrn-34-10")
 _WRN = re.compile(r"^wrn-(\d+)-(\d+)$")
@@ -163,11 +163,11 @@ class RunConfig:
             raise ConfigError(f"milestones must be a list of epochs, got {self.milestones!r}")
         for milestone in self.milestones:
             _check_int("milestones", milestone, 1, MAX_INT, "milestones are epochs counted from 1")
-        for name, (low, high, open_low, open_high) in FLOAT_RANGES.items():
+        for name, bounds in FLOAT_RANGES.items():
             value = getattr(self, name)
             if value is None and name in OPTIONAL_FLOATS:
                 continue
-            _check_float(name, value, low, high, open_low, open_high)
+            _check_float(name, value, *bounds)
         for name in ("init", "rnn_grad_input", "rnn_init", "rnn_optimizer"):
             choices = CHOICES[name]
             if getattr(self, name) not in choices:
@@ -215,7 +215,6 @@ def default_val_size(train_limit: int | None, dataset: str | None = None) -> int
 
 # Integer options: (smallest, largest). Every one is checked, so a negative, zero or absurd
 # value is refused before the run exists. The seed seeds torch, which takes 64-bit seeds.
-MAX_INT = 2**31 - 1
 INT_RANGES: dict[str, tuple[int, int]] = {
     "seed": (0, 2**63 - 1), "epochs": (1, 100_000), "batch_size": (1, MAX_INT), "inner_steps": (1, 100_000),
     "bls_max_backtracks": (0, 1000), "rnn_hidden": (1, 100_000), "l2lda_latent": (0, 100_000),
@@ -223,8 +222,7 @@ INT_RANGES: dict[str, tuple[int, int]] = {
     "compare_every": (1, MAX_INT), "chance_patience": (1, 100_000),
 }
 # Float options: (low, high, low excluded, high excluded); NaN and infinities are always refused.
-# Rates and weights have no natural ceiling, but one past a million only ever trains to NaN.
-MAX_RATE = 1e6
+# Rates and weights have no natural ceiling, but one past a million (MAX_RATE) only ever trains to NaN.
 FLOAT_RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "lr": (0.0, MAX_RATE, True, False), "momentum": (0.0, 1.0, False, True),
     "weight_decay": (0.0, MAX_RATE, False, False), "lr_gamma": (0.0, MAX_RATE, True, False),
@@ -244,29 +242,11 @@ def _flag(name: str) -> str:
 
 
 def _check_int(name: str, value: Any, low: int, high: int, what: str | None = None) -> None:
-    if type(value) is not int:  # bool is not an int here, nor is 3.0 (a record edited by hand)
-        raise ConfigError(f"{_flag(name)} must be an integer, got {value!r}")
-    if not low <= value <= high:
-        if high >= MAX_INT:
-            bound = f"at least {low}" if value < low else f"at most {high}"
-        else:
-            bound = f"between {low} and {high}"
-        raise ConfigError(f"{what or _flag(name) + ' must be ' + bound}, got {value}")
+    check_int(_flag(name), value, low, high, what=what)
 
 
 def _check_float(name: str, value: Any, low: float, high: float, open_low: bool, open_high: bool) -> None:
-    if type(value) not in (int, float):
-        raise ConfigError(f"{_flag(name)} must be a number, got {value!r}")
-    if not math.isfinite(value):
-        raise ConfigError(f"{_flag(name)} must be a finite number, got {value}")
-    too_low = value <= low if open_low else value < low
-    too_high = value >= high if open_high else value > high
-    if too_low or too_high:
-        if high >= MAX_RATE:
-            bound = ("positive" if open_low else "0 or more") if too_low else f"at most {high:g}"
-        else:
-            bound = f"in {'(' if open_low else '['}{low:g}, {high:g}{')' if open_high else ']'}"
-        raise ConfigError(f"{_flag(name)} must be {bound}, got {value}")
+    check_float(_flag(name), value, low, high, open_low=open_low, open_high=open_high, open_ended_words=True)
 
 
 def values_in_force(config: dict[str, Any]) -> dict[str, Any]:

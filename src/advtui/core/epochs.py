@@ -41,7 +41,7 @@ def epoch_accuracy(metrics: dict[str, Any] | None) -> EpochAccuracy:
 
 def has_epoch_accuracy(metrics: dict[str, Any] | None) -> bool:
     """Does ``metrics`` hold an epoch end's evaluation (not a batch's progress)?"""
-    return bool(metrics) and any(f"{split}_clean_acc" in metrics for split in ("val", "test"))
+    return metrics is not None and any(f"{split}_clean_acc" in metrics for split in ("val", "test"))
 
 
 def _number(value: Any) -> float | None:

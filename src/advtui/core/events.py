@@ -114,8 +114,8 @@ class LineTail:
             size = os.path.getsize(self.path)
         except OSError:
             return []
-        if self.offset is None:
-            self.offset = max(0, size - self.initial_bytes)
+        if self.offset is None:  # only with initial_bytes: start that far from the end
+            self.offset = max(0, size - (self.initial_bytes or 0))
         if size < self.offset:  # the file was replaced: start over
             self.offset, self._partial = 0, b""
         if size == self.offset:

@@ -15,7 +15,7 @@ Number = Union[int, float]
 NA = "n/a"  # a value that was not measured (a GPU or driver that does not report it)
 
 # Colors of run statuses (and of job statuses, which add done and cancelled).
-STATUS_STYLE = {
+STATUS_STYLE: dict[str, str] = {
     RunStatus.QUEUED: "cyan", RunStatus.RUNNING: "yellow", RunStatus.FINISHED: "green", RunStatus.FAILED: "red",
     RunStatus.KILLED: "magenta", JobStatus.DONE: "green", JobStatus.CANCELLED: "dim",
 }

@@ -6,7 +6,7 @@ import errno
 import os
 import re
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeGuard
 
 from platformdirs import user_cache_dir
 
@@ -47,7 +47,7 @@ def data_root(explicit: str | os.PathLike | None = None) -> Path:
     return _chosen_path(explicit, DATA_ENV) or Path(user_cache_dir("advtui")) / "data"
 
 
-def is_safe_name(name: Any) -> bool:
+def is_safe_name(name: Any) -> TypeGuard[str]:
     """Whether ``name`` can be a run id or a folder name: the one rule the CLI and the store share."""
     # fullmatch: "$" would accept a final newline
     return isinstance(name, str) and bool(_SAFE_NAME.fullmatch(name)) and ".." not in name

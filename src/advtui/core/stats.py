@@ -128,7 +128,7 @@ def over_seeds(values: list[float], level: float = LEVEL, differences: bool = Fa
     mean = float(data.mean()) if count else math.nan
     std = float(data.std(ddof=1)) if count > 1 else None
     low = high = None
-    if count >= MIN_SEEDS_FOR_INTERVAL:
+    if std is not None and count >= MIN_SEEDS_FOR_INTERVAL:
         sem = std / math.sqrt(count)
         if sem > 0:
             low, high = (float(v) for v in stats.t.interval(level, count - 1, loc=mean, scale=sem))

@@ -9,12 +9,13 @@ Records keep the plain string (``RunStatus.KILLED == "killed"``): they are JSON.
 
 from __future__ import annotations
 
+import sys
 from enum import Enum
 
-try:
+if sys.version_info >= (3, 11):
     from enum import StrEnum
-except ImportError:  # Python 3.10: the same, written out
-    class StrEnum(str, Enum):  # type: ignore[no-redef]
+else:  # Python 3.10: the same, written out
+    class StrEnum(str, Enum):
         def __str__(self) -> str:
             return str(self.value)
 

@@ -37,6 +37,7 @@ from advtui.core.config import RunConfig, recorded_config
 from advtui.store import lifecycle
 from advtui.core.attack_specs import check_transfer_source, parse_attack
 from advtui.core.format import plain_line
+from advtui.core.records import KILLED_BY_USER, JobRecord, RunRecord
 from advtui.core.status import ACTIVE_JOBS, can_resume
 from advtui.core.paths import run_dir
 from advtui.core.process import record_alive
@@ -256,14 +257,16 @@ def finish_job(registry: Registry, job: dict[str, Any], status: str, **fields: A
 def cancel_dependents(registry: Registry, job: dict[str, Any], reason: str) -> list[str]:
     """Cancel the queued jobs that wait on ``job`` (which will never be done); returns their ids."""
     cancelled = []
+    ended = JobRecord.from_dict(job)
     for other in list_jobs(registry, "queued"):
-        if job["id"] in (other.get("depends_on") or []):
-            why = f"cancelled: {job['kind']} job {job['id']} of run {job['run_id']} {reason}"
-            if finish_job(registry, other, "cancelled", blocked_by=job["id"], error=why):
+        waiting = JobRecord.from_dict(other)
+        if ended.id in (waiting.depends_on or []):
+            why = f"cancelled: {ended.kind} job {ended.id} of run {ended.run_id} {reason}"
+            if finish_job(registry, other, "cancelled", blocked_by=ended.id, error=why):
                 cancelled.append(other["id"])
-                if other["kind"] == "train":  # its run would otherwise stay queued forever
+                if waiting.kind == "train" and waiting.run_id:  # its run would otherwise stay queued forever
                     try:
-                        lifecycle.mark_failed(registry, other["run_id"], why, only_from=lifecycle.QUEUED)
+                        lifecycle.mark_failed(registry, waiting.run_id, why, only_from=lifecycle.QUEUED)
                     except RegistryError:
                         pass  # a damaged run file is never overwritten: the cancelled job says why
                 cancelled += cancel_dependents(registry, other, "was cancelled")
@@ -305,15 +308,18 @@ def kill(registry: Registry, ref: str, grace_s: float = DEFAULT_GRACE_S, executo
     any process (the scheduler that launched the job need not be this one).
     """
     check_grace(grace_s)
-    job, run = _kill_target(registry, ref)
-    if job is not None and job["status"] == "queued":
+    job, record = _kill_target(registry, ref)
+    run = RunRecord.from_dict(record) if record is not None else None
+    typed = JobRecord.from_dict(job) if job is not None else None  # None exactly when job is
+    if job is not None and typed is not None and typed.status == "queued":
         cancel_job(registry, job["id"], "cancelled by `advtui kill`")
-        return KillReport(job["run_id"], job["id"], "cancelled", f"job {job['id']} was queued: cancelled")
-    if job is not None and job.get("pid") is None:
+        return KillReport(typed.run_id, typed.id, "cancelled", f"job {typed.id} was queued: cancelled")
+    if job is not None and typed is not None and typed.pid is None:
         job = _wait_for_pid(registry, job)  # claimed a moment ago: its process is starting
-    pid, started = (job.get("pid"), job.get("pid_start_time")) if job else (None, None)
+        typed = JobRecord.from_dict(job)
+    pid, started = (typed.pid, typed.pid_start_time) if typed else (None, None)
     if pid is None and run is not None:
-        pid, started = run.get("pid"), run.get("pid_start_time")
+        pid, started = run.pid, run.pid_start_time
     if job is not None:
         registry.update(JOBS, {"id": job["id"], "status": "running"}, {"kill_requested": time.time()})
     if executor is None and job is not None:
@@ -326,23 +332,23 @@ def kill(registry: Registry, ref: str, grace_s: float = DEFAULT_GRACE_S, executo
         outcome = executor.stop(handle, grace_s) if handle is not None else "gone"
     else:
         outcome = stop_process(pid, started, grace_s) if pid else "gone"
-    run_id = run["id"] if run else (job or {}).get("run_id")
+    run_id = run.id if run else typed.run_id if typed else None
     note = {"terminated": "stopped by SIGTERM", "killed": f"did not stop within {grace_s:g}s of SIGTERM: SIGKILL",
             "gone": "its process had already ended",
             "unverified": f"pid {pid} was not signalled: no start time was recorded with it, so it cannot be told "
                           "from another process that took the pid"}[outcome]
-    if run is not None and (job is None or job["kind"] == "train"):
+    if run is not None and (typed is None or typed.kind == "train"):
         # The run records 'killed' itself on SIGTERM; after a SIGKILL (or if it never got that
         # far) record it here. Its last checkpoint (if any) stays, so `resume` continues it.
-        lifecycle.mark_killed(registry, run["id"], f"killed: {note}", only_from=lifecycle.RUNNING)
-        if job is not None and isinstance(job.get("resumed_from"), dict):
-            lifecycle.put_back_queued(registry, run["id"], job["resumed_from"])  # a resume that never began
+        lifecycle.mark_killed(registry, run.id, f"killed: {note}", only_from=lifecycle.RUNNING)
+        if typed is not None and isinstance(typed.resumed_from, dict):
+            lifecycle.put_back_queued(registry, run.id, typed.resumed_from)  # a resume that never began
         else:
-            lifecycle.mark_killed(registry, run["id"], f"killed before it started: {note}", only_from=lifecycle.QUEUED)
+            lifecycle.mark_killed(registry, run.id, f"killed before it started: {note}", only_from=lifecycle.QUEUED)
     if job is not None:
         current = resolve_job(registry, job["id"])
         if current["status"] == "running":
-            finish_job(registry, current, "cancelled", error=f"killed by user: {note}")
+            finish_job(registry, current, "cancelled", error=f"{KILLED_BY_USER}: {note}", stopped_by="user")
         cancel_dependents(registry, current, "was killed")
     what = f"run {run_id}" + (f" (job {job['id']})" if job else "")
     return KillReport(run_id, job["id"] if job else None, outcome, f"{what}: {note}")
@@ -460,6 +466,6 @@ def resume(registry: Registry, ref: str, *, epochs: int | None = None, priority:
             if other["status"] == "cancelled" and other.get("blocked_by") in previous:
                 registry.update(JOBS, {"id": other["id"], "status": "cancelled"},
                                 {"status": "queued", "depends_on": [job["id"]], "blocked_by": None,
-                                 "error": None, "ended": None})
+                                 "error": None, "ended": None, "stopped_by": None})
                 evals.append({**other, "status": "queued", "depends_on": [job["id"]]})
     return QueuedTraining(registry.get_run(run["id"]) or run, job, evals)

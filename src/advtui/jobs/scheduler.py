@@ -49,6 +49,7 @@ from advtui.store import lifecycle
 from advtui.core.atomic import atomic_write_json
 from advtui.core.format import plain_line
 from advtui.core.paths import check_safe_name, run_dir
+from advtui.core.records import JobRecord, RunRecord
 from advtui.core.process import live_process, record_alive, why_not_alive
 from advtui.core.errors import ConfigError, RegistryError
 from advtui.jobs.launcher import ExitStatus, Executor, LaunchSpec, LocalExecutor, ProcessHandle, describe_exit, log_tail
@@ -260,7 +261,7 @@ class Scheduler:
                 snapshot = self.last_gpus = self.gpu_sampler.sample()
                 slots = _FreeSlots(self.policy, snapshot, running)
             started = []
-            for job in sorted(queued, key=lambda j: (-int(j.get("priority") or 0), j.get("created", 0))):
+            for job in sorted(queued, key=_claim_order):
                 slot, impossible = slots.pick(job)
                 if impossible:
                     self._fail_unstartable(job, impossible)
@@ -402,34 +403,39 @@ class Scheduler:
         """The queued jobs that may start now; cancel or fail those that never can."""
         ready = []
         for job in queued:
+            typed = JobRecord.from_dict(job)
             try:
-                check_safe_name(str(job.get("run_id")), "run id")
+                check_safe_name(str(typed.run_id), "run id")
             except ConfigError as exc:
                 self._fail_unstartable(job, str(exc))
                 continue
-            deps = [by_id.get(d) for d in job.get("depends_on") or []]
-            missing = [d for d, dep in zip(job.get("depends_on") or [], deps) if dep is None]
+            depends_on = typed.depends_on or []
+            deps = [by_id.get(d) for d in depends_on]
+            missing = [d for d, dep in zip(depends_on, deps) if dep is None]
             if missing:
                 self._fail_unstartable(job, f"depends on job {missing[0]}, which does not exist")
                 continue
-            broken = [d for d in deps if d["status"] in ("failed", "cancelled")]
+            found = [(dep, JobRecord.from_dict(dep)) for dep in deps if dep is not None]
+            broken = [(dep, status) for dep, status in ((d, t.status) for d, t in found)
+                      if status in ("failed", "cancelled")]
             if broken:
-                cancel_dependents(self.registry, broken[0], broken[0]["status"])
+                cancel_dependents(self.registry, broken[0][0], broken[0][1])
                 continue
-            if any(d["status"] != "done" for d in deps):
+            if any(t.status != "done" for _, t in found):
                 continue  # still waiting
-            run, damaged = self._run_of(job)
+            record, damaged = self._run_of(job)
+            run = RunRecord.from_dict(record) if record is not None else None
             if damaged is not None:
-                self._fail_unstartable(job, f"{damaged}; once it is mended, `advtui resume {job['run_id']}` "
+                self._fail_unstartable(job, f"{damaged}; once it is mended, `advtui resume {typed.run_id}` "
                                             "queues the run again")
-            elif run is None:
-                self._fail_unstartable(job, f"run {job['run_id']} is not in the registry")
-            elif job["kind"] == "train" and run.get("status") != "queued":
-                self._fail_unstartable(job, f"run {run['id']} is {run.get('status')}, not queued")
-            elif job["kind"] == "eval" and not self._final_checkpoint_exists(run):
-                if run.get("status") in ("queued", "running"):
+            elif record is None or run is None:
+                self._fail_unstartable(job, f"run {typed.run_id} is not in the registry")
+            elif typed.kind == "train" and run.status != "queued":
+                self._fail_unstartable(job, f"run {run.id} is {run.status}, not queued")
+            elif typed.kind == "eval" and not self._final_checkpoint_exists(record):
+                if run.status in ("queued", "running"):
                     continue  # trained outside the queue: wait for it
-                self._fail_unstartable(job, f"run {run['id']} ({run.get('status')}) has no final checkpoint")
+                self._fail_unstartable(job, f"run {run.id} ({run.status}) has no final checkpoint")
             else:
                 ready.append(job)
         return ready
@@ -504,6 +510,12 @@ class Scheduler:
             self.on_event(kind, job, message)
 
 
+def _claim_order(job: dict) -> tuple[int, float]:
+    """Queued jobs start by priority, highest first, then oldest first."""
+    typed = JobRecord.from_dict(job)
+    return -(typed.priority or 0), typed.created or 0
+
+
 def describe_slot(job: dict, threads: int) -> str:
     """Where a started job runs, for people: 'GPU 0', 'CPU slot (2 threads)', 'Ray node 10.0.0.5 (GPU 1)'."""
     slot = job.get("slot") or {}
@@ -562,17 +574,18 @@ class _FreeSlots:
 
     def pick(self, job: dict) -> tuple[dict | None, str | None]:
         """(slot, None) to start now; (None, None) to wait; (None, reason) if it never can here."""
-        needs = job.get("needs", "auto")
+        typed = JobRecord.from_dict(job)
+        needs = typed.needs or "auto"
         if needs == "cpu" or (needs == "auto" and not self.gpus):
             if self.policy.cpu_slots == 0:
                 return None, "it needs a CPU slot and this scheduler has --cpu-slots 0"
             return ({"cpu": self.cpu_used + 1}, None) if self.cpu_used < self.policy.cpu_slots else (None, None)
         if not self.gpus:
             return None, f"it needs a GPU, but this machine has none usable ({self.why_no_gpu})"
-        if int(job.get("nproc") or 1) > 1:
+        if (typed.nproc or 1) > 1:
             return None, ("a --nproc run on GPUs needs one GPU per process: run it with `advtui run --nproc N` "
                           "or queue it for `advtui worker --executor ray`")
-        wanted = job.get("gpu_index")
+        wanted = typed.gpu_index
         if wanted is not None and wanted not in self.gpus:
             return None, f"it asks for GPU {wanted}, which this scheduler does not have ({sorted(self.gpus)})"
         candidates = [g for g in self.gpus.values() if (wanted is None or g.index == wanted) and self._fits(g)]

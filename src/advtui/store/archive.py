@@ -6,16 +6,17 @@ import os
 from typing import Any, Callable
 
 from advtui.core.atomic import atomic_write_json
+from advtui.store import files
 from advtui.store.files import _CACHE, _check, _docs, _matches, _read
 from advtui.store.locks import _Open
-from advtui.store.schema import ENDED_JOB_STATUSES, JOBS, _BadDoc
+from advtui.store.schema import ENDED_JOB_STATUSES, JOBS, StorePaths, _BadDoc
 
 
 ARCHIVE_AFTER = 100  # ended jobs kept in queue.json before they move, all at once, to the archive
 ARCHIVE_CHUNK = 500  # jobs per archive file, so archiving rewrites at most one file of this size
 
 
-class JobArchive:
+class JobArchive(StorePaths):
     """Ended jobs moved out of queue.json into queue-archive/, 500 a file (under the queue's lock)."""
 
     def _archive_files(self) -> list[str]:
@@ -32,12 +33,13 @@ class JobArchive:
         if len(ended) <= ARCHIVE_AFTER:
             return
         ended.sort(key=lambda kd: (kd[1].get("ended") or 0, kd[1].get("created") or 0))
-        files = self._archive_files()
-        number = int(os.path.basename(files[-1])[:-5]) if files else 0
-        if files and files[-1] not in opened.archive:
-            path, docs = files[-1], dict((_check(files._load(files[-1])) or {}).get(JOBS) or {})
-        else:  # a file with jobs moved back out is written after queue.json: start a new one
-            path, docs = None, {}
+        chunks = self._archive_files()
+        number = int(os.path.basename(chunks[-1])[:-5]) if chunks else 0
+        path: str | None = None
+        docs: dict[str, dict] = {}
+        if chunks and chunks[-1] not in opened.archive:
+            path, docs = chunks[-1], dict((_check(files._load(chunks[-1])) or {}).get(JOBS) or {})
+        # else a file with jobs moved back out is written after queue.json: start a new one
         next_id = max((int(k) for k in docs), default=0) + 1
         for _, doc in ended:
             if path is None or len(docs) >= ARCHIVE_CHUNK:
@@ -47,7 +49,8 @@ class JobArchive:
                 path, docs, next_id = os.path.join(self._archive, f"{number:08d}.json"), {}, 1
             docs[str(next_id)] = doc
             next_id += 1
-        self._write_archive(path, docs)
+        if path is not None:
+            self._write_archive(path, docs)
         moved = {key for key, _ in ended}
         opened.data[JOBS] = {key: doc for key, doc in jobs.items() if key not in moved}
 
@@ -61,7 +64,8 @@ class JobArchive:
         return [(path, _read(path) or {}) for path in self._archive_files()]
 
     def archived_job_ids(self) -> set[str]:
-        return {doc.get("id") for _, data in self._archived() for doc in _docs(data, JOBS)}
+        return {job_id for _, data in self._archived() for doc in _docs(data, JOBS)
+                if isinstance(job_id := doc.get("id"), str)}
 
     def _change_archived(self, opened: _Open, match: dict[str, Any],
                          change: Callable[[dict], dict | None]) -> int:

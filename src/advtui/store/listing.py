@@ -13,7 +13,7 @@ from advtui.store import files
 from advtui.store.files import (
     _CACHE, _Damaged, _LISTING_CACHES_READ, _LOADS, _check, _decode_json, _linked_folder_message,
 )
-from advtui.store.schema import RUNS, RUN_FILE, _safe_id, _tables_of_documents
+from advtui.store.schema import RUNS, RUN_FILE, StorePaths, _safe_id, _tables_of_documents
 
 
 # What this and other processes parsed from run files, with each file's stat: a process that
@@ -72,7 +72,7 @@ def _expand_configs(runs: Any, configs: dict, bases: list, n_bases: int) -> bool
     for doc_id, delta in configs.items():
         doc = runs.get(doc_id)
         index = doc.get("config") if doc is not None else None
-        if type(delta) is not dict or type(index) is not int or not 0 <= index < n_bases:
+        if doc is None or type(delta) is not dict or type(index) is not int or not 0 <= index < n_bases:
             return False
         base = bases[index]
         if not delta.keys() <= base.keys():
@@ -82,8 +82,11 @@ def _expand_configs(runs: Any, configs: dict, bases: list, n_bases: int) -> bool
 
 
 
-class ListingCache:
+class ListingCache(StorePaths):
     """How a store lists its runs: a scan of the run folders, started from the listing cache."""
+
+    damaged: list[str]  # one line per damaged run file the last listing skipped
+    _damaged_ids: dict[str, str]  # the same lines by run id
 
     def _scan(self) -> list[tuple[str, dict]]:
         """(run id, its file's data) for every readable run file; damaged ones go to ``damaged``.
@@ -95,7 +98,8 @@ class ListingCache:
             entries = []
         except OSError as exc:
             raise RegistryError(f"cannot read the runs directory {self.root}: {exc.strerror or exc}") from exc
-        found, damaged = [], {}
+        found: list[tuple[str, dict]] = []
+        damaged: dict[str, str] = {}
         suffix = os.sep + RUN_FILE
         cache, stat = _CACHE, os.stat
         with cyclic_gc_paused():

@@ -12,6 +12,7 @@ from filelock import FileLock, Timeout
 from advtui.core.atomic import atomic_write_json, backup_path
 from advtui.core.errors import RegistryError
 from advtui.store import archive, files
+from advtui.store.archive import JobArchive
 from advtui.store.files import _CACHE, _check, _docs, _first, _job_created
 from advtui.store.schema import (
     ENDED_JOB_STATUSES, JOBS, LEGACY_FILE, LEGACY_SCHEMA_VERSION, LOCK_TIMEOUT_S, META, MIGRATED_SUFFIX,
@@ -19,7 +20,7 @@ from advtui.store.schema import (
 )
 
 
-class LegacyMigration:
+class LegacyMigration(JobArchive):
     """The single-file registry of earlier versions (advtui.json, schema 1) split into the sharded store."""
 
     def _migrate_legacy(self) -> None:
@@ -37,10 +38,10 @@ class LegacyMigration:
             raise RegistryError(f"the registry {legacy} stayed locked for {LOCK_TIMEOUT_S:.0f}s; "
                                 f"if no advtui process is running, delete {legacy}.lock") from exc
         try:
-            data, raw = files._load(legacy, want_raw=True)
+            loaded, raw = files._load(legacy, want_raw=True)
+            data = _check(loaded)
             if data is None:
                 return  # another process migrated it meanwhile
-            data = _check(data)
             digest = hashlib.sha256(raw).hexdigest()
             if self.path.exists():
                 done = (_first(_check(files._load(self._registry_file)), META) or {}).get("migrated") or {}
@@ -74,8 +75,8 @@ class LegacyMigration:
         results: dict[str, list[dict]] = {}
         stray_results = []
         for doc in _docs(data, RESULTS):
-            if _safe_id(doc.get("run_id")):
-                results.setdefault(doc["run_id"], []).append(doc)
+            if _safe_id(run_id := doc.get("run_id")):
+                results.setdefault(run_id, []).append(doc)
             else:
                 stray_results.append(doc)
         # A file of the store that exists already is newer than the legacy file (written by an

@@ -56,7 +56,6 @@ from advtui.core.atomic import atomic_write_json
 from advtui.core.memory import FREEZE_MIN_RUNS, cyclic_gc_paused, freeze_long_lived
 from advtui.core.errors import AmbiguousRunError, RegistryError, RunNotFoundError
 from advtui.store import files
-from advtui.store.archive import JobArchive
 from advtui.store.files import (
     _CACHE, _EMPTY, _LISTING_CACHES_READ, _bad_docs, _check, _created, _docs, _first, _match, _matches,
     _read, _read_keyed, _refuse_linked_folder, _write_error,
@@ -70,7 +69,7 @@ from advtui.store.schema import (
 )
 
 
-class Registry(ListingCache, JobArchive, LegacyMigration):
+class Registry(ListingCache, LegacyMigration):
     """All access to the run store goes through here."""
 
     def __init__(self, root: Path):
@@ -119,13 +118,17 @@ class Registry(ListingCache, JobArchive, LegacyMigration):
         return self.root / run_id / RUN_FILE
 
     def _run_file(self, run_id: Any) -> str | None:
-        return os.path.join(self._dir, run_id, RUN_FILE) if _safe_id(run_id) else None
+        return self._run_file_at(run_id) if _safe_id(run_id) else None
+
+    def _run_file_at(self, run_id: str) -> str:
+        """The run file of ``run_id``, an id already known to be safe (``_safe_id``)."""
+        return os.path.join(self._dir, run_id, RUN_FILE)
 
     def _queue_shard(self) -> _Shard:
         return _Shard(self._queue_file, "queue", (0,), (JOBS,))
 
     def _run_shard(self, run_id: str) -> _Shard:
-        return _Shard(os.path.join(self._dir, run_id, RUN_FILE), "run", (1, run_id), (RUNS, RESULTS))
+        return _Shard(self._run_file_at(run_id), "run", (1, run_id), (RUNS, RESULTS))
 
     def _registry_shard(self) -> _Shard:
         return _Shard(self._registry_file, "registry", (2,), None)
@@ -300,7 +303,7 @@ class Registry(ListingCache, JobArchive, LegacyMigration):
             found = self.get_run(match["id"])
             return [found] if found is not None and _matches(found, match) else []
         if table == RESULTS and "run_id" in match and _safe_id(match["run_id"]):
-            return [dict(d) for d in _docs(_read(self._run_file(match["run_id"])), RESULTS) if _matches(d, match)]
+            return [dict(d) for d in _docs(_read(self._run_file_at(match["run_id"])), RESULTS) if _matches(d, match)]
         if table == JOBS:
             live = "status" in match and match["status"] not in ENDED_JOB_STATUSES
             if "id" in match and not live:  # ids are unique: the archive only if not in the queue
@@ -366,7 +369,7 @@ class Registry(ListingCache, JobArchive, LegacyMigration):
         """Replace the document matching ``match`` (all of it), or insert ``doc``."""
         full = {**doc, **match}
         key = full.get("id") if table == RUNS else full.get("run_id") if table == RESULTS else None
-        if table == RUNS and _safe_id(key) and not os.path.exists(self._run_file(key)):
+        if table == RUNS and _safe_id(key) and not os.path.exists(self._run_file_at(key)):
             self._insert_run(full)
             return
         with self.transaction(table, key) as db:
@@ -406,7 +409,7 @@ class Registry(ListingCache, JobArchive, LegacyMigration):
                                   if any(_matches(d, match) for d in _docs(data, table))})
             count = 0
             for run_id in targets:
-                if not os.path.exists(self._run_file(run_id)):
+                if not os.path.exists(self._run_file_at(run_id)):
                     continue  # no such run: nothing to change (and no folder to create)
                 with self._write(self._run_shard(run_id), ready=False) as opened:
                     count += self._apply(opened, table, apply)

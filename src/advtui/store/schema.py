@@ -4,12 +4,15 @@ tell a damaged file or record from a good one."""
 from __future__ import annotations
 
 import os
-from typing import Any, Literal
+from pathlib import Path
+from typing import Any
 
 import msgspec
 
 from advtui.core.paths import is_safe_name
-from advtui.core.status import ENDED_JOBS, JOB_STATUSES, RUN_STATUSES
+from advtui.core.records import EVAL_OPTION_KEYS as EVAL_OPTION_KEYS  # what `advtui eval` takes from a job
+from advtui.core.records import JobRecord, RunRecord
+from advtui.core.status import ENDED_JOBS, RUN_STATUSES
 
 
 REGISTRY_FILE = "registry.json"
@@ -29,6 +32,20 @@ ENDED_JOB_STATUSES = ENDED_JOBS  # these may move to the archive; any other stat
 _safe_id = is_safe_name  # a record's id names its folder: the CLI's rule for run names
 
 
+class StorePaths:
+    """Where a store's files are, as ``Registry.__init__`` sets them: what its parts (the
+    listing, the archive, the migration) work under."""
+
+    root: Path  # the runs directory, as given
+    path: Path  # registry.json
+    queue_path: Path
+    legacy_path: Path
+    _dir: str  # the runs directory made absolute: the key of its files and locks
+    _registry_file: str
+    _queue_file: str
+    _archive: str  # queue-archive/
+
+
 def _tables_of_documents(data: Any) -> bool:
     """What TinyDB reads: {table: {doc id: {field: value}}}."""
     if type(data) is not dict:
@@ -44,15 +61,32 @@ def _tables_of_documents(data: Any) -> bool:
 
 # The fields of a run record that readers use, and their types (when present and not null): a
 # record edited into another shape or type (``created: "yesterday"``) is a damaged file, one run
-# hidden with one line, not a traceback in `ls`, `compare` or the worker.
+# hidden with one line, not a traceback in `ls`, `compare` or the worker. The fields are
+# ``RunRecord``'s checked ones (core.records); the check is by ``type()``, so that its line can
+# name the field and the type found.
 _NUMBER = (int, float)  # not bool: type() is checked, and json gives True/False as bool
-_RUN_FIELD_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
-    **{name: ((str,), "str") for name in ("status", "name", "error", "defense", "dataset", "model", "host", "group",
-                                          "device")},
-    **{name: ((dict,), "dict") for name in ("config", "checkpoints", "metrics")},
-    **{name: ((int,), "int") for name in ("epoch", "epochs", "pid")},
-    **{name: (_NUMBER, "a number") for name in ("created", "started", "ended", "pid_start_time")},
+_CHECKED_TYPES: dict[type, tuple[tuple[type, ...], str]] = {
+    msgspec.inspect.StrType: ((str,), "str"), msgspec.inspect.DictType: ((dict,), "dict"),
+    msgspec.inspect.IntType: ((int,), "int"), msgspec.inspect.FloatType: (_NUMBER, "a number"),
 }
+
+
+def _run_field_types() -> dict[str, tuple[tuple[type, ...], str]]:
+    """{field: (the types it takes, how a message names them)} for each ``X | None`` field of
+    ``RunRecord`` (its id is checked before, with the file's shape)."""
+    table = {}
+    record = msgspec.inspect.type_info(RunRecord)
+    assert isinstance(record, msgspec.inspect.StructType)
+    for info in record.fields:
+        if info.required or not isinstance(info.type, msgspec.inspect.UnionType):
+            continue
+        kinds = [t for t in info.type.types if not isinstance(t, msgspec.inspect.NoneType)]
+        if len(kinds) == 1 and type(kinds[0]) in _CHECKED_TYPES:
+            table[info.name] = _CHECKED_TYPES[type(kinds[0])]
+    return table
+
+
+_RUN_FIELD_TYPES = _run_field_types()
 
 
 def _run_problem(doc: dict) -> str | None:
@@ -71,45 +105,6 @@ def _run_problem(doc: dict) -> str | None:
 # -- typed records that live many to a file (jobs, reproduction plans) ----------------------------
 # One damaged record must not take its neighbours with it: it is hidden from every reader (with
 # one line in ``record_problems()``) and kept, as it is, in its file.
-EVAL_OPTION_KEYS = ("limit", "batch_size", "eps", "step_size", "seed")  # what `advtui eval` takes from a job
-_Number = float  # msgspec takes ints for a float field, and refuses bool and str
-
-
-class _EvalOptions(msgspec.Struct, forbid_unknown_fields=True):
-    limit: int | None = None
-    batch_size: int | None = None
-    eps: _Number | None = None
-    step_size: _Number | None = None
-    seed: int | None = None
-
-
-class _Job(msgspec.Struct):
-    """The fields of a job the queue and the scheduler read (others are kept, unchecked)."""
-
-    id: str | None = None
-    kind: Literal["train", "eval"] | None = None
-    run_id: str | None = None
-    status: Literal[JOB_STATUSES] | None = None  # type: ignore[valid-type]
-    priority: int | None = None
-    needs: Literal["gpu", "cpu", "auto"] | None = None
-    gpu_index: int | None = None
-    nproc: int | None = None
-    depends_on: list[str] | None = None
-    attacks: list[str] | None = None
-    eval_options: _EvalOptions | None = None
-    created: _Number | None = None
-    started: _Number | None = None
-    ended: _Number | None = None
-    pid: int | None = None
-    pid_start_time: _Number | None = None
-    host: str | None = None
-    slot: dict[str, Any] | None = None
-    exit_code: int | None = None
-    error: str | None = None
-    blocked_by: str | None = None
-    kill_requested: _Number | None = None
-
-
 class _Plan(msgspec.Struct):
     """A reproduction plan (``advtui reproduce``), as ``advtui report`` reads it."""
 
@@ -124,7 +119,8 @@ class _Plan(msgspec.Struct):
     seeds: list[int] | None = None
 
 
-_RECORD_SCHEMAS: dict[str, tuple[type[msgspec.Struct], str]] = {JOBS: (_Job, "job"), "reproductions": (_Plan, "plan")}
+# A job is checked by decoding it as the queue's readers do (core.records.JobRecord).
+_RECORD_SCHEMAS: dict[str, tuple[type[msgspec.Struct], str]] = {JOBS: (JobRecord, "job"), "reproductions": (_Plan, "plan")}
 
 
 class _BadDoc(dict):
@@ -132,6 +128,7 @@ class _BadDoc(dict):
     so TinyDB and json write it back unchanged) and left out of every read (``_docs``)."""
 
     __slots__ = ("problem",)
+    problem: str  # one line: which record, what is wrong with it, what to do
 
 
 def _record_problem(schema: type[msgspec.Struct], doc: dict) -> str | None:

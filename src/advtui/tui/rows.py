@@ -13,6 +13,7 @@ from rich.text import Text
 from advtui.core.epochs import epoch_accuracy
 from advtui.core.format import fmt_duration, short_device, status_style
 from advtui.core.health import ERROR, WARNING, record_findings, worst_level
+from advtui.core.records import RunRecord
 from advtui.tui.live import RunStream
 from advtui.tui.sweep_view import sweep_cells
 
@@ -72,13 +73,16 @@ def progress_bar(fraction: float | None, width: int = BAR_WIDTH) -> str:
 NOT_STARTED = "before it started"
 
 
-def shown_status(record: dict) -> str:
+def shown_status(record: RunRecord | dict) -> str:
     """The status the dashboard shows: the record's, except "cancelled" for a run that was
-    cancelled (or killed) while still queued."""
-    status = record.get("status") or "-"
-    if status == "killed" and NOT_STARTED in str(record.get("error") or ""):
+    cancelled (or killed) while still queued. Takes a run's record as listed, or typed."""
+    if isinstance(record, RunRecord):
+        status, error = record.status, record.error
+    else:
+        status, error = record.get("status"), record.get("error")
+    if status == "killed" and NOT_STARTED in str(error or ""):
         return "cancelled"
-    return status
+    return status or "-"
 
 
 def health_marker(level: str | None) -> Text | str:
@@ -142,17 +146,20 @@ class RunRow:
 
 
 def run_row(record: dict, stream: RunStream | None, marked: bool, now: float | None = None) -> RunRow:
-    """The row of ``record`` (its values are worked out when first used)."""
+    """The row of a run's listed ``record`` (its values are worked out when first used: only
+    then is the record read as a ``RunRecord``: a table of 10,000 runs in its default order converts
+    only the rows it shows)."""
     now = now if now is not None else time.time()
     return RunRow(record["id"], record.get("group"), None, None, None, created=record.get("created", 0),
                   build=lambda: _row_parts(record, stream, marked, now))
 
 
 def _row_parts(record: dict, stream: RunStream | None, marked: bool, now: float) -> tuple:
-    status = shown_status(record)
-    metrics = record.get("metrics") or _NO_METRICS
-    epochs = record.get("epochs") or (record.get("config") or {}).get("epochs")
-    epoch = record.get("epoch") or 0
+    run = RunRecord.from_dict(record)
+    status = shown_status(run)
+    metrics = run.metrics or _NO_METRICS
+    epochs = run.configured_epochs
+    epoch = run.epoch or 0
     loss = metrics.get("train_loss")
     fraction = (epoch / epochs) if epochs else None
     eta = None
@@ -170,29 +177,29 @@ def _row_parts(record: dict, stream: RunStream | None, marked: bool, now: float)
             eta = stream.eta_seconds(epochs, now)
     if status == "finished":
         fraction = 1.0 if fraction is None else fraction
-    started, ended = record.get("started"), record.get("ended")
+    started, ended = run.started, run.ended
     # ``started`` is the latest (re)start: a resumed run adds the time it trained before.
     earlier = stream.earlier_time if live else 0.0
     if status == "running" and started:
         elapsed = now - started + earlier
-    elif record.get("train_time") is not None:
-        elapsed = record["train_time"]
+    elif run.train_time is not None:
+        elapsed = run.train_time
     elif started and ended:
         elapsed = ended - started + earlier
     else:
         elapsed = None
     done_epochs = min(epoch, epochs) if epochs else epoch
-    data_model = f"{record.get('dataset', '-')}/{record.get('model', '-')}"
+    data_model = f"{run.dataset or '-'}/{run.model or '-'}"
     accuracy = epoch_accuracy(metrics)  # validation, or test numbers for monitoring only
     clean, robust = accuracy.clean, accuracy.robust
     # The record's findings, updated at each epoch end by the training process: the table has
     # the record of every run, but not every run's whole stream.
-    findings = record_findings(record) if record.get("health") else []
+    findings = record_findings(record) if run.health else []
     level = worst_level(findings)
-    run_id = record["id"]
-    name = record.get("name") or "-"
-    defense = record.get("defense") or "-"
-    device = short_device(record.get("device"))
+    run_id = run.id
+    name = run.name or "-"
+    defense = run.defense or "-"
+    device = short_device(run.device)
 
     def cells() -> dict[str, Any]:
         progress_text = Text(progress_bar(fraction), style=status_style(status))
@@ -218,12 +225,12 @@ def _row_parts(record: dict, stream: RunStream | None, marked: bool, now: float)
         "mark": marked, "id": run_id, "name": name, "defense": defense,
         "data": data_model, "status": status, "health": len(findings), "progress": fraction, "loss": loss,
         "clean": clean, "robust": robust, "device": device, "elapsed": elapsed, "eta": eta,
-        "created": record.get("created", 0), "health_level": level,
+        "created": run.created or 0, "health_level": level,
     }
     search = {
         "id": run_id, "name": name, "defense": defense, "data": data_model,
-        "dataset": str(record.get("dataset", "")), "model": str(record.get("model", "")),
-        "status": status, "device": device, "group": record.get("group") or "",
+        "dataset": run.dataset or "", "model": run.model or "",
+        "status": status, "device": device, "group": run.group or "",
         "health": " ".join(f"{f.code} {f.level}" for f in findings),  # health:stuck, health:error
     }
     return cells, sort, search

@@ -10,6 +10,7 @@ from rich.text import Text
 from textual.widgets import Static
 
 from advtui.core.format import NA, error_summary, format_bytes, status_style
+from advtui.core.records import JobRecord, RunRecord
 from advtui.tui.widgets.bars import hbar, level_style, sparkline
 
 LABEL = 5  # width of the row labels ("util", "mem", ...)
@@ -103,7 +104,7 @@ class SystemPanel(Static):
                 on = Text(f"{'runs':<{LABEL}}", style="bold")
                 if runs:
                     for i, p in enumerate(runs):
-                        name = (records.get(p.run_id) or {}).get("name", "")
+                        name = run_name(records, p.run_id)
                         on.append(("" if i == 0 else ", ") + f"{p.run_id}", style="magenta")
                         on.append(f" {name}" + (" (eval)" if p.kind == "eval" else ""), style="dim")
                 else:
@@ -124,7 +125,7 @@ class SystemPanel(Static):
         if sample.runs and not self.compact:
             lines.append(Text("running runs: cpu, memory", style="bold"))
             for run_id, stats in sorted(sample.runs.items()):
-                name = (records.get(run_id) or {}).get("name", "")
+                name = run_name(records, run_id)
                 row = Text(f"{run_id} ", style="magenta")
                 row.append(f"{stats.cpu_percent:4.0f}% {format_bytes(stats.memory_rss):>9} ")
                 row.append(name, style="dim")
@@ -159,7 +160,7 @@ class SystemPanel(Static):
         for run_id, stats in sorted(sample.runs.items()):
             row = Text(f"{run_id} ", style="magenta")
             row.append(f"cpu {stats.cpu_percent:3.0f}% mem {format_bytes(stats.memory_rss)} ")
-            row.append((records.get(run_id) or {}).get("name", ""), style="dim")
+            row.append(run_name(records, run_id), style="dim")
             row.truncate(self.content_size.width or 38, overflow="ellipsis")
             lines.append(row)
         return lines
@@ -167,16 +168,18 @@ class SystemPanel(Static):
 
 # Wide enough for the longest job status ("cancelled"), plus a space before the kind.
 STATUS_WIDTH = 10
-KILLED_BY_USER = "killed by user"
 
 
-def job_status(job: dict) -> str:
+def run_name(records: dict[str, dict], run_id: str | None) -> str:
+    """The name of run ``run_id`` among the listed ``records`` ("" if it has none or is not listed)."""
+    record = records.get(run_id) if run_id else None
+    return (RunRecord.from_dict(record).name or "") if record else ""
+
+
+def job_status(job: JobRecord) -> str:
     """What the queue panel calls a job's end: a job stopped by a kill is "killed", not one of
     the cancelled (never started) or failed ones."""
-    status = job.get("status", "?")
-    if status == "cancelled" and str(job.get("error") or "").startswith(KILLED_BY_USER):
-        return "killed"
-    return status
+    return "killed" if job.killed_by_user else job.status or "?"
 
 
 class QueuePanel(Static):
@@ -228,19 +231,18 @@ class QueuePanel(Static):
             lines.append(Text(f"scheduled by {state.scheduler}", style="dim"))
         if not state.jobs:
             lines.append(Text("no jobs: n queues a run, e an evaluation", style="dim"))
-        for job in state.jobs:
+        for job in map(JobRecord.from_dict, state.jobs):
             status = job_status(job)
-            row = Text(f"{job['id']} ", style="bold" if status in ("running", "queued") else "dim")
+            row = Text(f"{job.id} ", style="bold" if status in ("running", "queued") else "dim")
             row.append(f"{status:<{STATUS_WIDTH}}", style=status_style(status))
-            row.append(f"{job.get('kind', '?'):<5} {job.get('run_id', '?')} ")
-            name = (records.get(job.get("run_id")) or {}).get("name", "")
-            detail = name
-            if job.get("kind") == "eval":
-                detail = ",".join(job.get("attacks") or ["default attacks"])
-            if status == "queued" and job.get("depends_on"):
-                detail = f"after {','.join(job['depends_on'])} " + detail
-            if status in ("failed", "cancelled") and job.get("error"):
-                detail = error_summary(job["error"])
+            row.append(f"{job.kind or '?':<5} {job.run_id or '?'} ")
+            detail = run_name(records, job.run_id)
+            if job.kind == "eval":
+                detail = ",".join(job.attacks or ["default attacks"])
+            if status == "queued" and job.depends_on:
+                detail = f"after {','.join(job.depends_on)} " + detail
+            if status in ("failed", "cancelled") and job.error:
+                detail = error_summary(job.error)
             row.append(detail, style="dim")
             row.truncate(max(20, self.content_size.width or 44), overflow="ellipsis")
             lines.append(row)
