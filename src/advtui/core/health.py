@@ -47,6 +47,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any, Iterable
 
 from advtui.core.datasets import dataset_spec
+from advtui.core.defenses import DEFENSE_SPECS
 from advtui.core.epochs import EpochAccuracy, epoch_accuracy
 from advtui.core.errors import AdvtuiError
 
@@ -142,6 +143,13 @@ def worst_level(findings: Iterable[Finding]) -> str | None:
     return ERROR if ERROR in levels else (WARNING if levels else None)
 
 
+def _trains_on_an_attack(config: dict[str, Any]) -> bool:
+    """Whether the defense has an inner maximizer (its row in ``DEFENSE_SPECS``): plain has none,
+    so a collapse of its PGD accuracy is no catastrophic overfitting."""
+    spec = DEFENSE_SPECS.get(config.get("defense") or "")
+    return spec is not None and spec.maximizer is not None
+
+
 def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -209,13 +217,13 @@ class HealthMonitor:
         handler = {
             "start": self._on_start, "step": self._on_step, "inner": self._on_inner,
             "val_inner": self._on_val_inner, "epoch": self._on_epoch, "health": self._on_recorded,
-        }.get(event.get("kind"))
+        }.get(str(event.get("kind")))
         return handler(event) if handler else []
 
     def _on_start(self, event: dict[str, Any]) -> list[Finding]:
         if isinstance(event.get("config"), dict):
             self.config = dict(event["config"])
-        epoch = event.get("epoch") if isinstance(event.get("epoch"), int) else 0
+        epoch: int = event["epoch"] if isinstance(event.get("epoch"), int) else 0
         if not event.get("batch"):
             # The epoch restarts from its first batch: comparisons recorded in it before (by a
             # process that died mid-epoch) were made on weights that no longer exist.
@@ -282,7 +290,7 @@ class HealthMonitor:
         it saw the real floats (a NaN, not the null written for it), so its message wins."""
         recorded = Finding.from_dict(event)
         current = self._current(recorded.code) if recorded is not None else None
-        if current is not None and recorded.active and recorded.epoch == current.epoch:
+        if recorded is not None and current is not None and recorded.active and recorded.epoch == current.epoch:
             self.findings[self.findings.index(current)] = replace(current, message=recorded.message)
         return []
 
@@ -349,6 +357,8 @@ class HealthMonitor:
 
     def _check_robust_overfitting(self, epoch: int, accuracy: EpochAccuracy) -> list[Finding]:
         robust = accuracy.robust
+        if robust is None:  # the caller checks it is finite; this says so to the type checker
+            return []
         if self._best is None or robust > self._best[0]:
             self._best, self._below_since = (robust, epoch), None
             return self._clear("robust-overfitting", epoch)
@@ -375,12 +385,14 @@ class HealthMonitor:
                 "(the default) to keep one")
 
     def _check_catastrophic(self, epoch: int, accuracy: EpochAccuracy, train_acc: Any) -> list[Finding]:
-        previous, self._previous = self._previous, (accuracy.robust, train_acc if _finite(train_acc) else None)
         robust = accuracy.robust
+        if robust is None:  # the caller checks it is finite; this says so to the type checker
+            return []
+        previous, self._previous = self._previous, (robust, train_acc if _finite(train_acc) else None)
         if self._collapsed_from is not None and robust > self._collapsed_from - COLLAPSE_DROP:
             self._collapsed_from = None
             return self._clear("catastrophic-overfitting", epoch)
-        if previous is None or self.config.get("defense") == "plain":  # plain trains on no attack
+        if previous is None or not _trains_on_an_attack(self.config):
             return []
         before, train_before = previous
         attack_held = _finite(train_acc) and train_before is not None and train_acc >= train_before - TRAIN_ATTACK_HELD
