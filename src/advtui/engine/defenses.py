@@ -7,7 +7,8 @@ import torch
 from advtui.core.config import RunConfig
 from advtui.core.defenses import DEFENSE_SPECS
 from advtui.engine.l2lda import L2LDAGenerator
-from advtui.engine.maximizers import PGD, PGDBLS, Maximizer, RNNOptimizer
+from advtui.engine.maximizers import PGD, PGDBLS, Maximizer
+from advtui.engine.rnn import RNNOptimizer
 from advtui.engine.objectives import Objective, PlainObjective, TradesObjective
 
 
