@@ -21,7 +21,8 @@ import torch
 from advtui.core.paths import checkpoint_path, data_root
 from advtui.engine.checkpoint import load_checkpoint
 from advtui.engine.data import load_split
-from advtui.engine.maximizers import PGD, RNNOptimizer
+from advtui.engine.maximizers import PGD
+from advtui.engine.rnn import RNNOptimizer
 from advtui.engine.models import build_model
 from advtui.engine.objectives import ce_per_example
 from advtui.store.registry import Registry

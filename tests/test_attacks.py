@@ -9,7 +9,8 @@ from advtui.core.attack_specs import (
     AttackSpec, AttackSpecError, attack_sort_key, default_attacks, parse_attack, parse_attack_list,
 )
 from advtui.engine.attacks import FGSM, build_attack, cw_margin_loss
-from advtui.engine.maximizers import PGD, RNNOptimizer
+from advtui.engine.maximizers import PGD
+from advtui.engine.rnn import RNNOptimizer
 from advtui.engine.objectives import ce_per_example
 from advtui.evaluation import run_lookup
 from advtui.core.errors import AdvtuiError, CheckpointError, ConfigError, RunNotFoundError

@@ -6,9 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from advtui.engine.maximizers import PGD, PGDBLS, CoordinateRNN, RNNOptimizer, project
+from advtui.engine.maximizers import PGD, PGDBLS, project
 from advtui.engine.models import SmallCNN
 from advtui.engine.objectives import ce_per_example
+from advtui.engine.rnn import CoordinateRNN, RNNOptimizer
 
 
 @pytest.fixture(scope="module")
@@ -231,7 +232,7 @@ def test_rnn_fast_unroll_equals_the_direct_autograd_version(model_and_batch, gra
 
 def test_sign_histories_are_shared_across_coordinates():
     """With sign inputs the RNN runs once per distinct history: at most 3^t rows at step t."""
-    from advtui.engine.maximizers import _RNNUnroll
+    from advtui.engine.rnn import _RNNUnroll
 
     torch.manual_seed(0)
     net = CoordinateRNN()
@@ -246,7 +247,7 @@ def test_sign_histories_are_shared_across_coordinates():
 
 
 def test_projection_slope_is_autograds_including_ties():
-    from advtui.engine.maximizers import project_with_slope
+    from advtui.engine.rnn import project_with_slope
 
     x = torch.tensor([0.0, 0.0, 1.0, 1.0, 0.5, 0.5, 0.5, 0.5, 0.2, 0.9, 0.3, 0.7])
     z = torch.tensor([0.0, 0.3, 1.0, 0.7, 0.8, 0.2, 0.6, 0.81, -0.1, 1.2, 0.0, 1.0])

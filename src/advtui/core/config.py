@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from advtui.core.datasets import DATASET_SPECS, DATASETS, DEFAULT_DATASET
-from advtui.core.defenses import DEFENSE_SPECS, DEFENSES
+from advtui.core.defenses import DEFENSES, uses_option
 from advtui.core.paths import check_safe_name
 from advtui.core.errors import ConfigError
 from advtui.core.ranges import MAX_INT, MAX_RATE, check_float, check_int
@@ -251,14 +251,14 @@ def _check_float(name: str, value: Any, low: float, high: float, open_low: bool,
 
 def values_in_force(config: dict[str, Any]) -> dict[str, Any]:
     """A recorded config with the defaults it ran with filled in: the PGD step (eps/4 unless
-    given) and, for a TRADES objective, beta (the dataset's, 1 on MNIST, 6 on CIFAR-10, unless given); beta is
-    left out for defenses that do not use it. Never raises on an odd record."""
+    given) and, for a defense whose objective uses it (TRADES'), beta (the dataset's, 1 on MNIST,
+    6 on CIFAR-10, unless given); beta is left out for defenses that do not use it. Never raises on
+    an odd record."""
     shown = dict(config)
     eps = config.get("eps")
     if shown.get("step_size") is None and isinstance(eps, (int, float)):
         shown["step_size"] = eps / 4
-    spec = DEFENSE_SPECS.get(config.get("defense") or "")
-    if spec is None or spec.objective != "trades":
+    if not uses_option(config.get("defense"), "beta"):
         shown.pop("beta", None)
     elif shown.get("beta") is None:
         shown["beta"] = DEFAULT_BETA.get(config.get("dataset") or "", None)

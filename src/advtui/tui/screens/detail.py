@@ -19,7 +19,7 @@ from textual.widgets import Footer, Header, Static
 from advtui.core.config import values_in_force
 from advtui.core.checkpoints import describe as describe_checkpoint
 from advtui.core.checkpoints import kept_epoch, kind_from_path
-from advtui.core.defenses import DEFENSE_SPECS
+from advtui.core.defenses import uses_option
 from advtui.core.epochs import MONITOR_NOTE, epoch_accuracy, has_epoch_accuracy
 from advtui.core.format import error_summary, fmt_duration, format_bytes, status_style
 from advtui.core.health import ERROR, Finding, record_findings
@@ -35,15 +35,11 @@ CONFIG_KEYS = ("eps", "inner_steps", "step_size", "batch_size", "lr", "momentum"
 
 
 def config_keys(record: dict) -> list[str]:
-    """The options that apply to the record's defense: the learned RNN optimizer's only for
-    rnn-adv and rnn-trades, TRADES' beta only for the TRADES objective."""
-    spec = DEFENSE_SPECS.get(record.get("defense") or "")
-    keys = list(CONFIG_KEYS)
-    if spec is None or spec.maximizer != "rnn":
-        keys = [k for k in keys if not k.startswith("rnn_")]
-    if spec is None or spec.objective != "trades":
-        keys.remove("beta")
-    return keys
+    """The options that apply to the record's defense: those every run has, and those its
+    objective and maximizer read (``core.defenses``: the learned RNN optimizer's only for
+    rnn-adv and rnn-trades, TRADES' beta only for the TRADES objective)."""
+    defense = record.get("defense")
+    return [key for key in CONFIG_KEYS if uses_option(defense, key)]
 
 
 def fmt_when(ts: float | None) -> str:
