@@ -410,12 +410,17 @@ class HealthMonitor:
                            f"--init uniform")
 
     def _learned_name(self) -> str:
-        return "L2LDA generator" if self.config.get("defense") == "l2lda" else "learned optimizer"
+        return "L2LDA generator" if self._maximizer() == "l2lda" else "learned optimizer"
+
+    def _maximizer(self) -> str | None:
+        """The inner maximizer of the run's defense (its ``DEFENSE_SPECS`` row), if known."""
+        spec = DEFENSE_SPECS.get(self.config.get("defense") or "")
+        return spec.maximizer if spec is not None else None
 
     def _learned_advice(self) -> str:
         c = self.config
         warm_start = "warm-start from a plain run with --init-from RUN"
-        if c.get("defense") == "l2lda":
+        if self._maximizer() == "l2lda":
             return f"try another --l2lda-lr{_now(c.get('l2lda_lr'))} or {warm_start}"
         # sign is the measured default (README): suggest it to a run that uses another input
         grad_input = c.get("rnn_grad_input")
