@@ -146,3 +146,18 @@ def test_trajectories_reject_a_stepless_attacker(small_runs):
     assert proc.returncode != 0 and "natural has no attack steps" in proc.stderr
     proc = advtui("analyze", "trajectories", "plain", "--attackers", "bogus-3", "--device", "cpu", root=small_runs)
     assert proc.returncode != 0 and "unknown attack" in proc.stderr
+
+
+def test_a_saved_analysis_that_the_report_stamped_loads_again():
+    """The report adds its settings to an analysis' JSON (``report_settings``) and reads the file
+    back on its next run instead of computing the figure again: the extra key must not break it."""
+    from advtui.engine.analysis import LandscapeAnalysis, TrajectoryAnalysis, TrajectoryCurve
+
+    curve = TrajectoryCurve("pgd-10", "pgd-10", "ce", [0.1, 0.5], 40.0)
+    trajectories = TrajectoryAnalysis("r1", "name", "advtrain", "abc", 0.3, 10, "mnist/test/10", 0, [curve])
+    stamped = {**json.loads(json.dumps(trajectories.to_dict())), "report_settings": {"limit": 10}}
+    assert TrajectoryAnalysis.from_dict(stamped) == trajectories
+    landscape = LandscapeAnalysis("r1", "name", "advtrain", "abc", 0.3, 2.0, 10, "mnist/test/10", 0,
+                                  [0.0, 1.0], [0.0, 1.0], [[0.1, 0.2], [0.3, 0.4]], 0.4, 0.1, 0.1)
+    stamped = {**json.loads(json.dumps(landscape.to_dict())), "report_settings": {"grid": 2}}
+    assert LandscapeAnalysis.from_dict(stamped) == landscape

@@ -9,6 +9,7 @@ import time
 
 import numpy as np
 import pytest
+from scipy.stats import binomtest
 
 from advtui.core.digests import mask_to_hex
 from advtui.store.results import store_result
@@ -103,7 +104,7 @@ def test_report_shows_each_row_runs_learning_curve_and_flags_a_run_at_chance(cra
     assert rows[queued] == (f"| AdvTrain+BLS | 1 | `{queued}` | – | no epochs recorded | | "
                             "no epochs recorded (queued) |")
     assert "| Clean % | PGD-2 % |" in section  # the tiny scale's T = 2 inner steps
-    assert (f"Learning curves: never left chance (clean test accuracy under 20% at every epoch): AdvTrain+BLS "
+    assert (f"Learning curves: never left chance (clean accuracy under 20% at every epoch): AdvTrain+BLS "
             f"(seed 0, `{stuck}`): the cells" in text)
     # The evaluated Natural column uses the same threshold.
     assert f"AdvTrain+BLS: natural accuracy under {CHANCE_ACCURACY:g}%" in text
@@ -121,6 +122,14 @@ def test_report_shows_each_row_runs_learning_curve_and_flags_a_run_at_chance(cra
             "95% interval reaches ±" in text) and "an interval over seeds needs 3 seeds or more" in text
     cell = data["tables"][0]["uncertainty"]["advtrain"]["Natural"]
     assert (cell["n"], cell["runs"], cell["low"]) == (20, 2, None)  # 2 seeds: no t-interval
+    # ... and the table again as intervals: one seed gives the run's exact binomial interval (2 of 20
+    # robust: scipy's Clopper-Pearson), two seeds none (a t-interval needs 3), each with its n and seeds.
+    ci = binomtest(2, 20).proportion_ci(confidence_level=0.95, method="exact")
+    intervals = text.split("95% intervals of the measured cells (%)", 1)[1].split("### Learning curves", 1)[0]
+    bls_row = next(line for line in intervals.splitlines() if line.startswith("| AdvTrain+BLS |"))
+    assert bls_row.split(" | ")[1] == f"{100 * ci.low:.1f}–{100 * ci.high:.1f} (n=20)"
+    adv_row = next(line for line in intervals.splitlines() if line.startswith("| AdvTrain |"))
+    assert adv_row.split(" | ")[1] == "– (n=20, 2 seeds)"
 
     png = out / "figures" / "table1-tiny-learning.png"
     assert png.read_bytes()[:8] == PNG and png.stat().st_size > 10_000

@@ -41,7 +41,7 @@ from advtui.core.config import PRESETS
 from advtui.core.epochs import epoch_accuracy
 from advtui.core.paths import checkpoint_path, run_dir
 from advtui.core.digests import file_digest
-from advtui.core.stats import half_width
+from advtui.core.stats import half_width, proportion_interval
 from advtui.core.status import ACTIVE_JOBS
 from advtui.core.errors import AdvtuiError, ConfigError
 from advtui.core.events import EVENTS_FILE, LineTail
@@ -165,6 +165,40 @@ def _table_markdown(plan: dict[str, Any], measured: dict[str, dict[str, Any]]) -
                 text += "!"
             cells.append(f"{text} ({paper[label]:.2f})" if label in paper else text)
         lines.append(f"| {ROW_LABELS[defense]} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _interval_markdown(plan: dict[str, Any], measured: dict[str, dict[str, Any]]) -> list[str]:
+    """The table's cells again, as their 95% intervals and the examples (and seeds) behind each:
+    exact binomial for one run, a t-interval of the mean over seeds from 3 seeds."""
+    spec = TABLES[plan["table"]]
+    labels = spec.labels + [c["label"] for c in plan.get("extra_columns") or []]
+    shown = [c for row in measured.values() for c in row.values() if c is not None and c.value is not None]
+    if not shown:
+        return []
+    sizes = {(c.n, c.count) for c in shown}
+    common = len(sizes) == 1  # every cell rests on the same n and seeds: say it once, above the table
+
+    def text(cell: Any) -> str:
+        if cell is None or cell.value is None:
+            return "–"
+        low, high = cell.low, cell.high
+        if (low is None or high is None) and cell.count == 1 and cell.n:
+            # one seed: the run's own exact binomial interval on its examples
+            low, high = proportion_interval(round(cell.value * cell.n / 100), cell.n) or (None, None)
+        interval = "–" if low is None or high is None else f"{low:.1f}–{high:.1f}"
+        if common:
+            return interval
+        return f"{interval} (n={cell.n if cell.n else '?'}" + (f", {cell.count} seeds)" if cell.count > 1 else ")")
+
+    n, seeds = next(iter(sizes))
+    caption = ("95% intervals of the measured cells (%)"
+               + (f", each on {n} test examples and {seeds} seed(s)" if common and n else "")
+               + ": exact binomial for one run; over seeds, a t-interval of the mean (3 seeds or more).")
+    lines = ["", caption, "", "| Defense | " + " | ".join(labels) + " |", "|:---|" + "---:|" * len(labels)]
+    for defense in spec.rows:
+        lines.append(f"| {ROW_LABELS[defense]} | " + " | ".join(text(measured[defense][label]) for label in labels)
+                     + " |")
     return lines
 
 
@@ -688,6 +722,7 @@ def build_report(registry: Registry, tables: list[str] | None = None, out_dir: P
         if setting:
             lines += [setting, ""]
         lines += _table_markdown(plan, measured)
+        lines += _interval_markdown(plan, measured)
         lines += [""]
         # The comparison's own notes, less those about columns and parentheses this table lays out
         # differently (no worst-case column; parentheses hold the paper's number here).
@@ -708,7 +743,7 @@ def build_report(registry: Registry, tables: list[str] | None = None, out_dir: P
         stuck = [c for c in curves if c.flag in ("never left chance", "back at chance")]
         if stuck:
             notes.append("Learning curves: " + "; ".join(
-                f"{flag} (clean test accuracy under {threshold:g}%"
+                f"{flag} (clean accuracy under {threshold:g}%"
                 + (" at every epoch" if flag == "never left chance" else " at the last epoch") + "): "
                 + ", ".join(f"{ROW_LABELS.get(c.defense, c.defense)} (seed {_seed_text(c.seed)}, `{c.run_id}`)"
                             for c in stuck if c.flag == flag)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -90,7 +90,7 @@ class TrajectoryAnalysis:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrajectoryAnalysis":
         curves = [TrajectoryCurve(**c) for c in data.get("curves", [])]
-        return cls(**{**{k: v for k, v in data.items() if k != "curves"}, "curves": curves})
+        return cls(**{**_own_fields(cls, data), "curves": curves})
 
 
 def compute_trajectories(
@@ -155,7 +155,14 @@ class LandscapeAnalysis:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "LandscapeAnalysis":
-        return cls(**data)
+        return cls(**_own_fields(cls, data))
+
+
+def _own_fields(cls: type, data: dict[str, Any]) -> dict[str, Any]:
+    """The keys of a saved analysis that are the class's fields: the file also keeps what others
+    wrote beside them (the report stamps the settings it drew the figure with)."""
+    names = {f.name for f in fields(cls)}
+    return {k: v for k, v in data.items() if k in names}
 
 
 def rademacher(shape: torch.Size | tuple[int, ...], seed: int) -> torch.Tensor:
