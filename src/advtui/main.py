@@ -19,6 +19,7 @@ def _build_app() -> Any:
     import typer
 
     from advtui import cli
+    from advtui.jobs.executors import address_help, executor_help, shares_executors
 
     program = typer.Typer(name="advtui", help=cli.HELP, no_args_is_help=False, add_completion=False,
                           pretty_exceptions_enable=False, rich_markup_mode="rich")
@@ -29,12 +30,13 @@ def _build_app() -> Any:
         runs_dir: Optional[Path] = typer.Option(
             None, RUNS_DIR_OPTION, help="Runs directory for the dashboard (default $ADVTUI_RUNS or ./runs)."),
         executor_name: str = typer.Option(
-            "local", "--executor", help="Where the dashboard runs queued jobs: local (processes here) or ray."),
-        address: Optional[str] = typer.Option(
-            None, "--address", help="Ray cluster address HOST:PORT (with --executor ray; default: $RAY_ADDRESS, else the cluster this machine runs)."),
+            "local", "--executor", help=f"Where the dashboard runs queued jobs: {executor_help()}."),
+        address: Optional[str] = typer.Option(None, "--address", help=address_help()),
         gpus_per_job: float = typer.Option(
-            1.0, "--gpus-per-job", min=0.0, help="GPUs each job asks Ray for (fractions share a GPU)."),
-        cpus_per_job: float = typer.Option(1.0, "--cpus-per-job", min=0.0, help="CPUs each job asks Ray for."),
+            1.0, "--gpus-per-job", min=0.0,
+            help=f"GPUs each job asks for, with --executor {shares_executors()} (fractions share a GPU)."),
+        cpus_per_job: float = typer.Option(
+            1.0, "--cpus-per-job", min=0.0, help=f"CPUs each job asks for, with --executor {shares_executors()}."),
     ) -> None:
         """With no command, open the dashboard."""
         from advtui.options import check_ray_shares
@@ -45,13 +47,11 @@ def _build_app() -> Any:
 
             executor = None
             if executor_name != "local" or address is not None:
-                from advtui.cli.jobs import check_runs_dir_on_cluster
                 from advtui.core.paths import runs_dir as resolve_runs_dir
-                from advtui.jobs.executors import build_executor
+                from advtui.jobs.executors import build_executor, check_runs_dir_shared
 
                 executor = build_executor(executor_name, address, gpus_per_job, cpus_per_job)
-                if executor.places_jobs:
-                    check_runs_dir_on_cluster(executor, resolve_runs_dir(runs_dir))
+                check_runs_dir_shared(executor, resolve_runs_dir(runs_dir))
             run_dashboard(runs_dir, executor)
 
     program.add_typer(cli.app)

@@ -21,7 +21,10 @@ from advtui.core.status import JOB_STATUSES
 from advtui.core.format import fmt_time, format_bytes, format_number, plain_line, styled_status
 from advtui.core.errors import ConfigError
 from advtui.jobs.launcher import DEFAULT_GRACE_S, describe_exit
-from advtui.jobs.executors import build_executor
+from advtui.jobs.executors import (
+    address_help, build_executor, check_runs_dir_shared, cluster_gpu_sampler, executor_help, kind_of_job,
+    shares_executors,
+)
 from advtui.jobs.monitor import GpuSampler, GpuSnapshot, ProcessSampler, process_owners
 from advtui.jobs.queue import (
     cancel_job, kill as kill_target, list_jobs, parse_seeds, queue_eval as add_eval, queue_train as add_train,
@@ -139,11 +142,12 @@ def queue_cancel(
 
 
 def _where(job: dict) -> str:
-    """The job's slot: 'gpu 0', 'cpu', 'ray 10.0.0.5 gpu 1' (a Ray node and the GPUs Ray gave it)."""
+    """The job's slot: 'gpu 0', 'cpu', or what the row of the executor that placed it says
+    ('ray 10.0.0.5 gpu 1': a Ray node and the GPUs Ray gave it); a queued job's needs."""
     slot = job.get("slot") or {}
-    if "ray" in slot:
-        gpus = ",".join(job.get("gpus") or [])
-        return f"ray {job.get('node', '?')}" + (f" gpu {gpus}" if gpus else " cpu")
+    kind = kind_of_job(job)
+    if slot and kind is not None and kind.where is not None:
+        return kind.where(job)
     return f"gpu {slot['gpu']}" if "gpu" in slot else ("cpu" if slot else job.get("needs", ""))
 
 
@@ -171,10 +175,10 @@ def worker(
     max_utilization: float = typer.Option(90.0, "--max-utilization", help="Skip GPUs busier than this % with others' work."),
     threads: Optional[int] = typer.Option(None, "--threads", help="Torch threads per job (default: CPU cores / slots)."),
     poll: float = typer.Option(1.0, "--poll", help="Seconds between scheduling steps."),
-    executor_name: str = typer.Option("local", "--executor", help="local (processes here) or ray (a Ray cluster)."),
-    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address HOST:PORT (default $RAY_ADDRESS or the local `ray start` cluster)."),
-    gpus_per_job: float = typer.Option(1.0, "--gpus-per-job", help="Ray: GPUs each job asks for on a cluster with GPUs (0.25: four runs share one)."),
-    cpus_per_job: float = typer.Option(1.0, "--cpus-per-job", help="Ray: CPUs each job asks for (also its math threads)."),
+    executor_name: str = typer.Option("local", "--executor", help=f"{executor_help()}."),
+    address: Optional[str] = typer.Option(None, "--address", help=address_help()),
+    gpus_per_job: float = typer.Option(1.0, "--gpus-per-job", help=f"With --executor {shares_executors()}: GPUs each job asks for on a cluster with GPUs (0.25: four runs share one)."),
+    cpus_per_job: float = typer.Option(1.0, "--cpus-per-job", help=f"With --executor {shares_executors()}: CPUs each job asks for (also its math threads)."),
     runs_dir: Optional[Path] = RunsDirOption,
 ) -> None:
     """Run queued jobs headless (the dashboard does the same while it is open).
@@ -199,7 +203,7 @@ def worker(
     if executor.places_jobs:
         registry.root.mkdir(parents=True, exist_ok=True)
         say(executor.describe())
-        check_runs_dir_on_cluster(executor, registry.root)
+        check_runs_dir_shared(executor, registry.root)
     scheduler = Scheduler(registry, executor, policy=policy, on_event=lambda kind, job, message: say(message),
                           role="worker")
     stop = threading.Event()
@@ -222,19 +226,9 @@ def worker(
         say("queue drained")
 
 
-def check_runs_dir_on_cluster(executor, root: Path) -> None:
-    """Every node must see the runs directory (shared storage): jobs write their records there."""
-    from advtui.jobs.ray_executor import check_shared_runs
-
-    missing = check_shared_runs(executor, root)
-    if missing:
-        raise ConfigError(f"the runs directory {root} is not shared with Ray node(s) {', '.join(missing)}: "
-                          f"put it on storage every node mounts at the same path")
-
-
 def _describe_slots(scheduler: Scheduler) -> str:
     if scheduler.executor.places_jobs:
-        return "Ray places each job"
+        return f"{scheduler.executor.title} places each job"
     snapshot = scheduler.gpu_sampler.sample()
     policy = scheduler.policy
     if snapshot.gpus:
@@ -328,8 +322,8 @@ def render_gpus(snapshot: GpuSnapshot, sampler: GpuSampler, runs: list[dict], st
 def gpus(
     watch: bool = typer.Option(False, "--watch", help="Refresh until Ctrl-C."),
     interval: float = typer.Option(2.0, help="Seconds between refreshes with --watch."),
-    executor_name: str = typer.Option("local", "--executor", help="local (this machine's GPUs) or ray (every node of a Ray cluster)."),
-    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address HOST:PORT (with --executor ray)."),
+    executor_name: str = typer.Option("local", "--executor", help=f"{executor_help(gpus=True)}."),
+    address: Optional[str] = typer.Option(None, "--address", help=address_help()),
     runs_dir: Optional[Path] = RunsDirOption,
 ) -> None:
     """GPU utilization, memory, temperature, power and their runs; CPU and memory of running runs."""
@@ -337,12 +331,7 @@ def gpus(
     registry = open_registry(runs_dir)
     processes = ProcessSampler()
     executor = build_executor(executor_name, address, 0.0, 1.0)
-    if executor.places_jobs:
-        from advtui.jobs.ray_executor import ClusterGpuSampler
-
-        sampler = ClusterGpuSampler(executor, registry)
-    else:
-        sampler = GpuSampler()
+    sampler = cluster_gpu_sampler(executor, registry) or GpuSampler()
 
     def frame() -> Group:
         runs = registry.search(RUNS, status="running") if registry.path.exists() else []

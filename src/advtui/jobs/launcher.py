@@ -21,6 +21,7 @@ import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -153,7 +154,9 @@ def log_tail(path: Path | None, lines: int = LOG_TAIL_LINES, max_bytes: int = 16
 class Executor(ABC):
     """Where and how job processes run. Implementations must be usable from one thread at a time."""
 
-    name = "abstract"
+    name = "abstract"  # its row's name in EXECUTORS (jobs/executors.py), recorded on each job it starts
+    title = "this machine"  # what people call where it runs jobs: 'Ray' ("jobs on Ray at HOST:PORT")
+    address: str | None = None  # the cluster it places jobs on, for an executor that takes --address
     # True when the executor, not the scheduler, chooses where a job runs (a cluster): the
     # scheduler then asks ``cluster_slots(running_jobs)`` what fits instead of sampling its GPUs.
     places_jobs = False
@@ -175,6 +178,16 @@ class Executor(ABC):
                job: dict | None = None) -> ProcessHandle | None:
         """A handle on a process started earlier (perhaps by another scheduler), or None if it is
         gone; ``job`` is its job record, where the executor stored how to find it again."""
+
+    def describe(self) -> str:
+        """One line on where jobs run, for a worker's first line (a cluster: its nodes, CPUs, GPUs)."""
+        return self.title
+
+    def cluster_slots(self, running_jobs: list[dict]) -> Any:
+        """With ``places_jobs``: what fits this scheduling step, with the local slots' ``pick``,
+        ``take`` and ``threads``; a slot is ``{self.name: {"cpus": ..., "gpus": ...}}``, which
+        ``start`` then gets as ``LaunchSpec.resources``."""
+        raise NotImplementedError(f"the {self.name} executor does not place jobs itself")
 
     def why_lost(self, job: dict) -> str | None:
         """Why a job's process could not be found again, when the executor knows more than its pid."""

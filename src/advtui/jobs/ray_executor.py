@@ -150,6 +150,7 @@ class RayExecutor(Executor):
     (HOST:PORT), None for ``$RAY_ADDRESS`` or the cluster ``ray start`` runs on this machine."""
 
     name = "ray"
+    title = "Ray"
     places_jobs = True  # Ray chooses the node: the scheduler asks cluster_slots(), not its own GPUs
 
     def __init__(self, address: str | None = None, resources: RayResources | None = None):

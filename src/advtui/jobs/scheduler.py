@@ -52,6 +52,7 @@ from advtui.core.paths import check_safe_name, run_dir
 from advtui.core.records import JobRecord, RunRecord
 from advtui.core.process import live_process, record_alive, why_not_alive
 from advtui.core.errors import ConfigError, RegistryError
+from advtui.jobs.executors import kind_of_job
 from advtui.jobs.launcher import ExitStatus, Executor, LaunchSpec, LocalExecutor, ProcessHandle, describe_exit, log_tail
 from advtui.jobs.monitor import NA, GpuSampler, GpuSnapshot, GpuState
 from advtui.jobs.queue import EVAL_OPTION_FLAGS, cancel_dependents, finish_job
@@ -483,8 +484,10 @@ class Scheduler:
         job = {**job, **claimed}
         argv = self.command(job)
         try:
-            handle = self.executor.start(LaunchSpec(argv, log_path, launch_env(slot, threads), job_id=job["id"],
-                                                    resources=dict(slot.get("ray") or {})))
+            placed = self.executor.places_jobs  # a cluster's slot is {its name: the resources it asks for}
+            handle = self.executor.start(LaunchSpec(argv, log_path, launch_env(slot, threads, placed=placed),
+                                                    job_id=job["id"],
+                                                    resources=dict(slot.get(self.executor.name) or {}) if placed else {}))
         except OSError as exc:
             reason = f"could not start {argv[0]}: {exc}"
             finish_job(self.registry, job, "failed", error=reason)
@@ -517,19 +520,21 @@ def _claim_order(job: dict) -> tuple[int, float]:
 
 
 def describe_slot(job: dict, threads: int) -> str:
-    """Where a started job runs, for people: 'GPU 0', 'CPU slot (2 threads)', 'Ray node 10.0.0.5 (GPU 1)'."""
+    """Where a started job runs, for people: 'GPU 0', 'CPU slot (2 threads)', or what the row of
+    the executor that placed it says ('Ray node 10.0.0.5 (GPU 1)')."""
+    kind = kind_of_job(job)
+    if kind is not None and kind.describe_slot is not None:
+        return kind.describe_slot(job, threads)
     slot = job.get("slot") or {}
-    if "ray" in slot:
-        gpus = ",".join(job.get("gpus") or [])
-        return f"Ray node {job.get('node', '?')} ({f'GPU {gpus}' if gpus else f'{threads} CPU thread(s)'})"
     return f"GPU {slot['gpu']}" if "gpu" in slot else f"CPU slot ({threads} threads)"
 
 
-def launch_env(slot: dict, threads: int) -> dict[str, str]:
+def launch_env(slot: dict, threads: int, placed: bool = False) -> dict[str, str]:
     """The environment a job gets on top of the scheduler's: its GPU, or none, and its threads.
-    On Ray the actor sets CUDA_VISIBLE_DEVICES to the GPUs Ray gave it."""
+    A job a cluster ``placed`` gets its GPUs from the cluster (Ray's actor sets
+    CUDA_VISIBLE_DEVICES to the GPUs Ray gave it)."""
     env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    if "ray" in slot:
+    if placed:
         return env
     if "gpu" in slot:
         # NVML numbers GPUs in PCI bus order; make CUDA use the same order so the index matches.

@@ -22,6 +22,7 @@ from advtui.core.config import RunConfig
 from advtui.core.attack_specs import default_attacks, parse_attack
 from advtui.core.defenses import learned_maximizer
 from advtui.core.errors import AdvtuiError
+from advtui.jobs.executors import cluster_gpu_sampler
 from advtui.jobs.launcher import Executor, LocalExecutor
 from advtui.jobs.monitor import GpuSampler, GpuSnapshot, ProcessSampler, ProcessStats, process_owners
 from advtui.jobs.queue import kill as kill_target
@@ -66,13 +67,11 @@ class Services:
                  gpu_sampler: GpuSampler | None = None, executor: Executor | None = None):
         self.registry = registry
         self.policy = policy or SchedulerPolicy()
-        # Where queued jobs run: processes here, or a Ray cluster (``build_executor``), whose
-        # every node's GPUs the panel then shows.
+        # Where queued jobs run: processes here, or a cluster (``build_executor``), whose every
+        # node's GPUs the panel then shows (the sampler its row in ``jobs.executors`` names).
         self.executor = executor or LocalExecutor()
-        if gpu_sampler is None and self.executor.places_jobs:
-            from advtui.jobs.ray_executor import ClusterGpuSampler
-
-            gpu_sampler = ClusterGpuSampler(self.executor, registry)
+        if gpu_sampler is None:
+            gpu_sampler = cluster_gpu_sampler(self.executor, registry)
         self.gpu_sampler = gpu_sampler or GpuSampler()
         self.process_sampler = ProcessSampler()
         self.messages: deque[str] = deque()
@@ -162,7 +161,10 @@ class Services:
         threads = self.policy.threads_per_job
         gpu_indices = self._gpu_indices
         if self.scheduler.active:
-            who = "this dashboard" + (f", jobs on Ray at {self.executor.address}" if self.executor.places_jobs else "")
+            who = "this dashboard"
+            if self.executor.places_jobs:
+                address = self.executor.address
+                who += f", jobs on {self.executor.title}" + (f" at {address}" if address else "")
             if self.scheduler.last_gpus is not None:
                 gpu_indices = [g.index for g in self.scheduler.last_gpus.gpus]
         else:
