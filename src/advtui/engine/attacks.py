@@ -21,6 +21,7 @@ from torch import nn
 
 from advtui.core.config import RunConfig
 from advtui.core.attack_specs import AttackSpec, check_transfer_source
+from advtui.core.defenses import DEFENSE_SPECS
 from advtui.core.format import plain_line
 from advtui.core.digests import file_digest
 from advtui.engine.checkpoint import load_checkpoint
@@ -357,7 +358,7 @@ def _load_learned_maximizer(spec: AttackSpec, source: RunCheckpoint, device) -> 
         raise ConfigError(
             f"{spec.text}: run {run['id']} ({run.get('defense')}) has no learned {spec.family} maximizer in "
             f"{source.path.name} ({have}): use a run trained with "
-            f"{'rnn-adv or rnn-trades' if spec.family == 'rnn' else 'l2lda'}")
+            f"{' or '.join(d for d, row in DEFENSE_SPECS.items() if row.maximizer == spec.family)}")
     try:
         maximizer = build_maximizer(spec.family, source.config, torch.device(device))
     except ImportError as exc:
