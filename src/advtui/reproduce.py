@@ -31,6 +31,7 @@ from advtui.core.attack_specs import parse_attack
 from advtui.core.paths import run_folder
 from advtui.store.results import all_results_for_run
 from advtui.core.stats import MIN_SEEDS_FOR_INTERVAL, half_width
+from advtui.core.status import ACTIVE_JOBS, ACTIVE_RUNS
 from advtui.core.errors import ConfigError
 from advtui.jobs.queue import queue_eval, queue_train
 from advtui.store.registry import JOBS, Registry
@@ -278,8 +279,8 @@ def _find_reusable(registry: Registry, config: RunConfig, runs: list[dict[str, A
             return record, "reuse-finished", None
     for record in same:
         active = [j for j in jobs if j.get("run_id") == record["id"] and j.get("kind") == "train"
-                  and j.get("status") in ("queued", "running")]
-        if record.get("status") in ("queued", "running") and active:
+                  and j.get("status") in ACTIVE_JOBS]
+        if record.get("status") in ACTIVE_RUNS and active:
             return record, "reuse-active", active[-1]["id"]
     return None, "queue", None
 
@@ -356,7 +357,7 @@ def _stored_attacks(registry: Registry, run_id: str, limit: int | None) -> set[s
 def _active_eval_attacks(jobs: list[dict[str, Any]], run_id: str, options: dict[str, Any]) -> set[str]:
     found: set[str] = set()
     for job in jobs:
-        if (job.get("kind") == "eval" and job.get("run_id") == run_id and job.get("status") in ("queued", "running")
+        if (job.get("kind") == "eval" and job.get("run_id") == run_id and job.get("status") in ACTIVE_JOBS
                 and (job.get("eval_options") or {}).get("limit") == options.get("limit")):
             found.update(job.get("attacks") or [])
     return found

@@ -50,6 +50,7 @@ from advtui.core.atomic import atomic_write_json
 from advtui.core.format import plain_line
 from advtui.core.paths import check_safe_name, run_dir
 from advtui.core.records import JobRecord, RunRecord
+from advtui.core.status import ACTIVE_RUNS
 from advtui.core.process import live_process, record_alive, why_not_alive
 from advtui.core.errors import ConfigError, RegistryError
 from advtui.jobs.executors import kind_of_job
@@ -434,7 +435,7 @@ class Scheduler:
             elif typed.kind == "train" and run.status != "queued":
                 self._fail_unstartable(job, f"run {run.id} is {run.status}, not queued")
             elif typed.kind == "eval" and not self._final_checkpoint_exists(record):
-                if run.status in ("queued", "running"):
+                if run.status in ACTIVE_RUNS:
                     continue  # trained outside the queue: wait for it
                 self._fail_unstartable(job, f"run {run.id} ({run.status}) has no final checkpoint")
             else:
