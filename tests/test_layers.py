@@ -121,6 +121,22 @@ def test_the_blocker_does_block_torch():
     assert proc.returncode == 0, proc.stderr
 
 
+def test_the_program_loads_scipy_only_when_a_statistic_is_computed():
+    """scipy.stats takes about 0.6 s to import: the CLI (every command module, `advtui run`'s
+    path included) and the dashboard import without it; the first interval computed loads it."""
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent("""
+        import sys
+        import advtui.main, advtui.cli, advtui.compare, advtui.runner, advtui.tui.app
+        from advtui.main import _build_app
+        _build_app()
+        loaded = sorted(m for m in sys.modules if m.partition(".")[0] == "scipy")
+        assert not loaded, loaded
+        from advtui.core.stats import proportion_interval
+        assert proportion_interval(1, 2) is not None and "scipy.stats" in sys.modules
+    """)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+
+
 def test_core_and_compare_import_without_torch():
     proc = run_without_torch("""
         import pkgutil, importlib

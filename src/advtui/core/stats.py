@@ -17,7 +17,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
 
 LEVEL = 0.95
 ALPHA = 1.0 - LEVEL
@@ -27,11 +26,19 @@ MIN_SEEDS_FOR_INTERVAL = 3  # below this a t-interval over seeds is too wide to 
 MIN_SEEDS_FOR_WILCOXON = 6
 
 
+def _scipy_stats():
+    """scipy.stats, imported on first use: it takes about 0.6 s, and every command that imports
+    the comparison code (the whole CLI does) would otherwise pay it, ``advtui run`` included."""
+    from scipy import stats
+
+    return stats
+
+
 def proportion_interval(count: int, n: int, level: float = LEVEL) -> tuple[float, float] | None:
     """Exact (Clopper-Pearson) interval of count/n, in percent; None without examples."""
     if n <= 0:
         return None
-    ci = stats.binomtest(int(count), int(n)).proportion_ci(confidence_level=level, method="exact")
+    ci = _scipy_stats().binomtest(int(count), int(n)).proportion_ci(confidence_level=level, method="exact")
     return 100.0 * ci.low, 100.0 * ci.high
 
 
@@ -48,7 +55,7 @@ def mcnemar_p(gained: int, lost: int) -> float:
     discordant = int(gained) + int(lost)
     if discordant == 0:
         return 1.0
-    return float(stats.binomtest(int(gained), discordant, 0.5).pvalue)
+    return float(_scipy_stats().binomtest(int(gained), discordant, 0.5).pvalue)
 
 
 @dataclass
@@ -89,7 +96,7 @@ def paired_difference(mask_a: np.ndarray, mask_b: np.ndarray, level: float = LEV
     gained, lost = int((a & ~b).sum()), int((b & ~a).sum())
     discordant = gained + lost
     if discordant:
-        ci = stats.binomtest(gained, discordant).proportion_ci(confidence_level=level, method="exact")
+        ci = _scipy_stats().binomtest(gained, discordant).proportion_ci(confidence_level=level, method="exact")
         scale = 100.0 * discordant / n
         low, high = scale * (2 * ci.low - 1), scale * (2 * ci.high - 1)
     else:
@@ -131,12 +138,12 @@ def over_seeds(values: list[float], level: float = LEVEL, differences: bool = Fa
     if std is not None and count >= MIN_SEEDS_FOR_INTERVAL:
         sem = std / math.sqrt(count)
         if sem > 0:
-            low, high = (float(v) for v in stats.t.interval(level, count - 1, loc=mean, scale=sem))
+            low, high = (float(v) for v in _scipy_stats().t.interval(level, count - 1, loc=mean, scale=sem))
         else:
             low = high = mean
     wilcoxon = None
     if differences and count >= MIN_SEEDS_FOR_WILCOXON:
-        wilcoxon = 1.0 if not np.any(data) else float(stats.wilcoxon(data).pvalue)
+        wilcoxon = 1.0 if not np.any(data) else float(_scipy_stats().wilcoxon(data).pvalue)
     return SeedSummary(count, mean, std, low, high, wilcoxon)
 
 
@@ -147,4 +154,4 @@ def paired_t_p(a: list[float], b: list[float]) -> float | None:
     diffs = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
     if not np.any(diffs - diffs.mean()):  # identical differences: t is infinite or undefined
         return 0.0 if np.any(diffs) else 1.0
-    return float(stats.ttest_rel(a, b).pvalue)
+    return float(_scipy_stats().ttest_rel(a, b).pvalue)
