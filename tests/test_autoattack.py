@@ -175,6 +175,21 @@ def test_export_robustbench_writes_a_loadable_state_dict_and_a_zoo_card(trained_
         assert torch.equal(model.eval()(x), stored(x))
 
 
+@pytest.mark.parametrize("damage", [{"accuracy": "high"}, {"n": None}, {"settings": {"seed": 0}}])
+def test_export_refuses_a_damaged_autoattack_result_in_one_line_and_writes_nothing(damage, tmp_path):
+    from types import SimpleNamespace
+
+    from advtui.core.errors import ConfigError
+    from advtui.engine.export import write_robustbench
+
+    good = {"run_id": "r1", "attack": "aa", "accuracy": 80.0, "robust": 16, "n": 20, "clean_accuracy": 95.0,
+            "clean_robust": 19, "settings": {"eps": 0.3, "seed": 0, "limit": 20}}
+    target = SimpleNamespace(path=tmp_path / "final.pt", digest="abc")
+    with pytest.raises(ConfigError, match=r"run r1's stored AutoAttack result .*-a natural,aa` again"):
+        write_robustbench({"id": "r1"}, target, {"aa": {**good, **damage}}, tmp_path / "zoo")
+    assert not (tmp_path / "zoo").exists()
+
+
 def test_eps_is_written_as_the_zoo_writes_it():
     from advtui.engine.export import architecture_name, eps_text
 

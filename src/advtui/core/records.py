@@ -163,5 +163,7 @@ class Result(_Record, frozen=True, kw_only=True):
     accuracy: _Number | None = None  # percent of the examples still classified right
     robust: int | None = None
     n: int | None = None
+    clean_accuracy: _Number | None = None  # the same examples, unattacked
+    clean_robust: int | None = None
     flags: list[Any] | None = None
     settings: dict[str, Any] | None = None

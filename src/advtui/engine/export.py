@@ -26,12 +26,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import torch
 
 from advtui.core.atomic import atomic_open, atomic_write_text
 from advtui.core.stats import proportion_interval
 from advtui.engine.attacks import RunCheckpoint
 from advtui.core.errors import ConfigError
+from advtui.core.records import Result
 
 THREAT_MODEL = "Linf"
 ARCHITECTURES = {"smallcnn": "SmallCNN", "vgg16": "VGG-16", "resnet18": "ResNet-18"}
@@ -73,12 +75,21 @@ def write_robustbench(record: dict[str, Any], target: RunCheckpoint, results: di
     """Write the model of the run ``record`` in checkpoint ``target`` and its card under ``out_dir``,
     from ``results`` (the stored results of that checkpoint, by attack spec); ConfigError (one line)
     when they hold no AutoAttack result. Nothing is written unless everything needed is there."""
-    aa = results.get("aa")
-    if aa is None:
+    stored = results.get("aa")
+    if stored is None:
         raise ConfigError(f"run {record['id']} has no AutoAttack result for checkpoint {target.path.name} "
                           f"({target.digest}): run `advtui eval {record['id']} -a natural,aa` first")
+    try:
+        aa = Result.from_dict(stored)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"run {record['id']}'s stored AutoAttack result is damaged ({exc}): run "
+                          f"`advtui eval {record['id']} -a natural,aa` again") from None
+    settings = aa.settings or {}
+    if None in (aa.n, aa.accuracy, aa.robust, aa.clean_accuracy, aa.clean_robust) or "eps" not in settings:
+        raise ConfigError(f"run {record['id']}'s stored AutoAttack result lacks its counts or eps: run "
+                          f"`advtui eval {record['id']} -a natural,aa` again")
     config = target.config
-    examples = "the full test set" if aa["settings"].get("limit") is None else f"{aa['n']} test examples"
+    examples = "the full test set" if settings.get("limit") is None else f"{aa.n} test examples"
     card = {
         "link": "",
         "name": record.get("name") or record["id"],
@@ -88,19 +99,19 @@ def write_robustbench(record: dict[str, Any], target: RunCheckpoint, results: di
         "dataset": config.dataset,
         "venue": "",
         "architecture": architecture_name(config.model),
-        "eps": eps_text(aa["settings"]["eps"]),
-        "clean_acc": f"{aa['clean_accuracy']:.2f}",
+        "eps": eps_text(settings["eps"]),
+        "clean_acc": f"{aa.clean_accuracy:.2f}",
         "reported": "",
-        "autoattack_acc": f"{aa['accuracy']:.2f}",
+        "autoattack_acc": f"{aa.accuracy:.2f}",
         # Beyond the zoo's fields: the examples each accuracy rests on, and its exact 95% interval.
-        "clean_acc_n": aa["n"],
-        "autoattack_acc_n": aa["n"],
-        "clean_acc_ci95": _interval_text(aa["clean_robust"], aa["n"]),
-        "autoattack_acc_ci95": _interval_text(aa["robust"], aa["n"]),
+        "clean_acc_n": aa.n,
+        "autoattack_acc_n": aa.n,
+        "clean_acc_ci95": _interval_text(aa.clean_robust, aa.n),
+        "autoattack_acc_ci95": _interval_text(aa.robust, aa.n),
         "footnote": (f"advtui run {record['id']} ({record.get('defense')}), checkpoint {target.digest}; "
                      f"AutoAttack standard (APGD-CE, APGD-T, FAB-T, Square; torchattacks pieces with the "
                      f"original settings) on {examples}, "
-                     f"seed {aa['settings']['seed']}"),
+                     f"seed {settings.get('seed')}"),
     }
     name = model_name(record)
     weights = Path(out_dir) / "models" / config.dataset / THREAT_MODEL / f"{name}.pt"
