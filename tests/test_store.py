@@ -422,3 +422,40 @@ def test_a_damaged_listing_cache_is_ignored(tmp_path, monkeypatch, garbage):
     (tmp_path / listing.LISTING_CACHE).write_bytes(garbage)
     files.clear_read_cache()
     assert [r["name"] for r in Registry(tmp_path).runs()] == ["r0", "r1", "r2"]
+
+
+# A runs folder as the sharded store of schema 2 wrote it before the store became a package (advtui
+# 0.1.0 before its layers were split): a trained advtrain run (one short epoch) with a natural and an
+# fgsm result on 20 test examples, two queued trades runs, one of whose train jobs was cancelled. Only the checkpoints
+# were left out (their size); lock files are made on first use.
+SCHEMA2_RUNS = Path(__file__).parent / "data" / "runs-schema2"
+
+
+def test_a_runs_folder_written_before_the_store_package_opens_whole(tmp_path, monkeypatch, capsys):
+    from advtui.core.records import JobRecord, RunRecord
+    from advtui.store.results import results_for_run
+    from test_faults import cli
+
+    root = tmp_path / "runs"
+    shutil.copytree(SCHEMA2_RUNS, root)
+    registry = Registry(root)
+    assert registry.record_problems() == []
+    runs = {r["name"]: RunRecord.from_dict(r) for r in registry.runs()}
+    assert {name: run.status for name, run in runs.items()} == {
+        "advtrain-mnist-s0": "finished", "trades-mnist-s0": "queued", "trades-mnist-s1": "killed"}
+    trained = runs["advtrain-mnist-s0"]
+    assert (trained.epoch, trained.epochs, trained.defense) == (1, 1, "advtrain")
+    jobs = {j["run_id"]: JobRecord.from_dict(j) for j in registry.all(JOBS)}
+    assert {runs[n].id: jobs[runs[n].id].status for n in ("trades-mnist-s0", "trades-mnist-s1")} == {
+        runs["trades-mnist-s0"].id: "queued", runs["trades-mnist-s1"].id: "cancelled"}
+    results = results_for_run(registry, trained.id)
+    written = json.loads((SCHEMA2_RUNS / trained.id / RUN_FILE).read_text())["results"].values()
+    assert {a: (r["robust"], r["n"]) for a, r in results.items() if a in ("natural", "fgsm")} == {
+        r["attack"]: (r["robust"], r["n"]) for r in written if r["kind"] == "attack"} == {
+        "natural": (2, 20), "fgsm": (2, 20)}
+
+    monkeypatch.setenv("ADVTUI_RUNS", str(root))
+    for args in (["ls"], ["show", "advtrain-mnist-s0"], ["compare", "advtrain-mnist-s0"], ["queue", "ls"]):
+        code, out, err = cli(monkeypatch, capsys, *args)
+        assert code == 0 and "Traceback" not in err, (args, err)
+    assert "advtrain-mnist-s0" in cli(monkeypatch, capsys, "ls")[1]
