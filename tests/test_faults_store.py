@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from store_support import store_snapshot
+from store_support import legacy_jobs_root, store_snapshot
 from test_faults import _tiny_runs, cli, ids, one_error_line  # noqa: F401 - _tiny_runs is a fixture
 
 from advtui.store.registry import (
@@ -84,10 +84,7 @@ def test_a_migration_interrupted_before_the_queue_finishes_the_archive_without_t
 
     monkeypatch.setattr(store, "ARCHIVE_CHUNK", 2)
     root = tmp_path / "runs"
-    root.mkdir()
-    jobs = {str(i + 1): {"id": f"j{i:06x}", "status": "done" if i < 5 else "queued", "created": float(i)}
-            for i in range(7)}
-    (root / LEGACY_FILE).write_text(json.dumps({"_meta": {"1": {"schema": 1, "created": 1.0}}, "jobs": jobs}))
+    jobs = legacy_jobs_root(root, 7, ended=5)
     Registry(root).runs()
     # as if the first migration died after its first archive file
     for name in (REGISTRY_FILE, QUEUE_FILE, f"{ARCHIVE_DIR}/00000002.json", f"{ARCHIVE_DIR}/00000003.json"):

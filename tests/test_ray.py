@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -247,12 +248,17 @@ def torch_free_checkpoint_batch(root: Path, run_id: str) -> int:
     return int(ends[-1].get("batch", -1)) if ends else -1
 
 
-if __name__ == "__main__":
-    target = Path(sys.argv[1])
+def record_scenario(play: Callable[[Path], dict], target: Path) -> None:
+    """Play a scenario in ``target`` (this process runs inside the private namespace) and write
+    what it found, or how it failed, to ``target/scenario.json`` for the test to read."""
     try:
-        outcome = _play(target)
+        outcome = play(target)
     except BaseException as exc:  # recorded for the tests, which show it with the output
         import traceback
 
         outcome = {"error": "".join(traceback.format_exception(exc))}
     (target / "scenario.json").write_text(json.dumps(outcome, default=str))
+
+
+if __name__ == "__main__":
+    record_scenario(_play, Path(sys.argv[1]))

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from store_support import legacy_jobs_root
 
 import advtui.store.archive as archive
 import advtui.store.files as files
@@ -142,10 +143,7 @@ def test_an_interrupted_migration_is_finished_and_a_legacy_file_written_later_is
 def test_many_ended_jobs_migrate_into_archive_files(tmp_path, monkeypatch):
     monkeypatch.setattr(archive, "ARCHIVE_CHUNK", 4)
     root = tmp_path / "runs"
-    root.mkdir()
-    jobs = {str(i + 1): {"id": f"j{i:06x}", "status": "done" if i < 10 else "queued", "created": float(i)}
-            for i in range(12)}
-    (root / LEGACY_FILE).write_text(json.dumps({"_meta": {"1": {"schema": 1, "created": 1.0}}, "jobs": jobs}))
+    jobs = legacy_jobs_root(root, 12, ended=10)
     registry = Registry(root)
     assert sorted(j["id"] for j in registry.all(JOBS)) == sorted(j["id"] for j in jobs.values())
     assert sorted(p.name for p in (root / ARCHIVE_DIR).glob("*.json")) == ["00000001.json", "00000002.json",

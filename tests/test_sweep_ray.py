@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_ray import _namespace_problem  # a private network namespace with Ray, or why not
+from test_ray import _namespace_problem, record_scenario  # a private network namespace with Ray, or why not
 
 TINY = ["--defense", "plain", "--device", "cpu", "--train-limit", "20", "--test-limit", "10", "--eval-limit", "10",
         "--batch-size", "10", "--epochs", "1"]
@@ -71,11 +71,4 @@ def _play(out: Path) -> dict:
 
 
 if __name__ == "__main__":
-    target = Path(sys.argv[1])
-    try:
-        outcome = _play(target)
-    except BaseException as exc:  # recorded for the test, which shows it with the output
-        import traceback
-
-        outcome = {"error": "".join(traceback.format_exception(exc))}
-    (target / "scenario.json").write_text(json.dumps(outcome, default=str))
+    record_scenario(_play, Path(sys.argv[1]))
