@@ -19,7 +19,7 @@ from advtui.core.config import INT_RANGES
 from advtui.core.ranges import MAX_INT
 from advtui.core.errors import ConfigError
 
-MAX_SEED = 2**63 - 1  # torch.manual_seed takes 64-bit seeds
+MAX_SEED = INT_RANGES["seed"][1]  # a run's seed: torch.manual_seed takes 64-bit seeds
 MAX_SEEDS = 1000  # runs one `queue train --seeds` may queue
 MAX_GRACE_S = 24 * 3600.0
 MAX_INTERVAL_S = 24 * 3600.0
