@@ -143,13 +143,6 @@ def worst_level(findings: Iterable[Finding]) -> str | None:
     return ERROR if ERROR in levels else (WARNING if levels else None)
 
 
-def _trains_on_an_attack(config: dict[str, Any]) -> bool:
-    """Whether the defense has an inner maximizer (its row in ``DEFENSE_SPECS``): plain has none,
-    so a collapse of its PGD accuracy is no catastrophic overfitting."""
-    spec = DEFENSE_SPECS.get(config.get("defense") or "")
-    return spec is not None and spec.maximizer is not None
-
-
 def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -392,7 +385,7 @@ class HealthMonitor:
         if self._collapsed_from is not None and robust > self._collapsed_from - COLLAPSE_DROP:
             self._collapsed_from = None
             return self._clear("catastrophic-overfitting", epoch)
-        if previous is None or not _trains_on_an_attack(self.config):
+        if previous is None or self._maximizer() is None:  # plain trains on no attack: nothing to collapse
             return []
         before, train_before = previous
         attack_held = _finite(train_acc) and train_before is not None and train_acc >= train_before - TRAIN_ATTACK_HELD
