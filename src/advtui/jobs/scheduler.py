@@ -417,13 +417,13 @@ class Scheduler:
             if missing:
                 self._fail_unstartable(job, f"depends on job {missing[0]}, which does not exist")
                 continue
-            found = [(dep, JobRecord.from_dict(dep)) for dep in deps if dep is not None]
-            broken = [(dep, status) for dep, status in ((d, t.status) for d, t in found)
-                      if status in ("failed", "cancelled")]
+            # The store checked every job's status on reading (through JobRecord): no decoding again,
+            # once per dependent job, on every tick.
+            broken = [dep for dep in deps if dep.get("status") in ("failed", "cancelled")]
             if broken:
-                cancel_dependents(self.registry, broken[0][0], broken[0][1])
+                cancel_dependents(self.registry, broken[0], broken[0]["status"])
                 continue
-            if any(t.status != "done" for _, t in found):
+            if any(dep.get("status") != "done" for dep in deps):
                 continue  # still waiting
             record, damaged = self._run_of(job)
             run = RunRecord.from_dict(record) if record is not None else None
